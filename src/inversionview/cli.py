@@ -1,0 +1,197 @@
+"""The ``inversionview`` command: a thin shell over the library.
+
+Every command takes ``--json`` to print one JSON object instead of the human view. Errors a
+user can act on (bad input, unknown site, a model that cannot be loaded) print one line and
+exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Read what a neural activation encodes from its epsilon-preimage.")
+
+ModelArg = Annotated[str, typer.Argument(
+    help="A bundled artifact (see `inversionview models`), a model directory, or a "
+         "HuggingFace GPT-2 directory together with --task.")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="counting or addition "
+                                                "(needed for a plain HuggingFace directory).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice.")]
+
+
+def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
+    typer.echo(json.dumps(record) if as_json else human)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=2)
+
+
+def _user_errors():
+    from inversionview.probed import ModelLoadError, SiteError
+    from inversionview.tasks import TaskInputError
+
+    return (ModelLoadError, SiteError, TaskInputError)
+
+
+def _load(model: str, task: str | None):
+    from inversionview.probed import load_probed
+
+    return load_probed(model, task)
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the bundled artifacts and the known tasks and model kinds."""
+    from inversionview.artifacts import list_artifacts
+    from inversionview.tasks import TASKS
+
+    artifacts = {
+        name: {"path": str(path), "kind": manifest.get("kind"), "task": manifest.get("task"),
+               "accuracy": manifest.get("accuracy")}
+        for name, (path, manifest) in list_artifacts().items()
+    }
+    record = {
+        "artifacts": artifacts,
+        "tasks": {name: {"sites": list(cls.sites), "positions": list(cls.position_names)}
+                  for name, cls in TASKS.items()},
+        "model_kinds": ["probed-model directory (inversionview.json names its task)",
+                        "HuggingFace GPT-2 directory + --task",
+                        "HuggingFace hub name + --task (local cache only)"],
+    }
+    lines = ["Bundled artifacts:"]
+    for name, info in artifacts.items():
+        accuracy = f"accuracy {info['accuracy']:.4f}" if info["accuracy"] is not None else ""
+        lines.append(f"  {name:<12} {info['kind']:<14} task={info['task']:<9} {accuracy}  {info['path']}")
+    if not artifacts:
+        lines.append("  (none)")
+    lines.append("Tasks:")
+    for name, info in record["tasks"].items():
+        lines.append(f"  {name:<9} sites: {' '.join(info['sites'])}")
+        lines.append(f"  {'':<9} positions: {' '.join(info['positions'])} (or an index, 0 = BOS)")
+    lines.append("Model kinds: " + "; ".join(record["model_kinds"]))
+    _emit(record, as_json, "\n".join(lines))
+
+
+@app.command("eval-probed")
+def eval_probed(model: ModelArg, task: TaskOpt = None,
+                n: Annotated[int, typer.Option("--n", help="Fresh samples to evaluate.")] = 20_000,
+                seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
+    """Accuracy of a probed model on fresh samples of its task."""
+    from inversionview.probed.evaluate import accuracy
+
+    try:
+        probed = _load(model, task)
+    except _user_errors() as error:
+        _fail(str(error))
+    value = accuracy(probed, n=n, seed=seed)
+    record = {"model": model, "task": probed.task.name, "n": n, "accuracy": value}
+    _emit(record, as_json, f"{model} ({probed.task.name}): accuracy {value:.4f} on {n} fresh samples (seed {seed})")
+
+
+@app.command()
+def activation(model: ModelArg,
+               input_text: Annotated[str, typer.Option("--input", help="The input text.")],
+               site: Annotated[str, typer.Option("--site", help="Site, e.g. a0.0 or blocks.0.hook_resid_mid.")],
+               position: Annotated[str, typer.Option("--position", help="Named position or index (0 = BOS).")],
+               task: TaskOpt = None, as_json: JsonOpt = False) -> None:
+    """The activation vector at one site and position of an input."""
+    try:
+        probed = _load(model, task)
+        the_site = probed.site(site)
+        text = probed.task.normalize(input_text)
+        index = probed.task.resolve_position(text, position)
+        vector = probed.activations(probed.tokens(text), the_site, index)[0]
+    except _user_errors() as error:
+        _fail(str(error))
+    record = {"site": the_site.short, "hook": the_site.hook, "position": index,
+              "position_label": probed.task.position_label(text, index),
+              "vector": [round(v, 6) for v in vector.tolist()], "norm": vector.norm().item()}
+    human = (f"{text}  site {the_site.short} ({the_site.hook})  position {index} "
+             f"({record['position_label']})\nnorm {record['norm']:.4f}\n"
+             + " ".join(f"{v:+.3f}" for v in vector.tolist()))
+    _emit(record, as_json, human)
+
+
+@app.command()
+def inspect(model: Annotated[str, typer.Argument(help="Model (default: the bundled counting model).")] = "counting",
+            input_text: Annotated[Optional[str], typer.Option("--input", help="Input text (default: a sample).")] = None,
+            task: TaskOpt = None, seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
+    """Run one input: the model's prediction and the activation norm at every site and position."""
+    from inversionview.inspect import inspect_input
+
+    try:
+        probed = _load(model, task)
+        report = inspect_input(probed, input_text, seed=seed)
+    except _user_errors() as error:
+        _fail(str(error))
+    _emit(report.to_record(), as_json, report.render())
+
+
+@app.command("train-probed")
+def train_probed_command(
+    task: Annotated[str, typer.Argument(help="counting or addition.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory (becomes a model directory).")],
+    minutes: Annotated[Optional[float], typer.Option("--minutes", help="Wall-clock budget.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Step budget.")] = None,
+    seed: SeedOpt = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-3,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+    d_model: Annotated[Optional[int], typer.Option("--d-model", help="Override the task's default width.")] = None,
+    n_heads: Annotated[Optional[int], typer.Option("--n-heads")] = None,
+    n_layers: Annotated[Optional[int], typer.Option("--n-layers")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: torch's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a probed model on its task on fresh samples (CPU by default)."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    from inversionview.probed.train import ProbedTrainingConfig, train_probed
+    from inversionview.tasks import TaskInputError, get_task
+
+    if (minutes is None) == (steps is None):
+        _fail("give exactly one of --minutes or --steps")
+    try:
+        get_task(task)
+    except TaskInputError as error:
+        _fail(str(error))
+    overrides: dict[str, Any] = {}
+    if d_model is not None:
+        overrides.update(n_embd=d_model, n_inner=4 * d_model)
+    if n_heads is not None:
+        overrides["n_head"] = n_heads
+    if n_layers is not None:
+        overrides["n_layer"] = n_layers
+    if resume and not (out / "checkpoint").exists() and not (out / "checkpoint.old").exists():
+        _fail(f"--resume: no checkpoint in {out / 'checkpoint'}")
+    if resume:
+        saved = json.loads((out / "checkpoint" / "state.json").read_text())["config"]
+        overrides = saved["model_overrides"]
+        seed, batch_size, lr = saved["seed"], saved["batch_size"], saved["lr"]
+    config = ProbedTrainingConfig(task=task, out=out, minutes=minutes, steps=steps, seed=seed,
+                                  batch_size=batch_size, lr=lr, model_overrides=overrides)
+    model = train_probed(config, resume=resume, show_progress=not as_json)
+    record = {"out": str(out), "task": task, **{k: model.manifest[k] for k in (
+        "steps", "examples", "wall_seconds", "accuracy", "accuracy_examples", "seed", "commit")}}
+    _emit(record, as_json, f"saved {out}: accuracy {record['accuracy']:.4f} on "
+                           f"{record['accuracy_examples']} fresh samples after {record['steps']} "
+                           f"steps ({record['wall_seconds']:.0f} s)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

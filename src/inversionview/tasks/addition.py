@@ -1,0 +1,153 @@
+"""Three-digit addition (method.md §3.2): ``B`` + a + ``+`` + b + ``=`` + (a+b) + ``E``.
+
+100 <= a, b <= 999, most significant digit first; the sum is written as is (3 or 4 digits).
+Example: ``B615+861=1476E``. Positions: 0 B, 1-3 F1 F2 F3, 4 +, 5-7 S1 S2 S3, 8 =, 9-12 A1..A4
+(A4 only for 4-digit sums), then E. The whole input space (810,000 pairs) can be enumerated.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from inversionview.tasks.base import Task, Validity, Vocabulary
+
+OPERAND_MIN, OPERAND_MAX = 100, 999
+N_OPERANDS = OPERAND_MAX - OPERAND_MIN + 1  # 900
+INPUT_SPACE_SIZE = N_OPERANDS**2  # 810,000
+
+_GRAMMAR = re.compile(r"^B(\d{3})\+(\d{3})=(\d{1,4})E$")
+_FIXED_POSITIONS = {"F1": 1, "F2": 2, "F3": 3, "+": 4, "S1": 5, "S2": 6, "S3": 7, "=": 8}
+_ANSWER_NAMES = ("A1", "A2", "A3", "A4")
+_EQUALS = 8
+
+
+class AdditionTask(Task):
+    name = "addition"
+    vocab = Vocabulary(tuple("0123456789") + ("B", "+", "=", "E", "P"))
+    n_ctx = 14  # B + 3 + + + 3 + = + 4 + E
+    sites = ("x0.pre", "a0.0", "a0.1", "a0.2", "a0.3", "x0.mid", "x0.post",
+             "a1.0", "a1.1", "a1.2", "a1.3", "x1.mid", "x1.post")
+    position_names = ("F1", "F2", "F3", "+", "S1", "S2", "S3", "=", "A1", "A2", "A3", "A4")
+    attribute_names = ("F1", "F2", "F3", "S1", "S2", "S3", "A1", "A2", "A3", "A4", "C2", "C3",
+                       "a", "b", "sum")
+    example = "B615+861=1476E"
+
+    def describe_vocabulary(self) -> str:
+        return "0-9, +, =, B (BOS), E (EOS), P (PAD)"
+
+    # ----- sampling and enumeration ----------------------------------------------------
+
+    def sample_tokens(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        operands = torch.randint(OPERAND_MIN, OPERAND_MAX + 1, (n, 2), generator=generator)
+        return self.tokens_of(operands[:, 0], operands[:, 1])
+
+    def tokens_of(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``[n, n_ctx]`` tokens of the inputs ``a + b`` (operands in 100..999, shape ``[n]``)."""
+        n = a.shape[0]
+        total = a + b
+        tokens = torch.full((n, self.n_ctx), self.vocab.pad_id, dtype=torch.long)
+        tokens[:, 0] = self.vocab.bos_id
+        tokens[:, 1:4] = _digits(a, 3)
+        tokens[:, 4] = self.vocab.id_of("+")
+        tokens[:, 5:8] = _digits(b, 3)
+        tokens[:, 8] = self.vocab.id_of("=")
+        four = total >= 1000
+        sum_digits = _digits(total, 4)  # digit ids equal digit values
+        tokens[four, 9:13] = sum_digits[four]
+        tokens[four, 13] = self.vocab.eos_id
+        tokens[~four, 9:12] = sum_digits[~four, 1:]
+        tokens[~four, 12] = self.vocab.eos_id
+        return tokens
+
+    def enumerate_tokens(self) -> torch.Tensor:
+        """All 810,000 inputs, ``[810000, n_ctx]``, ordered by a then b."""
+        operands = torch.arange(OPERAND_MIN, OPERAND_MAX + 1)
+        a = operands.repeat_interleave(N_OPERANDS)
+        b = operands.repeat(N_OPERANDS)
+        return self.tokens_of(a, b)
+
+    # ----- positions ------------------------------------------------------------------
+
+    def named_positions(self, text: str) -> dict[str, int]:
+        text = self.normalize(text)
+        named = {name: index for name, index in _FIXED_POSITIONS.items() if index < len(text)}
+        end = text.find("E", _EQUALS)
+        answer_end = end if end >= 0 else len(text)
+        for offset, name in enumerate(_ANSWER_NAMES):
+            index = _EQUALS + 1 + offset
+            if index < answer_end:
+                named[name] = index
+        return named
+
+    def query_position_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        # Every digit, '+' and '=' (method.md §5): everything but B, E and P.
+        special = (tokens == self.vocab.bos_id) | (tokens == self.vocab.eos_id) | (
+            tokens == self.vocab.pad_id)
+        return ~special
+
+    # ----- reading and checking ---------------------------------------------------------
+
+    def attributes(self, text: str) -> dict[str, Any]:
+        """Operand digits, answer tokens as written (A4 None for 3-digit answers), carries
+        C2 = [F2+S2 >= 10] and C3 = [F3+S3 >= 10], and a, b and their true sum."""
+        match = _GRAMMAR.match(self.normalize(text))
+        if match is None:
+            return {}
+        first, second, answer = match.groups()
+        f, s = [int(c) for c in first], [int(c) for c in second]
+        answer_digits = [int(c) for c in answer] + [None] * (4 - len(answer))
+        attributes: dict[str, Any] = {
+            "F1": f[0], "F2": f[1], "F3": f[2], "S1": s[0], "S2": s[1], "S3": s[2],
+        }
+        attributes.update(zip(_ANSWER_NAMES, answer_digits))
+        attributes.update({
+            "C2": int(f[1] + s[1] >= 10), "C3": int(f[2] + s[2] >= 10),
+            "a": int(first), "b": int(second), "sum": int(first) + int(second),
+        })
+        return attributes
+
+    def validate(self, text: str) -> Validity:
+        match = _GRAMMAR.match(self.normalize(text))
+        if match is None:
+            return Validity(False, False, None, "does not match B<ddd>+<ddd>=<digits>E")
+        first, second, answer = match.groups()
+        correct = answer == str(int(first) + int(second))
+        reason = ""
+        if first[0] == "0" or second[0] == "0":
+            reason = "an operand has a leading zero"
+        elif len(answer) > 1 and answer[0] == "0":
+            reason = "the answer has a leading zero"
+        return Validity(True, reason == "", correct, reason)
+
+    # ----- training and evaluation ------------------------------------------------------
+
+    def loss_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        # Full language modelling on every non-PAD token (the BOS is given, never predicted).
+        next_is_token = torch.zeros_like(tokens, dtype=torch.bool)
+        next_is_token[:, :-1] = tokens[:, 1:] != self.vocab.pad_id
+        return next_is_token
+
+    def answer_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        # '=' and every answer digit: they predict A1..A4 and E.
+        mask = self.loss_mask(tokens)
+        mask[:, :_EQUALS] = False
+        return mask
+
+    def probed_config(self) -> dict[str, Any]:
+        # The authors' checkpoint: 2 layers, d_model 32, 4 heads, d_mlp 128,
+        # residual and embedding dropout 0.1.
+        return dict(
+            vocab_size=self.vocab.size, n_positions=self.n_ctx, n_embd=32, n_layer=2, n_head=4,
+            n_inner=128, activation_function="gelu_new", resid_pdrop=0.1, embd_pdrop=0.1,
+            attn_pdrop=0.0, layer_norm_epsilon=1e-5, bos_token_id=self.vocab.bos_id,
+            eos_token_id=self.vocab.eos_id, pad_token_id=self.vocab.pad_id,
+        )
+
+
+def _digits(values: torch.Tensor, width: int) -> torch.Tensor:
+    """``[n, width]`` decimal digits of ``values``, most significant first, zero padded."""
+    powers = 10 ** torch.arange(width - 1, -1, -1)
+    return (values.unsqueeze(1) // powers) % 10

@@ -1,0 +1,258 @@
+"""The interface every task implements, and the pieces tasks share.
+
+A task says what the probed model's inputs look like: a character-level vocabulary with
+fixed ids, a seeded sampler of the task distribution, named positions, the attributes an
+analysis reads off an input, and a validity check for generated strings. Later stages
+(probed-model training, the decoder's data stream, the query engine) use only this
+interface and never branch on a task's name.
+
+Texts are strings with one character per token, e.g. ``"Bvvzc|v:2E"``. A text may be given
+with or without its leading ``B``; it is never padded (``P``) by the user.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class TaskInputError(ValueError):
+    """A user-supplied input does not fit the task (bad character, too long, bad position)."""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A character vocabulary: ``tokens[i]`` is the character with id ``i``."""
+
+    tokens: tuple[str, ...]
+    bos: str = "B"
+    eos: str = "E"
+    pad: str = "P"
+
+    def __post_init__(self) -> None:
+        if len(set(self.tokens)) != len(self.tokens):
+            raise ValueError("vocabulary has duplicate tokens")
+        if any(len(token) != 1 for token in self.tokens):
+            raise ValueError("every token must be exactly one character")
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def bos_id(self) -> int:
+        return self.tokens.index(self.bos)
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokens.index(self.eos)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokens.index(self.pad)
+
+    def id_of(self, char: str) -> int:
+        return self._index[char]
+
+    @property
+    def _index(self) -> dict[str, int]:
+        # Cached on first use; the dataclass is frozen, so bypass __setattr__.
+        cache = self.__dict__.get("_index_cache")
+        if cache is None:
+            cache = {token: i for i, token in enumerate(self.tokens)}
+            object.__setattr__(self, "_index_cache", cache)
+        return cache
+
+
+@dataclass(frozen=True)
+class Validity:
+    """Whether a (generated) text is a proper input of the task.
+
+    well_formed: follows the task's grammar (``B`` ... ``E``, right characters in the right slots).
+    in_distribution: well formed and could have been drawn by the task's sampler.
+    correct: the answer written in the text is the right one (None when not well formed).
+    reason: why it is not well formed / in distribution, empty when it is.
+    """
+
+    well_formed: bool
+    in_distribution: bool
+    correct: bool | None
+    reason: str = ""
+
+
+class Task(ABC):
+    """One task: vocabulary, sampler, positions, attributes, validity.
+
+    Subclasses set ``name``, ``vocab``, ``n_ctx`` and ``sites`` and implement the abstract
+    methods. Token tensors are right-padded with PAD to ``n_ctx``: ``[batch, n_ctx]`` int64.
+    """
+
+    name: str
+    vocab: Vocabulary
+    n_ctx: int
+    #: The ordered site list; a site's index here is its site id for the decoder.
+    sites: tuple[str, ...]
+    #: Position names a user may query, in display order (integers are accepted too).
+    position_names: tuple[str, ...]
+    #: The attributes ``attributes()`` returns, in display order.
+    attribute_names: tuple[str, ...]
+    #: One example text, used as a default in the CLI.
+    example: str
+
+    # ----- encoding -------------------------------------------------------------------
+
+    def normalize(self, text: str) -> str:
+        """Return ``text`` with its leading BOS (added if missing) and surrounding spaces removed."""
+        text = text.strip()
+        if not text.startswith(self.vocab.bos):
+            text = self.vocab.bos + text
+        return text
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, with BOS prepended when missing.
+
+        Raises TaskInputError naming the offending character or the length and what is allowed.
+        """
+        text = self.normalize(text)
+        ids = []
+        for index, char in enumerate(text):
+            try:
+                ids.append(self.vocab.id_of(char))
+            except KeyError:
+                raise TaskInputError(
+                    f"character {char!r} at index {index} of {text!r} is not in the {self.name} "
+                    f"vocabulary; allowed characters: {self.describe_vocabulary()}"
+                ) from None
+        if self.vocab.pad_id in ids:
+            raise TaskInputError(
+                f"{text!r} contains the padding token {self.vocab.pad!r}; give the input unpadded"
+            )
+        if len(ids) > self.n_ctx:
+            raise TaskInputError(
+                f"{text!r} is {len(ids)} tokens long (BOS included) but the {self.name} task's "
+                f"context holds at most {self.n_ctx}"
+            )
+        return ids
+
+    def decode(self, ids: list[int] | torch.Tensor, strip_padding: bool = True) -> str:
+        """The text of token ids; trailing PAD tokens are dropped unless strip_padding is False."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        text = "".join(self.vocab.tokens[i] for i in ids)
+        return text.rstrip(self.vocab.pad) if strip_padding else text
+
+    def encode_batch(self, texts: list[str], length: int | None = None) -> torch.Tensor:
+        """``[batch, length]`` token ids, right-padded with PAD (length defaults to n_ctx)."""
+        length = self.n_ctx if length is None else length
+        batch = torch.full((len(texts), length), self.vocab.pad_id, dtype=torch.long)
+        for row, text in enumerate(texts):
+            ids = self.encode(text)
+            if len(ids) > length:
+                raise TaskInputError(f"{text!r} is longer than the batch length {length}")
+            batch[row, : len(ids)] = torch.tensor(ids)
+        return batch
+
+    def decode_batch(self, tokens: torch.Tensor) -> list[str]:
+        return [self.decode(row) for row in tokens]
+
+    def describe_vocabulary(self) -> str:
+        return " ".join(self.vocab.tokens)
+
+    # ----- sampling -------------------------------------------------------------------
+
+    @abstractmethod
+    def sample_tokens(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``[n, n_ctx]`` complete inputs (BOS ... EOS, then PAD) drawn from the task distribution."""
+
+    def sample(self, n: int, seed: int = 0) -> list[str]:
+        """``n`` texts from the task distribution; the same seed gives the same texts."""
+        generator = torch.Generator().manual_seed(seed)
+        return self.decode_batch(self.sample_tokens(n, generator))
+
+    def enumerate_tokens(self) -> torch.Tensor:
+        """Every input of the task distribution, ``[N, n_ctx]``, for tasks small enough."""
+        raise TaskInputError(f"the {self.name} task's input space is too large to enumerate")
+
+    def lengths(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[batch]`` number of non-PAD tokens of each row."""
+        return (tokens != self.vocab.pad_id).sum(dim=1)
+
+    # ----- positions ------------------------------------------------------------------
+
+    @abstractmethod
+    def named_positions(self, text: str) -> dict[str, int]:
+        """Every named position present in ``text`` (with BOS at index 0)."""
+
+    def resolve_position(self, text: str, position: str | int) -> int:
+        """The index (0 = BOS) of a named or integer position in ``text``."""
+        text = self.normalize(text)
+        if isinstance(position, str) and position.lstrip("-").isdigit():
+            position = int(position)
+        if isinstance(position, int):
+            if not 0 <= position < len(text):
+                raise TaskInputError(
+                    f"position {position} is outside {text!r}, whose positions are 0..{len(text) - 1}"
+                )
+            return position
+        named = self.named_positions(text)
+        if position in named:
+            return named[position]
+        if position in self.position_names:
+            raise TaskInputError(f"{text!r} has no position {position!r}")
+        raise TaskInputError(
+            f"unknown position {position!r} for the {self.name} task; use an integer index "
+            f"(0 = BOS) or one of: {', '.join(self.position_names)}"
+        )
+
+    def position_label(self, text: str, index: int) -> str:
+        """A readable label of an index: its name if it has one, else ``"<index>"``."""
+        for name, named_index in self.named_positions(text).items():
+            if named_index == index:
+                return name
+        return str(index)
+
+    @abstractmethod
+    def query_position_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[batch, n_ctx]`` bool: the positions a user may query (and a decoder trains on)."""
+
+    # ----- reading and checking ---------------------------------------------------------
+
+    @abstractmethod
+    def attributes(self, text: str) -> dict[str, Any]:
+        """The task attributes of a text (``attribute_names``); empty for malformed texts."""
+
+    @abstractmethod
+    def validate(self, text: str) -> Validity:
+        """Whether ``text`` is well formed, in distribution, and has the right answer."""
+
+    # ----- training and evaluation of a probed model ----------------------------------
+
+    @abstractmethod
+    def loss_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[batch, n_ctx]`` bool: positions whose next-token prediction is trained."""
+
+    @abstractmethod
+    def answer_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[batch, n_ctx]`` bool: positions whose next-token prediction must all be right
+        for the example to count as solved (greedy exact match, computed teacher-forced)."""
+
+    @abstractmethod
+    def probed_config(self) -> dict[str, Any]:
+        """Keyword arguments of the GPT2Config of this task's default probed model."""
+
+
+def right_pad(rows: list[list[int]], length: int, pad_id: int) -> torch.Tensor:
+    batch = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        batch[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return batch
+
+
+def next_token_targets(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``[batch, n_ctx]`` target of each position: the next token, PAD after the last one."""
+    targets = torch.full_like(tokens, pad_id)
+    targets[:, :-1] = tokens[:, 1:]
+    return targets

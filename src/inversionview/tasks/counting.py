@@ -1,0 +1,156 @@
+"""Character counting (method.md §3.1): ``B`` + context + ``|`` + query letter + ``:`` + count + ``E``.
+
+The context is a shuffle of three distinct letters, each repeated 1..9 times; the query letter
+is one of the three and the answer is its count. Example: ``Bvvzccvczvvvzvcvc|v:8E``.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from typing import Any
+
+import torch
+
+from inversionview.tasks.base import Task, Validity, Vocabulary
+
+LETTERS = string.ascii_lowercase
+DIGITS = "123456789"  # there is no 0: every count is 1..9
+N_LETTERS = 3
+MAX_COUNT = 9
+MAX_CONTEXT = N_LETTERS * MAX_COUNT  # 27
+
+_GRAMMAR = re.compile(r"^B([a-z]+)\|([a-z]):([1-9])E$")
+
+
+class CountingTask(Task):
+    name = "counting"
+    vocab = Vocabulary(tuple(LETTERS) + tuple(DIGITS) + ("|", ":", "B", "E", "P"))
+    n_ctx = 33  # B + 27 + | + q + : + digit + E
+    sites = ("x0.pre", "a0.0", "x0.mid", "m0", "x0.post", "a1.0", "x1.mid", "m1", "x1.post")
+    position_names = ("|", "query", ":")
+    attribute_names = ("count", "query_letter", "letters", "length")
+    example = "Bvvzccvczvvvzvcvc|v:8E"
+
+    def __init__(self) -> None:
+        self._bar = self.vocab.id_of("|")
+        self._colon = self.vocab.id_of(":")
+        self._first_digit = self.vocab.id_of("1")
+
+    def describe_vocabulary(self) -> str:
+        return "a-z, 1-9, |, :, B (BOS), E (EOS), P (PAD)"
+
+    # ----- sampling -------------------------------------------------------------------
+
+    def sample_tokens(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        letters = torch.rand(n, len(LETTERS), generator=generator).argsort(dim=1)[:, :N_LETTERS]
+        counts = torch.randint(1, MAX_COUNT + 1, (n, N_LETTERS), generator=generator)
+        query_slot = torch.randint(0, N_LETTERS, (n,), generator=generator)
+        lengths = counts.sum(dim=1)
+
+        # Lay the multiset out in slots 0..26 (letter k fills a run of counts[k] slots), then
+        # shuffle the filled slots by sorting random keys; empty slots sort last.
+        slot = torch.arange(MAX_CONTEXT).expand(n, -1)
+        run_end = counts.cumsum(dim=1)
+        letter_of_slot = (slot.unsqueeze(-1) >= run_end.unsqueeze(1)).sum(dim=-1)  # [n, 27] in 0..3
+        filled = letter_of_slot < N_LETTERS
+        keys = torch.rand(n, MAX_CONTEXT, generator=generator).masked_fill(~filled, 2.0)
+        order = keys.argsort(dim=1)
+        shuffled_slot_letter = letter_of_slot.gather(1, order).clamp(max=N_LETTERS - 1)
+        context = letters.gather(1, shuffled_slot_letter)  # letter ids are token ids (a=0)
+
+        tokens = torch.full((n, self.n_ctx), self.vocab.pad_id, dtype=torch.long)
+        tokens[:, 0] = self.vocab.bos_id
+        positions = torch.arange(self.n_ctx).expand(n, -1)
+        in_context = (positions >= 1) & (positions <= lengths.unsqueeze(1))
+        padded_context = torch.cat([torch.zeros(n, 1, dtype=torch.long), context,
+                                    torch.zeros(n, self.n_ctx - 1 - MAX_CONTEXT, dtype=torch.long)], 1)
+        tokens = torch.where(in_context, padded_context, tokens)
+
+        rows = torch.arange(n)
+        query_letter = letters[rows, query_slot]
+        count = counts[rows, query_slot]
+        tail = torch.stack([
+            torch.full((n,), self._bar),
+            query_letter,
+            torch.full((n,), self._colon),
+            self._first_digit + count - 1,
+            torch.full((n,), self.vocab.eos_id),
+        ], dim=1)
+        tail_positions = lengths.unsqueeze(1) + 1 + torch.arange(5)
+        tokens.scatter_(1, tail_positions, tail)
+        return tokens
+
+    # ----- positions ------------------------------------------------------------------
+
+    def named_positions(self, text: str) -> dict[str, int]:
+        text = self.normalize(text)
+        named: dict[str, int] = {}
+        bar = text.find("|")
+        if bar >= 0:
+            named["|"] = bar
+            if bar + 1 < len(text):
+                named["query"] = bar + 1
+        colon = text.find(":", max(bar, 0))
+        if colon >= 0:
+            named[":"] = colon
+        return named
+
+    def query_position_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        is_bar = tokens == self._bar
+        after_bar = torch.zeros_like(is_bar)
+        after_bar[:, 1:] = is_bar[:, :-1]
+        return is_bar | after_bar | (tokens == self._colon)
+
+    # ----- reading and checking ---------------------------------------------------------
+
+    def attributes(self, text: str) -> dict[str, Any]:
+        match = _GRAMMAR.match(self.normalize(text))
+        if match is None:
+            return {}
+        context, query_letter, _ = match.groups()
+        counts = Counter(context)
+        return {
+            "count": counts.get(query_letter, 0),
+            "query_letter": query_letter,
+            "letters": dict(sorted(counts.items())),
+            "length": len(context),
+        }
+
+    def validate(self, text: str) -> Validity:
+        text = self.normalize(text)
+        match = _GRAMMAR.match(text)
+        if match is None:
+            return Validity(False, False, None, "does not match B<letters>|<letter>:<digit>E")
+        context, query_letter, digit = match.groups()
+        counts = Counter(context)
+        correct = counts.get(query_letter, 0) == int(digit)
+        reason = ""
+        if len(counts) != N_LETTERS:
+            reason = f"context has {len(counts)} distinct letters, not {N_LETTERS}"
+        elif max(counts.values()) > MAX_COUNT:
+            reason = f"a letter occurs more than {MAX_COUNT} times"
+        elif query_letter not in counts:
+            reason = "query letter does not occur in the context"
+        return Validity(True, reason == "", correct, reason)
+
+    # ----- training and evaluation ------------------------------------------------------
+
+    def loss_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        # The authors' counting model is trained only on the count digit.
+        return self.answer_mask(tokens)
+
+    def answer_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        # The logits at ':' predict the count digit.
+        return tokens == self._colon
+
+    def probed_config(self) -> dict[str, Any]:
+        # The authors' checkpoint: 2 layers, d_model 64, 1 head, d_mlp 256, no dropout.
+        return dict(
+            vocab_size=self.vocab.size, n_positions=self.n_ctx, n_embd=64, n_layer=2, n_head=1,
+            n_inner=256, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0, layer_norm_epsilon=1e-5, bos_token_id=self.vocab.bos_id,
+            eos_token_id=self.vocab.eos_id, pad_token_id=self.vocab.pad_id,
+        )
+
