@@ -65,12 +65,7 @@ def save_checkpoint(directory: Path, model_state: dict[str, torch.Tensor],
 def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer,
                     generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.Tensor], dict]:
     """Restore optimizer and RNG states in place; return (model state, record)."""
-    if not (directory / "state.json").exists():
-        old = directory.with_name(directory.name + ".old")  # killed between the two renames
-        if (old / "state.json").exists():
-            directory = old
-        else:
-            raise FileNotFoundError(f"no checkpoint to resume from in {directory}")
+    directory = existing_checkpoint(directory)
     model_state = load_file(str(directory / "model.safetensors"))
     restore_optimizer(optimizer, load_file(str(directory / "optimizer.safetensors")),
                       json.loads((directory / "optimizer.json").read_text()))
@@ -78,3 +73,18 @@ def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer,
     for name, generator in generators.items():
         generator.set_state(rng[name])
     return model_state, json.loads((directory / "state.json").read_text())
+
+
+def existing_checkpoint(directory: Path) -> Path:
+    """``directory``, or its ``.old`` twin when a run was killed between the two renames."""
+    if (directory / "state.json").exists():
+        return directory
+    old = directory.with_name(directory.name + ".old")
+    if (old / "state.json").exists():
+        return old
+    raise FileNotFoundError(f"no checkpoint to resume from in {directory}")
+
+
+def checkpoint_record(directory: Path) -> dict[str, Any]:
+    """The JSON record (step, elapsed, config, ...) of the checkpoint in ``directory``."""
+    return json.loads((existing_checkpoint(directory) / "state.json").read_text())

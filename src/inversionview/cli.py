@@ -149,6 +149,8 @@ def train_probed_command(
     d_model: Annotated[Optional[int], typer.Option("--d-model", help="Override the task's default width.")] = None,
     n_heads: Annotated[Optional[int], typer.Option("--n-heads")] = None,
     n_layers: Annotated[Optional[int], typer.Option("--n-layers")] = None,
+    objective: Annotated[str, typer.Option("--objective", help="lm: every next token; task: only "
+                                           "the task's loss positions (counting: the count digit).")] = "lm",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: torch's).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -173,14 +175,22 @@ def train_probed_command(
         overrides["n_head"] = n_heads
     if n_layers is not None:
         overrides["n_layer"] = n_layers
-    if resume and not (out / "checkpoint").exists() and not (out / "checkpoint.old").exists():
-        _fail(f"--resume: no checkpoint in {out / 'checkpoint'}")
     if resume:
-        saved = json.loads((out / "checkpoint" / "state.json").read_text())["config"]
+        from inversionview.checkpoint import checkpoint_record
+
+        try:
+            saved = checkpoint_record(out / "checkpoint")["config"]
+        except FileNotFoundError as error:
+            _fail(f"--resume: {error}")
         overrides = saved["model_overrides"]
         seed, batch_size, lr = saved["seed"], saved["batch_size"], saved["lr"]
-    config = ProbedTrainingConfig(task=task, out=out, minutes=minutes, steps=steps, seed=seed,
-                                  batch_size=batch_size, lr=lr, model_overrides=overrides)
+        objective = saved["objective"]
+    try:
+        config = ProbedTrainingConfig(task=task, out=out, minutes=minutes, steps=steps, seed=seed,
+                                      batch_size=batch_size, lr=lr, model_overrides=overrides,
+                                      objective=objective)
+    except ValueError as error:
+        _fail(str(error))
     model = train_probed(config, resume=resume, show_progress=not as_json)
     record = {"out": str(out), "task": task, **{k: model.manifest[k] for k in (
         "steps", "examples", "wall_seconds", "accuracy", "accuracy_examples", "seed", "commit")}}

@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny probed models built in the test, and the authors' checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inversionview.probed import build_probed
+
+AUTHORS_MODELS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "authors-probed-models"
+
+
+def authors_model_dir(task: str) -> Path:
+    directory = AUTHORS_MODELS / task
+    if not (directory / "config.json").exists():
+        pytest.skip(f"the authors' {task} checkpoint is not at {directory} (../shared is absent)")
+    return directory
+
+
+@pytest.fixture(params=["counting", "addition"])
+def tiny_model(request):
+    """A small random probed model of each task (2 layers, several heads, dropout off)."""
+    return build_probed(request.param, seed=1, n_embd=16, n_head=4, n_inner=32,
+                        resid_pdrop=0.0, embd_pdrop=0.0)

@@ -1,0 +1,71 @@
+"""Saving, loading and resolving MODEL arguments, and the errors for what does not fit."""
+
+import json
+
+import pytest
+import torch
+
+from inversionview.probed import ModelLoadError, build_probed, load_probed
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = build_probed("addition", seed=3, n_embd=16, n_head=2, n_inner=32)
+    model.save(tmp_path / "m", {"note": "test"})
+    manifest = json.loads((tmp_path / "m" / "inversionview.json").read_text())
+    assert manifest["task"] == "addition" and manifest["note"] == "test"
+    assert manifest["weights_sha256"] == model.weights_hash()
+    loaded = load_probed(tmp_path / "m")  # the task comes from the manifest
+    assert loaded.task.name == "addition"
+    assert loaded.weights_hash() == model.weights_hash()
+    tokens = model.tokens(model.task.sample(4, seed=0))
+    assert torch.equal(loaded.logits(tokens), model.logits(tokens))
+    assert not list((tmp_path / "m").glob("*.tmp"))  # atomic writes left nothing behind
+
+
+def test_build_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    a = build_probed("counting", seed=7)
+    after = torch.rand(1)
+    assert torch.equal(before, after)
+    assert a.weights_hash() == build_probed("counting", seed=7).weights_hash()
+    assert a.weights_hash() != build_probed("counting", seed=8).weights_hash()
+
+
+def test_hf_directory_needs_a_task(tmp_path):
+    model = build_probed("counting", seed=0, n_embd=16, n_head=1, n_inner=32)
+    model.hf_model.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ModelLoadError, match="--task"):
+        load_probed(tmp_path / "hf")
+    assert load_probed(tmp_path / "hf", task="counting").weights_hash() == model.weights_hash()
+
+
+def test_checkpoint_that_does_not_match(tmp_path):
+    model = build_probed("counting", seed=0, n_embd=16, n_head=1, n_inner=32)
+    model.save(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["n_embd"] = 32
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="does not match its config: .*shape"):
+        load_probed(tmp_path / "m")
+
+
+def test_model_of_another_task(tmp_path):
+    build_probed("counting", seed=0, n_embd=16, n_head=1, n_inner=32).save(tmp_path / "m")
+    with pytest.raises(ModelLoadError, match="trained on 'counting', not 'addition'"):
+        load_probed(tmp_path / "m", task="addition")
+
+
+def test_missing_things(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_probed(tmp_path / "nowhere")
+    with pytest.raises(ModelLoadError, match="neither a bundled artifact"):
+        load_probed("no-such-model")
+    with pytest.raises(ModelLoadError, match="not in the local HuggingFace cache"):
+        load_probed("no-such-model", task="counting")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="--task"):
+        load_probed(tmp_path / "empty")
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_probed(tmp_path / "empty", task="counting")
