@@ -1,7 +1,7 @@
 """Bundled trained artifacts (probed models, later decoders), each a directory with a manifest.
 
-They live in the repository's ``artifacts/`` folder; a wheel carries them as
-``inversionview/_bundled_artifacts``. ``INVERSIONVIEW_ARTIFACTS`` points elsewhere.
+They live in the repository's ``artifacts/`` folder, found from the source tree (the README
+installs the package in editable mode); ``INVERSIONVIEW_ARTIFACTS`` points elsewhere.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ def artifact_roots() -> list[Path]:
     roots = []
     if os.environ.get("INVERSIONVIEW_ARTIFACTS"):
         roots.append(Path(os.environ["INVERSIONVIEW_ARTIFACTS"]))
-    package = Path(__file__).resolve().parent
-    roots.append(package / "_bundled_artifacts")  # installed from a wheel
-    roots.append(package.parent.parent / "artifacts")  # editable install / source checkout
+    roots.append(Path(__file__).resolve().parents[2] / "artifacts")  # the source checkout
     return [root for root in roots if root.is_dir()]
 
 
