@@ -1,0 +1,198 @@
+"""The decoder: a small GPT-2-style language model over the probed model's vocabulary that
+generates inputs conditioned on one activation (method.md §6).
+
+Conditioning. The activation z (the probed model's d_model) is concatenated with a learned
+embedding of its site; the vector passes through a stack of residual MLP blocks and a final
+LayerNorm. Each decoder layer projects that vector to its width (then LayerNorm) and
+prepends the result to its attention as one extra key/value slot: every token can attend to
+the activation; the slot has no position embedding and asks no query. One decoder serves
+every site of a probed model; it is not told the position.
+
+Reads top to bottom: config, conditioning, attention, block, decoder, generation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int
+    n_ctx: int
+    activation_dim: int  # d_model of the probed model
+    n_sites: int
+    # The paper's toy-task decoder: 2 layers, d 256, 4 heads, MLP 1024, dropout 0.1.
+    d_model: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    d_mlp: int = 1024
+    dropout: float = 0.1
+    n_condition_blocks: int = 6
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ResidualMLP(nn.Module):
+    """LayerNorm, linear down, ReLU, linear back up, residual add."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.down = nn.Linear(width, hidden)
+        self.up = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(F.relu(self.down(self.norm(x))))
+
+
+class Conditioning(nn.Module):
+    """(activation, site id) -> one vector per decoder layer, ``[batch, n_layers, d_model]``."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        width = 2 * config.activation_dim  # activation ++ site embedding
+        self.site_embedding = nn.Embedding(config.n_sites, config.activation_dim)
+        self.blocks = nn.Sequential(*[ResidualMLP(width, config.activation_dim)
+                                      for _ in range(config.n_condition_blocks)])
+        self.norm = nn.LayerNorm(width)
+        self.per_layer = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, config.d_model), nn.LayerNorm(config.d_model))
+            for _ in range(config.n_layers))
+
+    def forward(self, activation: torch.Tensor, site_id: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([activation, self.site_embedding(site_id)], dim=-1)
+        x = self.norm(self.blocks(x))
+        return torch.stack([project(x) for project in self.per_layer], dim=1)
+
+    @torch.no_grad()
+    def init_site_embedding(self, site_means: torch.Tensor, site_stds: torch.Tensor,
+                            generator: torch.Generator | None = None) -> None:
+        """Draw each site's row to match that site's activation mean and std (scalars per
+        site, ``[n_sites]``), so the embedding starts on the scale of the activations."""
+        noise = torch.randn(self.site_embedding.weight.shape, generator=generator)
+        self.site_embedding.weight.copy_(site_means[:, None] + site_stds[:, None] * noise)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with one extra key/value slot holding the activation."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.query = nn.Linear(config.d_model, config.d_model)
+        self.key_value = nn.Linear(config.d_model, 2 * config.d_model)
+        self.out = nn.Linear(config.d_model, config.d_model)
+        self.dropout = config.dropout
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:  # [b, p, d] -> [b, h, p, dh]
+        b, p, d = x.shape
+        return x.view(b, p, self.n_heads, d // self.n_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor,
+                cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """x ``[b, p, d]``, condition ``[b, d]``. With a cache (generation), keys and values of
+        the slot and of earlier tokens are kept there and only the new tokens' are computed."""
+        b, p, d = x.shape
+        q = self._split(self.query(x))
+        first_call = cache is None or "k" not in cache
+        # The slot goes first, through the same key/value projection as a token.
+        kv_input = torch.cat([condition[:, None], x], dim=1) if first_call else x
+        k, v = (self._split(t) for t in self.key_value(kv_input).split(d, dim=-1))
+        if not first_call:
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+        if cache is not None:
+            cache["k"], cache["v"] = k, v
+        past = k.shape[2] - p  # the slot and the tokens before these
+        # New token i sees the slot and every token up to itself, never a later one.
+        visible = torch.arange(k.shape[2], device=x.device)[None, :] <= (
+            past + torch.arange(p, device=x.device)[:, None])
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(b, p, d))
+
+
+class Block(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.d_model)
+        self.attention = Attention(config)
+        self.norm2 = nn.LayerNorm(config.d_model)
+        self.mlp = nn.Sequential(nn.Linear(config.d_model, config.d_mlp), nn.GELU(approximate="tanh"),
+                                 nn.Linear(config.d_mlp, config.d_model))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, condition, cache=None):
+        x = x + self.dropout(self.attention(self.norm1(x), condition, cache))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.position_embedding = nn.Embedding(config.n_ctx, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.conditioning = Conditioning(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(config.d_model)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, tokens: torch.Tensor, activation: torch.Tensor, site_id: torch.Tensor,
+                ) -> torch.Tensor:
+        """Logits ``[b, p, vocab]`` of the next token at each position of ``tokens`` ``[b, p]``
+        given the activation ``[b, activation_dim]`` of site ``site_id`` ``[b]``."""
+        return self._logits(tokens, self.conditioning(activation, site_id), start=0)
+
+    def _logits(self, tokens: torch.Tensor, conditions: torch.Tensor, start: int,
+                caches: list[dict] | None = None) -> torch.Tensor:
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        x = self.dropout(self.token_embedding(tokens) + self.position_embedding(positions))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, conditions[:, layer], None if caches is None else caches[layer])
+        return self.norm(x) @ self.token_embedding.weight.T  # LM head tied to the embedding
+
+    @torch.no_grad()
+    def sample(self, activation: torch.Tensor, site_id: torch.Tensor, bos_id: int, eos_id: int,
+               pad_id: int, temperature: float | torch.Tensor = 1.0,
+               generator: torch.Generator | None = None, max_length: int | None = None,
+               ) -> torch.Tensor:
+        """Ancestral sampling with a KV cache from BOS until EOS or ``max_length`` (default
+        n_ctx): ``[b, max_length]`` tokens, PAD after each EOS. ``temperature`` is a float or
+        a ``[b]`` tensor (one per sample)."""
+        max_length = max_length or self.config.n_ctx
+        batch = activation.shape[0]
+        device = activation.device
+        temperature = torch.as_tensor(temperature, dtype=torch.float32, device=device)
+        temperature = temperature.expand(batch)[:, None]
+        conditions = self.conditioning(activation, site_id)
+        caches: list[dict] = [{} for _ in self.blocks]
+        tokens = torch.full((batch, max_length), pad_id, dtype=torch.long, device=device)
+        tokens[:, 0] = bos_id
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        for position in range(1, max_length):
+            logits = self._logits(tokens[:, position - 1:position], conditions, position - 1, caches)
+            probabilities = torch.softmax(logits[:, -1].float() / temperature, dim=-1)
+            drawn = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+            tokens[:, position] = torch.where(finished, pad_id, drawn)
+            finished |= drawn == eos_id
+            if finished.all():
+                break
+        return tokens
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,95 @@
+"""The decoder model: masking, the activation slot, KV-cache generation, conditioning."""
+
+import torch
+
+from inversionview.decoder import Decoder, DecoderConfig
+
+
+def tiny_decoder(seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = DecoderConfig(vocab_size=15, n_ctx=14, activation_dim=8, n_sites=3, d_model=32,
+                           n_layers=2, n_heads=4, d_mlp=64, dropout=0.0, n_condition_blocks=2)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return Decoder(config).eval()
+
+
+def _batch(b=3, p=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 15, (b, p), generator=g), torch.randn(b, 8, generator=g),
+            torch.randint(0, 3, (b,), generator=g))
+
+
+def test_shapes_and_size_of_the_paper_configuration():
+    decoder = tiny_decoder()
+    tokens, activation, site = _batch()
+    assert decoder(tokens, activation, site).shape == (3, 10, 15)
+    paper = Decoder(DecoderConfig(vocab_size=40, n_ctx=33, activation_dim=64, n_sites=9))
+    # The paper's toy-task decoder has about 1.7 M parameters in its transformer.
+    transformer = sum(p.numel() for name, p in paper.named_parameters()
+                      if not name.startswith("conditioning"))
+    assert 1.5e6 < transformer < 1.8e6
+
+
+def test_a_token_never_sees_a_later_token():
+    decoder = tiny_decoder()
+    tokens, activation, site = _batch()
+    logits = decoder(tokens, activation, site)
+    changed = tokens.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % 15
+    logits_changed = decoder(changed, activation, site)
+    assert torch.allclose(logits[:, :6], logits_changed[:, :6], atol=1e-6)
+    assert not torch.allclose(logits[:, 6:], logits_changed[:, 6:], atol=1e-3)
+
+
+def test_the_activation_slot_is_visible_to_every_position():
+    decoder = tiny_decoder()
+    tokens, activation, site = _batch()
+    logits = decoder(tokens, activation, site)
+    other = decoder(tokens, activation + 1.0, site)
+    per_position = (logits - other).abs().amax(dim=(0, 2))
+    assert (per_position > 1e-4).all()  # position 0 included: only the slot can differ there
+
+
+def test_kv_cache_generation_equals_full_recomputation():
+    decoder = tiny_decoder()
+    _, activation, site = _batch(b=5)
+    generator = torch.Generator().manual_seed(3)
+    sampled = decoder.sample(activation, site, bos_id=10, eos_id=13, pad_id=14,
+                             temperature=1.0, generator=generator)
+    # Recompute each step's distribution without a cache and replay the draws.
+    replay = torch.Generator().manual_seed(3)
+    tokens = torch.full_like(sampled, 14)
+    tokens[:, 0] = 10
+    finished = torch.zeros(5, dtype=torch.bool)
+    for position in range(1, sampled.shape[1]):
+        logits = decoder(tokens[:, :position], activation, site)[:, -1]
+        drawn = torch.multinomial(torch.softmax(logits, -1), 1, generator=replay).squeeze(1)
+        tokens[:, position] = torch.where(finished, 14, drawn)
+        finished |= drawn == 13
+        if finished.all():
+            break
+    assert torch.equal(sampled, tokens)
+
+
+def test_sampling_is_seeded_and_temperature_per_sample():
+    decoder = tiny_decoder()
+    _, activation, site = _batch(b=4)
+    def draw(seed, temperature):
+        return decoder.sample(activation, site, 10, 13, 14, temperature,
+                              torch.Generator().manual_seed(seed))
+    assert torch.equal(draw(1, 1.0), draw(1, 1.0))
+    assert not torch.equal(draw(1, 1.0), draw(2, 1.0))
+    mixed = draw(1, torch.tensor([0.5, 1.0, 2.0, 1.0]))
+    assert mixed.shape == (4, 14)
+    cold = draw(5, 1e-4)
+    assert torch.equal(cold, draw(6, 1e-4))  # temperature -> 0 is greedy
+
+
+def test_site_embedding_initialised_from_statistics():
+    decoder = tiny_decoder()
+    means, stds = torch.tensor([0.0, 5.0, -2.0]), torch.tensor([1.0, 0.1, 3.0])
+    decoder.conditioning.init_site_embedding(means, stds, torch.Generator().manual_seed(0))
+    weight = decoder.conditioning.site_embedding.weight
+    noise = torch.randn((3, 8), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(weight, means[:, None] + stds[:, None] * noise)
