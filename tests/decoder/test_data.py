@@ -1,0 +1,68 @@
+"""The on-the-fly training stream: activations, positions, sites, rebalancing."""
+
+import torch
+
+from inversionview.decoder.data import ActivationStream, site_probabilities
+from inversionview.probed import build_probed
+
+
+def _stream(task="counting", batch=512, seed=0, **kwargs):
+    model = build_probed(task, seed=0, n_embd=16, n_head=1 if task == "counting" else 4, n_inner=32)
+    return model, ActivationStream(model, batch, torch.Generator().manual_seed(seed), **kwargs)
+
+
+def test_each_activation_is_its_site_at_its_position():
+    model, stream = _stream("addition")
+    batch = stream.next_batch()
+    for row in range(0, 512, 37):
+        site = model.sites[batch.site_id[row]]
+        expected = model.activations(batch.tokens[row:row + 1], site)[0, batch.position[row]]
+        assert torch.allclose(batch.activation[row], expected, atol=1e-6)
+
+
+def test_positions_are_queryable_ones_or_bos():
+    model, stream = _stream("counting", batch=4000)
+    batch = stream.next_batch()
+    allowed = model.task.query_position_mask(batch.tokens)
+    at_bos = batch.position == 0
+    assert allowed[torch.arange(4000), batch.position][~at_bos].all()
+    assert 15 <= at_bos.sum() <= 70  # 1 % of 4000 = 40
+    # counting: '|', query letter and ':' are each drawn about a third of the time
+    labels = [model.task.position_label(model.task.decode(t), int(p))
+              for t, p in zip(batch.tokens[~at_bos][:900], batch.position[~at_bos][:900])]
+    for name in ("|", "query", ":"):
+        assert 240 < labels.count(name) < 360
+
+
+def test_stream_is_seeded():
+    _, a = _stream(seed=4)
+    _, b = _stream(seed=4)
+    first, second = a.next_batch(), b.next_batch()
+    assert torch.equal(first.tokens, second.tokens) and torch.equal(first.activation, second.activation)
+
+
+def test_rebalancing_changes_the_site_mix():
+    rates = torch.tensor([0.99, 0.9, 0.5, 0.1, 0.05, 0.8, 0.7, 0.6, 0.3])
+    assert torch.allclose(site_probabilities(rates, 0.0), torch.full((9,), 1 / 9))
+    probabilities = site_probabilities(rates, rebalance=5.0)
+    assert probabilities.argmax() == 4 and probabilities.argmin() == 0
+    _, stream = _stream(batch=20_000)
+    stream.set_site_probabilities(probabilities)
+    counts = torch.bincount(stream.next_batch().site_id, minlength=9).float() / 20_000
+    assert torch.allclose(counts, probabilities, atol=0.015)
+    assert counts[4] > 2 * counts[0]
+
+
+def test_a_fixed_list_of_texts_is_cycled():
+    texts = ["Baabbc|a:2E", "Bxyzz|z:2E", "Bmnop|m:1E"]
+    _, stream = _stream(batch=5, texts=texts)
+    seen = [stream.task.decode(t) for _ in range(3) for t in stream.next_batch().tokens]
+    assert sorted(set(seen)) == sorted(texts)
+    assert all(seen.count(text) == 5 for text in texts)  # 15 draws = 5 full passes
+
+
+def test_site_statistics():
+    model, stream = _stream("addition")
+    means, stds = stream.site_statistics(256)
+    assert means.shape == stds.shape == (13,)
+    assert (stds > 0).all()
