@@ -1,0 +1,1 @@
+"""A query: sample, score and colour an activation's ε-preimage."""

@@ -1,0 +1,58 @@
+"""Distances between a query activation and a candidate's activations (method.md §7).
+
+D_j = ||z_q - z'_j||_2 / ||z_q||_2 (normalised by the query's norm only), or
+1 - cos(z_q, z'_j), at every position j of the candidate; PAD and EOS positions are excluded
+and BOS is not. A candidate's distance is the minimum over its positions, and the argmin is
+its best position; or the value at one fixed position.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from inversionview.probed.model import ProbedModel
+from inversionview.probed.sites import Site
+
+Metric = Literal["euclidean", "cosine"]
+
+
+def position_distances(query: torch.Tensor, candidates: torch.Tensor, metric: Metric = "euclidean",
+                       ) -> torch.Tensor:
+    """``[batch, pos]`` distance of each candidate activation ``[batch, pos, d]`` to the
+    query ``[d]`` (or one query per candidate, ``[batch, d]``)."""
+    if query.dim() == 1:
+        query = query.expand(candidates.shape[0], -1)
+    query = query[:, None, :]
+    if metric == "euclidean":
+        return (candidates - query).norm(dim=-1) / query.norm(dim=-1)
+    if metric == "cosine":
+        return 1.0 - torch.nn.functional.cosine_similarity(candidates, query, dim=-1)
+    raise ValueError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
+
+
+def scorable_positions(model: ProbedModel, tokens: torch.Tensor) -> torch.Tensor:
+    """``[batch, pos]`` bool: positions that count (not PAD, not EOS; BOS counts)."""
+    vocab = model.task.vocab
+    return (tokens != vocab.pad_id) & (tokens != vocab.eos_id)
+
+
+@torch.no_grad()
+def candidate_distances(model: ProbedModel, site: Site, query: torch.Tensor, tokens: torch.Tensor,
+                        metric: Metric = "euclidean", fixed_position: int | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score candidates ``tokens`` ``[batch, pos]`` against ``query`` (``[d]`` or ``[batch, d]``).
+
+    Returns (distance ``[batch]``, best_position ``[batch]``, per-position distances
+    ``[batch, pos]`` with inf where excluded). With ``fixed_position`` the distance is read
+    there (inf when that position is PAD/EOS or beyond the candidate).
+    """
+    activations = model.run_sites(tokens, [site])[site]
+    per_position = position_distances(query.to(activations.device), activations, metric)
+    per_position = per_position.masked_fill(~scorable_positions(model, tokens), float("inf"))
+    if fixed_position is not None:
+        positions = torch.full((tokens.shape[0],), fixed_position, device=tokens.device)
+        return per_position[:, fixed_position], positions, per_position
+    distance, best_position = per_position.min(dim=1)
+    return distance, best_position, per_position
