@@ -8,7 +8,6 @@ model.safetensors, inversionview.json with the manifest), plus ``metrics.jsonl``
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from inversionview import provenance
 from inversionview.checkpoint import load_checkpoint, save_checkpoint
 from inversionview.probed.evaluate import solved
 from inversionview.probed.model import ProbedModel, build_probed
+from inversionview.schedule import budget_progress, warmup_cosine
 from inversionview.tasks import get_task
 from inversionview.tasks.base import next_token_targets
 
@@ -62,17 +62,11 @@ class ProbedTrainingConfig:
 
 
 def _progress(config: ProbedTrainingConfig, step: int, elapsed: float) -> float:
-    """Fraction of the budget used, by steps or by wall time."""
-    if config.steps is not None:
-        return step / config.steps
-    return elapsed / (config.minutes * 60.0)
+    return budget_progress(step, elapsed, config.steps, config.minutes)
 
 
 def _learning_rate(config: ProbedTrainingConfig, step: int, progress: float) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return config.lr * (config.min_lr_fraction + (1.0 - config.min_lr_fraction) * cosine)
+    return warmup_cosine(config.lr, step, progress, config.warmup_steps, config.min_lr_fraction)
 
 
 def loss_on(model: ProbedModel, tokens: torch.Tensor, objective: str = "task") -> torch.Tensor:
