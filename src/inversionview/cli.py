@@ -199,6 +199,53 @@ def train_probed_command(
                            f"steps ({record['wall_seconds']:.0f} s)")
 
 
+@app.command("train-decoder")
+def train_decoder_command(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", help="Run directory.")],
+    task: TaskOpt = None,
+    minutes: Annotated[Optional[float], typer.Option("--minutes", help="Wall-clock budget.")] = None,
+    examples: Annotated[Optional[int], typer.Option("--examples", help="Budget in training examples.")] = None,
+    preset: Annotated[str, typer.Option("--preset", help="paper (lr 1e-4 constant) or fast.")] = "fast",
+    seed: SeedOpt = 0,
+    rebalance: Annotated[float, typer.Option("--rebalance", help="Site rebalancing strength (0: uniform).")] = 0.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: torch's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a decoder on a probed model's activations (fresh data every step)."""
+    import torch
+
+    from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if (minutes is None) == (examples is None):
+        _fail("give exactly one of --minutes or --examples")
+    try:
+        probed = _load(model, task)
+        config = DecoderTrainingConfig(out=out, minutes=minutes, examples=examples, preset=preset,
+                                       seed=seed, rebalance=rebalance)
+    except _user_errors() + (ValueError,) as error:
+        _fail(str(error))
+    if resume:
+        from inversionview.checkpoint import checkpoint_record
+
+        try:
+            saved = checkpoint_record(out / "checkpoint")["config"]
+        except FileNotFoundError as error:
+            _fail(f"--resume: {error}")
+        saved.update(out=out, minutes=minutes, examples=examples)
+        config = DecoderTrainingConfig(**saved)
+    train_decoder(probed, config, resume=resume, show_progress=not as_json)
+    manifest = json.loads((out / "decoder.json").read_text())
+    record = {"out": str(out), "task": probed.task.name, **{k: manifest[k] for k in (
+        "steps", "examples", "wall_seconds", "in_epsilon_mean", "in_epsilon", "well_formed",
+        "distinct_in_epsilon", "seed", "commit")}}
+    _emit(record, as_json, f"saved {out}: mean in-eps rate {record['in_epsilon_mean']:.3f} after "
+                           f"{record['examples']} examples ({record['wall_seconds']:.0f} s)")
+
+
 def main() -> None:
     app()
 

@@ -87,9 +87,12 @@ def test_sampling_is_seeded_and_temperature_per_sample():
 
 
 def test_site_embedding_initialised_from_statistics():
-    decoder = tiny_decoder()
     means, stds = torch.tensor([0.0, 5.0, -2.0]), torch.tensor([1.0, 0.1, 3.0])
-    decoder.conditioning.init_site_embedding(means, stds, torch.Generator().manual_seed(0))
-    weight = decoder.conditioning.site_embedding.weight
     noise = torch.randn((3, 8), generator=torch.Generator().manual_seed(0))
-    assert torch.equal(weight, means[:, None] + stds[:, None] * noise)
+    paper = tiny_decoder(normalize_activation=False)
+    paper.conditioning.init_site_embedding(means, stds, torch.Generator().manual_seed(0))
+    assert torch.equal(paper.conditioning.site_embedding.weight, means[:, None] + stds[:, None] * noise)
+    normalized = tiny_decoder()
+    normalized.conditioning.init_site_embedding(means, stds, torch.Generator().manual_seed(0))
+    assert torch.equal(normalized.conditioning.site_embedding.weight, (means / stds)[:, None] + noise)
+    assert torch.equal(normalized.conditioning.activation_scale, stds)

@@ -34,6 +34,10 @@ class DecoderConfig:
     d_mlp: int = 1024
     dropout: float = 0.1
     n_condition_blocks: int = 6
+    # Divide each activation by its site's std (measured at init) before conditioning.
+    # Not in the paper; activation scales differ by 100x between sites and a tiny decoder
+    # learned to use small-scale activations far more slowly without it.
+    normalize_activation: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,7 +62,9 @@ class Conditioning(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
         width = 2 * config.activation_dim  # activation ++ site embedding
+        self.normalize = config.normalize_activation
         self.site_embedding = nn.Embedding(config.n_sites, config.activation_dim)
+        self.register_buffer("activation_scale", torch.ones(config.n_sites))
         self.blocks = nn.Sequential(*[ResidualMLP(width, config.activation_dim)
                                       for _ in range(config.n_condition_blocks)])
         self.norm = nn.LayerNorm(width)
@@ -67,6 +73,8 @@ class Conditioning(nn.Module):
             for _ in range(config.n_layers))
 
     def forward(self, activation: torch.Tensor, site_id: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            activation = activation / self.activation_scale[site_id][:, None]
         x = torch.cat([activation, self.site_embedding(site_id)], dim=-1)
         x = self.norm(self.blocks(x))
         return torch.stack([project(x) for project in self.per_layer], dim=1)
@@ -75,7 +83,11 @@ class Conditioning(nn.Module):
     def init_site_embedding(self, site_means: torch.Tensor, site_stds: torch.Tensor,
                             generator: torch.Generator | None = None) -> None:
         """Draw each site's row to match that site's activation mean and std (scalars per
-        site, ``[n_sites]``), so the embedding starts on the scale of the activations."""
+        site, ``[n_sites]``), so the embedding starts on the scale of the activations it sits
+        beside; with normalisation on, both are measured after dividing by the site's std."""
+        if self.normalize:
+            self.activation_scale.copy_(site_stds)
+            site_means, site_stds = site_means / site_stds, torch.ones_like(site_stds)
         noise = torch.randn(self.site_embedding.weight.shape, generator=generator)
         self.site_embedding.weight.copy_(site_means[:, None] + site_stds[:, None] * noise)
 
