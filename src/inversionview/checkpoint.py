@@ -88,3 +88,39 @@ def existing_checkpoint(directory: Path) -> Path:
 def checkpoint_record(directory: Path) -> dict[str, Any]:
     """The JSON record (step, elapsed, config, ...) of the checkpoint in ``directory``."""
     return json.loads((existing_checkpoint(directory) / "state.json").read_text())
+
+
+class RunLog:
+    """A training run's bookkeeping in its directory: the step counter, elapsed seconds and
+    metrics history (``metrics.jsonl``, one line per evaluation), and checkpoints that also
+    carry the named generators and the global torch RNG (which dropout draws from)."""
+
+    def __init__(self, out: Path, generators: dict[str, torch.Generator]):
+        self.checkpoint_dir = out / "checkpoint"
+        self.metrics_path = out / "metrics.jsonl"
+        self.generators = generators
+        self.step, self.elapsed, self.history = 0, 0.0, []
+
+    def start(self, dropout_seed: int) -> None:
+        self.metrics_path.unlink(missing_ok=True)
+        torch.manual_seed(dropout_seed)
+
+    def resume(self, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+        """Restore optimizer, generators and counters; return (model state, record)."""
+        state, record = load_checkpoint(self.checkpoint_dir, optimizer, self.generators)
+        self.step, self.elapsed, self.history = record["step"], record["elapsed"], record["history"]
+        torch.set_rng_state(torch.tensor(record["torch_rng"], dtype=torch.uint8))
+        # Metrics logged after the checkpoint belong to steps that will be redone.
+        self.metrics_path.write_text("".join(json.dumps(e) + "\n" for e in self.history))
+        return state, record
+
+    def log(self, entry: dict[str, Any]) -> None:
+        self.history.append(entry)
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    def checkpoint(self, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                   **extra: Any) -> None:
+        save_checkpoint(self.checkpoint_dir, weights, optimizer, self.generators, {
+            "step": self.step, "elapsed": self.elapsed, "history": self.history,
+            "torch_rng": torch.get_rng_state().tolist(), **extra})

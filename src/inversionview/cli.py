@@ -8,7 +8,6 @@ exit with status 2.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 

@@ -1,6 +1,5 @@
 """The processed-weight forward against TransformerLens' bridge, and the residual identities."""
 
-import pytest
 import torch
 
 from inversionview.probed.sites import Site, all_sites

@@ -71,7 +71,7 @@ def test_every_sample_is_valid_and_correct(task):
 def test_counting_distribution():
     task = get_task("counting")
     texts = task.sample(20_000, seed=0)
-    counts, lengths, query_in_slot = Counter(), Counter(), 0
+    counts, lengths = Counter(), Counter()
     for text in texts:
         attributes = task.attributes(text)
         assert len(attributes["letters"]) == 3

@@ -13,7 +13,6 @@ Reads top to bottom: config, conditioning, attention, block, decoder, generation
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch

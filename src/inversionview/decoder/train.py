@@ -11,7 +11,6 @@ bench/train_decoder.py and the README).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from inversionview import provenance
-from inversionview.checkpoint import load_checkpoint, save_checkpoint
+from inversionview.checkpoint import RunLog
 from inversionview.decoder.data import ActivationStream, site_probabilities
 from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates, teacher_forced_loss
 from inversionview.decoder.model import Decoder, DecoderConfig
@@ -100,7 +99,6 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
                   show_progress: bool = True) -> Decoder:
     config.out.mkdir(parents=True, exist_ok=True)
     started_at_commit, command = provenance.commit(), provenance.command_line()
-    checkpoint_dir, metrics_path = config.out / "checkpoint", config.out / "metrics.jsonl"
     task, pad_id = model.task, model.task.vocab.pad_id
 
     data_generator = torch.Generator().manual_seed(config.seed)
@@ -116,21 +114,16 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     loss_batch = ActivationStream(model, 512, torch.Generator().manual_seed(config.seed + 3)
                                   ).next_batch()
 
-    step, elapsed, history = 0, 0.0, []
-    generators = {"data": data_generator, "sample": sample_generator}
+    run = RunLog(config.out, {"data": data_generator, "sample": sample_generator})
     if resume:
-        state, record = load_checkpoint(checkpoint_dir, optimizer, generators)
+        state, record = run.resume(optimizer)
         decoder.load_state_dict(state)
-        step, elapsed, history = record["step"], record["elapsed"], record["history"]
-        torch.set_rng_state(torch.tensor(record["torch_rng"], dtype=torch.uint8))
         stream.set_site_probabilities(torch.tensor(record["site_probabilities"]))
-        metrics_path.write_text("".join(json.dumps(entry) + "\n" for entry in history))
     else:
-        metrics_path.unlink(missing_ok=True)
-        torch.manual_seed(config.seed + 11)  # dropout draws from the global generator
+        run.start(dropout_seed=config.seed + 11)
 
     def progress() -> float:
-        return budget_progress(step, elapsed, config.steps, config.minutes)
+        return budget_progress(run.step, run.elapsed, config.steps, config.minutes)
 
     def evaluate_now() -> dict[str, Any]:
         quality = in_epsilon_rates(decoder, model, queries, config.eval_samples_per_query,
@@ -139,31 +132,29 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
         held_out = teacher_forced_loss(decoder, loss_batch.tokens, loss_batch.activation,
                                        loss_batch.site_id, pad_id).item()
         decoder.train()
-        entry = {"step": step, "seconds": round(elapsed, 1), "examples": step * config.batch_size,
-                 "loss": held_out, **quality, "site_probabilities": stream.site_probs.tolist()}
-        history.append(entry)
-        with metrics_path.open("a") as handle:
-            handle.write(json.dumps(entry) + "\n")
-        if config.rebalance and len(history) % config.rebalance_every_evals == 0:
+        entry = {"step": run.step, "seconds": round(run.elapsed, 1),
+                 "examples": run.step * config.batch_size, "loss": held_out, **quality,
+                 "site_probabilities": stream.site_probs.tolist()}
+        run.log(entry)
+        if config.rebalance and len(run.history) % config.rebalance_every_evals == 0:
             rates = torch.tensor(list(quality["in_epsilon"].values()))
             stream.set_site_probabilities(site_probabilities(rates, config.rebalance))
         return entry
 
     def checkpoint_now() -> None:
-        save_checkpoint(checkpoint_dir, decoder.state_dict(), optimizer, generators, {
-            "step": step, "elapsed": elapsed, "history": history,
-            "torch_rng": torch.get_rng_state().tolist(),
-            "site_probabilities": stream.site_probs.tolist(), "config": _jsonable(config)})
+        run.checkpoint(decoder.state_dict(), optimizer,
+                       site_probabilities=stream.site_probs.tolist(), config=_jsonable(config))
 
     total = config.steps if config.steps is not None else int(config.minutes * 60)
     bar = tqdm(total=total, disable=not show_progress, dynamic_ncols=True,
                unit="step" if config.steps else "s", desc=f"decoder {task.name}")
-    start = time.perf_counter() - elapsed
+    start = time.perf_counter() - run.elapsed
     last_eval = last_checkpoint = time.perf_counter()
     window_start, window_examples, loss_value = time.perf_counter(), 0, float("nan")
     decoder.train()
     while progress() < 1.0:
-        lr = warmup_cosine(config.lr, step, progress(), config.warmup_steps, config.min_lr_fraction)
+        lr = warmup_cosine(config.lr, run.step, progress(), config.warmup_steps,
+                           config.min_lr_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = stream.next_batch()
@@ -172,32 +163,32 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
         loss.backward()
         torch.nn.utils.clip_grad_norm_(decoder.parameters(), config.grad_clip)
         optimizer.step()
-        step += 1
+        run.step += 1
         loss_value = loss.item()
         window_examples += config.batch_size
         now = time.perf_counter()
-        elapsed = now - start
+        run.elapsed = now - start
         if now - last_eval >= config.eval_every_seconds:
             entry = evaluate_now()
-            bar.write(f"step {step}: in-eps {entry['in_epsilon_mean']:.3f} "
+            bar.write(f"step {run.step}: in-eps {entry['in_epsilon_mean']:.3f} "
                       f"(min {min(entry['in_epsilon'].values()):.3f}), loss {entry['loss']:.4f}")
             last_eval = time.perf_counter()
         if now - last_checkpoint >= config.checkpoint_every_seconds:
             checkpoint_now()
             last_checkpoint = time.perf_counter()
-        if step % 10 == 0:
+        if run.step % 10 == 0:
             rate = window_examples / max(now - window_start, 1e-9)
             window_start, window_examples = now, 0
             bar.set_postfix(loss=f"{loss_value:.4f}", ex_s=f"{rate:.0f}", lr=f"{lr:.2e}", refresh=False)
-            bar.n = min(step if config.steps else int(elapsed), total)
+            bar.n = min(run.step if config.steps else int(run.elapsed), total)
             bar.refresh()
     bar.close()
     final = evaluate_now()
     checkpoint_now()
     manifest = {
         "command": command, "seed": config.seed, "commit": started_at_commit,
-        "machine": provenance.machine(), "steps": step, "examples": step * config.batch_size,
-        "wall_seconds": round(elapsed, 1), "in_epsilon": final["in_epsilon"],
+        "machine": provenance.machine(), "steps": run.step,
+        "examples": run.step * config.batch_size, "wall_seconds": round(run.elapsed, 1), "in_epsilon": final["in_epsilon"],
         "in_epsilon_mean": final["in_epsilon_mean"], "well_formed": final["well_formed"],
         "distinct_in_epsilon": final["distinct_in_epsilon"], "training": _jsonable(config),
     }

@@ -7,7 +7,6 @@ model.safetensors, inversionview.json with the manifest), plus ``metrics.jsonl``
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from inversionview import provenance
-from inversionview.checkpoint import load_checkpoint, save_checkpoint
+from inversionview.checkpoint import RunLog
 from inversionview.probed.evaluate import solved
 from inversionview.probed.model import ProbedModel, build_probed
 from inversionview.schedule import budget_progress, warmup_cosine
@@ -83,58 +82,46 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
     task = get_task(config.task)
     config.out.mkdir(parents=True, exist_ok=True)
     started_at_commit, command = provenance.commit(), provenance.command_line()
-    checkpoint_dir = config.out / "checkpoint"
-    metrics_path = config.out / "metrics.jsonl"
 
     model = build_probed(task, seed=config.seed, **config.model_overrides)
     optimizer = torch.optim.AdamW(model.hf_model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     data_generator = torch.Generator().manual_seed(config.seed)
-    dropout_generator_seed = config.seed + 1
     eval_tokens = task.sample_tokens(config.eval_examples,
                                      torch.Generator().manual_seed(config.seed + 1_000_003))
-    step, elapsed, history = 0, 0.0, []
+    run = RunLog(config.out, {"data": data_generator})
     if resume:
-        state, record = load_checkpoint(checkpoint_dir, optimizer, {"data": data_generator})
+        state, _ = run.resume(optimizer)
         model.hf_model.load_state_dict(state, strict=False)
         model.hf_model.tie_weights()
-        step, elapsed, history = record["step"], record["elapsed"], record["history"]
-        torch.set_rng_state(torch.tensor(record["torch_rng"], dtype=torch.uint8))
-        # Metrics logged after the checkpoint belong to steps that will be redone.
-        metrics_path.write_text("".join(json.dumps(entry) + "\n" for entry in history))
     else:
-        metrics_path.unlink(missing_ok=True)
-        torch.manual_seed(dropout_generator_seed)  # dropout draws from the global generator
+        run.start(dropout_seed=config.seed + 1)
 
     total = config.steps if config.steps is not None else int(config.minutes * 60)
-    bar = tqdm(total=total, initial=min(step if config.steps else int(elapsed), total),
+    bar = tqdm(total=total, initial=min(run.step if config.steps else int(run.elapsed), total),
                disable=not show_progress, unit="step" if config.steps else "s",
                dynamic_ncols=True, desc=f"train {task.name}")
-    last_eval = last_checkpoint = time.perf_counter() - elapsed
-    start = time.perf_counter() - elapsed
+    last_eval = last_checkpoint = time.perf_counter() - run.elapsed
+    start = time.perf_counter() - run.elapsed
     examples_since, window_start = 0, time.perf_counter()
-    loss_value, accuracy = float("nan"), history[-1]["accuracy"] if history else float("nan")
+    loss_value = float("nan")
+    accuracy = run.history[-1]["accuracy"] if run.history else float("nan")
 
     def evaluate_now() -> None:
         nonlocal accuracy
         model.hf_model.eval()
         accuracy = solved(model, eval_tokens).float().mean().item()
         model.hf_model.train()
-        entry = {"step": step, "seconds": round(elapsed, 1), "examples": step * config.batch_size,
-                 "loss": loss_value, "accuracy": accuracy}
-        history.append(entry)
-        with metrics_path.open("a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        run.log({"step": run.step, "seconds": round(run.elapsed, 1),
+                 "examples": run.step * config.batch_size, "loss": loss_value,
+                 "accuracy": accuracy})
 
     def checkpoint_now() -> None:
-        save_checkpoint(checkpoint_dir, model.weights(), optimizer,
-                        {"data": data_generator},
-                        {"step": step, "elapsed": elapsed, "history": history,
-                         "torch_rng": torch.get_rng_state().tolist(), "config": _jsonable(config)})
+        run.checkpoint(model.weights(), optimizer, config=_jsonable(config))
 
     model.hf_model.train()
-    while _progress(config, step, elapsed) < 1.0:
-        lr = _learning_rate(config, step, _progress(config, step, elapsed))
+    while _progress(config, run.step, run.elapsed) < 1.0:
+        lr = _learning_rate(config, run.step, _progress(config, run.step, run.elapsed))
         for group in optimizer.param_groups:
             group["lr"] = lr
         tokens = task.sample_tokens(config.batch_size, data_generator)
@@ -143,10 +130,10 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.hf_model.parameters(), config.grad_clip)
         optimizer.step()
-        step += 1
+        run.step += 1
         loss_value = loss.item()
         now = time.perf_counter()
-        elapsed = now - start
+        run.elapsed = now - start
         examples_since += config.batch_size
         if now - last_eval >= config.eval_every_seconds:
             evaluate_now()
@@ -154,12 +141,12 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
         if now - last_checkpoint >= config.checkpoint_every_seconds:
             checkpoint_now()
             last_checkpoint = time.perf_counter()
-        if step % 20 == 0:
+        if run.step % 20 == 0:
             rate = examples_since / max(now - window_start, 1e-9)
             examples_since, window_start = 0, now
             bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{accuracy:.4f}", ex_s=f"{rate:.0f}",
                             refresh=False)
-            bar.n = min(step if config.steps else int(elapsed), total)
+            bar.n = min(run.step if config.steps else int(run.elapsed), total)
             bar.refresh()
     bar.close()
     evaluate_now()
@@ -175,13 +162,13 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
         "seed": config.seed,
         "commit": started_at_commit,
         "machine": provenance.machine(),
-        "steps": step,
-        "examples": step * config.batch_size,
-        "wall_seconds": round(elapsed, 1),
+        "steps": run.step,
+        "examples": run.step * config.batch_size,
+        "wall_seconds": round(run.elapsed, 1),
         "accuracy": final_accuracy,
         "accuracy_examples": config.final_eval_examples,
         "training": _jsonable(config),
-        "history": history,
+        "history": run.history,
     }
     model.manifest = manifest
     model.save(config.out, manifest)
