@@ -41,6 +41,26 @@ def _user_errors():
     return (ModelLoadError, SiteError, TaskInputError)
 
 
+def _start_training(threads: int | None, budgets: dict[str, object]) -> None:
+    """Apply --threads and check that exactly one budget option was given."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if sum(value is not None for value in budgets.values()) != 1:
+        _fail(f"give exactly one of {' or '.join(budgets)}")
+
+
+def _saved_config(out: Path) -> dict[str, Any]:
+    """The training config stored in OUT/checkpoint, for --resume."""
+    from inversionview.checkpoint import checkpoint_record
+
+    try:
+        return checkpoint_record(out / "checkpoint")["config"]
+    except FileNotFoundError as error:
+        _fail(f"--resume: {error}")
+
+
 def _load(model: str, task: str | None):
     from inversionview.probed import load_probed
 
@@ -154,15 +174,10 @@ def train_probed_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a probed model on its task on fresh samples (CPU by default)."""
-    import torch
-
-    if threads is not None:
-        torch.set_num_threads(threads)
     from inversionview.probed.train import ProbedTrainingConfig, train_probed
     from inversionview.tasks import TaskInputError, get_task
 
-    if (minutes is None) == (steps is None):
-        _fail("give exactly one of --minutes or --steps")
+    _start_training(threads, {"--minutes": minutes, "--steps": steps})
     try:
         get_task(task)
     except TaskInputError as error:
@@ -175,12 +190,7 @@ def train_probed_command(
     if n_layers is not None:
         overrides["n_layer"] = n_layers
     if resume:
-        from inversionview.checkpoint import checkpoint_record
-
-        try:
-            saved = checkpoint_record(out / "checkpoint")["config"]
-        except FileNotFoundError as error:
-            _fail(f"--resume: {error}")
+        saved = _saved_config(out)
         overrides = saved["model_overrides"]
         seed, batch_size, lr = saved["seed"], saved["batch_size"], saved["lr"]
         objective = saved["objective"]
@@ -213,14 +223,9 @@ def train_decoder_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a decoder on a probed model's activations (fresh data every step)."""
-    import torch
-
     from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if (minutes is None) == (examples is None):
-        _fail("give exactly one of --minutes or --examples")
+    _start_training(threads, {"--minutes": minutes, "--examples": examples})
     try:
         probed = _load(model, task)
         config = DecoderTrainingConfig(out=out, minutes=minutes, examples=examples, preset=preset,
@@ -228,12 +233,7 @@ def train_decoder_command(
     except _user_errors() + (ValueError,) as error:
         _fail(str(error))
     if resume:
-        from inversionview.checkpoint import checkpoint_record
-
-        try:
-            saved = checkpoint_record(out / "checkpoint")["config"]
-        except FileNotFoundError as error:
-            _fail(f"--resume: {error}")
+        saved = _saved_config(out)
         saved.update(out=out, minutes=minutes, examples=examples)
         config = DecoderTrainingConfig(**saved)
     train_decoder(probed, config, resume=resume, show_progress=not as_json)
