@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from inversionview.decoder.model import Decoder
 from inversionview.preimage.distance import candidate_distances
@@ -86,13 +85,3 @@ def in_epsilon_rates(decoder: Decoder, model: ProbedModel, queries: QuerySet, sa
         "well_formed": well_formed / totals.sum().item(),
         "distinct_in_epsilon": distinct_in / all_in if all_in else None,
     }
-
-
-@torch.no_grad()
-def teacher_forced_loss(decoder: Decoder, tokens: torch.Tensor, activation: torch.Tensor,
-                        site_id: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Mean next-token cross-entropy over the non-PAD targets (BOS given)."""
-    logits = decoder(tokens[:, :-1], activation, site_id)
-    targets = tokens[:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=pad_id)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from inversionview import provenance
 from inversionview.checkpoint import RunLog
 from inversionview.decoder.data import ActivationStream, site_probabilities
-from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates, teacher_forced_loss
+from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates
 from inversionview.decoder.model import Decoder, DecoderConfig
 from inversionview.probed.model import ProbedModel, write_json_atomic
 from inversionview.schedule import budget_progress, warmup_cosine
@@ -129,8 +129,9 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
         quality = in_epsilon_rates(decoder, model, queries, config.eval_samples_per_query,
                                    config.epsilon, sample_generator)
         decoder.eval()
-        held_out = teacher_forced_loss(decoder, loss_batch.tokens, loss_batch.activation,
-                                       loss_batch.site_id, pad_id).item()
+        with torch.no_grad():
+            held_out = decoder_loss(decoder, loss_batch.tokens, loss_batch.activation,
+                                    loss_batch.site_id, pad_id).item()
         decoder.train()
         entry = {"step": run.step, "seconds": round(run.elapsed, 1),
                  "examples": run.step * config.batch_size, "loss": held_out, **quality,
