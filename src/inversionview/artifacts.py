@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "inversionview.json"
+MANIFESTS = ("inversionview.json", "decoder.json")  # probed models, decoders
 
 
 def artifact_roots() -> list[Path]:
@@ -27,9 +27,10 @@ def list_artifacts() -> dict[str, tuple[Path, dict[str, Any]]]:
     found: dict[str, tuple[Path, dict[str, Any]]] = {}
     for root in artifact_roots():
         for directory in sorted(root.iterdir()):
-            manifest_path = directory / MANIFEST
-            if directory.name not in found and manifest_path.is_file():
-                found[directory.name] = (directory, json.loads(manifest_path.read_text()))
+            for manifest_name in MANIFESTS:
+                manifest_path = directory / manifest_name
+                if directory.name not in found and manifest_path.is_file():
+                    found[directory.name] = (directory, json.loads(manifest_path.read_text()))
     return found
 
 

@@ -8,6 +8,7 @@ exit with status 2.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -220,29 +221,68 @@ def train_decoder_command(
     rebalance: Annotated[float, typer.Option("--rebalance", help="Site rebalancing strength (0: uniform).")] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: torch's).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (cuda if present), cpu, cuda, cuda:N.")] = "auto",
+    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast where "
+                                                     "native), bf16 or fp32; default: the preset's.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a decoder on a probed model's activations (fresh data every step)."""
+    """Train a decoder on a probed model's activations (fresh data every step).
+
+    Runs as DDP under `torchrun --nproc_per_node N` (NCCL on GPUs, gloo on CPU)."""
     from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
 
     _start_training(threads, {"--minutes": minutes, "--examples": examples})
     try:
         probed = _load(model, task)
         config = DecoderTrainingConfig(out=out, minutes=minutes, examples=examples, preset=preset,
-                                       seed=seed, rebalance=rebalance)
+                                       seed=seed, rebalance=rebalance, device=device,
+                                       precision=precision)
     except _user_errors() + (ValueError,) as error:
         _fail(str(error))
     if resume:
         saved = _saved_config(out)
         saved.update(out=out, minutes=minutes, examples=examples)
         config = DecoderTrainingConfig(**saved)
-    train_decoder(probed, config, resume=resume, show_progress=not as_json)
+    try:
+        train_decoder(probed, config, resume=resume, show_progress=not as_json)
+    except ValueError as error:  # e.g. bf16 asked for where it is not native
+        _fail(str(error))
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
     manifest = json.loads((out / "decoder.json").read_text())
     record = {"out": str(out), "task": probed.task.name, **{k: manifest[k] for k in (
         "steps", "examples", "wall_seconds", "in_epsilon_mean", "in_epsilon", "well_formed",
         "distinct_in_epsilon", "seed", "commit")}}
     _emit(record, as_json, f"saved {out}: mean in-eps rate {record['in_epsilon_mean']:.3f} after "
                            f"{record['examples']} examples ({record['wall_seconds']:.0f} s)")
+
+
+@app.command()
+def decoders(
+    model: Annotated[Optional[str], typer.Argument(help="Show the decoder found for this probed model.")] = None,
+    task: TaskOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the bundled decoders (or the one found for MODEL, matched by its weights' hash)."""
+    from inversionview.decoder.store import find_decoder, shipped_decoders
+
+    if model is not None:
+        try:
+            probed = _load(model, task)
+        except _user_errors() as error:
+            _fail(str(error))
+        found = find_decoder(probed)
+        record = {"model": model, "weights_sha256": probed.weights_hash(),
+                  "decoder": None if found is None else str(found)}
+        _emit(record, as_json, f"{model}: " + (f"decoder {found}" if found else
+                                                "no bundled decoder (train one with train-decoder)"))
+        return
+    entries = {name: {"path": str(path), "task": m.get("task"), "probed_source": m.get("probed_source"),
+                      "in_epsilon_mean": m.get("in_epsilon_mean"), "examples": m.get("examples")}
+               for name, (path, m) in shipped_decoders().items()}
+    lines = [f"{name:28s} {e['task']:9s} in-eps {e['in_epsilon_mean'] or 0:.3f}  for {e['probed_source']}"
+             for name, e in entries.items()] or ["no bundled decoders"]
+    _emit(entries, as_json, "\n".join(lines))
 
 
 def main() -> None:

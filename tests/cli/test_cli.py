@@ -91,3 +91,21 @@ def test_train_probed_command(tmp_path):
     resumed = _json(runner.invoke(app, ["train-probed", "addition", "--out", str(tmp_path / "r"),
                                         "--steps", "8", "--resume", "--json"]))
     assert resumed["steps"] == 8
+
+
+def test_decoders_finds_the_decoder_of_a_model(model_dir, tmp_path, monkeypatch):
+    from inversionview.decoder.store import save_decoder
+    from inversionview.decoder.train import build_decoder
+    from inversionview.probed import load_probed
+
+    monkeypatch.setenv("INVERSIONVIEW_ARTIFACTS", str(tmp_path))
+    probed = load_probed(str(model_dir))
+    save_decoder(build_decoder(probed, seed=0, d_model=32, n_heads=2, d_mlp=64), probed,
+                 tmp_path / "decoder-tiny", {"in_epsilon_mean": 0.5, "examples": 10})
+    listing = _json(runner.invoke(app, ["decoders", "--json"]))
+    assert listing["decoder-tiny"]["task"] == "counting"
+    found = _json(runner.invoke(app, ["decoders", str(model_dir), "--json"]))
+    assert found["decoder"] == str(tmp_path / "decoder-tiny")
+    other = tmp_path / "other"
+    build_probed("counting", seed=9, n_embd=16, n_head=1, n_inner=32).save(other)
+    assert _json(runner.invoke(app, ["decoders", str(other), "--json"]))["decoder"] is None

@@ -66,3 +66,38 @@ def test_site_statistics():
     means, stds = stream.site_statistics(256)
     assert means.shape == stds.shape == (13,)
     assert (stds > 0).all()
+
+
+def test_length_buckets_cut_padding_and_keep_every_example():
+    model, plain = _stream("counting", batch=64, seed=3)
+    _, bucketed = _stream("counting", batch=64, seed=3, bucket_batches=8)
+    pad = model.task.vocab.pad_id
+
+    def padding(batches):
+        lengths = [(b.tokens != pad).sum(1) for b in batches]
+        return sum(int((l.max() - l).sum()) for l in lengths) / sum(int(l.sum()) for l in lengths)
+
+    plain_batches = [plain.next_batch() for _ in range(8)]
+    bucketed_batches = [bucketed.next_batch() for _ in range(8)]
+    assert padding(bucketed_batches) < 0.25 * padding(plain_batches)
+    assert all(b.tokens.shape[0] == 64 for b in bucketed_batches)
+    for batch in bucketed_batches[:2]:  # activations still belong to their own rows
+        for row in range(0, 64, 13):
+            site = model.sites[batch.site_id[row]]
+            expected = model.activations(batch.tokens[row:row + 1], site)[0, batch.position[row]]
+            assert torch.allclose(batch.activation[row], expected, atol=1e-6)
+
+
+def test_restored_stream_continues_exactly_mid_pool():
+    _, stream = _stream("counting", batch=32, seed=5, bucket_batches=4)
+    for _ in range(6):  # one pool and a half
+        stream.next_batch()
+    state, record = stream.state()
+    stream.set_site_probabilities(torch.eye(9)[2])  # takes effect from the next pool
+    expected = [stream.next_batch() for _ in range(5)]
+    _, fresh = _stream("counting", batch=32, seed=99, bucket_batches=4)
+    fresh.restore(state, {**record, "site_probabilities": torch.eye(9)[2].tolist()})
+    for want in expected:
+        got = fresh.next_batch()
+        assert torch.equal(want.tokens, got.tokens) and torch.equal(want.site_id, got.site_id)
+    assert (expected[-1].site_id == 2).all()  # the new pool used the new site mix

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -75,7 +76,8 @@ def test_decoder_run_resumes_exactly(tmp_path, monkeypatch):
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
     steps = [json.loads(l)["step"] for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6, 6]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "b" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((tmp_path / "b" / "decoder.json").read_text())
     assert manifest["probed_weights_sha256"] == probed.weights_hash()
     assert set(manifest["in_epsilon"]) == set(probed.task.sites)
@@ -95,3 +97,16 @@ def test_train_decoder_cli(tmp_path):
     bad = CliRunner().invoke(app, ["train-decoder", str(model_dir), "--out", str(tmp_path / "e"),
                                    "--examples", "10", "--preset", "slow"])
     assert bad.exit_code == 2 and "unknown preset 'slow'" in bad.stderr
+
+
+def test_presets_and_precision():
+    paper = DecoderTrainingConfig(out="x", examples=1, preset="paper")
+    fast = DecoderTrainingConfig(out="x", examples=1, preset="fast",
+                                 decoder_overrides=dict(d_model=64))
+    assert (paper.lr, paper.min_lr_fraction, paper.bucket_batches) == (1e-4, 1.0, 1)
+    assert paper.decoder_overrides == {}  # the paper's dropout 0.1 stays
+    assert fast.decoder_overrides == {"dropout": 0.0, "d_model": 64}
+    assert train_module.autocast_dtype("fp32", torch.device("cpu")) is None
+    assert train_module.autocast_dtype("auto", torch.device("cpu")) in (None, torch.bfloat16)
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        DecoderTrainingConfig(out="x", examples=1, precision="fp8")

@@ -4,6 +4,12 @@ Each batch: draw inputs (from the task's sampler, or from a fixed list of texts)
 example a site (uniformly, or rebalanced towards the sites the decoder reads worst) and a
 position (uniformly among those a user may query; 1 % forced to position 0, the BOS), run
 the probed model once for all the sites the batch needs, and keep each example's activation.
+
+Length bucketing: with ``bucket_batches`` k > 1 the stream draws a pool of k batches at once,
+sorts it by length and hands the k slices out in random order, so a batch holds inputs of
+similar length and the decoder computes little padding (about 1.4x more examples/s on the
+counting task, whose lengths run from 9 to 33 tokens). The pool is redrawn exactly on resume
+from the generator state at its start (``state`` / ``restore``).
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ class ActivationStream:
     """An endless, seeded stream of ``DecoderBatch`` for one probed model."""
 
     def __init__(self, model: ProbedModel, batch_size: int, generator: torch.Generator,
-                 bos_fraction: float = 0.01, texts: list[str] | None = None):
+                 bos_fraction: float = 0.01, texts: list[str] | None = None,
+                 bucket_batches: int = 1):
         self.model = model
         self.task = model.task
         self.sites: list[Site] = model.sites
@@ -51,17 +58,25 @@ class ActivationStream:
         self._texts = None if texts is None else self.task.encode_batch(texts)
         self._order: torch.Tensor | None = None
         self._cursor = 0
+        if bucket_batches < 1:
+            raise ValueError(f"bucket_batches must be >= 1, got {bucket_batches}")
+        self.bucket_batches = bucket_batches
+        self._pool: list[DecoderBatch] = []
+        self._pool_start_state = generator.get_state()
+        self._pool_site_probs = self.site_probs
+        self._pool_cursor = 0
 
     def set_site_probabilities(self, probabilities: torch.Tensor) -> None:
+        """Site mix for the batches drawn from now on (with bucketing: from the next pool)."""
         if probabilities.shape != self.site_probs.shape or (probabilities < 0).any():
             raise ValueError(f"need {len(self.sites)} non-negative site probabilities")
         self.site_probs = probabilities / probabilities.sum()
 
-    def _inputs(self) -> torch.Tensor:
+    def _inputs(self, n: int) -> torch.Tensor:
         if self._texts is None:
-            return self.task.sample_tokens(self.batch_size, self.generator)
+            return self.task.sample_tokens(n, self.generator)
         rows = []
-        needed = self.batch_size
+        needed = n
         while needed:
             if self._order is None or self._cursor == len(self._order):
                 self._order = torch.randperm(len(self._texts), generator=self.generator)
@@ -79,9 +94,47 @@ class ActivationStream:
         to_bos = torch.rand(tokens.shape[0], generator=self.generator) < self.bos_fraction
         return positions.masked_fill(to_bos, 0)
 
-    @torch.no_grad()
     def next_batch(self) -> DecoderBatch:
-        tokens = self._inputs()
+        if self._pool_cursor == len(self._pool):
+            self._draw_pool()
+        batch = self._pool[self._pool_cursor]
+        self._pool_cursor += 1
+        return batch
+
+    def state(self) -> tuple[torch.Tensor, dict]:
+        """What ``restore`` needs to continue this stream exactly: the generator state at the
+        start of the current pool, and (JSON) how far into the pool we are and its site mix."""
+        return self._pool_start_state, {"pool_cursor": self._pool_cursor,
+                                        "pool_site_probabilities": self._pool_site_probs.tolist(),
+                                        "site_probabilities": self.site_probs.tolist()}
+
+    def restore(self, pool_start_state: torch.Tensor, record: dict) -> None:
+        self.generator.set_state(pool_start_state)
+        self.site_probs = torch.tensor(record["pool_site_probabilities"])
+        self._draw_pool()
+        self._pool_cursor = record["pool_cursor"]
+        self.site_probs = torch.tensor(record["site_probabilities"])
+
+    def _draw_pool(self) -> None:
+        self._pool_start_state = self.generator.get_state()
+        self._pool_site_probs = self.site_probs
+        pool = self._examples(self.batch_size * self.bucket_batches)
+        if self.bucket_batches == 1:
+            self._pool, self._pool_cursor = [pool], 0
+            return
+        lengths = (pool.tokens != self.task.vocab.pad_id).sum(dim=1)
+        # random tie-break so that equal lengths are not grouped by draw order
+        order = torch.argsort(lengths.double() + torch.rand(len(lengths), generator=self.generator))
+        slices = order.split(self.batch_size)
+        shuffled = torch.randperm(len(slices), generator=self.generator).tolist()
+        self._pool = [DecoderBatch(*(t[slices[i]] for t in (pool.tokens, pool.activation,
+                                                             pool.site_id, pool.position)))
+                      for i in shuffled]
+        self._pool_cursor = 0
+
+    @torch.no_grad()
+    def _examples(self, n: int) -> DecoderBatch:
+        tokens = self._inputs(n)
         site_id = torch.multinomial(self.site_probs, tokens.shape[0], replacement=True,
                                     generator=self.generator)
         position = self._positions(tokens)

@@ -8,6 +8,10 @@ prepends the result to its attention as one extra key/value slot: every token ca
 the activation; the slot has no position embedding and asks no query. One decoder serves
 every site of a probed model; it is not told the position.
 
+``condition_mode="slot+add"`` (not in the paper) also adds a linear map of each layer's
+conditioning vector to every token's residual stream before that layer, so the activation
+reaches the MLPs without an attention hop.
+
 Reads top to bottom: config, conditioning, attention, block, decoder, generation.
 """
 
@@ -18,6 +22,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+CONDITION_MODES = ("slot", "slot+add")
 
 
 @dataclass
@@ -33,10 +39,22 @@ class DecoderConfig:
     d_mlp: int = 1024
     dropout: float = 0.1
     n_condition_blocks: int = 6
+    # Width and hidden size of the conditioning MLP blocks. None: the concatenation's width
+    # (2 x activation_dim) and activation_dim. A wider stack costs little: it runs once per
+    # example, not once per token.
+    condition_width: int | None = None
+    condition_hidden: int | None = None
     # Divide each activation by its site's std (measured at init) before conditioning.
     # Not in the paper; activation scales differ by 100x between sites and a tiny decoder
     # learned to use small-scale activations far more slowly without it.
     normalize_activation: bool = True
+    # "slot": the paper's extra key/value slot; "slot+add": also added to every token.
+    condition_mode: str = "slot"
+
+    def __post_init__(self) -> None:
+        if self.condition_mode not in CONDITION_MODES:
+            raise ValueError(f"unknown condition_mode {self.condition_mode!r}; "
+                             f"use one of {', '.join(CONDITION_MODES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,11 +78,13 @@ class Conditioning(nn.Module):
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        width = 2 * config.activation_dim  # activation ++ site embedding
+        concatenated = 2 * config.activation_dim  # activation ++ site embedding
+        width = config.condition_width or concatenated
         self.normalize = config.normalize_activation
         self.site_embedding = nn.Embedding(config.n_sites, config.activation_dim)
         self.register_buffer("activation_scale", torch.ones(config.n_sites))
-        self.blocks = nn.Sequential(*[ResidualMLP(width, config.activation_dim)
+        self.widen = nn.Identity() if width == concatenated else nn.Linear(concatenated, width)
+        self.blocks = nn.Sequential(*[ResidualMLP(width, config.condition_hidden or config.activation_dim)
                                       for _ in range(config.n_condition_blocks)])
         self.norm = nn.LayerNorm(width)
         self.per_layer = nn.ModuleList(
@@ -75,7 +95,7 @@ class Conditioning(nn.Module):
         if self.normalize:
             activation = activation / self.activation_scale[site_id][:, None]
         x = torch.cat([activation, self.site_embedding(site_id)], dim=-1)
-        x = self.norm(self.blocks(x))
+        x = self.norm(self.blocks(self.widen(x)))
         return torch.stack([project(x) for project in self.per_layer], dim=1)
 
     @torch.no_grad()
@@ -153,8 +173,15 @@ class Decoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.conditioning = Conditioning(config)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        if config.condition_mode == "slot+add":
+            self.to_stream = nn.ModuleList(nn.Linear(config.d_model, config.d_model, bias=False)
+                                           for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(config.d_model)
         self.apply(self._init_weights)
+        if config.condition_mode == "slot+add":
+            # Start as the paper's decoder: a random added vector would drown the tokens.
+            for projection in self.to_stream:
+                nn.init.zeros_(projection.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -174,6 +201,8 @@ class Decoder(nn.Module):
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x = self.dropout(self.token_embedding(tokens) + self.position_embedding(positions))
         for layer, block in enumerate(self.blocks):
+            if self.config.condition_mode == "slot+add":
+                x = x + self.to_stream[layer](conditions[:, layer, None])
             x = block(x, conditions[:, layer], None if caches is None else caches[layer])
         return self.norm(x) @ self.token_embedding.weight.T  # LM head tied to the embedding
 

@@ -1,0 +1,69 @@
+"""Decoders on disk: exact round trip, fp16 shipping, the hash match, clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from inversionview.decoder.store import (DecoderLoadError, find_decoder, load_decoder,
+                                         save_decoder, shipped_decoders)
+from inversionview.decoder.train import build_decoder
+from inversionview.probed import build_probed
+
+TINY = dict(d_model=32, n_heads=2, d_mlp=64, n_condition_blocks=2)
+
+
+def _probed(seed=0):
+    return build_probed("addition", seed=seed, n_embd=16, n_head=4, n_inner=32)
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    probed = _probed()
+    decoder = build_decoder(probed, seed=1, **TINY)
+    save_decoder(decoder, probed, tmp_path, {"seed": 1})
+    loaded, manifest = load_decoder(tmp_path, probed)
+    assert manifest["probed_weights_sha256"] == probed.weights_hash() and manifest["seed"] == 1
+    for name, value in decoder.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name]), name
+
+
+def test_fp16_decoder_loads_as_float32_and_samples(tmp_path):
+    probed = _probed()
+    decoder = build_decoder(probed, seed=1, **TINY)
+    save_decoder(decoder, probed, tmp_path, {}, dtype=torch.float16)
+    loaded, _ = load_decoder(tmp_path, probed)
+    weight = loaded.state_dict()["blocks.0.mlp.0.weight"]
+    assert weight.dtype == torch.float32
+    assert torch.allclose(weight, decoder.state_dict()["blocks.0.mlp.0.weight"], atol=1e-3)
+    vocab = probed.task.vocab
+    samples = loaded.sample(torch.randn(4, 16), torch.zeros(4, dtype=torch.long), vocab.bos_id,
+                            vocab.eos_id, vocab.pad_id, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (4, probed.task.n_ctx) and (samples[:, 0] == vocab.bos_id).all()
+
+
+def test_decoder_of_another_model_is_refused(tmp_path):
+    save_decoder(build_decoder(_probed(0), seed=1, **TINY), _probed(0), tmp_path, {})
+    with pytest.raises(DecoderLoadError, match="trained on other probed weights"):
+        load_decoder(tmp_path, _probed(seed=5))
+
+
+def test_missing_and_malformed_directories_say_what_is_wrong(tmp_path):
+    with pytest.raises(DecoderLoadError, match="no decoder.json"):
+        load_decoder(tmp_path)
+    (tmp_path / "decoder.json").write_text("{not json")
+    with pytest.raises(DecoderLoadError, match="not valid JSON"):
+        load_decoder(tmp_path)
+    (tmp_path / "decoder.json").write_text(json.dumps({"kind": "probed"}))
+    with pytest.raises(DecoderLoadError, match="not a decoder manifest"):
+        load_decoder(tmp_path)
+
+
+def test_shipped_decoder_is_found_by_the_probed_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("INVERSIONVIEW_ARTIFACTS", str(tmp_path))
+    mine, other = _probed(0), _probed(3)
+    save_decoder(build_decoder(mine, seed=1, **TINY), mine, tmp_path / "decoder-mine", {})
+    save_decoder(build_decoder(other, seed=1, **TINY), other, tmp_path / "decoder-other", {})
+    assert {"decoder-mine", "decoder-other"} <= set(shipped_decoders())
+    assert find_decoder(mine) == tmp_path / "decoder-mine"
+    assert find_decoder(other) == tmp_path / "decoder-other"
+    assert find_decoder(_probed(7)) is None
