@@ -27,28 +27,27 @@ from inversionview.probed import load_probed
 
 RESULTS = Path(__file__).parent / "results"
 
+# Settings that the first rounds shared (lr 1e-3, 200 warmup steps, cosine, batch 256,
+# no dropout, length buckets over pools of 8 batches, bf16 autocast).
+B256 = dict(preset="fast", batch_size=256, warmup_steps=200, bucket_batches=8)
+
 VARIANTS: dict[str, dict] = {
     # The paper's recipe: lr 1e-4 constant, batch 256, dropout 0.1 (plus bf16 where native).
     "paper": dict(preset="paper"),
     "paper-fp32": dict(preset="paper", precision="fp32"),
-    # lr 1e-3 warmup + cosine, no dropout, length buckets, bf16 autocast.
+    # Round 1: the activation also added to every token's residual stream (zero-initialised).
+    "b256": dict(B256),
+    "b256+add": dict(B256, decoder_overrides=dict(condition_mode="slot+add")),
+    # Round 2: a wider conditioning MLP (it runs once per example, so it is nearly free);
+    # smaller batches (4x the optimizer steps for the same examples).
+    "b256+wide": dict(B256, decoder_overrides=dict(condition_width=256, condition_hidden=1024)),
+    "b64": dict(B256, batch_size=64, warmup_steps=400),
+    # Round 3: smaller still, or a higher learning rate.
+    "b32": dict(B256, batch_size=32, warmup_steps=800),
+    "b64-lr2e-3": dict(B256, batch_size=64, warmup_steps=400, lr=2e-3),
+    # The fast preset as shipped: b64 with pools of 32 batches (2,048 inputs) per bucket sort.
     "fast": dict(preset="fast"),
     "fast-fp32": dict(preset="fast", precision="fp32"),
-    "fast-nobucket": dict(preset="fast", bucket_batches=1),
-    # The activation also added to every token's residual stream.
-    "fast+add": dict(preset="fast", decoder_overrides=dict(condition_mode="slot+add")),
-    "fast+add-lr2e-3": dict(preset="fast", lr=2e-3,
-                            decoder_overrides=dict(condition_mode="slot+add")),
-    "fast+add-b128": dict(preset="fast", batch_size=128,
-                          decoder_overrides=dict(condition_mode="slot+add")),
-    "fast+add-rebalance": dict(preset="fast", rebalance=3.0,
-                               decoder_overrides=dict(condition_mode="slot+add")),
-    # A wider conditioning MLP (runs once per example, so nearly free).
-    "fast+wide": dict(preset="fast", decoder_overrides=dict(condition_width=256,
-                                                            condition_hidden=1024)),
-    # Smaller batches: 4x the optimizer steps per example.
-    "fast-b64": dict(preset="fast", batch_size=64, warmup_steps=400),
-    "fast-lr3e-3": dict(preset="fast", lr=3e-3),
 }
 
 
@@ -62,6 +61,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=float, default=120.0, help="seconds of training")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--resume", action="store_true", help="continue a killed run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,7 +72,7 @@ def main() -> None:
     config = DecoderTrainingConfig(out=out, minutes=args.minutes, seed=args.seed,
                                    eval_every_seconds=args.eval_every, **VARIANTS[args.variant])
     started = time.perf_counter()
-    train_decoder(probed, config)
+    train_decoder(probed, config, resume=args.resume)
     wall = time.perf_counter() - started
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     final = history[-1]

@@ -257,6 +257,34 @@ def train_decoder_command(
                            f"{record['examples']} examples ({record['wall_seconds']:.0f} s)")
 
 
+@app.command("export-decoder")
+def export_decoder_command(
+    run_dir: Annotated[Path, typer.Argument(help="A train-decoder run directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the exported decoder "
+                                      "(artifacts/NAME to ship it).")],
+    model: Annotated[Optional[str], typer.Option("--model", help="The probed model (default: "
+                                                 "the one named in the run's decoder.json).")] = None,
+    task: TaskOpt = None,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a trained decoder in fp16 and re-measure its in-ε rates as exported."""
+    from inversionview.decoder.store import DecoderLoadError, export_decoder, read_manifest
+
+    try:
+        manifest = read_manifest(run_dir)
+        probed = _load(model or manifest["probed_source"], task or manifest["task"])
+        exported = export_decoder(run_dir, out, probed, seed=seed)
+    except _user_errors() + (DecoderLoadError,) as error:
+        _fail(str(error))
+    record = {"out": str(out), "in_epsilon_mean": manifest.get("in_epsilon_mean"),
+              "exported_in_epsilon_mean": exported["exported_in_epsilon_mean"],
+              "exported_in_epsilon": exported["exported_in_epsilon"]}
+    _emit(record, as_json, f"exported {run_dir} to {out} (fp16): mean in-eps "
+                           f"{record['exported_in_epsilon_mean']:.3f} as exported, "
+                           f"{record['in_epsilon_mean']:.3f} at the end of training")
+
+
 @app.command()
 def decoders(
     model: Annotated[Optional[str], typer.Argument(help="Show the decoder found for this probed model.")] = None,

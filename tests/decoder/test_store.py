@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from inversionview.decoder.store import (DecoderLoadError, find_decoder, load_decoder,
+from inversionview.decoder.store import (DecoderLoadError, export_decoder, find_decoder, load_decoder,
                                          save_decoder, shipped_decoders)
 from inversionview.decoder.train import build_decoder
 from inversionview.probed import build_probed
@@ -67,3 +67,17 @@ def test_shipped_decoder_is_found_by_the_probed_weights(tmp_path, monkeypatch):
     assert find_decoder(mine) == tmp_path / "decoder-mine"
     assert find_decoder(other) == tmp_path / "decoder-other"
     assert find_decoder(_probed(7)) is None
+
+
+def test_export_writes_fp16_and_remeasures(tmp_path):
+    probed = _probed()
+    decoder = build_decoder(probed, seed=1, **TINY)
+    save_decoder(decoder, probed, tmp_path / "run", {"seed": 4, "in_epsilon_mean": 0.0,
+                                                     "training": {"seed": 4, "eval_queries_per_site": 1,
+                                                                  "eval_samples_per_query": 2}})
+    manifest = export_decoder(tmp_path / "run", tmp_path / "shipped", probed)
+    assert manifest["weights_dtype"] == "float16" and manifest["seed"] == 4
+    assert set(manifest["exported_in_epsilon"]) == set(probed.task.sites)
+    assert manifest["probed_weights_sha256"] == probed.weights_hash()
+    from safetensors.torch import load_file
+    assert load_file(str(tmp_path / "shipped" / "decoder.safetensors"))["blocks.0.mlp.0.weight"].dtype == torch.float16

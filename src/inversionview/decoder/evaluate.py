@@ -24,11 +24,18 @@ class QuerySet:
     activation: torch.Tensor  # [n, d]
 
 
-def held_out_queries(model: ProbedModel, positions: tuple[str, ...], per_site: int, seed: int
-                     ) -> QuerySet:
-    """``per_site`` queries for every (site, named position): fresh inputs drawn with ``seed``."""
+#: Query positions of the held-out evaluation set (the issue's target): counting ``:`` and
+#: the query letter, addition ``+ = A1 A2 A3``; other tasks: all their named positions.
+EVAL_POSITIONS = {"counting": (":", "query"), "addition": ("+", "=", "A1", "A2", "A3")}
+
+
+def held_out_queries(model: ProbedModel, per_site: int, seed: int,
+                     positions: tuple[str, ...] | None = None) -> QuerySet:
+    """``per_site`` queries for every (site, named position): fresh inputs drawn from a
+    generator seeded with ``seed`` + 1,000,003 (apart from any training seed's streams)."""
     task = model.task
-    generator = torch.Generator().manual_seed(seed)
+    positions = positions or EVAL_POSITIONS.get(task.name, task.position_names)
+    generator = torch.Generator().manual_seed(seed + 1_000_003)
     rows, site_ids, query_positions = [], [], []
     for site_id, _ in enumerate(model.sites):
         for name in positions:

@@ -87,3 +87,30 @@ def find_decoder(model: ProbedModel) -> Path | None:
         if manifest.get("probed_weights_sha256") == digest:
             return directory
     return None
+
+
+def export_decoder(run_dir: Path, destination: Path, model: ProbedModel, seed: int = 0,
+                   dtype: torch.dtype = torch.float16) -> dict[str, Any]:
+    """Copy a trained decoder into ``destination`` with weights in ``dtype`` (fp16 halves a
+    shipped decoder), re-measuring its in-ε rates as exported on the held-out queries of its
+    training seed (same queries, sample draws from ``seed``). Returns the new manifest."""
+    from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates
+
+    decoder, manifest = load_decoder(run_dir, model)
+    training = manifest.get("training", {})
+    save_decoder(decoder, model, destination, {}, dtype=dtype)
+    exported, _ = load_decoder(destination, model)
+    queries = held_out_queries(model, training.get("eval_queries_per_site", 8),
+                               training.get("seed", 0))
+    quality = in_epsilon_rates(exported, model, queries, training.get("eval_samples_per_query", 16),
+                               training.get("epsilon", 0.1), torch.Generator().manual_seed(seed))
+    record = {key: value for key, value in manifest.items()
+              if key not in ("kind", "task", "sites", "probed_weights_sha256", "probed_source",
+                             "config")}
+    record.update(weights_dtype=str(dtype).removeprefix("torch."), exported_from=str(run_dir),
+                  exported_in_epsilon=quality["in_epsilon"],
+                  exported_in_epsilon_mean=quality["in_epsilon_mean"],
+                  exported_well_formed=quality["well_formed"],
+                  exported_distinct_in_epsilon=quality["distinct_in_epsilon"])
+    save_decoder(decoder, model, destination, record, dtype=dtype)
+    return read_manifest(destination)
