@@ -66,7 +66,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     probed = load_probed(args.model, args.task)
-    name = Path(args.model).name if "/" in args.model else args.model
+    # a directory is named by its folder (the authors' models), a bundled artifact "bundled-NAME"
+    name = Path(args.model).name if "/" in args.model else f"bundled-{args.model}"
     label = f"{name}-{args.variant}-{args.minutes:g}min"
     out = args.runs / label
     config = DecoderTrainingConfig(out=out, minutes=args.minutes, seed=args.seed,
