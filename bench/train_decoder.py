@@ -48,6 +48,8 @@ VARIANTS: dict[str, dict] = {
     # The fast preset as shipped: b64 with pools of 32 batches (2,048 inputs) per bucket sort.
     "fast": dict(preset="fast"),
     "fast-fp32": dict(preset="fast", precision="fp32"),
+    # Round 4: draw the sites the decoder reads worst more often (after every evaluation).
+    "fast+rebalance2": dict(preset="fast", rebalance=2.0),
 }
 
 

@@ -313,6 +313,133 @@ def decoders(
     _emit(entries, as_json, "\n".join(lines))
 
 
+InputOpt = Annotated[Optional[str], typer.Option("--input", help="The query input (default: the "
+                                                  "task's example).")]
+SiteOpt = Annotated[Optional[str], typer.Option("--site", help="Site, e.g. a1.0 or "
+                                                "blocks.1.attn.hook_result.0 (default: the task's).")]
+PositionOpt = Annotated[Optional[str], typer.Option("--position", help="Named position or index, "
+                                                    "0 = BOS (default: the task's).")]
+DecoderOpt = Annotated[Optional[Path], typer.Option("--decoder", help="Decoder directory (default: "
+                                                    "the bundled one trained on MODEL's weights).")]
+CandidatesOpt = Annotated[int, typer.Option("--candidates", help="Candidates to draw (rounds of 64).")]
+EpsilonOpt = Annotated[float, typer.Option("--epsilon", help="Radius of the preimage.")]
+MetricOpt = Annotated[str, typer.Option("--metric", help="euclidean (normalised by the query's "
+                                        "norm) or cosine (1 - cos).")]
+FixedOpt = Annotated[bool, typer.Option("--fixed-position", help="Compare at the query's position "
+                                        "in each candidate instead of the minimum over positions.")]
+TemperatureOpt = Annotated[Optional[float], typer.Option("--temperature", help="One temperature "
+                                                         "for every round (replaces the schedule).")]
+NoiseOpt = Annotated[Optional[float], typer.Option("--noise", help="One noise level for every "
+                                                   "round (replaces the schedule).")]
+
+
+def _query_setup(model: str, task: str | None, decoder_dir: Path | None, input_text: str | None,
+                 site: str | None, position: str | None):
+    """(probed model, decoder, decoder name, text, site, position) with the task's defaults."""
+    from inversionview.decoder.store import DecoderLoadError, find_decoder, load_decoder
+
+    probed = _load(model, task)
+    directory = decoder_dir or find_decoder(probed)
+    if directory is None:
+        raise DecoderLoadError(
+            f"no bundled decoder was trained on {model} (sha256 {probed.weights_hash()[:12]}); "
+            f"train one with `inversionview train-decoder {model} --out RUN_DIR --minutes 60` "
+            f"and pass --decoder RUN_DIR")
+    decoder, _ = load_decoder(directory, probed)
+    default_site, default_position = probed.task.default_query
+    return (probed, decoder, str(directory), input_text or probed.task.example,
+            site or default_site, position or default_position)
+
+
+def _query_config(candidates: int, epsilon: float, metric: str, fixed_position: bool,
+                  temperature: float | None, noise: float | None, all_samples: bool = False):
+    from inversionview.preimage.query import QueryConfig
+    from inversionview.preimage.sample import PAPER_SETTINGS
+
+    settings = PAPER_SETTINGS
+    if temperature is not None or noise is not None:
+        settings = ((1.0 if temperature is None else temperature, 0.0 if noise is None else noise),)
+    return QueryConfig(candidates=candidates, settings=settings, epsilon=epsilon, metric=metric,
+                       fixed_position=fixed_position, all_samples=all_samples)
+
+
+@app.command()
+def query(
+    model: Annotated[str, typer.Argument(help="Model (default: the bundled counting model).")] = "counting",
+    task: TaskOpt = None, decoder: DecoderOpt = None, input_text: InputOpt = None,
+    site: SiteOpt = None, position: PositionOpt = None, candidates: CandidatesOpt = 1024,
+    temperature: TemperatureOpt = None, noise: NoiseOpt = None, seed: SeedOpt = 0,
+    epsilon: EpsilonOpt = 0.1, metric: MetricOpt = "euclidean", fixed_position: FixedOpt = False,
+    all_samples: Annotated[bool, typer.Option("--all", help="Show every distinct candidate.")] = False,
+    html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write the view as one "
+                                                      "self-contained HTML page.")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sample, score and colour the epsilon-preimage of one activation."""
+    import torch
+
+    from inversionview.decoder.store import DecoderLoadError
+    from inversionview.preimage.query import run_query
+    from inversionview.views.terminal import render_result
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        config = _query_config(candidates, epsilon, metric, fixed_position, temperature, noise,
+                               all_samples)
+        probed, the_decoder, name, text, site, position = _query_setup(
+            model, task, decoder, input_text, site, position)
+        result = run_query(probed, the_decoder, text, site, position, config, seed=seed,
+                           decoder_name=name)
+    except _user_errors() + (DecoderLoadError, ValueError) as error:
+        _fail(str(error))
+    if html_file is not None:
+        from inversionview.views.html import render_html
+
+        html_file.parent.mkdir(parents=True, exist_ok=True)
+        html_file.write_text(render_html(result), encoding="utf-8")
+    _emit(result.to_record(), as_json, render_result(result)
+          + (f"\nwrote {html_file}" if html_file is not None else ""))
+
+
+@app.command()
+def completeness(
+    model: ModelArg, task: TaskOpt = None, decoder: DecoderOpt = None,
+    input_text: InputOpt = None, site: SiteOpt = None, position: PositionOpt = None,
+    candidates: CandidatesOpt = 1024, seed: SeedOpt = 0, epsilon: EpsilonOpt = 0.1,
+    metric: MetricOpt = "euclidean", fixed_position: FixedOpt = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw distance against the "
+                                                 "decoder's log-probability as a PNG.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare the sampler with the exact preimage over every input (addition: 810,000)."""
+    from inversionview.decoder.store import DecoderLoadError
+    from inversionview.preimage.exact import completeness as measure, plot_completeness
+
+    try:
+        config = _query_config(candidates, epsilon, metric, fixed_position, None, None)
+        probed, the_decoder, _, text, site, position = _query_setup(
+            model, task, decoder, input_text, site, position)
+        universe = probed.task.enumerate_tokens()
+        report = measure(probed, the_decoder, text, site, position, config, seed=seed,
+                         universe=universe)
+    except _user_errors() + (DecoderLoadError, ValueError) as error:
+        _fail(str(error))
+    if plot is not None:
+        report.plot = str(plot_completeness(report, probed, the_decoder, universe, plot, seed=seed))
+    recall = "-" if report.recall is None else f"{report.recall:.3f}"
+    precision = "-" if report.precision is None else f"{report.precision:.3f}"
+    human = (f"{report.query}  site {report.site}  position {report.position_label!r} "
+             f"(index {report.position}), epsilon {report.epsilon:g}\n"
+             f"true preimage: {report.true_in_epsilon} of {report.universe} inputs in epsilon\n"
+             f"sampler: {report.candidates} candidates, {report.distinct} distinct "
+             f"({report.outside_universe} outside the input space), {report.found_in_epsilon} "
+             f"of the true in-epsilon inputs found\nrecall {recall}, precision {precision} "
+             f"({report.seconds:.1f} s)" + (f"\nwrote {report.plot}" if report.plot else ""))
+    _emit(report.to_record(), as_json, human)
+
+
 def main() -> None:
     app()
 

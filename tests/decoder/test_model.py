@@ -64,12 +64,16 @@ def test_kv_cache_generation_equals_full_recomputation():
     finished = torch.zeros(5, dtype=torch.bool)
     for position in range(1, sampled.shape[1]):
         logits = decoder(tokens[:, :position], activation, site)[:, -1]
+        logits[:, 14] = float("-inf")  # PAD is never drawn
         drawn = torch.multinomial(torch.softmax(logits, -1), 1, generator=replay).squeeze(1)
         tokens[:, position] = torch.where(finished, 14, drawn)
         finished |= drawn == 13
         if finished.all():
             break
     assert torch.equal(sampled, tokens)
+    # PAD appears only after EOS
+    after_eos = (sampled == 13).long().cumsum(1) - (sampled == 13).long() > 0
+    assert torch.equal(sampled == 14, after_eos)
 
 
 def test_sampling_is_seeded_and_temperature_per_sample():

@@ -212,7 +212,7 @@ class Decoder(nn.Module):
                generator: torch.Generator | None = None, max_length: int | None = None,
                ) -> torch.Tensor:
         """Ancestral sampling with a KV cache from BOS until EOS or ``max_length`` (default
-        n_ctx): ``[b, max_length]`` tokens, PAD after each EOS. ``temperature`` is a float or
+        n_ctx): ``[b, max_length]`` tokens, PAD after each EOS (and nowhere else). ``temperature`` is a float or
         a ``[b]`` tensor (one per sample)."""
         max_length = max_length or self.config.n_ctx
         batch = activation.shape[0]
@@ -226,7 +226,11 @@ class Decoder(nn.Module):
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         for position in range(1, max_length):
             logits = self._logits(tokens[:, position - 1:position], conditions, position - 1, caches)
-            probabilities = torch.softmax(logits[:, -1].float() / temperature, dim=-1)
+            logits = logits[:, -1].float()
+            # PAD is never an input token (the decoder is not trained to emit it): drawing it
+            # would make a candidate that no text can express.
+            logits[:, pad_id] = float("-inf")
+            probabilities = torch.softmax(logits / temperature, dim=-1)
             drawn = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
             tokens[:, position] = torch.where(finished, pad_id, drawn)
             finished |= drawn == eos_id

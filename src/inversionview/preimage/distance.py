@@ -40,19 +40,24 @@ def scorable_positions(model: ProbedModel, tokens: torch.Tensor) -> torch.Tensor
 
 @torch.no_grad()
 def candidate_distances(model: ProbedModel, site: Site, query: torch.Tensor, tokens: torch.Tensor,
-                        metric: Metric = "euclidean", fixed_position: int | None = None,
+                        metric: Metric = "euclidean",
+                        fixed_position: int | torch.Tensor | None = None,
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score candidates ``tokens`` ``[batch, pos]`` against ``query`` (``[d]`` or ``[batch, d]``).
 
     Returns (distance ``[batch]``, best_position ``[batch]``, per-position distances
-    ``[batch, pos]`` with inf where excluded). With ``fixed_position`` the distance is read
-    there (inf when that position is PAD/EOS or beyond the candidate).
+    ``[batch, pos]`` with inf where excluded). With ``fixed_position`` (one index for all, or
+    a ``[batch]`` tensor of indices, -1 where a candidate lacks the position) the distance
+    is read there: inf when that position is missing, PAD or EOS.
     """
     activations = model.run_sites(tokens, [site])[site]
     per_position = position_distances(query.to(activations.device), activations, metric)
     per_position = per_position.masked_fill(~scorable_positions(model, tokens), float("inf"))
-    if fixed_position is not None:
-        positions = torch.full((tokens.shape[0],), fixed_position, device=tokens.device)
-        return per_position[:, fixed_position], positions, per_position
-    distance, best_position = per_position.min(dim=1)
-    return distance, best_position, per_position
+    if fixed_position is None:
+        distance, best_position = per_position.min(dim=1)
+        return distance, best_position, per_position
+    positions = torch.as_tensor(fixed_position, device=per_position.device).expand(tokens.shape[0])
+    present = (positions >= 0) & (positions < tokens.shape[1])
+    read = per_position.gather(1, positions.clamp(0, tokens.shape[1] - 1)[:, None]).squeeze(1)
+    distance = read.masked_fill(~present, float("inf"))
+    return distance, positions.clone(), per_position

@@ -34,6 +34,8 @@ class AdditionTask(Task):
     attribute_names = ("F1", "F2", "F3", "S1", "S2", "S3", "A1", "A2", "A3", "A4", "C2", "C3",
                        "a", "b", "sum")
     example = "B615+861=1476E"
+    # After layer-0 attention at '=': the hundreds digits combined with the tens' carry.
+    default_query = ("x0.mid", "=")
 
     def describe_vocabulary(self) -> str:
         return "0-9, +, =, B (BOS), E (EOS), P (PAD)"

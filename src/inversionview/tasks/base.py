@@ -101,6 +101,8 @@ class Task(ABC):
     attribute_names: tuple[str, ...]
     #: One example text, used as a default in the CLI.
     example: str
+    #: The (site, position) a query reads when none is given: a reading the paper made.
+    default_query: tuple[str, str]
 
     # ----- encoding -------------------------------------------------------------------
 

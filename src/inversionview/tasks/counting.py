@@ -32,6 +32,8 @@ class CountingTask(Task):
     position_names = ("|", "query", ":")
     attribute_names = ("count", "query_letter", "letters", "length")
     example = "Bvvzccvczvvvzvcvc|v:8E"
+    # a1.0 at ':' attends to the query letter's occurrences: it carries the count, not the letter.
+    default_query = ("a1.0", ":")
 
     def __init__(self) -> None:
         self._bar = self.vocab.id_of("|")

@@ -1,0 +1,168 @@
+"""The exact ε-preimage of an activation over an enumerable input space, and the sampler's
+recall and precision against it (method.md §8; issue 4, item 6).
+
+For addition the space is all 810,000 inputs. Every input is scored at the site exactly as
+the sampler's candidates are (min over positions, or the fixed position), so the true in-ε
+set is what a perfect sampler would return. Recall and precision are measured inside that
+space: recall = the fraction of true in-ε inputs that the sampler drew; precision = the
+fraction of the sampler's distinct in-space candidates that are in ε. Candidates outside the
+space (malformed, or out of distribution) are counted separately.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from inversionview.decoder.model import Decoder
+from inversionview.preimage.colour import sequence_log_probability, token_log_probabilities
+from inversionview.preimage.distance import candidate_distances
+from inversionview.preimage.query import (QueryConfig, _fixed_positions, decoder_site_id)
+from inversionview.preimage.sample import sample_candidates
+from inversionview.probed.model import ProbedModel
+
+
+@dataclass
+class CompletenessReport:
+    site: str
+    position: int
+    position_label: str
+    query: str
+    epsilon: float
+    metric: str
+    universe: int  # inputs enumerated
+    true_in_epsilon: int  # of them, inside ε
+    candidates: int  # drawn by the sampler, with repeats
+    distinct: int
+    outside_universe: int  # distinct candidates not in the enumerated space
+    found_in_epsilon: int  # distinct candidates in the true in-ε set
+    recall: float | None  # found_in_epsilon / true_in_epsilon (None when the set is empty)
+    precision: float | None  # found_in_epsilon / distinct in-space candidates
+    seed: int
+    seconds: float
+    plot: str | None = None
+    # Arrays for the plot (not in the JSON record): distance of every input, and the
+    # decoder's log-probability of the plotted ones.
+    distances: torch.Tensor = field(default=None, repr=False)
+    found: torch.Tensor = field(default=None, repr=False)  # [universe] bool
+
+    def to_record(self) -> dict:
+        return {name: getattr(self, name) for name in (
+            "site", "position", "position_label", "query", "epsilon", "metric", "universe",
+            "true_in_epsilon", "found_in_epsilon", "recall", "precision", "candidates",
+            "distinct", "outside_universe", "seed", "seconds", "plot")}
+
+
+@torch.no_grad()
+def exact_distances(model: ProbedModel, site, query_activation: torch.Tensor,
+                    universe: torch.Tensor, metric: str = "euclidean",
+                    fixed_position: torch.Tensor | None = None, chunk: int = 65536) -> torch.Tensor:
+    """``[N]`` distance of every input of ``universe`` ``[N, n_ctx]`` to the query."""
+    out = []
+    for start in range(0, universe.shape[0], chunk):
+        block = universe[start:start + chunk]
+        fixed = None if fixed_position is None else fixed_position[start:start + chunk]
+        distance, _, _ = candidate_distances(model, site, query_activation, block.to(model.device),
+                                             metric, fixed)
+        out.append(distance.cpu())
+    return torch.cat(out)
+
+
+def _row_keys(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """One int64 key per row (the row read as a base-``vocab_size`` number)."""
+    if vocab_size ** tokens.shape[1] >= 2 ** 63:
+        raise ValueError("inputs too long to key exactly; enumerate a smaller space")
+    powers = vocab_size ** torch.arange(tokens.shape[1] - 1, -1, -1, dtype=torch.int64)
+    return (tokens.to(torch.int64) * powers).sum(dim=1)
+
+
+@torch.no_grad()
+def completeness(model: ProbedModel, decoder: Decoder, text: str, site, position: str | int,
+                 config: QueryConfig | None = None, seed: int = 0,
+                 universe: torch.Tensor | None = None) -> CompletenessReport:
+    """Draw the query's candidates (the ``query`` schedule and seed) and compare them with
+    the true ε-preimage over ``universe`` (default: the task's enumeration)."""
+    config = config or QueryConfig()
+    started = time.perf_counter()
+    task = model.task
+    site = model.site(site)
+    site_id = decoder_site_id(model, decoder, site)
+    text = task.normalize(text)
+    index = task.resolve_position(text, position)
+    query_activation = model.activations(model.tokens(text), site)[0, index]
+    universe = task.enumerate_tokens() if universe is None else universe
+    fixed = (_fixed_positions(task, task.decode_batch(universe), position)
+             if config.fixed_position else None)
+    distances = exact_distances(model, site, query_activation, universe, config.metric, fixed)
+    true_in = distances <= config.epsilon
+
+    device = next(decoder.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    tokens, _ = sample_candidates(decoder, query_activation, site_id, config.schedule,
+                                  task.vocab, generator)
+    distinct = torch.unique(tokens, dim=0)
+    universe_keys = _row_keys(universe, task.vocab.size)
+    order = torch.argsort(universe_keys)
+    sorted_keys = universe_keys[order]
+    keys = _row_keys(distinct, task.vocab.size)
+    slot = torch.searchsorted(sorted_keys, keys).clamp(max=len(sorted_keys) - 1)
+    in_space = sorted_keys[slot] == keys
+    found = torch.zeros(universe.shape[0], dtype=torch.bool)
+    found[order[slot[in_space]]] = True
+    found_in = int((found & true_in).sum())
+    n_true, n_space = int(true_in.sum()), int(in_space.sum())
+    return CompletenessReport(
+        site=site.short, position=index, position_label=task.position_label(text, index),
+        query=text, epsilon=config.epsilon, metric=config.metric, universe=universe.shape[0],
+        true_in_epsilon=n_true, candidates=tokens.shape[0], distinct=distinct.shape[0],
+        outside_universe=distinct.shape[0] - n_space, found_in_epsilon=found_in,
+        recall=found_in / n_true if n_true else None,
+        precision=found_in / n_space if n_space else None, seed=seed,
+        seconds=round(time.perf_counter() - started, 3), distances=distances, found=found)
+
+
+@torch.no_grad()
+def plot_completeness(report: CompletenessReport, model: ProbedModel, decoder: Decoder,
+                      universe: torch.Tensor, path: Path, background: int = 20000,
+                      seed: int = 0) -> Path:
+    """The paper's completeness scatter: each input's distance against the decoder's
+    log-probability of it given z_q, for every true in-ε input plus ``background`` others
+    drawn at random (seeded); the sampler's finds are marked, ε is a vertical line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task = model.task
+    site = model.site(report.site)
+    site_id = decoder_site_id(model, decoder, site)
+    query_activation = model.activations(model.tokens(report.query), site)[0, report.position]
+    inside = torch.nonzero(report.distances <= report.epsilon).flatten()
+    outside = torch.nonzero(report.distances > report.epsilon).flatten()
+    generator = torch.Generator().manual_seed(seed)
+    outside = outside[torch.randperm(len(outside), generator=generator)[:background]]
+    chosen = torch.cat([outside, inside])
+    log_probs = sequence_log_probability(token_log_probabilities(
+        decoder, universe[chosen], query_activation, site_id, task.vocab.pad_id))
+    distance = report.distances[chosen]
+    found = report.found[chosen]
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.scatter(distance[~found], log_probs[~found], s=3, alpha=0.35, c="#888",
+                 label="input not drawn", rasterized=True)
+    axes.scatter(distance[found], log_probs[found], s=9, c="#2563eb", label="drawn by the sampler")
+    axes.axvline(report.epsilon, color="#c33", linestyle="--", label=f"ε = {report.epsilon:g}")
+    axes.set_xlabel(f"distance to the query ({report.metric})")
+    axes.set_ylabel("decoder log P(input | z_q)")
+    recall = "-" if report.recall is None else f"{report.recall:.2f}"
+    axes.set_title(f"{report.site} at {report.position_label!r} of {report.query}: "
+                   f"{report.true_in_epsilon} in ε, recall {recall}", fontsize=10)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,214 @@
+"""One query: sample an activation's ε-preimage with the decoder, score it on the probed
+model, colour the shown samples and summarise (method.md §7, issue 4).
+
+    result = run_query(model, decoder, "Bvvzccvczvvvzvcvc|v:8E", "a1.0", ":")
+
+The defaults reproduce the paper: 1,024 candidates in 16 rounds of 64 over (T, noise) in
+[(0.5, 0), (1, 0), (2, 0), (2, 0.1)], normalised Euclidean distance minimised over positions
+(PAD and EOS excluded, BOS included), ε 0.1, about 100 samples shown with 60-80 % inside ε.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from inversionview.decoder.model import Decoder
+from inversionview.preimage.agreement import attribute_agreement
+from inversionview.preimage.colour import delta_p, sequence_log_probability, token_log_probabilities
+from inversionview.preimage.distance import Metric, candidate_distances
+from inversionview.preimage.result import (PreimageResult, QueryInput, QueryStats, Sample,
+                                           _finite_or_none)
+from inversionview.preimage.sample import (PAPER_SETTINGS, ROUND_SIZE, SamplingRound,
+                                           make_schedule, sample_candidates)
+from inversionview.probed.model import ProbedModel
+from inversionview.probed.sites import Site, SiteError
+from inversionview.tasks.base import Task, TaskInputError
+
+
+@dataclass
+class QueryConfig:
+    candidates: int = 1024
+    settings: tuple[tuple[float, float], ...] = PAPER_SETTINGS  # (temperature, noise) cycle
+    round_size: int = ROUND_SIZE
+    epsilon: float = 0.1
+    metric: Metric = "euclidean"
+    # Read D at the query's position in each candidate (the same name, or the same index for
+    # an integer position) instead of the minimum over positions.
+    fixed_position: bool = False
+    shown: int = 100  # samples displayed (the paper shows 100)
+    shown_inside_fraction: float = 0.7  # the paper shows about 60-80 % inside ε
+    all_samples: bool = False  # show every distinct candidate
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("euclidean", "cosine"):
+            raise ValueError(f"unknown metric {self.metric!r}; use 'euclidean' or 'cosine'")
+        if not self.epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, got {self.epsilon}")
+
+    @property
+    def schedule(self) -> tuple[SamplingRound, ...]:
+        return make_schedule(self.candidates, self.settings, self.round_size)
+
+
+def decoder_site_id(model: ProbedModel, decoder: Decoder, site: Site) -> int:
+    """The decoder's index of ``site`` (the task's site order); a clear error otherwise."""
+    names = [s.short for s in model.sites]
+    if decoder.config.n_sites != len(names):
+        raise SiteError(f"the decoder knows {decoder.config.n_sites} sites but the {model.task.name} "
+                        f"task has {len(names)}; it was trained for another task")
+    if site.short not in names:
+        raise SiteError(f"the decoder was trained on the sites {', '.join(names)}; "
+                        f"{site.short} is not one of them")
+    return names.index(site.short)
+
+
+def _fixed_positions(task: Task, texts: list[str], position: str | int) -> torch.Tensor:
+    """``[n]`` index of ``position`` in each text (-1 where a text does not have it)."""
+    indices = []
+    for text in texts:
+        try:
+            indices.append(task.resolve_position(text, position))
+        except TaskInputError:
+            indices.append(-1)
+    return torch.tensor(indices, dtype=torch.long)
+
+
+def select_shown(distances: list[float], epsilon: float, shown: int,
+                 inside_fraction: float) -> list[int]:
+    """Indices (into ``distances``, sorted ascending) of the samples to display: about
+    ``shown`` of them with about ``inside_fraction`` inside ε, each side spread evenly over
+    its distance ranks, so the view spans the ball and what lies just beyond it."""
+    inside = [i for i, d in enumerate(distances) if d <= epsilon]
+    outside = [i for i, d in enumerate(distances) if d > epsilon and math.isfinite(d)]
+    n_inside = min(len(inside), round(shown * inside_fraction))
+    n_outside = min(len(outside), shown - n_inside)
+    if n_inside > 0:  # keep about inside_fraction inside even when few are
+        n_outside = min(n_outside, max(math.ceil(n_inside * (1 - inside_fraction) / inside_fraction), 10))
+    n_inside = min(len(inside), shown - n_outside)  # fill up from inside if outside ran out
+    return sorted(_spread(inside, n_inside) + _spread(outside, n_outside))
+
+
+def _spread(indices: list[int], k: int) -> list[int]:
+    if k >= len(indices):
+        return list(indices)
+    if k <= 0:
+        return []
+    step = (len(indices) - 1) / max(k - 1, 1)
+    return [indices[round(j * step)] for j in range(k)]
+
+
+def distance_histogram(distances: torch.Tensor, counts: torch.Tensor, epsilon: float,
+                       ) -> dict[str, list]:
+    """Bins of width ε/2 from 0 to 10ε and one overflow bin (edge ``inf``), counts with
+    repeats; candidates without a scorable position are left out."""
+    edges = [round(epsilon / 2 * i, 6) for i in range(21)] + [math.inf]
+    finite = torch.isfinite(distances)
+    bins = torch.bucketize(distances[finite], torch.tensor(edges[1:-1]), right=True)
+    histogram = torch.zeros(len(edges) - 1, dtype=torch.long)
+    histogram.index_add_(0, bins, counts[finite])
+    return {"edges": [None if math.isinf(e) else e for e in edges], "counts": histogram.tolist()}
+
+
+@torch.no_grad()
+def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
+              position: str | int, config: QueryConfig | None = None, seed: int = 0,
+              decoder_name: str = "<memory>") -> PreimageResult:
+    """Sample, score and colour the ε-preimage of ``site``'s activation at ``position`` of
+    ``text``. Bad input (characters, site, position) raises TaskInputError or SiteError."""
+    config = config or QueryConfig()
+    started = time.perf_counter()
+    task = model.task
+    vocab = task.vocab
+    site = model.site(site)
+    site_id = decoder_site_id(model, decoder, site)
+    text = task.normalize(text)
+    query_tokens = model.tokens(text)
+    index = task.resolve_position(text, position)
+    activations = model.activations(query_tokens, site)[0]
+    query_activation, bos_activation = activations[index], activations[0]
+
+    # 1. Sample.
+    device = next(decoder.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    schedule = config.schedule
+    tokens, _ = sample_candidates(decoder, query_activation, site_id, schedule, vocab, generator)
+    sampled = time.perf_counter()
+
+    # 2. Merge identical candidates, then score each distinct one once.
+    distinct, multiplicity = torch.unique(tokens, dim=0, return_counts=True)
+    texts = task.decode_batch(distinct)
+    fixed = _fixed_positions(task, texts, position) if config.fixed_position else None
+    distance, best, per_position = candidate_distances(model, site, query_activation, distinct.to(model.device),
+                                                       config.metric, fixed)
+    distance, best, per_position = distance.cpu(), best.cpu(), per_position.cpu()
+    order = sorted(range(len(texts)), key=lambda i: (distance[i].item(), texts[i]))
+    samples = [_sample(task, texts[i], distance[i].item(), int(best[i]),
+                       per_position[i], int(multiplicity[i]), config.epsilon) for i in order]
+    scored = time.perf_counter()
+
+    # 3. Choose what to show and colour it.
+    if config.all_samples:
+        shown_indices = [i for i, s in enumerate(samples) if math.isfinite(s.distance)]
+    else:
+        shown_indices = select_shown([s.distance for s in samples], config.epsilon, config.shown,
+                                     config.shown_inside_fraction)
+    shown = [samples[i] for i in shown_indices]
+    if shown:
+        shown_tokens = torch.stack([distinct[order[i]] for i in shown_indices])
+        changes = delta_p(decoder, shown_tokens, query_activation, bos_activation, site_id, vocab.pad_id)
+        log_probs = sequence_log_probability(
+            token_log_probabilities(decoder, shown_tokens, query_activation, site_id, vocab.pad_id))
+        for sample, row, log_prob in zip(shown, changes, log_probs.tolist()):
+            sample.delta_p = _finite_or_none(row[: len(sample.tokens)].tolist())
+            sample.log_probability = round(log_prob, 6)
+    coloured = time.perf_counter()
+
+    query_validity = task.validate(text)
+    query_attributes = task.attributes(text)
+    in_count = int(multiplicity[distance <= config.epsilon].sum())
+    valid_count = sum(s.multiplicity for s in samples if s.valid)
+    stats = QueryStats(
+        candidates=int(multiplicity.sum()), distinct=len(samples), in_epsilon=in_count,
+        in_epsilon_rate=in_count / int(multiplicity.sum()),
+        in_epsilon_distinct=sum(s.in_epsilon for s in samples),
+        valid_rate=valid_count / int(multiplicity.sum()), shown=len(shown),
+        shown_in_epsilon=sum(s.in_epsilon for s in shown),
+        seconds=round(coloured - started, 4), seconds_sampling=round(sampled - started, 4),
+        seconds_scoring=round(scored - sampled, 4), seconds_colouring=round(coloured - scored, 4))
+    return PreimageResult(
+        model=model.source, task=task.name, decoder=decoder_name, site=site.short, hook=site.hook,
+        position=index, position_label=task.position_label(text, index), metric=config.metric,
+        epsilon=config.epsilon, fixed_position=config.fixed_position, seed=seed,
+        schedule=[r.to_dict() for r in schedule],
+        query=QueryInput(text=text, tokens=list(text), attributes=query_attributes,
+                         valid=query_validity.well_formed and query_validity.in_distribution,
+                         reason=query_validity.reason),
+        stats=stats,
+        histogram=distance_histogram(distance, multiplicity, config.epsilon),
+        attribute_agreement=attribute_agreement(task.attribute_names, query_attributes, samples),
+        samples=shown, all_samples=config.all_samples)
+
+
+def _sample(task: Task, text: str, distance: float, best: int,
+            per_position: torch.Tensor, multiplicity: int, epsilon: float) -> Sample:
+    validity = task.validate(text)
+    return Sample(
+        text=text, tokens=list(text), distance=distance, best_position=best,
+        best_position_label=_label(task, text, best), in_epsilon=distance <= epsilon,
+        valid=validity.well_formed and validity.in_distribution, correct=validity.correct,
+        reason=validity.reason, attributes=task.attributes(text), multiplicity=multiplicity,
+        position_distances=_finite_or_none(per_position[:len(text)].tolist()))
+
+
+def _label(task: Task, text: str, index: int) -> str:
+    if index < 0:
+        return "-"
+    try:
+        return task.position_label(text, index)
+    except TaskInputError:
+        return str(index)
+

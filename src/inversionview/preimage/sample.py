@@ -1,0 +1,76 @@
+"""Candidate inputs for a query activation: ancestral sampling from the decoder (method.md §7).
+
+A schedule is a list of rounds, each drawing ``candidates`` inputs at one temperature with one
+noise level. Noise adds N(0, 1) x std(z_q) x noise to the query activation, independently per
+candidate (std over z_q's elements). All rounds are drawn in one batched, KV-cached call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from inversionview.decoder.model import Decoder
+from inversionview.tasks.base import Vocabulary
+
+
+@dataclass(frozen=True)
+class SamplingRound:
+    temperature: float
+    noise: float
+    candidates: int = 64
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: The paper's (temperature, noise) settings for the toy tasks, cycled in rounds of 64.
+PAPER_SETTINGS: tuple[tuple[float, float], ...] = ((0.5, 0.0), (1.0, 0.0), (2.0, 0.0), (2.0, 0.1))
+ROUND_SIZE = 64
+
+
+def make_schedule(candidates: int = 1024,
+                  settings: tuple[tuple[float, float], ...] = PAPER_SETTINGS,
+                  round_size: int = ROUND_SIZE) -> tuple[SamplingRound, ...]:
+    """Rounds of ``round_size`` cycling through ``settings`` until ``candidates`` are drawn
+    (the last round is shorter when ``candidates`` is not a multiple). The defaults are the
+    paper's 16 rounds: [(0.5, 0), (1, 0), (2, 0), (2, 0.1)] x 4 = 1,024 candidates."""
+    if candidates < 1:
+        raise ValueError(f"candidates must be at least 1, got {candidates}")
+    if not settings:
+        raise ValueError("a schedule needs at least one (temperature, noise) setting")
+    for temperature, noise in settings:
+        if not temperature > 0 or noise < 0:
+            raise ValueError(f"temperature must be > 0 and noise >= 0, got ({temperature}, {noise})")
+    rounds = []
+    for index in range(math.ceil(candidates / round_size)):
+        temperature, noise = settings[index % len(settings)]
+        size = min(round_size, candidates - index * round_size)
+        rounds.append(SamplingRound(float(temperature), float(noise), size))
+    return tuple(rounds)
+
+
+@torch.no_grad()
+def sample_candidates(decoder: Decoder, query_activation: torch.Tensor, site_id: int,
+                      schedule: tuple[SamplingRound, ...], vocab: Vocabulary,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw every round's candidates for ``query_activation`` ``[d]`` of site ``site_id``.
+
+    Returns (tokens ``[n, n_ctx]`` on the CPU, BOS ... EOS then PAD; round index ``[n]``).
+    ``generator`` must live on the decoder's device; the same seed gives the same tokens.
+    """
+    device = next(decoder.parameters()).device
+    query = query_activation.to(device, torch.float32)
+    round_index = torch.cat([torch.full((r.candidates,), i) for i, r in enumerate(schedule)])
+    temperature = torch.tensor([schedule[i].temperature for i in round_index.tolist()], device=device)
+    noise = torch.tensor([schedule[i].noise for i in round_index.tolist()], device=device)
+    n = round_index.numel()
+    scale = query.std() * noise  # [n]
+    draws = torch.randn(n, query.numel(), generator=generator, device=device)
+    activation = query.expand(n, -1) + draws * scale[:, None]
+    site_ids = torch.full((n,), site_id, dtype=torch.long, device=device)
+    tokens = decoder.sample(activation, site_ids, vocab.bos_id, vocab.eos_id, vocab.pad_id,
+                            temperature, generator)
+    return tokens.cpu(), round_index

@@ -1,0 +1,1 @@
+"""Renderings of a query result: terminal table, HTML page."""

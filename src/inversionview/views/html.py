@@ -1,0 +1,143 @@
+"""A query result as one self-contained HTML page: inline CSS and SVG, the result record
+embedded as JSON, nothing fetched at view time (no external URL anywhere in the page)."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+
+from inversionview.preimage.result import PreimageResult, Sample
+from inversionview.views.terminal import delta_p_rgb, format_value
+
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.3em; margin: 0 0 .3em; }
+.meta { color: #555; margin: .2em 0; }
+table { border-collapse: collapse; margin: .8em 0; }
+td, th { padding: 1px 8px; text-align: right; white-space: nowrap; }
+th { border-bottom: 1px solid #999; font-weight: 600; }
+td.input { text-align: left; font-family: ui-monospace, monospace; letter-spacing: .05em; }
+td.input span { padding: 0 1px; border-radius: 2px; }
+tr.query td { font-weight: 600; background: #f3f3f3; }
+tr.rule td { border-top: 2px solid #c33; color: #c33; font-size: .85em; text-align: left; }
+tr.invalid td.input { text-decoration: underline wavy #c90; }
+.bar { display: inline-block; height: .7em; background: #889; vertical-align: middle; }
+.same { font-weight: 700; }
+.legend span { padding: 0 4px; margin-right: .5em; }
+"""
+
+
+def render_html(result: PreimageResult) -> str:
+    stats = result.stats
+    attributes = result.attribute_names[:8]
+    title = f"{result.task} {result.site} at {result.position_label!r}: {result.query.text}"
+    parts = [
+        "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='meta'>model {html.escape(result.model)} · decoder {html.escape(result.decoder)}"
+        f" · site {html.escape(result.site)} ({html.escape(result.hook)}) · position "
+        f"{html.escape(result.position_label)} (index {result.position}) · {result.metric} "
+        f"distance{', at the query position' if result.fixed_position else ', min over positions'}"
+        f" · ε {result.epsilon:g} · seed {result.seed}</p>",
+        f"<p class='meta'>{stats.candidates} candidates, {stats.distinct} distinct, "
+        f"{stats.in_epsilon} in ε ({stats.in_epsilon_rate:.1%}), {stats.in_epsilon_distinct} "
+        f"distinct in ε, {stats.valid_rate:.0%} valid; {stats.seconds:.2f} s. Showing "
+        f"{stats.shown} ({stats.shown_in_epsilon} in ε).</p>",
+        "<p class='legend'>token colour = ΔP: <span style='background:rgb(64,64,255)'>raised"
+        "</span><span style='background:rgb(255,64,64)'>lowered</span> by the query activation "
+        "(against z<sub>BOS</sub>)</p>",
+        _samples_table(result, attributes),
+        "<h2>Attribute agreement with the query</h2>",
+        _agreement_table(result),
+        "<h2>Distance histogram (all candidates)</h2>",
+        _histogram_svg(result),
+        "<script type='application/json' id='result'>",
+        json.dumps(result.to_record()).replace("<", "\\u003c"),
+        "</script></body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _tokens_html(sample_tokens: list[str], changes: list[float | None] | None) -> str:
+    spans = []
+    for index, token in enumerate(sample_tokens):
+        change = changes[index] if changes and index < len(changes) else None
+        rgb = delta_p_rgb(change)
+        style = f" style='background:rgb{rgb}'" if rgb else ""
+        tip = f" title='ΔP {change:+.3f}'" if change is not None else ""
+        spans.append(f"<span{style}{tip}>{html.escape(token)}</span>")
+    return "".join(spans)
+
+
+def _samples_table(result: PreimageResult, attributes: list[str]) -> str:
+    query = result.query
+    finite = [s.distance for s in result.samples if math.isfinite(s.distance)]
+    scale = max(finite + [2 * result.epsilon])
+    head = "".join(f"<th>{html.escape(a)}</th>" for a in attributes)
+    rows = [f"<table><tr><th>distance</th><th></th><th>input</th><th>best</th>{head}<th>×</th></tr>",
+            f"<tr class='query'><td>query</td><td></td><td class='input'>{html.escape(query.text)}"
+            f"</td><td>({html.escape(result.position_label)})</td>"
+            + "".join(f"<td>{html.escape(format_value(query.attributes.get(a)))}</td>"
+                      for a in attributes) + "<td></td></tr>"]
+    rule_drawn = False
+    for sample in result.samples:
+        if not rule_drawn and sample.distance > result.epsilon:
+            rows.append(f"<tr class='rule'><td colspan='{5 + len(attributes)}'>ε = "
+                        f"{result.epsilon:g}</td></tr>")
+            rule_drawn = True
+        rows.append(_sample_row(sample, attributes, scale, query.attributes))
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _sample_row(sample: Sample, attributes: list[str], scale: float, query_attributes: dict) -> str:
+    finite = math.isfinite(sample.distance)
+    width = min(sample.distance / scale, 1.0) * 120 if finite else 0
+    cells = []
+    for name in attributes:
+        same = name in sample.attributes and sample.attributes[name] == query_attributes.get(name)
+        value = html.escape(format_value(sample.attributes.get(name)))
+        cells.append(f"<td class='same'>{value}</td>" if same else f"<td>{value}</td>")
+    invalid = "" if sample.valid else f" class='invalid' title='{html.escape(sample.reason)}'"
+    distance = f"{sample.distance:.3f}" if finite else "inf"
+    return (f"<tr{invalid}><td>{distance}</td><td><span class='bar' style='width:{width:.0f}px'>"
+            f"</span></td><td class='input'>{_tokens_html(sample.tokens, sample.delta_p)}</td>"
+            f"<td>({html.escape(sample.best_position_label)})</td>{''.join(cells)}"
+            f"<td>{sample.multiplicity if sample.multiplicity > 1 else ''}</td></tr>")
+
+
+def _agreement_table(result: PreimageResult) -> str:
+    def fraction(value):
+        return "-" if value is None else f"{value:.2f}"
+
+    rows = ["<table><tr><th>attribute</th><th>query</th><th>inside ε</th><th>outside ε</th>"
+            "<th>contrast</th><th>n inside</th><th>n outside</th></tr>"]
+    for row in result.attribute_agreement:
+        contrast = "-" if row["contrast"] is None else f"{row['contrast']:+.2f}"
+        rows.append(f"<tr><td>{html.escape(row['attribute'])}</td>"
+                    f"<td>{html.escape(format_value(row['query_value']))}</td>"
+                    f"<td>{fraction(row['inside'])}</td><td>{fraction(row['outside'])}</td>"
+                    f"<td>{contrast}</td><td>{row['n_inside']}</td><td>{row['n_outside']}</td></tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _histogram_svg(result: PreimageResult) -> str:
+    counts = result.histogram["counts"]
+    edges = result.histogram["edges"]
+    peak = max(counts + [1])
+    bar, height = 22, 120
+    bars = []
+    for index, count in enumerate(counts):
+        h = count / peak * height
+        inside = edges[index + 1] is not None and edges[index + 1] <= result.epsilon + 1e-9
+        colour = "#46a" if inside else "#aaa"
+        label = f"≥ {edges[index]}" if edges[index + 1] is None else f"{edges[index]}–{edges[index + 1]}"
+        bars.append(f"<rect x='{index * bar}' y='{height - h:.1f}' width='{bar - 2}' "
+                    f"height='{h:.1f}' fill='{colour}'><title>{label}: {count}</title></rect>")
+    width = bar * len(counts)
+    return (f"<svg role='img' width='{width}' height='{height + 16}'>{''.join(bars)}"
+            f"<text x='0' y='{height + 13}' font-size='11'>0</text>"
+            f"<text x='{width - 30}' y='{height + 13}' font-size='11'>{edges[-2]}+</text></svg>")

@@ -1,0 +1,114 @@
+"""`query` and `completeness` end to end on tiny models and decoders saved in the test."""
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from inversionview.cli import app
+from inversionview.decoder.store import save_decoder
+from inversionview.decoder.train import build_decoder
+from inversionview.probed import build_probed
+
+runner = CliRunner()
+TINY_DECODER = dict(d_model=32, n_heads=2, d_mlp=64, n_condition_blocks=2)
+
+
+@pytest.fixture(scope="module", params=["counting", "addition"])
+def saved(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    model = build_probed(request.param, seed=2, n_embd=16, n_head=4 if request.param == "addition" else 1,
+                         n_inner=32)
+    model.save(root / "model")
+    save_decoder(build_decoder(model, seed=4, **TINY_DECODER), model, root / "decoder", {"seed": 4})
+    return request.param, root
+
+
+SAMPLE_KEYS = {"text", "tokens", "distance", "best_position", "best_position_label", "in_epsilon",
+               "valid", "correct", "reason", "attributes", "multiplicity", "delta_p",
+               "position_distances", "log_probability"}
+TOP_KEYS = {"site", "hook", "position", "position_label", "metric", "epsilon", "query", "stats",
+            "samples", "attribute_agreement", "histogram", "schedule", "seed", "model", "decoder",
+            "task", "fixed_position", "all_samples"}
+
+
+def test_query_json_schema(saved):
+    task, root = saved
+    args = ["query", str(root / "model"), "--decoder", str(root / "decoder"), "--candidates", "64",
+            "--seed", "3", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert set(record) == TOP_KEYS
+    assert record["site"] == {"counting": "a1.0", "addition": "x0.mid"}[task]  # the task's default
+    assert record["position_label"] == {"counting": ":", "addition": "="}[task]
+    assert {"text", "tokens", "attributes", "valid", "reason"} <= set(record["query"])
+    assert {"candidates", "distinct", "in_epsilon", "in_epsilon_rate", "in_epsilon_distinct",
+            "seconds"} <= set(record["stats"])
+    assert record["stats"]["candidates"] == 64 and record["samples"]
+    for sample in record["samples"]:
+        assert set(sample) == SAMPLE_KEYS
+        assert len(sample["position_distances"]) == len(sample["tokens"])
+    again = json.loads(runner.invoke(app, args).stdout)
+    assert [s["text"] for s in again["samples"]] == [s["text"] for s in record["samples"]]
+
+
+def test_query_human_view_and_html(saved, tmp_path):
+    task, root = saved
+    page = tmp_path / "view.html"
+    result = runner.invoke(app, ["query", str(root / "model"), "--decoder", str(root / "decoder"),
+                                 "--candidates", "64", "--position", "1", "--site", "x0.pre",
+                                 "--temperature", "1.5", "--noise", "0.2", "--all",
+                                 "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    assert "query" in result.stdout and "ε = 0.1" in result.stdout
+    label = {"counting": "(1)", "addition": "(F1)"}[task]  # position 1, named where it has a name
+    assert "attribute agreement" in result.stdout and label in result.stdout
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "attribute agreement" in text.lower()
+    assert not re.search(r"(https?:)?//[a-z0-9]", text.replace("</", "<")), "external reference"
+    assert "<script src" not in text and "<link" not in text
+    embedded = json.loads(re.search(r"<script type='application/json' id='result'>\n(.*)\n</script>",
+                                    text).group(1))
+    assert embedded["schedule"] == [{"temperature": 1.5, "noise": 0.2, "candidates": 64}]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--site", "x9.pre"], "valid sites"),
+    (["--position", "nowhere"], "unknown position"),
+    (["--input", "B12#"], "not in the"),
+    (["--metric", "manhattan"], "euclidean"),
+    (["--candidates", "0"], "at least 1"),
+])
+def test_query_errors_exit_2(saved, args, message):
+    _, root = saved
+    result = runner.invoke(app, ["query", str(root / "model"), "--decoder", str(root / "decoder"),
+                                 "--candidates", "64"] + args)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_query_without_a_decoder_says_how_to_get_one(saved):
+    _, root = saved
+    result = runner.invoke(app, ["query", str(root / "model")])
+    assert result.exit_code == 2 and "train-decoder" in result.output
+
+
+def test_completeness_end_to_end_on_addition(saved, tmp_path):
+    task, root = saved
+    args = ["completeness", str(root / "model"), "--decoder", str(root / "decoder"), "--site",
+            "x0.pre", "--position", "F1", "--candidates", "64", "--epsilon", "0.3", "--json"]
+    if task == "counting":
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "too large to enumerate" in result.output
+        return
+    plot = tmp_path / "scatter.png"
+    result = runner.invoke(app, args + ["--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert {"true_in_epsilon", "found_in_epsilon", "recall", "precision"} <= set(record)
+    assert record["universe"] == 810_000
+    # x0.pre at F1 is the embedding of the hundreds digit 6 at position 1: 90,000 inputs
+    # share it exactly, and only they lie within ε of it
+    assert record["true_in_epsilon"] >= 90_000
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
