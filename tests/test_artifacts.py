@@ -53,3 +53,29 @@ def test_shipped_decoder_is_found_and_reads_the_embedding(task, floor):
     quality = in_epsilon_rates(decoder, model, queries, 8, 0.1, torch.Generator().manual_seed(0))
     easy = "x0.pre" if task == "counting" else "a0.3"
     assert quality["in_epsilon"][easy] > 0.7 and quality["well_formed"] > 0.9
+
+
+@pytest.mark.parametrize("source", ["authors", "bundled"])
+@pytest.mark.parametrize("task", ["counting", "addition"])
+def test_query_works_for_every_site_and_named_position(task, source):
+    """The issue's bar: `query` works for every site and named position of both tasks on the
+    bundled and the authors' models, with the decoder found by the weights' hash."""
+    from tests.conftest import authors_model_dir
+    from inversionview.decoder.store import find_decoder, load_decoder
+    from inversionview.preimage.query import QueryConfig, run_query
+    from inversionview.probed import load_probed
+
+    model = load_probed(authors_model_dir(task), task) if source == "authors" else load_probed(task)
+    decoder, _ = load_decoder(find_decoder(model), model)
+    text = model.task.example
+    config = QueryConfig(candidates=32)
+    total_inside = 0
+    for site in model.task.sites:
+        for position in model.task.named_positions(text):
+            result = run_query(model, decoder, text, site, position, config, seed=0)
+            assert result.site == site and result.position_label == position
+            assert result.stats.candidates == 32 and result.samples
+            total_inside += result.stats.in_epsilon
+    # a trained decoder's samples land inside the ball for a good share of the queries
+    queries = len(model.task.sites) * len(model.task.named_positions(text))
+    assert total_inside / (32 * queries) > 0.2

@@ -57,7 +57,8 @@ def test_kv_cache_generation_equals_full_recomputation():
     generator = torch.Generator().manual_seed(3)
     sampled = decoder.sample(activation, site, bos_id=10, eos_id=13, pad_id=14,
                              temperature=1.0, generator=generator)
-    # Recompute each step's distribution without a cache and replay the draws.
+    # Recompute each step's distribution without a cache, for the whole batch, and replay
+    # the draws (one uniform per row per step, inverted through the CDF).
     replay = torch.Generator().manual_seed(3)
     tokens = torch.full_like(sampled, 14)
     tokens[:, 0] = 10
@@ -65,7 +66,9 @@ def test_kv_cache_generation_equals_full_recomputation():
     for position in range(1, sampled.shape[1]):
         logits = decoder(tokens[:, :position], activation, site)[:, -1]
         logits[:, 14] = float("-inf")  # PAD is never drawn
-        drawn = torch.multinomial(torch.softmax(logits, -1), 1, generator=replay).squeeze(1)
+        cdf = torch.softmax(logits, -1).cumsum(-1)
+        uniform = torch.rand(5, generator=replay)
+        drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).squeeze(1)
         tokens[:, position] = torch.where(finished, 14, drawn)
         finished |= drawn == 13
         if finished.all():

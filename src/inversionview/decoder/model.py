@@ -212,8 +212,13 @@ class Decoder(nn.Module):
                generator: torch.Generator | None = None, max_length: int | None = None,
                ) -> torch.Tensor:
         """Ancestral sampling with a KV cache from BOS until EOS or ``max_length`` (default
-        n_ctx): ``[b, max_length]`` tokens, PAD after each EOS (and nowhere else). ``temperature`` is a float or
-        a ``[b]`` tensor (one per sample)."""
+        n_ctx): ``[b, max_length]`` tokens, PAD after each EOS (and nowhere else).
+        ``temperature`` is a float or a ``[b]`` tensor (one per sample).
+
+        Finished rows leave the batch, so a long sample does not make the short ones pay.
+        Each step draws one uniform number per row of the whole batch and inverts the CDF of
+        the rows still running, so the result does not depend on when rows leave.
+        """
         max_length = max_length or self.config.n_ctx
         batch = activation.shape[0]
         device = activation.device
@@ -223,19 +228,25 @@ class Decoder(nn.Module):
         caches: list[dict] = [{} for _ in self.blocks]
         tokens = torch.full((batch, max_length), pad_id, dtype=torch.long, device=device)
         tokens[:, 0] = bos_id
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        rows = torch.arange(batch, device=device)  # the rows still running
         for position in range(1, max_length):
-            logits = self._logits(tokens[:, position - 1:position], conditions, position - 1, caches)
-            logits = logits[:, -1].float()
+            logits = self._logits(tokens[rows, position - 1:position], conditions, position - 1,
+                                  caches)[:, -1].float()
             # PAD is never an input token (the decoder is not trained to emit it): drawing it
             # would make a candidate that no text can express.
             logits[:, pad_id] = float("-inf")
-            probabilities = torch.softmax(logits / temperature, dim=-1)
-            drawn = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
-            tokens[:, position] = torch.where(finished, pad_id, drawn)
-            finished |= drawn == eos_id
-            if finished.all():
-                break
+            cdf = torch.softmax(logits / temperature, dim=-1).cumsum(dim=-1)
+            uniform = torch.rand(batch, generator=generator, device=device)[rows]
+            drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
+            drawn = drawn.squeeze(1).clamp(max=cdf.shape[1] - 1)
+            tokens[rows, position] = drawn
+            running = drawn != eos_id
+            if not running.all():
+                rows, conditions, temperature = rows[running], conditions[running], temperature[running]
+                for cache in caches:
+                    cache["k"], cache["v"] = cache["k"][running], cache["v"][running]
+                if rows.numel() == 0:
+                    break
         return tokens
 
     def n_parameters(self) -> int:

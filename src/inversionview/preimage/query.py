@@ -18,7 +18,7 @@ import torch
 
 from inversionview.decoder.model import Decoder
 from inversionview.preimage.agreement import attribute_agreement
-from inversionview.preimage.colour import delta_p, sequence_log_probability, token_log_probabilities
+from inversionview.preimage.colour import sequence_log_probability, token_log_probabilities
 from inversionview.preimage.distance import Metric, candidate_distances
 from inversionview.preimage.result import (PreimageResult, QueryInput, QueryStats, Sample,
                                            _finite_or_none)
@@ -140,6 +140,8 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
 
     # 2. Merge identical candidates, then score each distinct one once.
     distinct, multiplicity = torch.unique(tokens, dim=0, return_counts=True)
+    # Columns that are PAD in every candidate change nothing (causal, and PAD is excluded).
+    distinct = distinct[:, : int(task.lengths(distinct).max())]
     texts = task.decode_batch(distinct)
     fixed = _fixed_positions(task, texts, position) if config.fixed_position else None
     distance, best, per_position = candidate_distances(model, site, query_activation, distinct.to(model.device),
@@ -159,9 +161,10 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
     shown = [samples[i] for i in shown_indices]
     if shown:
         shown_tokens = torch.stack([distinct[order[i]] for i in shown_indices])
-        changes = delta_p(decoder, shown_tokens, query_activation, bos_activation, site_id, vocab.pad_id)
-        log_probs = sequence_log_probability(
-            token_log_probabilities(decoder, shown_tokens, query_activation, site_id, vocab.pad_id))
+        with_query = token_log_probabilities(decoder, shown_tokens, query_activation, site_id, vocab.pad_id)
+        with_bos = token_log_probabilities(decoder, shown_tokens, bos_activation, site_id, vocab.pad_id)
+        changes = with_query.exp() - with_bos.exp()  # ΔP (colour.delta_p)
+        log_probs = sequence_log_probability(with_query)
         for sample, row, log_prob in zip(shown, changes, log_probs.tolist()):
             sample.delta_p = _finite_or_none(row[: len(sample.tokens)].tolist())
             sample.log_probability = round(log_prob, 6)
