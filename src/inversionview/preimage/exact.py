@@ -59,7 +59,7 @@ class CompletenessReport:
 @torch.no_grad()
 def exact_distances(model: ProbedModel, site, query_activation: torch.Tensor,
                     universe: torch.Tensor, metric: str = "euclidean",
-                    fixed_position: torch.Tensor | None = None, chunk: int = 65536) -> torch.Tensor:
+                    fixed_position: torch.Tensor | None = None, chunk: int = 1024) -> torch.Tensor:
     """``[N]`` distance of every input of ``universe`` ``[N, n_ctx]`` to the query."""
     out = []
     for start in range(0, universe.shape[0], chunk):

@@ -16,7 +16,6 @@ stream need a few sites of thousands of inputs, fast:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -83,13 +82,13 @@ def process_gpt2_state_dict(state: dict[str, torch.Tensor], n_layers: int, n_hea
 
 
 def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm with its weights folded away (TransformerLens' LNPre)."""
-    x = x - x.mean(dim=-1, keepdim=True)
-    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    """LayerNorm with its weights folded away (TransformerLens' LNPre); the fused kernel."""
+    return F.layer_norm(x, x.shape[-1:], eps=eps)
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+    """GPT-2's tanh approximation of GELU (the fused kernel computes the same formula)."""
+    return F.gelu(x, approximate="tanh")
 
 
 class ProcessedGPT2(nn.Module):
