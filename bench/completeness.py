@@ -55,14 +55,18 @@ def main() -> None:
         rows.append(report.to_record())
         recall = "-" if report.recall is None else f"{report.recall:.3f}"
         precision = "-" if report.precision is None else f"{report.precision:.3f}"
+        at_budget = "-" if report.recall_at_budget is None else f"{report.recall_at_budget:.3f}"
         print(f"{text} {site} at {position!r}: true in eps {report.true_in_epsilon}, found "
-              f"{report.found_in_epsilon}, recall {recall}, precision {precision}")
+              f"{report.found_in_epsilon}, recall {recall} (at budget {at_budget}), "
+              f"precision {precision}")
     with_set = [r for r in rows if r["recall"] is not None]
     mean_recall = sum(r["recall"] for r in with_set) / len(with_set) if with_set else None
     record = {"benchmark": "completeness", "model": args.model, "task": task.name,
               "threads": torch.get_num_threads(), "machine": provenance.machine(),
               "commit": provenance.commit(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "triples": rows, "mean_recall": mean_recall,
+              "mean_recall_at_budget": (sum(r["recall_at_budget"] for r in with_set) / len(with_set)
+                                        if with_set else None),
               "total_true_in_epsilon": sum(r["true_in_epsilon"] for r in rows),
               "total_found_in_epsilon": sum(r["found_in_epsilon"] for r in rows)}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -28,11 +28,19 @@ def test_bundled_model_manifest_and_accuracy(name):
 
 
 def test_main_job_runs_on_the_bundled_default():
-    result = CliRunner().invoke(app, ["inspect", "--json"])
+    """The README's run command: `inversionview query` on the bundled counting model and its
+    bundled decoder, at the task's default query."""
+    result = CliRunner().invoke(app, ["query", "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
-    assert record["task"] == "counting"
-    assert all(p["predicted"] == p["expected"] for p in record["predictions"])
+    assert record["task"] == "counting" and record["site"] == "a1.0" and record["position_label"] == ":"
+    assert record["decoder"].endswith("decoder-counting")
+    assert record["stats"]["candidates"] == 1024 and record["stats"]["in_epsilon"] > 0
+    # the reading the paper made at a1.0 ':': the count agrees with the query inside the ball
+    count = next(row for row in record["attribute_agreement"] if row["attribute"] == "count")
+    assert count["inside"] > 0.9 and count["contrast"] > 0.5
+    human = CliRunner().invoke(app, ["query"])
+    assert human.exit_code == 0 and "attribute agreement" in human.stdout
 
 
 @pytest.mark.parametrize("task,floor", [("counting", 0.4), ("addition", 0.55)])

@@ -435,7 +435,9 @@ def completeness(
              f"true preimage: {report.true_in_epsilon} of {report.universe} inputs in epsilon\n"
              f"sampler: {report.candidates} candidates, {report.distinct} distinct "
              f"({report.outside_universe} outside the input space), {report.found_in_epsilon} "
-             f"of the true in-epsilon inputs found\nrecall {recall}, precision {precision} "
+             f"of the true in-epsilon inputs found\nrecall {recall} (at this budget "
+             f"{'-' if report.recall_at_budget is None else f'{report.recall_at_budget:.3f}'}), "
+             f"precision {precision} "
              f"({report.seconds:.1f} s)" + (f"\nwrote {report.plot}" if report.plot else ""))
     _emit(report.to_record(), as_json, human)
 

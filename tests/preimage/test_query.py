@@ -204,6 +204,7 @@ def test_recall_and_precision_on_a_small_enumerated_case(addition, monkeypatch):
     assert report.true_in_epsilon == 3 and report.found_in_epsilon == 2
     assert report.candidates == 5 and report.distinct == 4 and report.outside_universe == 1
     assert report.recall == pytest.approx(2 / 3) and report.precision == pytest.approx(2 / 3)
+    assert report.recall_at_budget == pytest.approx(2 / 3)  # 5 candidates could find all 3
     assert report.found.tolist() == [i in found_inside + [outside_in_space] for i in range(6)]
 
 

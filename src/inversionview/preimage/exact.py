@@ -41,6 +41,9 @@ class CompletenessReport:
     found_in_epsilon: int  # distinct candidates in the true in-ε set
     recall: float | None  # found_in_epsilon / true_in_epsilon (None when the set is empty)
     precision: float | None  # found_in_epsilon / distinct in-space candidates
+    # found_in_epsilon / min(true_in_epsilon, candidates): recall against what this many
+    # candidates could find at best (a 1,024-candidate query cannot find 20,000 inputs)
+    recall_at_budget: float | None
     seed: int
     seconds: float
     plot: str | None = None
@@ -52,7 +55,7 @@ class CompletenessReport:
     def to_record(self) -> dict:
         return {name: getattr(self, name) for name in (
             "site", "position", "position_label", "query", "epsilon", "metric", "universe",
-            "true_in_epsilon", "found_in_epsilon", "recall", "precision", "candidates",
+            "true_in_epsilon", "found_in_epsilon", "recall", "recall_at_budget", "precision", "candidates",
             "distinct", "outside_universe", "seed", "seconds", "plot")}
 
 
@@ -120,6 +123,7 @@ def completeness(model: ProbedModel, decoder: Decoder, text: str, site, position
         true_in_epsilon=n_true, candidates=tokens.shape[0], distinct=distinct.shape[0],
         outside_universe=distinct.shape[0] - n_space, found_in_epsilon=found_in,
         recall=found_in / n_true if n_true else None,
+        recall_at_budget=found_in / min(n_true, tokens.shape[0]) if n_true else None,
         precision=found_in / n_space if n_space else None, seed=seed,
         seconds=round(time.perf_counter() - started, 3), distances=distances, found=found)
 
@@ -129,8 +133,9 @@ def plot_completeness(report: CompletenessReport, model: ProbedModel, decoder: D
                       universe: torch.Tensor, path: Path, background: int = 20000,
                       seed: int = 0) -> Path:
     """The paper's completeness scatter: each input's distance against the decoder's
-    log-probability of it given z_q, for every true in-ε input plus ``background`` others
-    drawn at random (seeded); the sampler's finds are marked, ε is a vertical line."""
+    log-probability of it given z_q, for the true in-ε inputs and ``background`` others,
+    each side capped at ``background`` inputs drawn at random (seeded), plus every input
+    the sampler found (marked); ε is a vertical line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,11 +145,12 @@ def plot_completeness(report: CompletenessReport, model: ProbedModel, decoder: D
     site = model.site(report.site)
     site_id = decoder_site_id(model, decoder, site)
     query_activation = model.activations(model.tokens(report.query), site)[0, report.position]
-    inside = torch.nonzero(report.distances <= report.epsilon).flatten()
-    outside = torch.nonzero(report.distances > report.epsilon).flatten()
     generator = torch.Generator().manual_seed(seed)
-    outside = outside[torch.randperm(len(outside), generator=generator)[:background]]
-    chosen = torch.cat([outside, inside])
+    sides = []
+    for side in (report.distances > report.epsilon, report.distances <= report.epsilon):
+        members = torch.nonzero(side & ~report.found).flatten()
+        sides.append(members[torch.randperm(len(members), generator=generator)[:background]])
+    chosen = torch.cat(sides + [torch.nonzero(report.found).flatten()])
     log_probs = sequence_log_probability(token_log_probabilities(
         decoder, universe[chosen], query_activation, site_id, task.vocab.pad_id))
     distance = report.distances[chosen]
