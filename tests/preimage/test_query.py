@@ -9,6 +9,7 @@ from torch import nn
 
 from inversionview.decoder.train import build_decoder
 from inversionview.preimage import exact
+from inversionview.preimage import query as query_module
 from inversionview.preimage.agreement import attribute_agreement
 from inversionview.preimage.colour import delta_p, token_log_probabilities
 from inversionview.preimage.distance import candidate_distances
@@ -128,13 +129,15 @@ def test_delta_p_is_positive_for_tokens_the_query_favours():
     fake = _FakeDecoder(vocab_size=8)
     tokens = torch.tensor([[0, 5, 2, 7, 7]])  # BOS 5 2, then PAD (id 7)
     query, bos = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])
-    changes = delta_p(fake, tokens, query, bos, site_id=0, pad_id=7)[0]
+    changes, with_query = delta_p(fake, tokens, query, bos, site_id=0, pad_id=7)
+    changes = changes[0]
     p5 = math.exp(3) / (math.exp(3) + 7)
     assert math.isnan(changes[0]) and math.isnan(changes[3]) and math.isnan(changes[4])
     assert changes[1].item() == pytest.approx(p5 - 1 / 8)  # token 5: raised
     assert changes[2].item() == pytest.approx((1 - p5) / 7 - 1 / 8)  # token 2: lowered
     logs = token_log_probabilities(fake, tokens, query, 0, pad_id=7)[0]
     assert logs[1].item() == pytest.approx(math.log(p5))
+    assert torch.equal(with_query[0].nan_to_num(), logs.nan_to_num())
 
 
 def _sample(text, inside, **attributes):
@@ -198,7 +201,7 @@ def test_recall_and_precision_on_a_small_enumerated_case(addition, monkeypatch):
     found_inside = sorted(true_in)[:2]
     drawn = torch.cat([universe[found_inside + [found_inside[0], outside_in_space]],
                        task.encode_batch(["B1+1=2E"])])  # a repeat, one outside the space
-    monkeypatch.setattr(exact, "sample_candidates", lambda *args, **kwargs: (drawn, None))
+    monkeypatch.setattr(query_module, "sample_candidates", lambda *args, **kwargs: (drawn, None))
     report = exact.completeness(model, decoder, query_text, "x0.post", "=",
                                 QueryConfig(epsilon=epsilon), universe=universe)
     assert report.true_in_epsilon == 3 and report.found_in_epsilon == 2

@@ -40,8 +40,10 @@ def sequence_log_probability(token_log_probs: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def delta_p(decoder: Decoder, tokens: torch.Tensor, query_activation: torch.Tensor,
-            bos_activation: torch.Tensor, site_id: int, pad_id: int) -> torch.Tensor:
-    """``[batch, pos]`` ΔP_t of each token; NaN at BOS and PAD."""
-    with_query = token_log_probabilities(decoder, tokens, query_activation, site_id, pad_id).exp()
-    with_bos = token_log_probabilities(decoder, tokens, bos_activation, site_id, pad_id).exp()
-    return with_query - with_bos
+            bos_activation: torch.Tensor, site_id: int, pad_id: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ΔP_t ``[batch, pos]``, log P(x_t | x_<t, z_q) ``[batch, pos]``); NaN at BOS and PAD.
+    The second is returned because ΔP needs it anyway (a sample's log-probability)."""
+    with_query = token_log_probabilities(decoder, tokens, query_activation, site_id, pad_id)
+    with_bos = token_log_probabilities(decoder, tokens, bos_activation, site_id, pad_id)
+    return with_query.exp() - with_bos.exp(), with_query

@@ -20,8 +20,8 @@ import torch
 from inversionview.decoder.model import Decoder
 from inversionview.preimage.colour import sequence_log_probability, token_log_probabilities
 from inversionview.preimage.distance import candidate_distances
-from inversionview.preimage.query import (QueryConfig, _fixed_positions, decoder_site_id)
-from inversionview.preimage.sample import sample_candidates
+from inversionview.preimage.query import (QueryConfig, _fixed_positions, draw_candidates,
+                                          resolve_query)
 from inversionview.probed.model import ProbedModel
 
 
@@ -91,21 +91,15 @@ def completeness(model: ProbedModel, decoder: Decoder, text: str, site, position
     config = config or QueryConfig()
     started = time.perf_counter()
     task = model.task
-    site = model.site(site)
-    site_id = decoder_site_id(model, decoder, site)
-    text = task.normalize(text)
-    index = task.resolve_position(text, position)
-    query_activation = model.activations(model.tokens(text), site)[0, index]
+    query = resolve_query(model, decoder, text, site, position)
+    text, site, index, query_activation = query.text, query.site, query.position, query.activation
     universe = task.enumerate_tokens() if universe is None else universe
     fixed = (_fixed_positions(task, task.decode_batch(universe), position)
              if config.fixed_position else None)
     distances = exact_distances(model, site, query_activation, universe, config.metric, fixed)
     true_in = distances <= config.epsilon
 
-    device = next(decoder.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    tokens, _ = sample_candidates(decoder, query_activation, site_id, config.schedule,
-                                  task.vocab, generator)
+    tokens = draw_candidates(decoder, query, config, task.vocab, seed)
     distinct = torch.unique(tokens, dim=0)
     universe_keys = _row_keys(universe, task.vocab.size)
     order = torch.argsort(universe_keys)
@@ -142,9 +136,7 @@ def plot_completeness(report: CompletenessReport, model: ProbedModel, decoder: D
     import matplotlib.pyplot as plt
 
     task = model.task
-    site = model.site(report.site)
-    site_id = decoder_site_id(model, decoder, site)
-    query_activation = model.activations(model.tokens(report.query), site)[0, report.position]
+    query = resolve_query(model, decoder, report.query, report.site, report.position)
     generator = torch.Generator().manual_seed(seed)
     sides = []
     for side in (report.distances > report.epsilon, report.distances <= report.epsilon):
@@ -152,7 +144,7 @@ def plot_completeness(report: CompletenessReport, model: ProbedModel, decoder: D
         sides.append(members[torch.randperm(len(members), generator=generator)[:background]])
     chosen = torch.cat(sides + [torch.nonzero(report.found).flatten()])
     log_probs = sequence_log_probability(token_log_probabilities(
-        decoder, universe[chosen], query_activation, site_id, task.vocab.pad_id))
+        decoder, universe[chosen], query.activation, query.site_id, task.vocab.pad_id))
     distance = report.distances[chosen]
     found = report.found[chosen]
     figure, axes = plt.subplots(figsize=(7, 4.5))

@@ -18,7 +18,7 @@ import torch
 
 from inversionview.decoder.model import Decoder
 from inversionview.preimage.agreement import attribute_agreement
-from inversionview.preimage.colour import sequence_log_probability, token_log_probabilities
+from inversionview.preimage.colour import delta_p, sequence_log_probability
 from inversionview.preimage.distance import Metric, candidate_distances
 from inversionview.preimage.result import (PreimageResult, QueryInput, QueryStats, Sample,
                                            _finite_or_none)
@@ -113,6 +113,44 @@ def distance_histogram(distances: torch.Tensor, counts: torch.Tensor, epsilon: f
     return {"edges": [None if math.isinf(e) else e for e in edges], "counts": histogram.tolist()}
 
 
+@dataclass
+class ResolvedQuery:
+    """A query checked against the model and the decoder."""
+
+    text: str  # normalised (leading BOS)
+    site: Site
+    site_id: int  # the decoder's index of the site
+    position: int  # index in ``text``
+    activations: torch.Tensor  # [pos, d] the site's activation at every position of ``text``
+
+    @property
+    def activation(self) -> torch.Tensor:
+        """z_q ``[d]``."""
+        return self.activations[self.position]
+
+
+@torch.no_grad()
+def resolve_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
+                  position: str | int) -> ResolvedQuery:
+    """Parse and check the query; bad input raises TaskInputError or SiteError."""
+    site = model.site(site)
+    site_id = decoder_site_id(model, decoder, site)
+    text = model.task.normalize(text)
+    tokens = model.tokens(text)  # first: a character outside the vocabulary is the clearer error
+    index = model.task.resolve_position(text, position)
+    return ResolvedQuery(text, site, site_id, index, model.activations(tokens, site)[0])
+
+
+def draw_candidates(decoder: Decoder, query: ResolvedQuery, config: QueryConfig, vocab,
+                    seed: int) -> torch.Tensor:
+    """``[n, n_ctx]`` candidates of ``config``'s schedule; the same seed, the same tokens."""
+    device = next(decoder.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    tokens, _ = sample_candidates(decoder, query.activation, query.site_id, config.schedule,
+                                  vocab, generator)
+    return tokens
+
+
 @torch.no_grad()
 def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
               position: str | int, config: QueryConfig | None = None, seed: int = 0,
@@ -123,19 +161,13 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
     started = time.perf_counter()
     task = model.task
     vocab = task.vocab
-    site = model.site(site)
-    site_id = decoder_site_id(model, decoder, site)
-    text = task.normalize(text)
-    query_tokens = model.tokens(text)
-    index = task.resolve_position(text, position)
-    activations = model.activations(query_tokens, site)[0]
-    query_activation, bos_activation = activations[index], activations[0]
+    resolved = resolve_query(model, decoder, text, site, position)
+    text, site, site_id, index = resolved.text, resolved.site, resolved.site_id, resolved.position
+    query_activation, bos_activation = resolved.activation, resolved.activations[0]
 
     # 1. Sample.
-    device = next(decoder.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
     schedule = config.schedule
-    tokens, _ = sample_candidates(decoder, query_activation, site_id, schedule, vocab, generator)
+    tokens = draw_candidates(decoder, resolved, config, vocab, seed)
     sampled = time.perf_counter()
 
     # 2. Merge identical candidates, then score each distinct one once.
@@ -161,9 +193,8 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
     shown = [samples[i] for i in shown_indices]
     if shown:
         shown_tokens = torch.stack([distinct[order[i]] for i in shown_indices])
-        with_query = token_log_probabilities(decoder, shown_tokens, query_activation, site_id, vocab.pad_id)
-        with_bos = token_log_probabilities(decoder, shown_tokens, bos_activation, site_id, vocab.pad_id)
-        changes = with_query.exp() - with_bos.exp()  # ΔP (colour.delta_p)
+        changes, with_query = delta_p(decoder, shown_tokens, query_activation, bos_activation,
+                                      site_id, vocab.pad_id)
         log_probs = sequence_log_probability(with_query)
         for sample, row, log_prob in zip(shown, changes, log_probs.tolist()):
             sample.delta_p = _finite_or_none(row[: len(sample.tokens)].tolist())
