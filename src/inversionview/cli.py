@@ -351,18 +351,6 @@ def _query_setup(model: str, task: str | None, decoder_dir: Path | None, input_t
             site or default_site, position or default_position)
 
 
-def _query_config(candidates: int, epsilon: float, metric: str, fixed_position: bool,
-                  temperature: float | None, noise: float | None, all_samples: bool = False):
-    from inversionview.preimage.query import QueryConfig
-    from inversionview.preimage.sample import PAPER_SETTINGS
-
-    settings = PAPER_SETTINGS
-    if temperature is not None or noise is not None:
-        settings = ((1.0 if temperature is None else temperature, 0.0 if noise is None else noise),)
-    return QueryConfig(candidates=candidates, settings=settings, epsilon=epsilon, metric=metric,
-                       fixed_position=fixed_position, all_samples=all_samples)
-
-
 @app.command()
 def query(
     model: Annotated[str, typer.Argument(help="Model (default: the bundled counting model).")] = "counting",
@@ -380,13 +368,13 @@ def query(
     import torch
 
     from inversionview.decoder.store import DecoderLoadError
-    from inversionview.preimage.query import run_query
+    from inversionview.preimage.query import query_config, run_query
     from inversionview.views.terminal import render_result
 
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        config = _query_config(candidates, epsilon, metric, fixed_position, temperature, noise,
+        config = query_config(candidates, epsilon, metric, fixed_position, temperature, noise,
                                all_samples)
         probed, the_decoder, name, text, site, position = _query_setup(
             model, task, decoder, input_text, site, position)
@@ -416,9 +404,10 @@ def completeness(
     """Compare the sampler with the exact preimage over every input (addition: 810,000)."""
     from inversionview.decoder.store import DecoderLoadError
     from inversionview.preimage.exact import completeness as measure, plot_completeness
+    from inversionview.preimage.query import query_config
 
     try:
-        config = _query_config(candidates, epsilon, metric, fixed_position, None, None)
+        config = query_config(candidates, epsilon, metric, fixed_position, None, None)
         probed, the_decoder, _, text, site, position = _query_setup(
             model, task, decoder, input_text, site, position)
         universe = probed.task.enumerate_tokens()
@@ -440,6 +429,53 @@ def completeness(
              f"precision {precision} "
              f"({report.seconds:.1f} s)" + (f"\nwrote {report.plot}" if report.plot else ""))
     _emit(report.to_record(), as_json, human)
+
+
+@app.command()
+def serve(
+    models: Annotated[Optional[list[str]], typer.Argument(
+        help="Models to serve besides the bundled ones: artifact names or model directories "
+             "(each needs a bundled decoder trained on it, or --decoder).")] = None,
+    task: TaskOpt = None,
+    decoder: Annotated[Optional[list[str]], typer.Option(
+        "--decoder", help="MODEL=DIR: the decoder for one of the models (repeatable).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 opens the "
+                                      "server to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads.")] = None,
+) -> None:
+    """Start the web UI and its JSON API (http://HOST:PORT, API docs at /docs)."""
+    import torch
+    import uvicorn
+
+    from inversionview.decoder.store import DecoderLoadError
+    from inversionview.web.app import create_app
+    from inversionview.web.service import QueryService, bundled_model_names, load_model
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    decoders: dict[str, Path] = {}
+    for item in decoder or []:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            _fail(f"--decoder takes MODEL=DIR, got {item!r}")
+        decoders[name] = Path(directory)
+    names = list(dict.fromkeys((models or []) + bundled_model_names()))
+    unknown = sorted(set(decoders) - set(names))
+    if unknown:
+        _fail(f"--decoder names {', '.join(unknown)}, which is not among the served models "
+              f"({', '.join(names)})")
+    loaded = []
+    for name in names:
+        try:
+            loaded.append(load_model(name, task, decoders.get(name)))
+        except _user_errors() + (DecoderLoadError,) as error:
+            if name in (models or []):
+                _fail(str(error))
+            typer.echo(f"skipping bundled model {name}: {error}", err=True)
+    typer.echo(f"serving {', '.join(m.name for m in loaded)} at http://{host}:{port} "
+               f"(API docs at /docs)")
+    uvicorn.run(create_app(QueryService(loaded)), host=host, port=port, log_level="warning")
 
 
 def main() -> None:

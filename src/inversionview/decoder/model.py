@@ -17,6 +17,7 @@ Reads top to bottom: config, conditioning, attention, block, decoder, generation
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -210,10 +211,11 @@ class Decoder(nn.Module):
     def sample(self, activation: torch.Tensor, site_id: torch.Tensor, bos_id: int, eos_id: int,
                pad_id: int, temperature: float | torch.Tensor = 1.0,
                generator: torch.Generator | None = None, max_length: int | None = None,
-               ) -> torch.Tensor:
+               on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Ancestral sampling with a KV cache from BOS until EOS or ``max_length`` (default
         n_ctx): ``[b, max_length]`` tokens, PAD after each EOS (and nowhere else).
-        ``temperature`` is a float or a ``[b]`` tensor (one per sample).
+        ``temperature`` is a float or a ``[b]`` tensor (one per sample). ``on_step(position,
+        max_length)`` is called after each position is drawn (progress; it may raise to stop).
 
         Finished rows leave the batch, so a long sample does not make the short ones pay.
         Each step draws one uniform number per row of the whole batch and inverts the CDF of
@@ -247,6 +249,8 @@ class Decoder(nn.Module):
                     cache["k"], cache["v"] = cache["k"][running], cache["v"][running]
                 if rows.numel() == 0:
                     break
+            if on_step is not None:
+                on_step(position, max_length)
         return tokens
 
     def n_parameters(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,19 @@ class QueryConfig:
     @property
     def schedule(self) -> tuple[SamplingRound, ...]:
         return make_schedule(self.candidates, self.settings, self.round_size)
+
+
+def query_config(candidates: int = 1024, epsilon: float = 0.1, metric: str = "euclidean",
+                 fixed_position: bool = False, temperature: float | None = None,
+                 noise: float | None = None, all_samples: bool = False, shown: int = 100,
+                 ) -> QueryConfig:
+    """A QueryConfig from the query command's options: one ``temperature`` and/or ``noise``
+    replaces the paper's schedule by that single setting (T 1 and noise 0 where unsaid)."""
+    settings = PAPER_SETTINGS
+    if temperature is not None or noise is not None:
+        settings = ((1.0 if temperature is None else temperature, 0.0 if noise is None else noise),)
+    return QueryConfig(candidates=candidates, settings=settings, epsilon=epsilon, metric=metric,
+                       fixed_position=fixed_position, shown=shown, all_samples=all_samples)
 
 
 def decoder_site_id(model: ProbedModel, decoder: Decoder, site: Site) -> int:
@@ -142,22 +156,36 @@ def resolve_query(model: ProbedModel, decoder: Decoder, text: str, site: str | S
 
 
 def draw_candidates(decoder: Decoder, query: ResolvedQuery, config: QueryConfig, vocab,
-                    seed: int) -> torch.Tensor:
+                    seed: int, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """``[n, n_ctx]`` candidates of ``config``'s schedule; the same seed, the same tokens."""
     device = next(decoder.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     tokens, _ = sample_candidates(decoder, query.activation, query.site_id, config.schedule,
-                                  vocab, generator)
+                                  vocab, generator, on_step)
     return tokens
+
+
+#: ``progress(stage, fraction)``: stage is "sampling", "scoring" or "colouring", fraction the
+#: share of the whole query done (0..1). It may raise (e.g. QueryCancelled) to stop the query.
+Progress = Callable[[str, float], None]
+
+# Rough shares of a query's time (bench/query.py: sampling dominates).
+_SAMPLING_SHARE, _SCORING_SHARE = 0.8, 0.1
+
+
+class QueryCancelled(Exception):
+    """Raised by a progress callback to stop a running query."""
 
 
 @torch.no_grad()
 def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
               position: str | int, config: QueryConfig | None = None, seed: int = 0,
-              decoder_name: str = "<memory>") -> PreimageResult:
+              decoder_name: str = "<memory>", progress: Progress | None = None) -> PreimageResult:
     """Sample, score and colour the ε-preimage of ``site``'s activation at ``position`` of
-    ``text``. Bad input (characters, site, position) raises TaskInputError or SiteError."""
+    ``text``. Bad input (characters, site, position) raises TaskInputError or SiteError.
+    ``progress`` is told how far the query is (see ``Progress``)."""
     config = config or QueryConfig()
+    report = progress or (lambda stage, fraction: None)
     started = time.perf_counter()
     task = model.task
     vocab = task.vocab
@@ -167,8 +195,11 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
 
     # 1. Sample.
     schedule = config.schedule
-    tokens = draw_candidates(decoder, resolved, config, vocab, seed)
+    report("sampling", 0.0)
+    tokens = draw_candidates(decoder, resolved, config, vocab, seed,
+                             lambda step, steps: report("sampling", _SAMPLING_SHARE * step / steps))
     sampled = time.perf_counter()
+    report("scoring", _SAMPLING_SHARE)
 
     # 2. Merge identical candidates, then score each distinct one once.
     distinct, multiplicity = torch.unique(tokens, dim=0, return_counts=True)
@@ -183,6 +214,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
     samples = [_sample(task, texts[i], distance[i].item(), int(best[i]),
                        per_position[i], int(multiplicity[i]), config.epsilon) for i in order]
     scored = time.perf_counter()
+    report("colouring", _SAMPLING_SHARE + _SCORING_SHARE)
 
     # 3. Choose what to show and colour it.
     if config.all_samples:

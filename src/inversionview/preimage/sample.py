@@ -8,6 +8,7 @@ candidate (std over z_q's elements). All rounds are drawn in one batched, KV-cac
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -55,11 +56,14 @@ def make_schedule(candidates: int = 1024,
 @torch.no_grad()
 def sample_candidates(decoder: Decoder, query_activation: torch.Tensor, site_id: int,
                       schedule: tuple[SamplingRound, ...], vocab: Vocabulary,
-                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                      generator: torch.Generator,
+                      on_step: Callable[[int, int], None] | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw every round's candidates for ``query_activation`` ``[d]`` of site ``site_id``.
 
     Returns (tokens ``[n, n_ctx]`` on the CPU, BOS ... EOS then PAD; round index ``[n]``).
     ``generator`` must live on the decoder's device; the same seed gives the same tokens.
+    ``on_step`` is passed to ``Decoder.sample`` (progress over positions).
     """
     device = next(decoder.parameters()).device
     query = query_activation.to(device, torch.float32)
@@ -72,5 +76,5 @@ def sample_candidates(decoder: Decoder, query_activation: torch.Tensor, site_id:
     activation = query.expand(n, -1) + draws * scale[:, None]
     site_ids = torch.full((n,), site_id, dtype=torch.long, device=device)
     tokens = decoder.sample(activation, site_ids, vocab.bos_id, vocab.eos_id, vocab.pad_id,
-                            temperature, generator)
+                            temperature, generator, on_step=on_step)
     return tokens.cpu(), round_index

@@ -31,7 +31,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from inversionview.artifacts import artifact_names, find_artifact
 from inversionview.probed.processed import ProcessedGPT2
-from inversionview.probed.sites import Site, check_site
+from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks import Task, TaskInputError, get_task
 
 MANIFEST = "inversionview.json"
@@ -119,6 +119,15 @@ class ProbedModel:
     def run_sites(self, tokens: torch.Tensor, sites: list[str | Site]) -> dict[Site, torch.Tensor]:
         """Activations ``[batch, pos, d_model]`` of several sites in one (early-stopped) run."""
         return self.processed.run(tokens.to(self.device), [self.site(s) for s in sites])
+
+    def attention_pattern(self, text: str, layer: int) -> torch.Tensor:
+        """``[head, query_pos, key_pos]`` attention weights of every head of ``layer`` for one
+        text (its real positions only, BOS included)."""
+        if not 0 <= layer < self.n_layers:
+            raise SiteError(f"layer {layer} does not exist; the model has layers 0..{self.n_layers - 1}")
+        tokens = self.tokens(self.task.normalize(text))
+        length = len(self.task.normalize(text))
+        return self.processed.attention_pattern(tokens[:, :length], layer)[0]
 
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:

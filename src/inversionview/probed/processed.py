@@ -117,12 +117,17 @@ class ProcessedGPT2(nn.Module):
         """``[batch, pos, n_selected_heads, d_model]``: the selected heads' results (all if None)."""
         index = slice(None) if heads is None else list(heads)
         normalized = _normalize(resid_pre, self.eps)
-        W_Q, W_K, W_V = self.W_Q[layer, index], self.W_K[layer, index], self.W_V[layer, index]
-        q = torch.einsum("bpd,hdk->bhpk", normalized, W_Q) + self.b_Q[layer, index][:, None]
-        k = torch.einsum("bpd,hdk->bhpk", normalized, W_K) + self.b_K[layer, index][:, None]
-        v = torch.einsum("bpd,hdk->bhpk", normalized, W_V)  # value biases were folded into b_O
+        q, k = self._queries_keys(normalized, layer, index)
+        v = torch.einsum("bpd,hdk->bhpk", normalized, self.W_V[layer, index])  # biases in b_O
         z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [b, h, p, dh]
         return torch.einsum("bhpk,hkd->bphd", z, self.W_O[layer, index])
+
+    def _queries_keys(self, normalized: torch.Tensor, layer: int, index: slice | list[int]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[batch, heads, pos, d_head]`` queries and keys of the selected heads."""
+        q = torch.einsum("bpd,hdk->bhpk", normalized, self.W_Q[layer, index]) + self.b_Q[layer, index][:, None]
+        k = torch.einsum("bpd,hdk->bhpk", normalized, self.W_K[layer, index]) + self.b_K[layer, index][:, None]
+        return q, k
 
     def _attention_out(self, resid_pre: torch.Tensor, layer: int) -> torch.Tensor:
         return self._head_outputs(resid_pre, layer, None).sum(dim=2) + self.b_O[layer]
@@ -178,6 +183,22 @@ class ProcessedGPT2(nn.Module):
             found[Site(layer, "mlp_out")] = mlp_out
             found[Site(layer, "resid_post")] = resid
         return {site: found[site] for site in sites}
+
+    @torch.no_grad()
+    def attention_pattern(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """``[batch, head, query_pos, key_pos]`` attention weights of every head of ``layer``
+        (TransformerLens' ``blocks.L.attn.hook_pattern``); zero above the diagonal."""
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} does not exist in a {self.n_layers}-layer model")
+        resid = self._embed(tokens)
+        for earlier in range(layer):
+            resid = resid + self._attention_out(resid, earlier)
+            resid = resid + self._mlp_out(resid, earlier)
+        q, k = self._queries_keys(_normalize(resid, self.eps), layer, slice(None))
+        scores = q @ k.transpose(-1, -2) / self.d_head ** 0.5
+        length = tokens.shape[1]
+        future = torch.ones(length, length, dtype=torch.bool, device=tokens.device).triu(1)
+        return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
 
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:

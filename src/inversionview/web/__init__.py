@@ -1,0 +1,1 @@
+"""The live web UI: a JSON API (FastAPI, pydantic schemas) and a single page served with it."""

@@ -1,0 +1,193 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright against a live server.
+
+Skipped when chromium is not installed, except in CI (CI=true), where `.ci/run` installs it
+and a missing browser is a failure. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+# Chromium's own background connections are refused on a closed network; keep it quiet.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI needs Debian's chromium at {CHROMIUM} for the browser tests "
+                           f"(apt-get install chromium)")
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)",
+                allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(live_server)
+    page.wait_for_selector("#model option", state="attached")
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def run_query(page, **fields) -> None:
+    for name, value in fields.items():
+        if page.locator(f"#{name}").evaluate("e => e.tagName") == "SELECT":
+            page.select_option(f"#{name}", str(value))
+        else:
+            page.fill(f"#{name}", str(value))
+    page.evaluate("document.querySelector('#result').replaceChildren()")
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#result tr.sample') || "
+                           "!document.querySelector('#error').hidden")
+    assert page.locator("#error").is_hidden(), page.inner_text("#error")
+
+
+def distances_and_rule(page) -> tuple[list[float], int]:
+    """The D column of the sample rows and the index of the first row after the ε rule."""
+    rows = page.locator("#result table.samples tr.sample, #result table.samples tr.rule")
+    kinds = rows.evaluate_all("rows => rows.map(r => r.classList.contains('rule') ? 'rule' : r.querySelector('td.distance').textContent)")
+    rule_at = kinds.index("rule")
+    distances = [float("inf") if k == "inf" else float(k) for k in kinds if k != "rule"]
+    return distances, rule_at
+
+
+def test_query_renders_sorted_rows_and_the_epsilon_rule(page):
+    page.select_option("#model", "counting")
+    run_query(page, candidates=256, shown=60)
+    stats = page.inner_text("#stats")
+    shown = int(re.search(r"Showing (\d+)", stats).group(1))
+    assert page.locator("#result tr.sample").count() == shown > 0
+    distances, rule_at = distances_and_rule(page)
+    assert distances == sorted(distances)
+    assert all(d <= 0.1 for d in distances[:rule_at]) and all(d > 0.1 for d in distances[rule_at:])
+    assert page.locator("#result tr.sample.inside").count() == rule_at
+    # the query row names its position; a head site shows its attention row
+    assert "(:)" in page.inner_text("#result tr.query")
+    weights = page.locator("#result tr.attention td.input span").evaluate_all(
+        "spans => spans.map(s => Number(s.title.split(' ')[1]))")
+    assert len(weights) == 22 and sum(weights[:20]) == pytest.approx(1.0, abs=0.01)
+    assert weights[20:] == [0, 0]  # causal: nothing after ':' (index 19)
+    # ΔP colours on some tokens, per-position D on hover
+    first_token = page.locator("#result tr.sample td.input span").nth(1)
+    assert re.match(r"D \d", first_token.get_attribute("title"))
+    assert page.locator("#result tr.sample td.input span[style*='background']").count() > 0
+    assert page.locator("#agreement tr").count() > 1
+    screenshot(page, "query-counting-a1.0")
+
+
+def test_url_reproduces_the_view(page, browser, live_server):
+    page.select_option("#model", "addition")
+    page.wait_for_function("document.querySelector('#input').value.includes('+')")
+    run_query(page, site="a1.3", candidates=128, seed=4)
+    url = page.url
+    assert "site=a1.3" in url and "seed=4" in url and "model=addition" in url
+    first = page.locator("#result tr.sample td.input").first.inner_text()
+    other = browser.new_page()
+    other.goto(url)
+    other.wait_for_selector("#result table.samples tr.sample")
+    assert other.locator("#result tr.sample td.input").first.inner_text() == first
+    assert other.input_value("#site") == "a1.3"
+    other.close()
+
+
+def test_bad_input_shows_the_server_message(page):
+    page.select_option("#model", "counting")
+    page.fill("#input", "Bab!c|a:2E")
+    page.click("#run")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "not in the counting vocabulary" in page.inner_text("#error")
+    page.fill("#input", "Bvvzccvczvvvzvcvc|v:8E")
+    page.fill("#shown", "5000")
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#error').textContent.includes('shown')")
+    screenshot(page, "error-message")
+
+
+def test_cancel_stops_a_long_query(page):
+    page.select_option("#model", "counting")
+    page.fill("#candidates", "8192")
+    page.fill("#seed", "77")
+    page.click("#run")
+    page.wait_for_selector("#cancel:not([disabled])")
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#error').textContent.includes('cancelled')")
+    assert page.is_enabled("#run")
+
+
+def test_all_sites_grid_and_opening_a_site(page):
+    page.select_option("#model", "counting")
+    run_query(page, candidates=64)
+    page.click("#grid-button")
+    page.wait_for_selector("#grid-table tr.site-row")
+    assert page.locator("#grid-table tr.site-row").count() == 9
+    screenshot(page, "grid-counting")
+    page.click("#grid-table tr[data-site='x1.mid']")
+    page.wait_for_function("document.querySelector('#result .meta').textContent.includes('site x1.mid')")
+
+
+def test_save_and_compare_views(page):
+    page.select_option("#model", "counting")
+    page.evaluate("localStorage.clear()")
+    run_query(page, site="a0.0", position="18", candidates=64)
+    page.click("#save")
+    run_query(page, site="a1.0", position=":", candidates=64)
+    page.click("#save")
+    page.click("#nav-saved")
+    assert page.locator(".saved-item").count() == 2
+    page.locator(".compare-tick").nth(0).check()
+    page.locator(".compare-tick").nth(1).check()
+    page.click("#compare-button")
+    panels = page.locator("#compare .compare-panel")
+    assert panels.count() == 2
+    assert "a0.0" in panels.nth(0).inner_text() and "a1.0" in panels.nth(1).inner_text()
+    screenshot(page, "compare")
+
+
+def test_export_downloads_the_self_contained_page(page, tmp_path):
+    page.select_option("#model", "counting")
+    run_query(page, candidates=64)
+    with page.expect_download() as download:
+        page.click("#export")
+    path = tmp_path / "view.html"
+    download.value.save_as(path)
+    text = path.read_text(encoding="utf-8")
+    assert "<script type='application/json' id='result'>" in text and "https://" not in text
+
+
+def test_attention_page_draws_every_head_of_a_layer(page):
+    page.select_option("#model", "addition")
+    page.click("#nav-attention")
+    page.select_option("#att-model", "addition")
+    page.fill("#att-input", "B123+456=579E")
+    page.select_option("#att-layer", "1")
+    page.click("#att-run")
+    page.wait_for_selector("#attention-result table.pattern")
+    assert page.locator("#attention-result table.pattern").count() == 4
+    assert "view=attention" in page.url and "layer=1" in page.url
+    screenshot(page, "attention-addition-layer1")
