@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +36,18 @@ save_file(decoder.state_dict(), str(out / f"rank{rank}.safetensors"))
 def test_two_cpu_ranks_keep_identical_weights(tmp_path):
     (tmp_path / "train.py").write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
+    # its own process group, so that a timeout ends the ranks too, not only the launcher
+    launcher = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(tmp_path / "train.py"), str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _, stderr = launcher.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        _, stderr = launcher.communicate()
+        raise AssertionError(f"the 2-rank run did not finish in 300 s: {stderr[-3000:]}") from None
+    assert launcher.returncode == 0, stderr[-3000:]
     rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
