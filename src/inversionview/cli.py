@@ -478,6 +478,144 @@ def serve(
     uvicorn.run(create_app(QueryService(loaded)), host=host, port=port, log_level="warning")
 
 
+def _contrast_option(contrast: str) -> tuple[str, tuple[str, ...]]:
+    """``flip`` / ``random`` / ``resample:F1,S1`` -> (kind, places)."""
+    kind, _, places = contrast.partition(":")
+    return kind, tuple(p.strip() for p in places.split(",") if p.strip())
+
+
+@app.command()
+def patch(
+    model: ModelArg, task: TaskOpt = None,
+    components: Annotated[str, typer.Option("--components", help="SITE@POSITION, comma "
+                                            "separated, in order (e.g. a0.0@query,a1.0@:).")] = "",
+    contrast: Annotated[str, typer.Option("--contrast", help="flip (counting), resample:F1,S1 "
+                                          "(addition), or random.")] = "random",
+    filter_expression: Annotated[Optional[str], typer.Option("--filter", help="Keep originals "
+                                 "whose attributes match, e.g. 'A1==1'.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="The answer token "
+                      "(counting: count; addition: A1..A4); default: the task's first.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Pairs in the test set.")] = 500,
+    cumulative: Annotated[bool, typer.Option("--cumulative", help="Add components one at a "
+                          "time, left to right and right to left.")] = False,
+    seed: SeedOpt = 0,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the Fig. 4a-style PNG.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Activation patching: LD of the original answer against the contrast's, patched."""
+    from inversionview.verify.patching import (PatchingExperiment, contrast_pairs,
+                                               parse_components)
+
+    try:
+        probed = _load(model, task)
+        parsed = parse_components(probed, components)
+        kind, places = _contrast_option(contrast)
+        if n < 1:
+            raise ValueError(f"--n must be at least 1, got {n}")
+        pairs = contrast_pairs(probed.task, n, kind, target, seed, places, filter_expression)
+        experiment = PatchingExperiment(probed, pairs)
+        report = experiment.cumulative(parsed) if cumulative else experiment.each(parsed)
+    except _user_errors() + (ValueError,) as error:
+        _fail(str(error))
+    record = report.to_record()
+    if plot is not None:
+        from inversionview.verify.plot import plot_patching
+
+        plot_patching(report, plot, title=f"{probed.task.name}: {components} ({contrast})")
+    lines = [f"{report.n} pairs ({contrast}, target {report.target}; {report.skipped} without a "
+             f"contrast, {report.filtered_out} filtered out)",
+             f"LD original {report.original_ld:+.3f}   contrast run {report.contrast_ld:+.3f}"]
+    for title, steps in (("left to right" if cumulative else "patched", report.steps),
+                         ("right to left", report.steps_right_to_left)):
+        if steps is None:
+            continue
+        lines.append(f"{title}:")
+        lines += [f"  {' + '.join(step.components):40s} LD {step.patched_ld:+8.3f}   effect "
+                  f"{step.effect:+8.3f}" for step in steps]
+    _emit(record, as_json, "\n".join(lines) + (f"\nwrote {plot}" if plot else ""))
+
+
+@app.command()
+def verify(
+    model: Annotated[str, typer.Argument(help="Model (default: the bundled counting model).")] = "counting",
+    task: TaskOpt = None, decoder: DecoderOpt = None, input_text: InputOpt = None,
+    site: SiteOpt = None, position: PositionOpt = None, candidates: CandidatesOpt = 1024,
+    seed: SeedOpt = 0, epsilon: EpsilonOpt = 0.1,
+    per_side: Annotated[int, typer.Option("--per-side", help="Samples patched on each side of ε.")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Patch the query's activation with in-ε and out-of-ε samples' and show the output change."""
+    from inversionview.decoder.store import DecoderLoadError
+    from inversionview.preimage.query import query_config, run_query
+    from inversionview.verify.readout import verify_readout
+
+    try:
+        probed, the_decoder, name, text, site, position = _query_setup(
+            model, task, decoder, input_text, site, position)
+        result = run_query(probed, the_decoder, text, site, position,
+                           query_config(candidates, epsilon), seed=seed, decoder_name=name)
+        report = verify_readout(probed, result, per_side)
+    except _user_errors() + (DecoderLoadError, ValueError) as error:
+        _fail(str(error))
+    lines = [f"{report['query']}  site {report['site']}  position {result.position_label} "
+             f"(index {report['position']}); the query's activation replaced by a sample's "
+             f"(at its best position); output change from the query position on:"]
+    for side in ("inside", "outside"):
+        lines.append(f"{side} ε:")
+        for row in report[side]:
+            lines.append(f"  {row['text']:34s} D {row['distance']:.3f}  KL max {row['kl_max']:.4f}"
+                         f"  mean {row['kl_mean']:.4f}  top prediction changed "
+                         f"{row['top_prediction_changed']:.0%}")
+        mean = report[f"{side}_mean"]
+        if mean:
+            lines.append(f"  mean: KL max {mean['kl_max']:.4f}, top prediction changed "
+                         f"{mean['top_prediction_changed']:.0%}")
+    _emit(report, as_json, "\n".join(lines))
+
+
+@app.command()
+def dla(
+    model: ModelArg, task: TaskOpt = None,
+    component: Annotated[str, typer.Option("--component", help="HEAD@POSITION, e.g. a1.0@:.")] = "",
+    input_text: InputOpt = None,
+    k: Annotated[int, typer.Option("--k", help="Top tokens shown / counted.")] = 5,
+    n: Annotated[int, typer.Option("--n", help="With --expected: inputs sampled.")] = 0,
+    target: Annotated[Optional[str], typer.Option("--target", help="With --n: the answer "
+                      "token expected among the head's top k (default: the task's first).")] = None,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Direct logit attribution of a head: top promoted and suppressed tokens; with --n, how
+    often the expected answer token is among the top k (the paper's Table 4 statistic)."""
+    from inversionview.verify.dla import expected_token_rates, top_tokens
+    from inversionview.verify.patching import parse_components
+
+    try:
+        probed = _load(model, task)
+        (parsed,) = parse_components(probed, component) if "," not in component else (None,)
+        if parsed is None:
+            raise ValueError("give one component")
+        if n > 0:
+            texts = probed.task.sample(n, seed=seed)
+            the_target = target or probed.task.targets[0]
+            expected = [t[probed.task.target_index(t, the_target)] for t in texts]
+            record = expected_token_rates(probed, texts, parsed, expected, k)
+            record["target"] = the_target
+            human = (f"{record['component']}: expected {the_target} token among the top {k} "
+                     f"promoted in {record['top_k_promoted_rate']:.1%} of {n} inputs, top "
+                     f"{k} suppressed in {record['top_k_suppressed_rate']:.1%}, the most "
+                     f"promoted in {record['most_promoted_rate']:.1%}")
+        else:
+            text = probed.task.normalize(input_text or probed.task.example)
+            record = {"component": parsed.name, "input": text, **top_tokens(probed, text, parsed, k)}
+            human = (f"{text}  {parsed.name}\n  promoted:   "
+                     + "  ".join(f"{t!r} {v:+.2f}" for t, v in record["promoted"])
+                     + "\n  suppressed: " + "  ".join(f"{t!r} {v:+.2f}" for t, v in record["suppressed"]))
+    except _user_errors() + (ValueError,) as error:
+        _fail(str(error))
+    _emit(record, as_json, human)
+
+
 def main() -> None:
     app()
 

@@ -185,6 +185,35 @@ class ProcessedGPT2(nn.Module):
         return {site: found[site] for site in sites}
 
     @torch.no_grad()
+    def run_patched(self, tokens: torch.Tensor, patches: dict[Site, tuple[torch.Tensor, torch.Tensor]],
+                    ) -> torch.Tensor:
+        """``[batch, pos, vocab]`` logits with activations replaced (activation patching).
+
+        ``patches`` maps a site to (``where`` ``[batch, pos]`` bool, ``values`` ``[batch, pos,
+        d_model]``): at the marked positions the site's activation is ``values`` and
+        everything downstream is computed from it. A head's result feeds the attention output
+        (its sum with the other heads); a residual site replaces the stream itself.
+        """
+        def patch(site: Site, activation: torch.Tensor) -> torch.Tensor:
+            if site not in patches:
+                return activation
+            where, values = patches[site]
+            return torch.where(where[..., None], values.to(activation.dtype), activation)
+
+        resid = self._embed(tokens)
+        for layer in range(self.n_layers):
+            resid = patch(Site(layer, "resid_pre"), resid)
+            heads = self._head_outputs(resid, layer, None)  # [b, p, h, d]
+            if any(Site(layer, "head", h) in patches for h in range(self.n_heads)):
+                heads = torch.stack([patch(Site(layer, "head", h), heads[:, :, h])
+                                     for h in range(self.n_heads)], dim=2)
+            attention_out = patch(Site(layer, "attn_out"), heads.sum(dim=2) + self.b_O[layer])
+            resid = patch(Site(layer, "resid_mid"), resid + attention_out)
+            mlp_out = patch(Site(layer, "mlp_out"), self._mlp_out(resid, layer))
+            resid = patch(Site(layer, "resid_post"), resid + mlp_out)
+        return _normalize(resid, self.eps) @ self.W_U + self.b_U
+
+    @torch.no_grad()
     def attention_pattern(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
         """``[batch, head, query_pos, key_pos]`` attention weights of every head of ``layer``
         (TransformerLens' ``blocks.L.attn.hook_pattern``); zero above the diagonal."""

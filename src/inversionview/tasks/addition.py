@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from inversionview.tasks.base import Task, Validity, Vocabulary
+from inversionview.tasks.base import Task, TaskInputError, Validity, Vocabulary
 
 OPERAND_MIN, OPERAND_MAX = 100, 999
 N_OPERANDS = OPERAND_MAX - OPERAND_MIN + 1  # 900
@@ -21,6 +21,7 @@ INPUT_SPACE_SIZE = N_OPERANDS**2  # 810,000
 _GRAMMAR = re.compile(r"^B(\d{3})\+(\d{3})=(\d{1,4})E$")
 _FIXED_POSITIONS = {"F1": 1, "F2": 2, "F3": 3, "+": 4, "S1": 5, "S2": 6, "S3": 7, "=": 8}
 _ANSWER_NAMES = ("A1", "A2", "A3", "A4")
+_OPERAND_DIGITS = ("F1", "F2", "F3", "S1", "S2", "S3")
 _EQUALS = 8
 
 
@@ -36,6 +37,9 @@ class AdditionTask(Task):
     example = "B615+861=1476E"
     # After layer-0 attention at '=': the hundreds digits combined with the tens' carry.
     default_query = ("x0.mid", "=")
+
+    targets = _ANSWER_NAMES  # A4 is the 'E' of a 3-digit sum
+    contrast_kinds = ("resample",)
 
     def describe_vocabulary(self) -> str:
         return "0-9, +, =, B (BOS), E (EOS), P (PAD)"
@@ -147,6 +151,47 @@ class AdditionTask(Task):
             attn_pdrop=0.0, layer_norm_epsilon=1e-5, bos_token_id=self.vocab.bos_id,
             eos_token_id=self.vocab.eos_id, pad_token_id=self.vocab.pad_id,
         )
+
+    # ----- contrast inputs ------------------------------------------------------------
+
+    def target_index(self, text: str, target: str) -> int:
+        if target not in _ANSWER_NAMES:
+            raise TaskInputError(f"unknown target {target!r} for the addition task; use one "
+                                 f"of: {', '.join(_ANSWER_NAMES)}")
+        return _EQUALS + 1 + _ANSWER_NAMES.index(target)
+
+    def make_contrast(self, text: str, kind: str, generator: torch.Generator, target: str,
+                      places: tuple[str, ...] = ()) -> str | None:
+        if kind == "resample":
+            return self.resample(text, places, generator, target)
+        return super().make_contrast(text, kind, generator, target, places)
+
+    def resample(self, text: str, places: tuple[str, ...], generator: torch.Generator,
+                 target: str, tries: int = 100) -> str | None:
+        """Redraw the operand digits at ``places`` (e.g. F1, S1), recompute the sum, and keep
+        the first draw whose ``target`` answer token differs (method.md §9). A leading
+        digit is drawn from 1..9, so no operand gets a leading zero. None if ``tries``
+        draws all leave the target unchanged."""
+        digits = self.attributes(text)
+        if not digits:
+            raise TaskInputError(f"{text!r} is not a well-formed addition input")
+        bad = [place for place in places if place not in _OPERAND_DIGITS]
+        if bad or not places:
+            raise TaskInputError(f"resample needs operand places among {', '.join(_OPERAND_DIGITS)}"
+                                 f"; got {', '.join(places) or 'none'}")
+        index = self.target_index(text, target)
+        answer = self.normalize(text)[index]
+        for _ in range(tries):
+            new = dict(digits)
+            for place in places:
+                low = 1 if place in ("F1", "S1") else 0
+                new[place] = int(torch.randint(low, 10, (1,), generator=generator))
+            a = 100 * new["F1"] + 10 * new["F2"] + new["F3"]
+            b = 100 * new["S1"] + 10 * new["S2"] + new["S3"]
+            contrast = f"B{a}+{b}={a + b}E"
+            if contrast[index] != answer:
+                return contrast
+        return None
 
 
 def _digits(values: torch.Tensor, width: int) -> torch.Tensor:

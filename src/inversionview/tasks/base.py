@@ -245,6 +245,36 @@ class Task(ABC):
     def probed_config(self) -> dict[str, Any]:
         """Keyword arguments of the GPT2Config of this task's default probed model."""
 
+    # ----- contrast inputs for activation patching (method.md §9) ----------------------
+
+    #: Answer tokens a patching experiment can target; the first is the default.
+    targets: tuple[str, ...] = ()
+    #: Contrast kinds besides "random" (see ``make_contrast``).
+    contrast_kinds: tuple[str, ...] = ()
+
+    def target_index(self, text: str, target: str) -> int:
+        """Index of the answer token ``target`` in ``text``; the model predicts it at the
+        index before."""
+        return self.resolve_position(text, target)
+
+    def make_contrast(self, text: str, kind: str, generator: torch.Generator, target: str,
+                      places: tuple[str, ...] = ()) -> str | None:
+        """A contrast input for ``text`` whose ``target`` answer token differs, or None when
+        ``text`` has none (e.g. counting's all-ones inputs cannot be flipped). "random" draws
+        other inputs of the task distribution; task kinds are in ``contrast_kinds``."""
+        if kind == "random":
+            return self._random_contrast(text, generator, target)
+        raise TaskInputError(f"unknown contrast {kind!r} for the {self.name} task; use one of: "
+                             f"{', '.join(('random',) + self.contrast_kinds)}")
+
+    def _random_contrast(self, text: str, generator: torch.Generator, target: str,
+                         tries: int = 64) -> str | None:
+        answer = text[self.target_index(text, target)]
+        for candidate in self.decode_batch(self.sample_tokens(tries, generator)):
+            if candidate[self.target_index(candidate, target)] != answer:
+                return candidate
+        return None
+
 
 def right_pad(rows: list[list[int]], length: int, pad_id: int) -> torch.Tensor:
     batch = torch.full((len(rows), length), pad_id, dtype=torch.long)

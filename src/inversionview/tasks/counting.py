@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from inversionview.tasks.base import Task, Validity, Vocabulary
+from inversionview.tasks.base import Task, TaskInputError, Validity, Vocabulary
 
 LETTERS = string.ascii_lowercase
 DIGITS = "123456789"  # there is no 0: every count is 1..9
@@ -34,6 +34,9 @@ class CountingTask(Task):
     example = "Bvvzccvczvvvzvcvc|v:8E"
     # a1.0 at ':' attends to the query letter's occurrences: it carries the count, not the letter.
     default_query = ("a1.0", ":")
+
+    targets = ("count",)  # the count digit, predicted at ':'
+    contrast_kinds = ("flip",)
 
     def __init__(self) -> None:
         self._bar = self.vocab.id_of("|")
@@ -156,3 +159,37 @@ class CountingTask(Task):
             eos_token_id=self.vocab.eos_id, pad_token_id=self.vocab.pad_id,
         )
 
+    # ----- contrast inputs ------------------------------------------------------------
+
+    def target_index(self, text: str, target: str) -> int:
+        if target != "count":
+            raise TaskInputError(f"unknown target {target!r} for the counting task; use: count")
+        return self.resolve_position(text, ":") + 1
+
+    def make_contrast(self, text: str, kind: str, generator: torch.Generator, target: str,
+                      places: tuple[str, ...] = ()) -> str | None:
+        if kind == "flip":
+            return self.flip(text, generator)
+        return super().make_contrast(text, kind, generator, target, places)
+
+    def flip(self, text: str, generator: torch.Generator) -> str | None:
+        """Replace one context character so that the query letter's count changes by one
+        and every count stays in 1..9 (method.md §9); None when no such change exists
+        (every count 1, or every count 9)."""
+        match = _GRAMMAR.match(self.normalize(text))
+        if match is None:
+            raise TaskInputError(f"{text!r} is not a well-formed counting input")
+        context, query, _ = match.groups()
+        counts = Counter(context)
+        moves = []  # (index in context, replacement letter)
+        for index, letter in enumerate(context):
+            if letter == query:  # the query count falls by one, another letter's rises
+                moves += [(index, other) for other in counts
+                          if other != query and counts[query] > 1 and counts[other] < MAX_COUNT]
+            elif counts[query] < MAX_COUNT and counts[letter] > 1:  # the query count rises
+                moves.append((index, query))
+        if not moves:
+            return None
+        index, replacement = moves[int(torch.randint(len(moves), (1,), generator=generator))]
+        flipped = context[:index] + replacement + context[index + 1:]
+        return f"B{flipped}|{query}:{flipped.count(query)}E"

@@ -1,0 +1,1 @@
+"""Causal verification: activation patching, mean ablation, direct logit attribution."""

@@ -1,0 +1,270 @@
+"""Activation patching (method.md §9): does the information a preimage shows matter to the
+model's answer?
+
+    pairs = contrast_pairs(model.task, n=500, kind="flip", target="count", seed=0)
+    experiment = PatchingExperiment(model, pairs)
+    report = experiment.cumulative(parse_components(model, "a0.0@query,a1.0@:"))
+
+The original run's activation at (site, position) is replaced by the contrast run's activation
+at the same named position (or index), and the logit difference LD = logit(original answer) -
+logit(contrast answer) is read where the model predicts the answer. A component that carries
+the whole effect flips the sign of LD on its own.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from inversionview.probed.model import ProbedModel
+from inversionview.probed.sites import Site
+from inversionview.tasks.base import Task, TaskInputError
+
+
+# ----- what is patched ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Component:
+    """One activation: a site at a named position (or an index)."""
+
+    site: Site
+    position: str | int
+
+    @property
+    def name(self) -> str:
+        return f"{self.site.short}@{self.position}"
+
+
+def parse_components(model: ProbedModel, spec: str) -> list[Component]:
+    """``"a0.0@query,a1.0@:"`` -> components, checked against the model and the task."""
+    components = []
+    for item in (part.strip() for part in spec.split(",")):
+        site, sep, position = item.rpartition("@")
+        if not sep or not site or not position:
+            raise TaskInputError(f"component {item!r} is not SITE@POSITION (e.g. a0.0@query); "
+                                 f"positions: {', '.join(model.task.position_names)} or an index")
+        if position not in model.task.position_names and not position.isdigit():
+            raise TaskInputError(f"unknown position {position!r} in {item!r}; use one of: "
+                                 f"{', '.join(model.task.position_names)} or an index")
+        components.append(Component(model.site(site), int(position) if position.isdigit() else position))
+    if not components:
+        raise TaskInputError("no components given")
+    return components
+
+
+# ----- the test set -----------------------------------------------------------------------
+
+_COMPARISONS = {"==": operator.eq, "!=": operator.ne, "<=": operator.le, ">=": operator.ge,
+                "<": operator.lt, ">": operator.gt}
+_CLAUSE = re.compile(r"^\s*(\w+)\s*(==|!=|<=|>=|<|>)\s*(-?\d+)\s*$")
+
+
+def parse_filter(task: Task, expression: str | None) -> Callable[[dict[str, Any]], bool]:
+    """``"A1==1"`` or ``"A1==1 and C2==0"`` (also ``,``) over the task's attributes."""
+    if not expression:
+        return lambda attributes: True
+    clauses = []
+    for clause in re.split(r"\s+and\s+|,", expression):
+        match = _CLAUSE.match(clause)
+        if match is None or match.group(1) not in task.attribute_names:
+            raise TaskInputError(f"cannot read the filter clause {clause.strip()!r}: write "
+                                 f"ATTRIBUTE OP INTEGER with OP one of {' '.join(_COMPARISONS)}, "
+                                 f"ATTRIBUTE one of {', '.join(task.attribute_names)}")
+        clauses.append((match.group(1), _COMPARISONS[match.group(2)], int(match.group(3))))
+    return lambda attributes: all(name in attributes and attributes[name] is not None
+                                  and compare(attributes[name], value)
+                                  for name, compare, value in clauses)
+
+
+@dataclass
+class ContrastPairs:
+    originals: list[str]
+    contrasts: list[str]
+    target: str
+    kind: str
+    places: tuple[str, ...] = ()
+    filter: str | None = None
+    skipped: int = 0  # originals without a contrast (e.g. counting inputs that cannot flip)
+    filtered_out: int = 0  # originals the filter rejected
+
+
+def contrast_pairs(task: Task, n: int, kind: str, target: str | None = None, seed: int = 0,
+                   places: tuple[str, ...] = (), filter: str | None = None,
+                   max_draws: int = 1_000_000) -> ContrastPairs:
+    """``n`` (original, contrast) pairs: originals from the task sampler (seeded) that pass
+    ``filter``, each with a contrast of ``kind`` whose ``target`` answer token differs."""
+    target = target or task.targets[0]
+    keep = parse_filter(task, filter)
+    generator = torch.Generator().manual_seed(seed)
+    pairs = ContrastPairs([], [], target, kind, tuple(places), filter)
+    drawn = 0
+    while len(pairs.originals) < n:
+        if drawn >= max_draws:
+            raise TaskInputError(f"only {len(pairs.originals)} of {n} pairs after {drawn:,} draws "
+                                 f"(filter {filter!r} rejected {pairs.filtered_out:,}, "
+                                 f"{pairs.skipped:,} had no contrast)")
+        for text in task.decode_batch(task.sample_tokens(1024, generator)):
+            drawn += 1
+            if not keep(task.attributes(text)):
+                pairs.filtered_out += 1
+                continue
+            contrast = task.make_contrast(text, kind, generator, target, tuple(places))
+            if contrast is None:
+                pairs.skipped += 1
+                continue
+            pairs.originals.append(text)
+            pairs.contrasts.append(contrast)
+            if len(pairs.originals) == n:
+                break
+    return pairs
+
+
+# ----- the experiment ---------------------------------------------------------------------
+
+
+@dataclass
+class PatchingStep:
+    components: list[str]
+    patched_ld: float  # mean over the pairs
+    effect: float  # patched_ld - original_ld
+
+
+@dataclass
+class PatchingReport:
+    original_ld: float
+    contrast_ld: float  # LD of the contrast run itself (the value full patching reaches)
+    n: int
+    target: str
+    contrast: str
+    skipped: int
+    filtered_out: int
+    steps: list[PatchingStep] = field(default_factory=list)  # one component at a time, or left to right
+    steps_right_to_left: list[PatchingStep] | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PatchingExperiment:
+    """The original and contrast runs of a set of pairs, ready to patch."""
+
+    def __init__(self, model: ProbedModel, pairs: ContrastPairs):
+        if not pairs.originals:
+            raise TaskInputError("no pairs to patch")
+        self.model, self.pairs = model, pairs
+        task = model.task
+        self.original_tokens = model.tokens(pairs.originals)
+        self.contrast_tokens = model.tokens(pairs.contrasts)
+        index = [task.target_index(text, pairs.target) for text in pairs.originals]
+        contrast_index = [task.target_index(text, pairs.target) for text in pairs.contrasts]
+        if index != contrast_index:
+            raise TaskInputError("an original and its contrast predict the answer at different "
+                                 "positions; LD needs them at the same one")
+        device = model.device
+        self.predict_at = torch.tensor(index, device=device) - 1
+        rows = torch.arange(len(index), device=device)
+        self.answer = self.original_tokens[rows, self.predict_at + 1]
+        self.contrast_answer = self.contrast_tokens[rows, self.predict_at + 1]
+        self.original_ld = self.logit_difference(model.processed.logits(self.original_tokens))
+        self.contrast_ld = self.logit_difference(model.processed.logits(self.contrast_tokens))
+
+    def logit_difference(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[n]`` logit(original answer) - logit(contrast answer) where the answer is predicted."""
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        at = logits[rows, self.predict_at]
+        return at[rows, self.answer] - at[rows, self.contrast_answer]
+
+    def patched_ld(self, components: list[Component]) -> torch.Tensor:
+        """``[n]`` LD of the original runs with ``components`` taken from the contrast runs."""
+        if not components:
+            return self.original_ld
+        return self.logit_difference(self.model.processed.run_patched(
+            self.original_tokens, self.patches(components)))
+
+    def patches(self, components: list[Component]) -> dict[Site, tuple[torch.Tensor, torch.Tensor]]:
+        task = self.model.task
+        sites = sorted({c.site for c in components})
+        contrast = self.model.run_sites(self.contrast_tokens, sites)
+        n, length = self.original_tokens.shape
+        rows = torch.arange(n)
+        patches: dict[Site, tuple[torch.Tensor, torch.Tensor]] = {}
+        for component in components:
+            at = torch.tensor([task.resolve_position(t, component.position) for t in self.pairs.originals])
+            source = torch.tensor([task.resolve_position(t, component.position) for t in self.pairs.contrasts])
+            where, values = patches.get(component.site, (
+                torch.zeros(n, length, dtype=torch.bool, device=self.model.device),
+                torch.zeros(n, length, self.model.d_model, device=self.model.device)))
+            where[rows, at] = True
+            values[rows, at] = contrast[component.site][rows, source]
+            patches[component.site] = (where, values)
+        return patches
+
+    def _step(self, components: list[Component]) -> PatchingStep:
+        patched = self.patched_ld(components).mean().item()
+        return PatchingStep([c.name for c in components], round(patched, 6),
+                            round(patched - self.original_ld.mean().item(), 6))
+
+    def _report(self) -> PatchingReport:
+        return PatchingReport(round(self.original_ld.mean().item(), 6),
+                              round(self.contrast_ld.mean().item(), 6), len(self.pairs.originals),
+                              self.pairs.target, self.pairs.kind, self.pairs.skipped,
+                              self.pairs.filtered_out)
+
+    def each(self, components: list[Component]) -> PatchingReport:
+        """Each component patched alone, then (for several) all of them together."""
+        report = self._report()
+        report.steps = [self._step([c]) for c in components]
+        if len(components) > 1:
+            report.steps.append(self._step(components))
+        return report
+
+    def cumulative(self, components: list[Component]) -> PatchingReport:
+        """Components added one at a time, left to right (``steps``) and right to left."""
+        report = self._report()
+        report.steps = [self._step(components[: k + 1]) for k in range(len(components))]
+        reverse = components[::-1]
+        report.steps_right_to_left = [self._step(reverse[: k + 1]) for k in range(len(reverse))]
+        return report
+
+
+# ----- mean ablation ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def mean_ablation(model: ProbedModel, texts: list[str], component: Component,
+                  targets: tuple[str, ...], reference: list[str]) -> list[dict[str, Any]]:
+    """Replace ``component`` by its mean over ``reference`` inputs; per target answer token:
+    the mean KL(original || ablated) of the next-token distribution where it is predicted,
+    the mean drop of the answer's logit, and the accuracy before and after."""
+    task = model.task
+    reference_tokens = model.tokens(reference)
+    reference_at = torch.tensor([task.resolve_position(t, component.position) for t in reference])
+    values = model.run_sites(reference_tokens, [component.site])[component.site]
+    mean = values[torch.arange(len(reference)), reference_at].mean(dim=0)
+    tokens = model.tokens(texts)
+    n, length = tokens.shape
+    where = torch.zeros(n, length, dtype=torch.bool, device=model.device)
+    where[torch.arange(n), torch.tensor([task.resolve_position(t, component.position) for t in texts])] = True
+    patches = {component.site: (where, mean.expand(n, length, -1))}
+    clean, ablated = model.processed.logits(tokens), model.processed.run_patched(tokens, patches)
+    rows = []
+    for target in targets:
+        index = torch.tensor([task.target_index(t, target) for t in texts])
+        keep = index < length
+        r, at = torch.arange(n)[keep], index[keep] - 1
+        answer = tokens[r, at + 1]
+        log_p, log_q = clean[r, at].log_softmax(-1), ablated[r, at].log_softmax(-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        drop = clean[r, at, answer] - ablated[r, at, answer]
+        rows.append({"target": target, "n": int(keep.sum()), "kl": round(kl.mean().item(), 6),
+                     "logit_drop": round(drop.mean().item(), 6),
+                     "logit_decrement_rate": round((drop > 0).float().mean().item(), 4),
+                     "accuracy": round((clean[r, at].argmax(-1) == answer).float().mean().item(), 4),
+                     "ablated_accuracy": round((ablated[r, at].argmax(-1) == answer).float().mean().item(), 4)})
+    return rows
