@@ -29,10 +29,17 @@ def head_logit_attribution(model: ProbedModel, texts: list[str], component: Comp
     last = Site(model.n_layers - 1, "resid_post")
     found = model.run_sites(tokens, [site, last])
     rows = torch.arange(len(texts))
-    head, final = found[site][rows, at], found[last][rows, at]
+    return logit_attribution(model, found[site][rows, at], found[last][rows, at])
+
+
+def logit_attribution(model: ProbedModel, piece: torch.Tensor, final_resid: torch.Tensor
+                      ) -> torch.Tensor:
+    """``[n, vocab]``: the direct effect on the logits of ``piece`` ``[n, d_model]``, one
+    summand of the final residual stream ``final_resid`` ``[n, d_model]`` (whose LayerNorm
+    scale it shares). The pieces of a residual stream sum, with b_U, to the logits."""
     eps = model.processed.eps
-    scale = (final.var(dim=-1, unbiased=False, keepdim=True) + eps).sqrt()
-    centred = head - head.mean(dim=-1, keepdim=True)
+    scale = (final_resid.var(dim=-1, unbiased=False, keepdim=True) + eps).sqrt()
+    centred = piece - piece.mean(dim=-1, keepdim=True)
     return (centred / scale) @ model.processed.W_U
 
 
