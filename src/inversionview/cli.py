@@ -616,6 +616,36 @@ def dla(
     _emit(record, as_json, human)
 
 
+@app.command()
+def ablate(
+    model: ModelArg, task: TaskOpt = None,
+    component: Annotated[str, typer.Option("--component", help="SITE@POSITION, e.g. x0.post@+.")] = "",
+    n: Annotated[int, typer.Option("--n", help="Inputs measured (and as many for the mean).")] = 1000,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mean ablation: replace a component by its mean over other inputs; KL and logit drop at
+    every answer token the task has."""
+    from inversionview.verify.patching import mean_ablation, parse_components
+
+    try:
+        probed = _load(model, task)
+        (parsed,) = parse_components(probed, component) if "," not in component else (None,)
+        if parsed is None or n < 1:
+            raise ValueError("give one component and --n >= 1")
+        texts = probed.task.sample(n, seed=seed)
+        reference = probed.task.sample(n, seed=seed + 1)
+        rows = mean_ablation(probed, texts, parsed, probed.task.targets, reference)
+    except _user_errors() + (ValueError,) as error:
+        _fail(str(error))
+    lines = [f"mean ablation of {parsed.name} ({n} inputs; mean over {n} others)",
+             "target      n      KL   logit drop  drop rate  accuracy -> ablated"]
+    lines += [f"{r['target']:6s} {r['n']:6d} {r['kl']:7.4f} {r['logit_drop']:+11.4f} "
+              f"{r['logit_decrement_rate']:9.1%}  {r['accuracy']:7.1%} -> {r['ablated_accuracy']:.1%}"
+              for r in rows]
+    _emit({"component": parsed.name, "n": n, "rows": rows}, as_json, "\n".join(lines))
+
+
 def main() -> None:
     app()
 

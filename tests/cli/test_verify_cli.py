@@ -62,3 +62,11 @@ def test_dla_top_tokens_and_rates():
     assert 0 <= rates["top_k_promoted_rate"] <= 1 and rates["n"] == 50
     bad = runner.invoke(app, ["dla", "counting", "--component", "m0@:"])
     assert bad.exit_code == 2 and "not a head" in bad.output
+
+
+def test_ablate_reports_every_answer_token():
+    record = run_json("ablate", "addition", "--component", "x0.post@=", "--n", "64")
+    assert [r["target"] for r in record["rows"]] == ["A1", "A2", "A3", "A4"]
+    assert all(r["kl"] >= 0 for r in record["rows"])
+    bad = runner.invoke(app, ["ablate", "addition", "--component", "x0.post@Z"])
+    assert bad.exit_code == 2 and "unknown position" in bad.output
