@@ -362,6 +362,8 @@ def query(
     html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write the view as one "
                                                       "self-contained HTML page.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads.")] = None,
+    verify_readout: Annotated[bool, typer.Option("--verify", help="Also patch the query's "
+                              "activation with in- and out-of-epsilon samples' (see `verify`).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Sample, score and colour the epsilon-preimage of one activation."""
@@ -380,6 +382,10 @@ def query(
             model, task, decoder, input_text, site, position)
         result = run_query(probed, the_decoder, text, site, position, config, seed=seed,
                            decoder_name=name)
+        if verify_readout:
+            from inversionview.verify.readout import verify_readout as check
+
+            result.verification = check(probed, result)
     except _user_errors() + (DecoderLoadError, ValueError) as error:
         _fail(str(error))
     if html_file is not None:

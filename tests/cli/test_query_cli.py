@@ -30,7 +30,7 @@ SAMPLE_KEYS = {"text", "tokens", "distance", "best_position", "best_position_lab
                "position_distances", "log_probability"}
 TOP_KEYS = {"site", "hook", "position", "position_label", "metric", "epsilon", "query", "stats",
             "samples", "attribute_agreement", "histogram", "schedule", "seed", "model", "decoder",
-            "task", "fixed_position", "all_samples"}
+            "task", "fixed_position", "all_samples", "verification"}
 
 
 def test_query_json_schema(saved):

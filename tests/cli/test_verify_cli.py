@@ -70,3 +70,12 @@ def test_ablate_reports_every_answer_token():
     assert all(r["kl"] >= 0 for r in record["rows"])
     bad = runner.invoke(app, ["ablate", "addition", "--component", "x0.post@Z"])
     assert bad.exit_code == 2 and "unknown position" in bad.output
+
+
+def test_query_verify_adds_the_patching_check_to_the_record():
+    record = run_json("query", "counting", "--candidates", "256", "--verify")
+    verification = record["verification"]
+    assert verification["site"] == record["site"] and verification["position"] == record["position"]
+    assert verification["inside_mean"]["kl_max"] < verification["outside_mean"]["kl_max"]
+    plain = run_json("query", "counting", "--candidates", "32")
+    assert plain["verification"] is None

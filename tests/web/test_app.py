@@ -227,6 +227,15 @@ def test_page_static_files_and_openapi(client):
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/models", "/api/query", "/api/query/html", "/api/grid", "/api/attention",
-            "/api/jobs/query", "/api/jobs/grid", "/api/jobs/{job_id}"} <= set(paths)
+            "/api/jobs/query", "/api/jobs/grid", "/api/jobs/{job_id}", "/api/verify"} <= set(paths)
     schema = client.get("/openapi.json").json()["components"]["schemas"]
     assert {"QueryRequest", "QueryResult", "JobStatus", "ErrorMessage"} <= set(schema)
+
+
+def test_verify_patches_in_and_out_of_epsilon_samples(client):
+    response = client.post("/api/verify", json={"model": "counting", "candidates": 256})
+    assert response.status_code == 200
+    report = response.json()
+    assert report["inside"] and report["outside"] and report["site"] == "a1.0"
+    assert report["inside_mean"]["kl_max"] < report["outside_mean"]["kl_max"]
+    assert client.post("/api/verify", json={"model": "counting", "site": "zz"}).status_code == 400

@@ -191,3 +191,12 @@ def test_attention_page_draws_every_head_of_a_layer(page):
     assert page.locator("#attention-result table.pattern").count() == 4
     assert "view=attention" in page.url and "layer=1" in page.url
     screenshot(page, "attention-addition-layer1")
+
+
+def test_verify_button_shows_the_output_change(page):
+    page.select_option("#model", "counting")
+    run_query(page, candidates=256)
+    page.click("#verify-button")
+    page.wait_for_selector("#verify-table tr.verify-inside")
+    assert page.locator("#verify-table tr.verify-outside").count() > 0
+    assert "mean inside ε: KL max" in page.inner_text("#verify-summary")

@@ -94,6 +94,8 @@ class PreimageResult:
     attribute_agreement: list[dict[str, Any]]
     samples: list[Sample] = field(default_factory=list)
     all_samples: bool = False
+    # The readout checked by patching (verify/readout.py), when asked for (query --verify).
+    verification: dict[str, Any] | None = None
 
     def to_record(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -103,6 +103,14 @@ def render_result(result: PreimageResult) -> str:
         contrast = "      -" if row["contrast"] is None else f"{row['contrast']:+9.2f}"
         lines.append(f"{row['attribute']:<14} {format_value(row['query_value'])[:10]:>10} "
                      f"{_fraction(row['inside']):>7} {_fraction(row['outside']):>8} {contrast}")
+    if result.verification:
+        lines += ["", "the query's activation replaced by a sample's (patching), output change:"]
+        for side in ("inside", "outside"):
+            mean = result.verification.get(f"{side}_mean")
+            if mean:
+                lines.append(f"  {side} ε ({len(result.verification[side])} samples): KL max "
+                             f"{mean['kl_max']:.4f}, top prediction changed "
+                             f"{mean['top_prediction_changed']:.0%}")
     return "\n".join(lines)
 
 

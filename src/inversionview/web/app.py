@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 
 from inversionview.web.schemas import (AttentionRequest, AttentionResult, ErrorMessage, Example,
                                        GridRequest, GridResult, JobStatus, ModelInfo,
-                                       QueryRequest, QueryResult)
+                                       QueryRequest, QueryResult, VerifyResult)
 from inversionview.web.service import QueryService, RequestError
 
 STATIC = Path(__file__).parent / "static"
@@ -67,6 +67,12 @@ def create_app(service: QueryService) -> FastAPI:
         name = f"inversionview-{record['task']}-{record['site']}-{record['position']}.html"
         return HTMLResponse(render_html(PreimageResult.from_record(record)),
                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.post("/api/verify", response_model=VerifyResult, responses=ERRORS)
+    def verify(request: QueryRequest) -> dict:
+        """Patch the query's activation with the nearest in-ε and out-of-ε samples' (at their
+        best positions) and measure how much the model's output changes."""
+        return service.run(service.submit_verify(request))
 
     @app.post("/api/grid", response_model=GridResult, responses=ERRORS)
     def grid(request: GridRequest) -> dict:

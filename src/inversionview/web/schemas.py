@@ -177,6 +177,7 @@ class QueryResult(BaseModel):
     attention: list[float] | None = Field(
         None, description="For a head site: the head's attention weights from the query "
                           "position over the query's tokens (web UI only).")
+    verification: "VerifyResult | None" = Field(None, description="Set by `query --verify`.")
 
 
 class GridRow(BaseModel):
@@ -212,6 +213,33 @@ class AttentionResult(BaseModel):
     patterns: list[list[list[float]]] = Field(description="[head][query position][key position]")
 
 
+class OutputChange(BaseModel):
+    text: str
+    distance: float
+    kl_max: float
+    kl_mean: float
+    top_prediction_changed: float
+
+
+class OutputChangeMean(BaseModel):
+    kl_max: float
+    kl_mean: float
+    top_prediction_changed: float
+
+
+class VerifyResult(BaseModel):
+    """The query's activation replaced by in-ε and out-of-ε samples' (``inversionview verify``)."""
+
+    site: str
+    position: int
+    query: str
+    epsilon: float
+    inside: list[OutputChange]
+    outside: list[OutputChange]
+    inside_mean: OutputChangeMean | None
+    outside_mean: OutputChangeMean | None
+
+
 class JobStatus(BaseModel):
     id: str
     kind: Literal["query", "grid"]
@@ -225,3 +253,6 @@ class JobStatus(BaseModel):
 
 class ErrorMessage(BaseModel):
     detail: str
+
+
+QueryResult.model_rebuild()

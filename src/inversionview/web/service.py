@@ -170,6 +170,11 @@ class QueryService:
         return self._submit("grid", request.model_dump_json(),
                             lambda report: self._grid(loaded, request, report))
 
+    def submit_verify(self, request: QueryRequest) -> Job:
+        loaded = self.model(request.model)
+        return self._submit("verify", request.model_dump_json(),
+                            lambda report: self._verify(loaded, request, report))
+
     def submit_attention(self, request: AttentionRequest) -> Job:
         loaded = self.model(request.model)
         return self._submit("attention", request.model_dump_json(),
@@ -267,6 +272,15 @@ class QueryService:
         record["attention"] = _head_attention(loaded.probed, result.query.text, result.site,
                                               result.position)
         return record
+
+    @classmethod
+    def _verify(cls, loaded: LoadedModel, request: QueryRequest, report) -> dict[str, Any]:
+        from inversionview.preimage.result import PreimageResult
+        from inversionview.verify.readout import verify_readout
+
+        record = dict(cls._query(loaded, request, report))
+        record.pop("attention")
+        return verify_readout(loaded.probed, PreimageResult.from_record(record))
 
     @staticmethod
     def _grid(loaded: LoadedModel, request: GridRequest, report) -> dict[str, Any]:

@@ -144,6 +144,7 @@ async function runQuery(event) {
       renderQuery($("result"), done.result, { colour: $("colour").checked });
       $("actions").hidden = false;
       $("grid").hidden = true;
+      $("verify").hidden = true;
     } else if (done.state === "cancelled") {
       showError("The query was cancelled.");
     } else {
@@ -315,6 +316,34 @@ function renderGrid(container, grid) {
     el("table", { id: "grid-table" }, rows));
 }
 
+// ----- causal check of the readout ----------------------------------------------------------
+
+async function runVerify() {
+  showError("");
+  const box = $("verify");
+  box.hidden = false;
+  box.replaceChildren(el("p", { class: "meta" }, "patching…"));
+  try {
+    const report = await api("POST", "/api/verify", queryRequest(formValues()));
+    const rows = [el("tr", {}, ["side", "sample", "D", "KL max", "KL mean", "top prediction changed"].map((h) => el("th", {}, h)))];
+    for (const side of ["inside", "outside"]) {
+      for (const row of report[side]) {
+        rows.push(el("tr", { class: `verify-${side}` }, el("td", {}, side === "inside" ? "in ε" : "outside ε"),
+          el("td", { class: "input" }, row.text), el("td", {}, fmt(row.distance)), el("td", {}, fmt(row.kl_max, 4)),
+          el("td", {}, fmt(row.kl_mean, 4)), el("td", {}, `${Math.round(100 * row.top_prediction_changed)} %`)));
+      }
+    }
+    const mean = (m) => (m ? `KL max ${fmt(m.kl_max, 4)}, top prediction changed ${Math.round(100 * m.top_prediction_changed)} %` : "none");
+    box.replaceChildren(
+      el("h3", {}, "The query's activation replaced by a sample's (at its best position)"),
+      el("p", { class: "meta", id: "verify-summary" }, `mean inside ε: ${mean(report.inside_mean)} · mean outside ε: ${mean(report.outside_mean)}`),
+      el("table", { id: "verify-table" }, rows));
+  } catch (error) {
+    box.hidden = true;
+    showError(error.message);
+  }
+}
+
 // ----- saved views and comparison ----------------------------------------------------------
 
 function savedViews() {
@@ -448,6 +477,7 @@ async function start() {
   $("export").addEventListener("click", exportHtml);
   $("copy-link").addEventListener("click", () => navigator.clipboard?.writeText(location.href));
   $("grid-button").addEventListener("click", runGrid);
+  $("verify-button").addEventListener("click", runVerify);
   $("compare-button").addEventListener("click", compareSaved);
   $("attention-form").addEventListener("submit", runAttention);
   $("att-model").addEventListener("change", fillLayers);
