@@ -484,6 +484,15 @@ def serve(
     uvicorn.run(create_app(QueryService(loaded)), host=host, port=port, log_level="warning")
 
 
+def _one_component(probed, spec: str):
+    from inversionview.verify.patching import parse_components
+
+    components = parse_components(probed, spec)
+    if len(components) != 1:
+        raise ValueError(f"give one SITE@POSITION, got {len(components)}: {spec}")
+    return components[0]
+
+
 def _contrast_option(contrast: str) -> tuple[str, tuple[str, ...]]:
     """``flip`` / ``random`` / ``resample:F1,S1`` -> (kind, places)."""
     kind, _, places = contrast.partition(":")
@@ -585,7 +594,7 @@ def dla(
     component: Annotated[str, typer.Option("--component", help="HEAD@POSITION, e.g. a1.0@:.")] = "",
     input_text: InputOpt = None,
     k: Annotated[int, typer.Option("--k", help="Top tokens shown / counted.")] = 5,
-    n: Annotated[int, typer.Option("--n", help="With --expected: inputs sampled.")] = 0,
+    n: Annotated[int, typer.Option("--n", help="Inputs sampled for the top-k statistic (0: one input).")] = 0,
     target: Annotated[Optional[str], typer.Option("--target", help="With --n: the answer "
                       "token expected among the head's top k (default: the task's first).")] = None,
     seed: SeedOpt = 0,
@@ -594,13 +603,10 @@ def dla(
     """Direct logit attribution of a head: top promoted and suppressed tokens; with --n, how
     often the expected answer token is among the top k (the paper's Table 4 statistic)."""
     from inversionview.verify.dla import expected_token_rates, top_tokens
-    from inversionview.verify.patching import parse_components
 
     try:
         probed = _load(model, task)
-        (parsed,) = parse_components(probed, component) if "," not in component else (None,)
-        if parsed is None:
-            raise ValueError("give one component")
+        parsed = _one_component(probed, component)
         if n > 0:
             texts = probed.task.sample(n, seed=seed)
             the_target = target or probed.task.targets[0]
@@ -632,13 +638,13 @@ def ablate(
 ) -> None:
     """Mean ablation: replace a component by its mean over other inputs; KL and logit drop at
     every answer token the task has."""
-    from inversionview.verify.patching import mean_ablation, parse_components
+    from inversionview.verify.patching import mean_ablation
 
     try:
         probed = _load(model, task)
-        (parsed,) = parse_components(probed, component) if "," not in component else (None,)
-        if parsed is None or n < 1:
-            raise ValueError("give one component and --n >= 1")
+        parsed = _one_component(probed, component)
+        if n < 1:
+            raise ValueError(f"--n must be at least 1, got {n}")
         texts = probed.task.sample(n, seed=seed)
         reference = probed.task.sample(n, seed=seed + 1)
         rows = mean_ablation(probed, texts, parsed, probed.task.targets, reference)

@@ -96,7 +96,7 @@ class ContrastPairs:
 
 def contrast_pairs(task: Task, n: int, kind: str, target: str | None = None, seed: int = 0,
                    places: tuple[str, ...] = (), filter: str | None = None,
-                   max_draws: int = 1_000_000) -> ContrastPairs:
+                   max_draws: int = 200_000) -> ContrastPairs:
     """``n`` (original, contrast) pairs: originals from the task sampler (seeded) that pass
     ``filter``, each with a contrast of ``kind`` whose ``target`` answer token differs."""
     target = target or task.targets[0]
