@@ -23,6 +23,8 @@ def test_patch_cumulative_json_and_plot(tmp_path):
     assert record["n"] == 40 and record["target"] == "count"
     assert [s["components"] for s in record["steps"]] == [["a0.0@query"], ["a0.0@query", "a1.0@:"]]
     assert [s["components"] for s in record["steps_right_to_left"]] == [["a1.0@:"], ["a1.0@:", "a0.0@query"]]
+    assert {s["order"] for s in record["steps"]} == {"left_to_right"}
+    assert {s["order"] for s in record["steps_right_to_left"]} == {"right_to_left"}
     for step in record["steps"]:
         assert step["effect"] == pytest.approx(step["patched_ld"] - record["original_ld"], abs=1e-5)
     assert plot.stat().st_size > 10_000

@@ -133,6 +133,7 @@ class PatchingStep:
     components: list[str]
     patched_ld: float  # mean over the pairs
     effect: float  # patched_ld - original_ld
+    order: str = "each"  # "each" (alone, or all together), "left_to_right", "right_to_left"
 
 
 @dataclass
@@ -205,10 +206,10 @@ class PatchingExperiment:
             patches[component.site] = (where, values)
         return patches
 
-    def _step(self, components: list[Component]) -> PatchingStep:
+    def _step(self, components: list[Component], order: str = "each") -> PatchingStep:
         patched = self.patched_ld(components).mean().item()
         return PatchingStep([c.name for c in components], round(patched, 6),
-                            round(patched - self.original_ld.mean().item(), 6))
+                            round(patched - self.original_ld.mean().item(), 6), order)
 
     def _report(self) -> PatchingReport:
         return PatchingReport(round(self.original_ld.mean().item(), 6),
@@ -227,9 +228,10 @@ class PatchingExperiment:
     def cumulative(self, components: list[Component]) -> PatchingReport:
         """Components added one at a time, left to right (``steps``) and right to left."""
         report = self._report()
-        report.steps = [self._step(components[: k + 1]) for k in range(len(components))]
+        report.steps = [self._step(components[: k + 1], "left_to_right") for k in range(len(components))]
         reverse = components[::-1]
-        report.steps_right_to_left = [self._step(reverse[: k + 1]) for k in range(len(reverse))]
+        report.steps_right_to_left = [self._step(reverse[: k + 1], "right_to_left")
+                                      for k in range(len(reverse))]
         return report
 
 
