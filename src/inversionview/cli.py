@@ -336,16 +336,10 @@ NoiseOpt = Annotated[Optional[float], typer.Option("--noise", help="One noise le
 def _query_setup(model: str, task: str | None, decoder_dir: Path | None, input_text: str | None,
                  site: str | None, position: str | None):
     """(probed model, decoder, decoder name, text, site, position) with the task's defaults."""
-    from inversionview.decoder.store import DecoderLoadError, find_decoder, load_decoder
+    from inversionview.decoder.store import decoder_for
 
     probed = _load(model, task)
-    directory = decoder_dir or find_decoder(probed)
-    if directory is None:
-        raise DecoderLoadError(
-            f"no bundled decoder was trained on {model} (sha256 {probed.weights_hash()[:12]}); "
-            f"train one with `inversionview train-decoder {model} --out RUN_DIR --minutes 60` "
-            f"and pass --decoder RUN_DIR")
-    decoder, _ = load_decoder(directory, probed)
+    decoder, directory = decoder_for(probed, model, decoder_dir)
     default_site, default_position = probed.task.default_query
     return (probed, decoder, str(directory), input_text or probed.task.example,
             site or default_site, position or default_position)

@@ -89,6 +89,21 @@ def find_decoder(model: ProbedModel) -> Path | None:
     return None
 
 
+def decoder_for(model: ProbedModel, name: str, directory: Path | None = None
+                ) -> tuple[Decoder, Path]:
+    """(decoder, its directory) for ``model``: ``directory``, or the bundled decoder trained
+    on its weights; a DecoderLoadError that says how to get one otherwise. ``name`` is how
+    the user named the model (for the message)."""
+    directory = directory or find_decoder(model)
+    if directory is None:
+        raise DecoderLoadError(
+            f"no bundled decoder was trained on {name} (sha256 {model.weights_hash()[:12]}); "
+            f"train one with `inversionview train-decoder {name} --out RUN_DIR --minutes 60` "
+            f"and pass it with --decoder")
+    decoder, _ = load_decoder(directory, model)
+    return decoder, Path(directory)
+
+
 def export_decoder(run_dir: Path, destination: Path, model: ProbedModel, seed: int = 0,
                    dtype: torch.dtype = torch.float16) -> dict[str, Any]:
     """Copy a trained decoder into ``destination`` with weights in ``dtype`` (fp16 halves a

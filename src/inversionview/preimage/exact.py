@@ -130,11 +130,9 @@ def plot_completeness(report: CompletenessReport, model: ProbedModel, decoder: D
     log-probability of it given z_q, for the true in-ε inputs and ``background`` others,
     each side capped at ``background`` inputs drawn at random (seeded), plus every input
     the sampler found (marked); ε is a vertical line."""
-    import matplotlib
+    from inversionview.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     task = model.task
     query = resolve_query(model, decoder, report.query, report.site, report.position)
     generator = torch.Generator().manual_seed(seed)
@@ -158,9 +156,4 @@ def plot_completeness(report: CompletenessReport, model: ProbedModel, decoder: D
     axes.set_title(f"{report.site} at {report.position_label!r} of {report.query}: "
                    f"{report.true_in_epsilon} in ε, recall {recall}", fontsize=10)
     axes.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -9,11 +9,9 @@ from inversionview.verify.patching import PatchingReport, PatchingStep
 
 
 def plot_patching(report: PatchingReport, path: Path, title: str = "") -> Path:
-    import matplotlib
+    from inversionview.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     orders = [("left to right", report.steps)]
     if report.steps_right_to_left is not None:
         orders.append(("right to left", report.steps_right_to_left))
@@ -22,12 +20,7 @@ def plot_patching(report: PatchingReport, path: Path, title: str = "") -> Path:
         _panel(axis, report, steps, name, reverse=name == "right to left")
     figure.suptitle(title or f"activation patching, contrast {report.contrast}, target "
                     f"{report.target}, n = {report.n}")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _panel(axis, report: PatchingReport, steps: list[PatchingStep], name: str, reverse: bool) -> None:

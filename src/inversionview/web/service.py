@@ -70,7 +70,7 @@ def load_model(model: str, task: str | None = None, decoder: Path | None = None)
     """Load a probed model and its decoder (``decoder``, or the bundled one trained on its
     weights). A plain HuggingFace directory needs ``task``; without one, the task whose
     vocabulary and context fit is taken when exactly one does."""
-    from inversionview.decoder.store import DecoderLoadError, find_decoder, load_decoder
+    from inversionview.decoder.store import decoder_for
     from inversionview.probed import load_probed
 
     try:
@@ -79,13 +79,7 @@ def load_model(model: str, task: str | None = None, decoder: Path | None = None)
         if "--task" not in str(error):
             raise
         probed = load_probed(model, task or _fitting_task(model, error))
-    directory = decoder or find_decoder(probed)
-    if directory is None:
-        raise DecoderLoadError(
-            f"no bundled decoder was trained on {model} (sha256 {probed.weights_hash()[:12]}); "
-            f"train one with `inversionview train-decoder {model} --out RUN_DIR --minutes 60` "
-            f"and give it with --decoder RUN_DIR")
-    the_decoder, _ = load_decoder(directory, probed)
+    the_decoder, directory = decoder_for(probed, model, decoder)
     return LoadedModel(model, probed, the_decoder, str(directory))
 
 
@@ -206,7 +200,7 @@ class QueryService:
     # ----- the worker ----------------------------------------------------------------
 
     def _submit(self, kind: str, request_key: str, compute) -> Job:
-        key = f"{kind}:{request_key}"
+        key = _cache_key(kind, request_key)
         job = Job(uuid.uuid4().hex[:16], kind, key, compute)
         with self._lock:
             self._jobs[job.id] = job
@@ -273,12 +267,13 @@ class QueryService:
                                               result.position)
         return record
 
-    @classmethod
-    def _verify(cls, loaded: LoadedModel, request: QueryRequest, report) -> dict[str, Any]:
+    def _verify(self, loaded: LoadedModel, request: QueryRequest, report) -> dict[str, Any]:
         from inversionview.preimage.result import PreimageResult
         from inversionview.verify.readout import verify_readout
 
-        record = dict(cls._query(loaded, request, report))
+        with self._lock:  # the page verifies the query it has just shown: reuse that result
+            cached = self._cache.get(_cache_key("query", request.model_dump_json()))
+        record = dict(cached if cached is not None else self._query(loaded, request, report))
         record.pop("attention")
         return verify_readout(loaded.probed, PreimageResult.from_record(record))
 
@@ -320,6 +315,11 @@ class QueryService:
         pattern = loaded.probed.attention_pattern(text, request.layer)
         return {"model": loaded.name, "input": text, "tokens": list(text), "layer": request.layer,
                 "n_heads": pattern.shape[0], "patterns": _rounded(pattern.tolist())}
+
+
+def _cache_key(kind: str, request_json: str) -> str:
+    """Equal keys, equal results: the kind of job and its request, canonical JSON."""
+    return f"{kind}:{request_json}"
 
 
 def _head_attention(probed: ProbedModel, text: str, site_name: str, position: int
