@@ -16,12 +16,13 @@ from safetensors.torch import load_file, save_file
 
 from inversionview.artifacts import list_artifacts
 from inversionview.decoder.model import Decoder, DecoderConfig
+from inversionview.errors import UserError
 from inversionview.probed.model import ProbedModel, atomic_path, write_json_atomic
 
 WEIGHTS, MANIFEST = "decoder.safetensors", "decoder.json"
 
 
-class DecoderLoadError(ValueError):
+class DecoderLoadError(UserError, ValueError):
     """A decoder directory that is missing, malformed, or trained on another probed model."""
 
 

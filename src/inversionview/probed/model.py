@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from inversionview.artifacts import artifact_names, find_artifact
+from inversionview.errors import UserError
 from inversionview.probed.processed import ProcessedGPT2
 from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks import Task, TaskInputError, get_task
@@ -38,7 +39,7 @@ MANIFEST = "inversionview.json"
 _TIED_OR_BUFFERS = ("lm_head.weight", ".attn.bias", ".attn.masked_bias")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError, ValueError):
     """A MODEL argument that cannot be resolved or a checkpoint that does not fit its task."""
 
 

@@ -20,10 +20,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from inversionview.errors import UserError
+
 SiteKind = Literal["resid_pre", "head", "attn_out", "resid_mid", "mlp_out", "resid_post"]
 
 
-class SiteError(ValueError):
+class SiteError(UserError, ValueError):
     """A site name that cannot be parsed or does not exist in a model."""
 
 

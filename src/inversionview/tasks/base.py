@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 
+from inversionview.errors import UserError
 
-class TaskInputError(ValueError):
+
+class TaskInputError(UserError, ValueError):
     """A user-supplied input does not fit the task (bad character, too long, bad position)."""
 
 
