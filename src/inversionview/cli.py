@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Read what a neural activation encodes from its epsilon-preimage.")
 
 ModelArg = Annotated[str, typer.Argument(
@@ -31,8 +31,9 @@ def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=2)
+    from inversionview.errors import UserError
+
+    raise UserError(message)
 
 
 def _user_errors():
@@ -652,8 +653,52 @@ def ablate(
     _emit({"component": parsed.name, "n": n, "rows": rows}, as_json, "\n".join(lines))
 
 
+def run(argv: list[str] | None = None) -> int:
+    """Run one command line (``argv`` without the program name; default: ``sys.argv[1:]``)
+    and return its exit status: 0 done, 2 a usage or user error (one line on stderr), 1 a bug
+    (one line naming it; INVERSIONVIEW_DEBUG=1 shows the traceback), 130 interrupted."""
+    from inversionview.errors import UserError
+
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="inversionview", standalone_mode=False)
+    except typer.Exit as error:
+        return error.exit_code
+    except UserError as error:
+        _error_line(str(error))
+        return 2
+    except (KeyboardInterrupt, typer.Abort):
+        _error_line("interrupted")
+        return 130
+    except Exception as error:
+        if _is_usage_error(error):  # a bad flag or value, a missing argument
+            message = error.format_message()
+            if not message:  # `inversionview` alone: the help was shown
+                return 0
+            context = getattr(error, "ctx", None)
+            hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+            _error_line(message + hint)
+            return 2
+        if os.environ.get("INVERSIONVIEW_DEBUG"):
+            raise
+        _error_line(f"internal error ({type(error).__name__}: {error}); this is a bug, please "
+                    f"report it with the command line (INVERSIONVIEW_DEBUG=1 shows the traceback)")
+        return 1
+    return 0
+
+
+def _is_usage_error(error: Exception) -> bool:
+    """click's ClickException and its subclasses (typer ships its own copy of click, so the
+    class is recognised by shape, not by import)."""
+    return hasattr(error, "format_message") and isinstance(getattr(error, "exit_code", None), int)
+
+
+def _error_line(message: str) -> None:
+    typer.secho(f"error: {' '.join(message.split())}", err=True, fg=typer.colors.RED)
+
+
 def main() -> None:
-    app()
+    raise SystemExit(run())
 
 
 if __name__ == "__main__":
