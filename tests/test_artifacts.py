@@ -5,10 +5,9 @@ import json
 import torch
 
 import pytest
-from typer.testing import CliRunner
+from cli_runner import invoke
 
 from inversionview.artifacts import list_artifacts
-from inversionview.cli import app
 from inversionview.probed import load_probed
 from inversionview.probed.evaluate import accuracy
 
@@ -30,7 +29,7 @@ def test_bundled_model_manifest_and_accuracy(name):
 def test_main_job_runs_on_the_bundled_default():
     """The README's run command: `inversionview query` on the bundled counting model and its
     bundled decoder, at the task's default query."""
-    result = CliRunner().invoke(app, ["query", "--json"])
+    result = invoke(["query", "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["task"] == "counting" and record["site"] == "a1.0" and record["position_label"] == ":"
@@ -39,7 +38,7 @@ def test_main_job_runs_on_the_bundled_default():
     # the reading the paper made at a1.0 ':': the count agrees with the query inside the ball
     count = next(row for row in record["attribute_agreement"] if row["attribute"] == "count")
     assert count["inside"] > 0.9 and count["contrast"] > 0.5
-    human = CliRunner().invoke(app, ["query"])
+    human = invoke(["query"])
     assert human.exit_code == 0 and "attribute agreement" in human.stdout
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from enum import Enum
 from typing import Annotated, Any, Optional
 
 import typer
+
+from inversionview import options
+from inversionview.errors import echo
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Read what a neural activation encodes from its epsilon-preimage.")
@@ -22,8 +26,49 @@ ModelArg = Annotated[str, typer.Argument(
          "HuggingFace GPT-2 directory together with --task.")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="counting or addition "
                                                 "(needed for a plain HuggingFace directory).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice.")]
+
+
+def _flag(name: str, help: str) -> Any:
+    """An on/off option (shown without a value type in --help)."""
+    return typer.Option(name, help=help, metavar="")
+
+
+JsonOpt = Annotated[bool, _flag("--json", "Print one JSON object.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice "
+                                      f"(0..2^63-1).", callback=options.SEED.callback)]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: "
+                                                   "torch's).", callback=options.THREADS.callback)]
+InputOpt = Annotated[Optional[str], typer.Option("--input", help="The query input (default: the "
+                                                  "task's example).")]
+SiteOpt = Annotated[Optional[str], typer.Option("--site", help="Site, e.g. a1.0 or "
+                                                "blocks.1.attn.hook_result.0 (default: the task's).")]
+PositionOpt = Annotated[Optional[str], typer.Option("--position", help="Named position or index, "
+                                                    "0 = BOS (default: the task's).")]
+DecoderOpt = Annotated[Optional[Path], typer.Option("--decoder", help="Decoder directory (default: "
+                                                    "the bundled one trained on MODEL's weights).")]
+CandidatesOpt = Annotated[int, typer.Option("--candidates", help="Candidates to draw, in rounds of "
+                                            f"64 ({options.CANDIDATES.describe()}).",
+                                            callback=options.CANDIDATES.callback)]
+EpsilonOpt = Annotated[float, typer.Option("--epsilon", help="Radius of the preimage.",
+                                           callback=options.EPSILON.callback)]
+
+
+class Metric(str, Enum):
+    euclidean = "euclidean"
+    cosine = "cosine"
+
+
+MetricOpt = Annotated[Metric, typer.Option("--metric", help="euclidean (normalised by the query's "
+                                           "norm) or cosine (1 - cos).")]
+FixedOpt = Annotated[bool, _flag("--fixed-position", "Compare at the query's position "
+                                        "in each candidate instead of the minimum over positions.")]
+TemperatureOpt = Annotated[Optional[float], typer.Option("--temperature", help="One temperature "
+                                                         "for every round (replaces the schedule).",
+                                                         callback=options.TEMPERATURE.callback)]
+NoiseOpt = Annotated[Optional[float], typer.Option("--noise", help="One noise level for every "
+                                                   "round (replaces the schedule).",
+                                                   callback=options.NOISE.callback)]
+ForceOpt = Annotated[bool, _flag("--force", "Replace output files that exist.")]
 
 
 def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
@@ -85,13 +130,14 @@ def models(as_json: JsonOpt = False) -> None:
         "tasks": {name: {"sites": list(cls.sites), "positions": list(cls.position_names)}
                   for name, cls in TASKS.items()},
         "model_kinds": ["probed-model directory (inversionview.json names its task)",
-                        "HuggingFace GPT-2 directory + --task",
-                        "HuggingFace hub name + --task (local cache only)"],
+                        "HuggingFace GPT-2 directory (the task inferred from its vocabulary, "
+                        "or --task)"],
     }
     lines = ["Bundled artifacts:"]
     for name, info in artifacts.items():
-        accuracy = f"accuracy {info['accuracy']:.4f}" if info["accuracy"] is not None else ""
-        lines.append(f"  {name:<12} {info['kind']:<14} task={info['task']:<9} {accuracy}  {info['path']}")
+        accuracy = f"accuracy {info['accuracy']:.4f}" if isinstance(info["accuracy"], float) else ""
+        lines.append(f"  {name:<12} {info['kind'] or '?':<14} task={info['task'] or '?':<9} "
+                     f"{accuracy}  {info['path']}")
     if not artifacts:
         lines.append("  (none)")
     lines.append("Tasks:")
@@ -104,15 +150,13 @@ def models(as_json: JsonOpt = False) -> None:
 
 @app.command("eval-probed")
 def eval_probed(model: ModelArg, task: TaskOpt = None,
-                n: Annotated[int, typer.Option("--n", help="Fresh samples to evaluate.")] = 20_000,
+                n: Annotated[int, typer.Option("--n", help="Fresh samples to evaluate.",
+                                               callback=options.EVAL_SAMPLES.callback)] = 20_000,
                 seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
     """Accuracy of a probed model on fresh samples of its task."""
     from inversionview.probed.evaluate import accuracy
 
-    try:
-        probed = _load(model, task)
-    except _user_errors() as error:
-        _fail(str(error))
+    probed = _load(model, task)
     value = accuracy(probed, n=n, seed=seed)
     record = {"model": model, "task": probed.task.name, "n": n, "accuracy": value}
     _emit(record, as_json, f"{model} ({probed.task.name}): accuracy {value:.4f} on {n} fresh samples (seed {seed})")
@@ -125,14 +169,11 @@ def activation(model: ModelArg,
                position: Annotated[str, typer.Option("--position", help="Named position or index (0 = BOS).")],
                task: TaskOpt = None, as_json: JsonOpt = False) -> None:
     """The activation vector at one site and position of an input."""
-    try:
-        probed = _load(model, task)
-        the_site = probed.site(site)
-        text = probed.task.normalize(input_text)
-        index = probed.task.resolve_position(text, position)
-        vector = probed.activations(probed.tokens(text), the_site, index)[0]
-    except _user_errors() as error:
-        _fail(str(error))
+    probed = _load(model, task)
+    the_site = probed.site(site)
+    text = probed.task.normalize(input_text)
+    index = probed.task.resolve_position(text, position)
+    vector = probed.activations(probed.tokens(text), the_site, index)[0]
     record = {"site": the_site.short, "hook": the_site.hook, "position": index,
               "position_label": probed.task.position_label(text, index),
               "vector": [round(v, 6) for v in vector.tolist()], "norm": vector.norm().item()}
@@ -149,59 +190,74 @@ def inspect(model: Annotated[str, typer.Argument(help="Model (default: the bundl
     """Run one input: the model's prediction and the activation norm at every site and position."""
     from inversionview.inspect import inspect_input
 
-    try:
-        probed = _load(model, task)
-        report = inspect_input(probed, input_text, seed=seed)
-    except _user_errors() as error:
-        _fail(str(error))
+    probed = _load(model, task)
+    report = inspect_input(probed, input_text, seed=seed)
     _emit(report.to_record(), as_json, report.render())
 
 
 @app.command("train-probed")
 def train_probed_command(
+    ctx: typer.Context,
     task: Annotated[str, typer.Argument(help="counting or addition.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory (becomes a model directory).")],
-    minutes: Annotated[Optional[float], typer.Option("--minutes", help="Wall-clock budget.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Step budget.")] = None,
+    minutes: Annotated[Optional[float], typer.Option(
+        "--minutes", help="Budget in minutes of training (checkpoints not counted) for the whole "
+        "run; on --resume it replaces the run's budget.", callback=options.MINUTES.callback)] = None,
+    steps: Annotated[Optional[int], typer.Option(
+        "--steps", help="Budget in steps for the whole run; on --resume it replaces the run's "
+        "budget.", callback=options.STEPS.callback)] = None,
     seed: SeedOpt = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-3,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
-    d_model: Annotated[Optional[int], typer.Option("--d-model", help="Override the task's default width.")] = None,
-    n_heads: Annotated[Optional[int], typer.Option("--n-heads")] = None,
-    n_layers: Annotated[Optional[int], typer.Option("--n-layers")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", callback=options.BATCH_SIZE.callback)] = 256,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.",
+                                      callback=options.LEARNING_RATE.callback)] = 1e-3,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from its "
+                                         "checkpoint, with its settings and budget.")] = False,
+    d_model: Annotated[Optional[int], typer.Option("--d-model", help="Override the task's default width.",
+                                                   callback=options.WIDTH.callback)] = None,
+    n_heads: Annotated[Optional[int], typer.Option("--n-heads", callback=options.HEADS.callback)] = None,
+    n_layers: Annotated[Optional[int], typer.Option("--n-layers", callback=options.LAYERS.callback)] = None,
     objective: Annotated[str, typer.Option("--objective", help="lm: every next token; task: only "
                                            "the task's loss positions (counting: the count digit).")] = "lm",
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: torch's).")] = None,
+    checkpoint_every: Annotated[Optional[float], typer.Option(
+        "--checkpoint-every", help="Seconds between checkpoints (default 60; the first after "
+        "10 s or 100 steps).", callback=options.CHECKPOINT_SECONDS.callback)] = None,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a probed model on its task on fresh samples (CPU by default)."""
-    from inversionview.probed.train import ProbedTrainingConfig, train_probed
-    from inversionview.tasks import TaskInputError, get_task
+    import torch
 
-    _start_training(threads, {"--minutes": minutes, "--steps": steps})
-    try:
-        get_task(task)
-    except TaskInputError as error:
-        _fail(str(error))
-    overrides: dict[str, Any] = {}
-    if d_model is not None:
-        overrides.update(n_embd=d_model, n_inner=4 * d_model)
-    if n_heads is not None:
-        overrides["n_head"] = n_heads
-    if n_layers is not None:
-        overrides["n_layer"] = n_layers
+    from inversionview.errors import UserError
+    from inversionview.probed.train import ProbedTrainingConfig, train_probed
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    interval = {} if checkpoint_every is None else {"checkpoint_every_seconds": checkpoint_every}
     if resume:
-        saved = _saved_config(out)
-        overrides = saved["model_overrides"]
-        seed, batch_size, lr = saved["seed"], saved["batch_size"], saved["lr"]
-        objective = saved["objective"]
-    try:
+        given = [("TASK", "task", task, "task"), ("--seed", "seed", seed, "seed"),
+                 ("--batch-size", "batch_size", batch_size, "batch_size"), ("--lr", "lr", lr, "lr"),
+                 ("--objective", "objective", objective, "objective"),
+                 ("--d-model", "model_settings.n_embd", d_model, "d_model"),
+                 ("--n-heads", "model_settings.n_head", n_heads, "n_heads"),
+                 ("--n-layers", "model_settings.n_layer", n_layers, "n_layers")]
+        fixed = {label: (path, value) for label, path, value, name in given
+                 if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+        config = ProbedTrainingConfig.resumed(out, minutes=minutes, steps=steps, changes=interval,
+                                              fixed=fixed)
+    else:
+        if (minutes is None) == (steps is None):
+            raise UserError("give exactly one of --minutes or --steps (--resume continues a run "
+                            "with its own)")
+        overrides: dict[str, Any] = {}
+        if d_model is not None:
+            overrides.update(n_embd=d_model, n_inner=4 * d_model)
+        if n_heads is not None:
+            overrides["n_head"] = n_heads
+        if n_layers is not None:
+            overrides["n_layer"] = n_layers
         config = ProbedTrainingConfig(task=task, out=out, minutes=minutes, steps=steps, seed=seed,
                                       batch_size=batch_size, lr=lr, model_overrides=overrides,
-                                      objective=objective)
-    except ValueError as error:
-        _fail(str(error))
+                                      objective=objective, **interval)
     model = train_probed(config, resume=resume, show_progress=not as_json)
     record = {"out": str(out), "task": task, **{k: model.manifest[k] for k in (
         "steps", "examples", "wall_seconds", "accuracy", "accuracy_examples", "seed", "commit")}}
@@ -212,16 +268,27 @@ def train_probed_command(
 
 @app.command("train-decoder")
 def train_decoder_command(
+    ctx: typer.Context,
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", help="Run directory.")],
     task: TaskOpt = None,
-    minutes: Annotated[Optional[float], typer.Option("--minutes", help="Wall-clock budget.")] = None,
-    examples: Annotated[Optional[int], typer.Option("--examples", help="Budget in training examples.")] = None,
+    minutes: Annotated[Optional[float], typer.Option(
+        "--minutes", help="Budget in minutes of training (evaluations and checkpoints not "
+        "counted) for the whole run; on --resume it replaces the run's budget.",
+        callback=options.MINUTES.callback)] = None,
+    examples: Annotated[Optional[int], typer.Option(
+        "--examples", help="Budget in training examples for the whole run; on --resume it "
+        "replaces the run's budget.", callback=options.EXAMPLES.callback)] = None,
     preset: Annotated[str, typer.Option("--preset", help="paper (lr 1e-4 constant) or fast.")] = "fast",
     seed: SeedOpt = 0,
-    rebalance: Annotated[float, typer.Option("--rebalance", help="Site rebalancing strength (0: uniform).")] = 0.0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: torch's).")] = None,
+    rebalance: Annotated[float, typer.Option("--rebalance", help="Site rebalancing strength (0: uniform).",
+                                             callback=options.REBALANCE.callback)] = 0.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from its "
+                                         "checkpoint, with its settings and budget.")] = False,
+    checkpoint_every: Annotated[Optional[float], typer.Option(
+        "--checkpoint-every", help="Seconds between checkpoints (default 60; the first after "
+        "10 s or 100 steps).", callback=options.CHECKPOINT_SECONDS.callback)] = None,
+    threads: ThreadsOpt = None,
     device: Annotated[str, typer.Option("--device", help="auto (cuda if present), cpu, cuda, cuda:N.")] = "auto",
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast where "
                                                      "native), bf16 or fp32; default: the preset's.")] = None,
@@ -230,24 +297,34 @@ def train_decoder_command(
     """Train a decoder on a probed model's activations (fresh data every step).
 
     Runs as DDP under `torchrun --nproc_per_node N` (NCCL on GPUs, gloo on CPU)."""
-    from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
+    import torch
 
-    _start_training(threads, {"--minutes": minutes, "--examples": examples})
-    try:
-        probed = _load(model, task)
+    from inversionview.decoder.train import DecoderTrainingConfig, resolve_device, train_decoder
+    from inversionview.errors import UserError
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    resolve_device(device)  # a device that is not here fails before the model loads
+    interval = {} if checkpoint_every is None else {"checkpoint_every_seconds": checkpoint_every}
+    if resume:
+        given = [("--preset", "preset", preset, "preset"), ("--seed", "seed", seed, "seed"),
+                 ("--rebalance", "rebalance", rebalance, "rebalance"),
+                 ("--precision", "precision", precision, "precision")]
+        fixed = {label: (path, value) for label, path, value, name in given
+                 if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+        explicit_device = ctx.get_parameter_source("device").name not in ("DEFAULT", "DEFAULT_MAP")
+        config = DecoderTrainingConfig.resumed(
+            out, minutes=minutes, examples=examples, fixed=fixed,
+            changes={**interval, "device": device if explicit_device else None})
+    else:
+        if (minutes is None) == (examples is None):
+            raise UserError("give exactly one of --minutes or --examples (--resume continues a "
+                            "run with its own)")
         config = DecoderTrainingConfig(out=out, minutes=minutes, examples=examples, preset=preset,
                                        seed=seed, rebalance=rebalance, device=device,
-                                       precision=precision)
-    except _user_errors() + (ValueError,) as error:
-        _fail(str(error))
-    if resume:
-        saved = _saved_config(out)
-        saved.update(out=out, minutes=minutes, examples=examples)
-        config = DecoderTrainingConfig(**saved)
-    try:
-        train_decoder(probed, config, resume=resume, show_progress=not as_json)
-    except ValueError as error:  # e.g. bf16 asked for where it is not native
-        _fail(str(error))
+                                       precision=precision, **interval)
+    probed = _load(model, task)
+    train_decoder(probed, config, resume=resume, show_progress=not as_json)
     if int(os.environ.get("RANK", 0)) != 0:
         return
     manifest = json.loads((out / "decoder.json").read_text())
@@ -267,23 +344,23 @@ def export_decoder_command(
                                                  "the one named in the run's decoder.json).")] = None,
     task: TaskOpt = None,
     seed: SeedOpt = 0,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Export a trained decoder in fp16 and re-measure its in-ε rates as exported."""
-    from inversionview.decoder.store import DecoderLoadError, export_decoder, read_manifest
+    from inversionview.decoder.store import MANIFEST, export_decoder, read_manifest
 
-    try:
-        manifest = read_manifest(run_dir)
-        probed = _load(model or manifest["probed_source"], task or manifest["task"])
-        exported = export_decoder(run_dir, out, probed, seed=seed)
-    except _user_errors() + (DecoderLoadError,) as error:
-        _fail(str(error))
+    options.check_output_directory(out, "--out", force, marker=MANIFEST)
+    manifest = read_manifest(run_dir)
+    probed = _load(model or manifest["probed_source"], task or manifest["task"])
+    exported = options.write_output(out, "--out", lambda path: export_decoder(run_dir, path, probed, seed=seed))
     record = {"out": str(out), "in_epsilon_mean": manifest.get("in_epsilon_mean"),
               "exported_in_epsilon_mean": exported["exported_in_epsilon_mean"],
               "exported_in_epsilon": exported["exported_in_epsilon"]}
+    at_end = record["in_epsilon_mean"]
     _emit(record, as_json, f"exported {run_dir} to {out} (fp16): mean in-eps "
-                           f"{record['exported_in_epsilon_mean']:.3f} as exported, "
-                           f"{record['in_epsilon_mean']:.3f} at the end of training")
+                           f"{record['exported_in_epsilon_mean']:.3f} as exported"
+                           + (f", {at_end:.3f} at the end of training" if isinstance(at_end, float) else ""))
 
 
 @app.command()
@@ -296,10 +373,7 @@ def decoders(
     from inversionview.decoder.store import find_decoder, shipped_decoders
 
     if model is not None:
-        try:
-            probed = _load(model, task)
-        except _user_errors() as error:
-            _fail(str(error))
+        probed = _load(model, task)
         found = find_decoder(probed)
         record = {"model": model, "weights_sha256": probed.weights_hash(),
                   "decoder": None if found is None else str(found)}
@@ -309,41 +383,33 @@ def decoders(
     entries = {name: {"path": str(path), "task": m.get("task"), "probed_source": m.get("probed_source"),
                       "in_epsilon_mean": m.get("in_epsilon_mean"), "examples": m.get("examples")}
                for name, (path, m) in shipped_decoders().items()}
-    lines = [f"{name:28s} {e['task']:9s} in-eps {e['in_epsilon_mean'] or 0:.3f}  for {e['probed_source']}"
+    lines = [f"{name:28s} {str(e['task']):9s} in-eps {_figure(e['in_epsilon_mean'])}  for {e['probed_source']}"
              for name, e in entries.items()] or ["no bundled decoders"]
     _emit(entries, as_json, "\n".join(lines))
 
 
-InputOpt = Annotated[Optional[str], typer.Option("--input", help="The query input (default: the "
-                                                  "task's example).")]
-SiteOpt = Annotated[Optional[str], typer.Option("--site", help="Site, e.g. a1.0 or "
-                                                "blocks.1.attn.hook_result.0 (default: the task's).")]
-PositionOpt = Annotated[Optional[str], typer.Option("--position", help="Named position or index, "
-                                                    "0 = BOS (default: the task's).")]
-DecoderOpt = Annotated[Optional[Path], typer.Option("--decoder", help="Decoder directory (default: "
-                                                    "the bundled one trained on MODEL's weights).")]
-CandidatesOpt = Annotated[int, typer.Option("--candidates", help="Candidates to draw (rounds of 64).")]
-EpsilonOpt = Annotated[float, typer.Option("--epsilon", help="Radius of the preimage.")]
-MetricOpt = Annotated[str, typer.Option("--metric", help="euclidean (normalised by the query's "
-                                        "norm) or cosine (1 - cos).")]
-FixedOpt = Annotated[bool, typer.Option("--fixed-position", help="Compare at the query's position "
-                                        "in each candidate instead of the minimum over positions.")]
-TemperatureOpt = Annotated[Optional[float], typer.Option("--temperature", help="One temperature "
-                                                         "for every round (replaces the schedule).")]
-NoiseOpt = Annotated[Optional[float], typer.Option("--noise", help="One noise level for every "
-                                                   "round (replaces the schedule).")]
+def _figure(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
 def _query_setup(model: str, task: str | None, decoder_dir: Path | None, input_text: str | None,
                  site: str | None, position: str | None):
-    """(probed model, decoder, decoder name, text, site, position) with the task's defaults."""
+    """(probed model, decoder, decoder name, text, site, position) with the task's defaults
+    for what was not given (an empty string is given, and refused where it is read)."""
     from inversionview.decoder.store import decoder_for
 
     probed = _load(model, task)
     decoder, directory = decoder_for(probed, model, decoder_dir)
     default_site, default_position = probed.task.default_query
-    return (probed, decoder, str(directory), input_text or probed.task.example,
-            site or default_site, position or default_position)
+    return (probed, decoder, str(directory), probed.task.example if input_text is None else input_text,
+            default_site if site is None else site, default_position if position is None else position)
+
+
+def _apply_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @app.command()
@@ -352,42 +418,38 @@ def query(
     task: TaskOpt = None, decoder: DecoderOpt = None, input_text: InputOpt = None,
     site: SiteOpt = None, position: PositionOpt = None, candidates: CandidatesOpt = 1024,
     temperature: TemperatureOpt = None, noise: NoiseOpt = None, seed: SeedOpt = 0,
-    epsilon: EpsilonOpt = 0.1, metric: MetricOpt = "euclidean", fixed_position: FixedOpt = False,
-    all_samples: Annotated[bool, typer.Option("--all", help="Show every distinct candidate.")] = False,
+    epsilon: EpsilonOpt = 0.1, metric: MetricOpt = Metric.euclidean, fixed_position: FixedOpt = False,
+    all_samples: Annotated[bool, _flag("--all", "Show every distinct candidate.")] = False,
     html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write the view as one "
                                                       "self-contained HTML page.")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads.")] = None,
-    verify_readout: Annotated[bool, typer.Option("--verify", help="Also patch the query's "
-                              "activation with in- and out-of-epsilon samples' (see `verify`).")] = False,
+    force: ForceOpt = False,
+    threads: ThreadsOpt = None,
+    verify_readout: Annotated[bool, _flag("--verify", "Also patch the query's activation with "
+                                          "in- and out-of-epsilon samples' (see `verify`).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Sample, score and colour the epsilon-preimage of one activation."""
-    import torch
-
-    from inversionview.decoder.store import DecoderLoadError
     from inversionview.preimage.query import query_config, run_query
     from inversionview.views.terminal import render_result
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        config = query_config(candidates, epsilon, metric, fixed_position, temperature, noise,
-                               all_samples)
-        probed, the_decoder, name, text, site, position = _query_setup(
-            model, task, decoder, input_text, site, position)
-        result = run_query(probed, the_decoder, text, site, position, config, seed=seed,
-                           decoder_name=name)
-        if verify_readout:
-            from inversionview.verify.readout import verify_readout as check
+    if html_file is not None:
+        options.check_output_file(html_file, "--html", force=force)
+    _apply_threads(threads)
+    config = query_config(candidates, epsilon, metric.value, fixed_position, temperature, noise,
+                          all_samples)
+    probed, the_decoder, name, text, site, position = _query_setup(
+        model, task, decoder, input_text, site, position)
+    result = run_query(probed, the_decoder, text, site, position, config, seed=seed,
+                       decoder_name=name)
+    if verify_readout:
+        from inversionview.verify.readout import verify_readout as check
 
-            result.verification = check(probed, result)
-    except _user_errors() + (DecoderLoadError, ValueError) as error:
-        _fail(str(error))
+        result.verification = check(probed, result)
     if html_file is not None:
         from inversionview.views.html import render_html
 
-        html_file.parent.mkdir(parents=True, exist_ok=True)
-        html_file.write_text(render_html(result), encoding="utf-8")
+        page = render_html(result)
+        options.write_output(html_file, "--html", lambda path: path.write_text(page, encoding="utf-8"))
     _emit(result.to_record(), as_json, render_result(result)
           + (f"\nwrote {html_file}" if html_file is not None else ""))
 
@@ -397,27 +459,34 @@ def completeness(
     model: ModelArg, task: TaskOpt = None, decoder: DecoderOpt = None,
     input_text: InputOpt = None, site: SiteOpt = None, position: PositionOpt = None,
     candidates: CandidatesOpt = 1024, seed: SeedOpt = 0, epsilon: EpsilonOpt = 0.1,
-    metric: MetricOpt = "euclidean", fixed_position: FixedOpt = False,
+    metric: MetricOpt = Metric.euclidean, fixed_position: FixedOpt = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw distance against the "
-                                                 "decoder's log-probability as a PNG.")] = None,
+                                                 "decoder's log-probability (.png, .pdf or .svg).")] = None,
+    force: ForceOpt = False,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare the sampler with the exact preimage over every input (addition: 810,000)."""
-    from inversionview.decoder.store import DecoderLoadError
+    import time
+
     from inversionview.preimage.exact import completeness as measure, plot_completeness
     from inversionview.preimage.query import query_config
 
-    try:
-        config = query_config(candidates, epsilon, metric, fixed_position, None, None)
-        probed, the_decoder, _, text, site, position = _query_setup(
-            model, task, decoder, input_text, site, position)
-        universe = probed.task.enumerate_tokens()
-        report = measure(probed, the_decoder, text, site, position, config, seed=seed,
-                         universe=universe)
-    except _user_errors() + (DecoderLoadError, ValueError) as error:
-        _fail(str(error))
+    started = time.perf_counter()
     if plot is not None:
-        report.plot = str(plot_completeness(report, probed, the_decoder, universe, plot, seed=seed))
+        options.check_output_file(plot, "--plot", options.PLOT_SUFFIXES, force)
+    _apply_threads(threads)
+    config = query_config(candidates, epsilon, metric.value, fixed_position, None, None)
+    probed, the_decoder, _, text, site, position = _query_setup(
+        model, task, decoder, input_text, site, position)
+    universe = probed.task.enumerate_tokens()
+    report = measure(probed, the_decoder, text, site, position, config, seed=seed,
+                     universe=universe)
+    if plot is not None:
+        options.write_output(plot, "--plot", lambda path: plot_completeness(
+            report, probed, the_decoder, universe, path, seed=seed))
+        report.plot = str(plot)
+    report.seconds = round(time.perf_counter() - started, 3)  # all of it: load, score, plot
     recall = "-" if report.recall is None else f"{report.recall:.3f}"
     precision = "-" if report.precision is None else f"{report.precision:.3f}"
     human = (f"{report.query}  site {report.site}  position {report.position_label!r} "
@@ -428,7 +497,7 @@ def completeness(
              f"of the true in-epsilon inputs found\nrecall {recall} (at this budget "
              f"{'-' if report.recall_at_budget is None else f'{report.recall_at_budget:.3f}'}), "
              f"precision {precision} "
-             f"({report.seconds:.1f} s)" + (f"\nwrote {report.plot}" if report.plot else ""))
+             f"({report.seconds:.1f} s in all)" + (f"\nwrote {report.plot}" if report.plot else ""))
     _emit(report.to_record(), as_json, human)
 
 
@@ -440,19 +509,25 @@ def serve(
     task: TaskOpt = None,
     decoder: Annotated[Optional[list[str]], typer.Option(
         "--decoder", help="MODEL=DIR: the decoder for one of the models (repeatable).")] = None,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 opens the "
-                                      "server to the network.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8000,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback "
+                                      "(e.g. 0.0.0.0) opens the server, which has no "
+                                      "authentication, to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", callback=options.PORT.callback,
+                                      help="TCP port to listen on (1 to 65,535).")] = 8000,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Start the web UI and its JSON API (http://HOST:PORT, API docs at /docs)."""
     import torch
     import uvicorn
 
-    from inversionview.decoder.store import DecoderLoadError
-    from inversionview.web.app import create_app
+    from inversionview.errors import UserError
+    from inversionview.web.app import check_can_listen, create_app, is_loopback
     from inversionview.web.service import QueryService, bundled_model_names, load_model
 
+    if not is_loopback(host):
+        typer.echo(f"warning: serving on {host}, not loopback: anyone who can reach this "
+                   f"address can run queries on this machine (there is no authentication); "
+                   f"use --host 127.0.0.1 to keep it local", err=True)
     if threads is not None:
         torch.set_num_threads(threads)
     decoders: dict[str, Path] = {}
@@ -466,25 +541,30 @@ def serve(
     if unknown:
         _fail(f"--decoder names {', '.join(unknown)}, which is not among the served models "
               f"({', '.join(names)})")
+    check_can_listen(host, port)  # before the models load, not after
     loaded = []
     for name in names:
         try:
             loaded.append(load_model(name, task, decoders.get(name)))
-        except _user_errors() + (DecoderLoadError,) as error:
+        except UserError as error:
             if name in (models or []):
-                _fail(str(error))
+                raise
             typer.echo(f"skipping bundled model {name}: {error}", err=True)
-    typer.echo(f"serving {', '.join(m.name for m in loaded)} at http://{host}:{port} "
+    if not loaded:
+        _fail("no model to serve: every bundled model failed to load (see above)")
+    service = QueryService(loaded)
+    typer.echo(f"serving {', '.join(service.models)} at http://{host}:{port} "
                f"(API docs at /docs)")
-    uvicorn.run(create_app(QueryService(loaded)), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
 
 
 def _one_component(probed, spec: str):
+    from inversionview.errors import UserError
     from inversionview.verify.patching import parse_components
 
     components = parse_components(probed, spec)
     if len(components) != 1:
-        raise ValueError(f"give one SITE@POSITION, got {len(components)}: {spec}")
+        raise UserError(f"give one SITE@POSITION, got {len(components)}: {echo(spec)}")
     return components[0]
 
 
@@ -496,42 +576,46 @@ def _contrast_option(contrast: str) -> tuple[str, tuple[str, ...]]:
 
 @app.command()
 def patch(
-    model: ModelArg, task: TaskOpt = None,
+    model: ModelArg,
     components: Annotated[str, typer.Option("--components", help="SITE@POSITION, comma "
-                                            "separated, in order (e.g. a0.0@query,a1.0@:).")] = "",
+                                            "separated, in order (e.g. a0.0@query,a1.0@:).")],
+    task: TaskOpt = None,
     contrast: Annotated[str, typer.Option("--contrast", help="flip (counting), resample:F1,S1 "
                                           "(addition), or random.")] = "random",
     filter_expression: Annotated[Optional[str], typer.Option("--filter", help="Keep originals "
                                  "whose attributes match, e.g. 'A1==1'.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="The answer token "
                       "(counting: count; addition: A1..A4); default: the task's first.")] = None,
-    n: Annotated[int, typer.Option("--n", help="Pairs in the test set.")] = 500,
-    cumulative: Annotated[bool, typer.Option("--cumulative", help="Add components one at a "
-                          "time, left to right and right to left.")] = False,
+    n: Annotated[int, typer.Option("--n", help="Pairs in the test set.",
+                                   callback=options.PAIRS.callback)] = 500,
+    cumulative: Annotated[bool, _flag("--cumulative", "Add components one at a time, left to "
+                                      "right and right to left.")] = False,
     seed: SeedOpt = 0,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the Fig. 4a-style PNG.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the Fig. 4a-style plot "
+                                                 "(.png, .pdf or .svg).")] = None,
+    force: ForceOpt = False,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Activation patching: LD of the original answer against the contrast's, patched."""
     from inversionview.verify.patching import (PatchingExperiment, contrast_pairs,
                                                parse_components)
 
-    try:
-        probed = _load(model, task)
-        parsed = parse_components(probed, components)
-        kind, places = _contrast_option(contrast)
-        if n < 1:
-            raise ValueError(f"--n must be at least 1, got {n}")
-        pairs = contrast_pairs(probed.task, n, kind, target, seed, places, filter_expression)
-        experiment = PatchingExperiment(probed, pairs)
-        report = experiment.cumulative(parsed) if cumulative else experiment.each(parsed)
-    except _user_errors() + (ValueError,) as error:
-        _fail(str(error))
+    if plot is not None:
+        options.check_output_file(plot, "--plot", options.PLOT_SUFFIXES, force)
+    _apply_threads(threads)
+    probed = _load(model, task)
+    parsed = parse_components(probed, components)
+    kind, places = _contrast_option(contrast)
+    pairs = contrast_pairs(probed.task, n, kind, target, seed, places, filter_expression)
+    experiment = PatchingExperiment(probed, pairs)
+    report = experiment.cumulative(parsed) if cumulative else experiment.each(parsed)
     record = report.to_record()
     if plot is not None:
         from inversionview.verify.plot import plot_patching
 
-        plot_patching(report, plot, title=f"{probed.task.name}: {components} ({contrast})")
+        options.write_output(plot, "--plot", lambda path: plot_patching(
+            report, path, title=f"{probed.task.name}: {components} ({contrast})"))
     lines = [f"{report.n} pairs ({contrast}, target {report.target}; {report.skipped} without a "
              f"contrast, {report.filtered_out} filtered out)",
              f"LD original {report.original_ld:+.3f}   contrast run {report.contrast_ld:+.3f}"]
@@ -550,23 +634,25 @@ def verify(
     model: Annotated[str, typer.Argument(help="Model (default: the bundled counting model).")] = "counting",
     task: TaskOpt = None, decoder: DecoderOpt = None, input_text: InputOpt = None,
     site: SiteOpt = None, position: PositionOpt = None, candidates: CandidatesOpt = 1024,
-    seed: SeedOpt = 0, epsilon: EpsilonOpt = 0.1,
-    per_side: Annotated[int, typer.Option("--per-side", help="Samples patched on each side of ε.")] = 5,
+    temperature: TemperatureOpt = None, noise: NoiseOpt = None,
+    seed: SeedOpt = 0, epsilon: EpsilonOpt = 0.1, metric: MetricOpt = Metric.euclidean,
+    fixed_position: FixedOpt = False,
+    per_side: Annotated[int, typer.Option("--per-side", help="Samples patched on each side of ε.",
+                                          callback=options.PER_SIDE.callback)] = 5,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Patch the query's activation with in-ε and out-of-ε samples' and show the output change."""
-    from inversionview.decoder.store import DecoderLoadError
     from inversionview.preimage.query import query_config, run_query
     from inversionview.verify.readout import verify_readout
 
-    try:
-        probed, the_decoder, name, text, site, position = _query_setup(
-            model, task, decoder, input_text, site, position)
-        result = run_query(probed, the_decoder, text, site, position,
-                           query_config(candidates, epsilon), seed=seed, decoder_name=name)
-        report = verify_readout(probed, result, per_side)
-    except _user_errors() + (DecoderLoadError, ValueError) as error:
-        _fail(str(error))
+    _apply_threads(threads)
+    config = query_config(candidates, epsilon, metric.value, fixed_position, temperature, noise)
+    probed, the_decoder, name, text, site, position = _query_setup(
+        model, task, decoder, input_text, site, position)
+    result = run_query(probed, the_decoder, text, site, position, config, seed=seed,
+                       decoder_name=name)
+    report = verify_readout(probed, result, per_side)
     lines = [f"{report['query']}  site {report['site']}  position {result.position_label} "
              f"(index {report['position']}); the query's activation replaced by a sample's "
              f"(at its best position); output change from the query position on:"]
@@ -585,11 +671,14 @@ def verify(
 
 @app.command()
 def dla(
-    model: ModelArg, task: TaskOpt = None,
-    component: Annotated[str, typer.Option("--component", help="HEAD@POSITION, e.g. a1.0@:.")] = "",
+    model: ModelArg,
+    component: Annotated[str, typer.Option("--component", help="HEAD@POSITION, e.g. a1.0@:.")],
+    task: TaskOpt = None,
     input_text: InputOpt = None,
-    k: Annotated[int, typer.Option("--k", help="Top tokens shown / counted.")] = 5,
-    n: Annotated[int, typer.Option("--n", help="Inputs sampled for the top-k statistic (0: one input).")] = 0,
+    k: Annotated[int, typer.Option("--k", help="Top tokens shown / counted (at most the "
+                                   "vocabulary).", callback=options.TOP_K.callback)] = 5,
+    n: Annotated[int, typer.Option("--n", help="Inputs sampled for the top-k statistic (0: one "
+                                   "input).", callback=options.DLA_SAMPLES.callback)] = 0,
     target: Annotated[Optional[str], typer.Option("--target", help="With --n: the answer "
                       "token expected among the head's top k (default: the task's first).")] = None,
     seed: SeedOpt = 0,
@@ -599,52 +688,48 @@ def dla(
     often the expected answer token is among the top k (the paper's Table 4 statistic)."""
     from inversionview.verify.dla import expected_token_rates, top_tokens
 
-    try:
-        probed = _load(model, task)
-        parsed = _one_component(probed, component)
-        if n > 0:
-            texts = probed.task.sample(n, seed=seed)
-            the_target = target or probed.task.targets[0]
-            expected = [t[probed.task.target_index(t, the_target)] for t in texts]
-            record = expected_token_rates(probed, texts, parsed, expected, k)
-            record["target"] = the_target
-            human = (f"{record['component']}: expected {the_target} token among the top {k} "
-                     f"promoted in {record['top_k_promoted_rate']:.1%} of {n} inputs, top "
-                     f"{k} suppressed in {record['top_k_suppressed_rate']:.1%}, the most "
-                     f"promoted in {record['most_promoted_rate']:.1%}")
-        else:
-            text = probed.task.normalize(input_text or probed.task.example)
-            record = {"component": parsed.name, "input": text, **top_tokens(probed, text, parsed, k)}
-            human = (f"{text}  {parsed.name}\n  promoted:   "
-                     + "  ".join(f"{t!r} {v:+.2f}" for t, v in record["promoted"])
-                     + "\n  suppressed: " + "  ".join(f"{t!r} {v:+.2f}" for t, v in record["suppressed"]))
-    except _user_errors() + (ValueError,) as error:
-        _fail(str(error))
+    probed = _load(model, task)
+    parsed = _one_component(probed, component)
+    if n > 0:
+        texts = probed.task.sample(n, seed=seed)
+        the_target = target or probed.task.targets[0]
+        expected = [t[probed.task.target_index(t, the_target)] for t in texts]
+        record = expected_token_rates(probed, texts, parsed, expected, k)
+        record["target"] = the_target
+        human = (f"{record['component']}: expected {the_target} token among the top {k} "
+                 f"promoted in {record['top_k_promoted_rate']:.1%} of {n} inputs, top "
+                 f"{k} suppressed in {record['top_k_suppressed_rate']:.1%}, the most "
+                 f"promoted in {record['most_promoted_rate']:.1%}")
+    else:
+        text = probed.task.normalize(probed.task.example if input_text is None else input_text)
+        record = {"component": parsed.name, "input": text, **top_tokens(probed, text, parsed, k)}
+        human = (f"{text}  {parsed.name}\n  promoted:   "
+                 + "  ".join(f"{t!r} {v:+.2f}" for t, v in record["promoted"])
+                 + "\n  suppressed: " + "  ".join(f"{t!r} {v:+.2f}" for t, v in record["suppressed"]))
     _emit(record, as_json, human)
 
 
 @app.command()
 def ablate(
-    model: ModelArg, task: TaskOpt = None,
-    component: Annotated[str, typer.Option("--component", help="SITE@POSITION, e.g. x0.post@+.")] = "",
-    n: Annotated[int, typer.Option("--n", help="Inputs measured (and as many for the mean).")] = 1000,
+    model: ModelArg,
+    component: Annotated[str, typer.Option("--component", help="SITE@POSITION, e.g. x0.post@+.")],
+    task: TaskOpt = None,
+    n: Annotated[int, typer.Option("--n", help="Inputs measured (and as many for the mean).",
+                                   callback=options.PAIRS.callback)] = 1000,
     seed: SeedOpt = 0,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Mean ablation: replace a component by its mean over other inputs; KL and logit drop at
     every answer token the task has."""
     from inversionview.verify.patching import mean_ablation
 
-    try:
-        probed = _load(model, task)
-        parsed = _one_component(probed, component)
-        if n < 1:
-            raise ValueError(f"--n must be at least 1, got {n}")
-        texts = probed.task.sample(n, seed=seed)
-        reference = probed.task.sample(n, seed=seed + 1)
-        rows = mean_ablation(probed, texts, parsed, probed.task.targets, reference)
-    except _user_errors() + (ValueError,) as error:
-        _fail(str(error))
+    _apply_threads(threads)
+    probed = _load(model, task)
+    parsed = _one_component(probed, component)
+    texts = probed.task.sample(n, seed=seed)
+    reference = probed.task.sample(n, seed=seed + 1)
+    rows = mean_ablation(probed, texts, parsed, probed.task.targets, reference)
     lines = [f"mean ablation of {parsed.name} ({n} inputs; mean over {n} others)",
              "target      n      KL   logit drop  drop rate  accuracy -> ablated"]
     lines += [f"{r['target']:6s} {r['n']:6d} {r['kl']:7.4f} {r['logit_drop']:+11.4f} "

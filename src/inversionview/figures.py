@@ -17,9 +17,11 @@ def pyplot():
 
 def save_figure(figure, path: Path, dpi: int = 120) -> Path:
     """Lay out ``figure``, write it to ``path`` (creating its folder) and close it."""
-    figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
-    pyplot().close(figure)
+    try:
+        figure.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=dpi)
+    finally:
+        pyplot().close(figure)
     return path

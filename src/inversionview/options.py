@@ -14,7 +14,10 @@ OpenAPI schema says exactly what the server accepts.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from inversionview.errors import OptionError, echo
@@ -119,3 +122,76 @@ CHECKPOINT_SECONDS = Range("checkpoint-every", 0, 86_400, integer=False, low_ope
 WIDTH = Range("d-model", 1, 65_536)
 HEADS = Range("n-heads", 1, 1_024)
 LAYERS = Range("n-layers", 1, 1_024)
+
+
+# ----- output paths ----------------------------------------------------------------------
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_output_file(path: Path, option: str, suffixes: tuple[str, ...] = (),
+                      force: bool = False) -> Path:
+    """Check, before any work is done, that ``path`` can be written as a new regular file:
+    not a directory, not a special file, not an existing file unless ``force``, its parent a
+    writable directory (created if missing), its suffix one of ``suffixes`` (when given)."""
+    path = _plain_path(path, option)
+    where = f"{option} {echo(str(path))}"
+    if path.is_dir():
+        raise OptionError(f"{where} is a directory; give a file path")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise OptionError(f"{where}: the file name must end in {' or '.join(suffixes)}")
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise OptionError(f"{where} exists and is not a regular file")
+        if not force:
+            raise OptionError(f"{where} exists; pass --force to replace it")
+    _writable_directory(path.parent, where)
+    return path
+
+
+def check_output_directory(path: Path, option: str, force: bool = False,
+                           marker: str | None = None) -> Path:
+    """Check that ``path`` can be written as a directory: not a file, its nearest existing
+    ancestor writable; an existing directory holding ``marker`` needs ``force``."""
+    path = _plain_path(path, option)
+    where = f"{option} {echo(str(path))}"
+    if path.exists() and not path.is_dir():
+        raise OptionError(f"{where} exists and is not a directory")
+    if marker is not None and (path / marker).exists() and not force:
+        raise OptionError(f"{where} already holds {marker}; pass --force to replace it")
+    if path.is_dir():
+        _writable_directory(path, where)
+    else:
+        _writable_directory(path.parent, where)
+    return path
+
+
+def _plain_path(path: Path | str, option: str) -> Path:
+    if not str(path) or "\x00" in str(path):
+        raise OptionError(f"{option} needs a file path; got {echo(str(path))}")
+    return Path(path)
+
+
+def _writable_directory(directory: Path, where: str) -> None:
+    """Create ``directory`` if missing; an OptionError unless it is a writable directory."""
+    ancestor = directory
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OptionError(f"{where}: {echo(str(ancestor))} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OptionError(f"{where}: cannot write in {echo(str(ancestor))} (permission denied)")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OptionError(f"{where}: cannot create {echo(str(directory))} ({error.strerror})") from None
+
+
+def write_output(path: Path, option: str, write: Callable[[Path], None]) -> Path:
+    """Run ``write(path)``; an OSError (disk full, permission changed meanwhile) becomes an
+    OptionError naming the file."""
+    try:
+        write(path)
+    except OSError as error:
+        raise OptionError(f"{option} {echo(str(path))}: cannot write it ({error.strerror or error})") from None
+    return path

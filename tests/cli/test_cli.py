@@ -3,12 +3,10 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
+from cli_runner import invoke
 
-from inversionview.cli import app
 from inversionview.probed import build_probed
 
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -24,25 +22,25 @@ def _json(result):
 
 
 def test_models_lists_tasks_and_kinds():
-    record = _json(runner.invoke(app, ["models", "--json"]))
+    record = _json(invoke(["models", "--json"]))
     assert set(record["tasks"]) == {"counting", "addition"}
     assert record["tasks"]["addition"]["sites"][1] == "a0.0"
     assert record["model_kinds"]
-    human = runner.invoke(app, ["models"])
+    human = invoke(["models"])
     assert human.exit_code == 0 and "Bundled artifacts:" in human.stdout
 
 
 def test_eval_probed_json(model_dir):
-    record = _json(runner.invoke(app, ["eval-probed", str(model_dir), "--n", "300", "--seed", "1", "--json"]))
+    record = _json(invoke(["eval-probed", str(model_dir), "--n", "300", "--seed", "1", "--json"]))
     assert set(record) == {"model", "task", "n", "accuracy"}
     assert record["task"] == "counting" and record["n"] == 300
     assert 0.0 <= record["accuracy"] <= 1.0
-    again = _json(runner.invoke(app, ["eval-probed", str(model_dir), "--n", "300", "--seed", "1", "--json"]))
+    again = _json(invoke(["eval-probed", str(model_dir), "--n", "300", "--seed", "1", "--json"]))
     assert again == record
 
 
 def test_activation_json(model_dir):
-    record = _json(runner.invoke(app, ["activation", str(model_dir), "--input", "Baabbc|a:2E",
+    record = _json(invoke(["activation", str(model_dir), "--input", "Baabbc|a:2E",
                                        "--site", "blocks.0.hook_resid_mid", "--position", "query",
                                        "--json"]))
     assert set(record) == {"site", "hook", "position", "position_label", "vector", "norm"}
@@ -53,7 +51,7 @@ def test_activation_json(model_dir):
 
 
 def test_inspect_json(model_dir):
-    record = _json(runner.invoke(app, ["inspect", str(model_dir), "--input", "aabbc|a:2E", "--json"]))
+    record = _json(invoke(["inspect", str(model_dir), "--input", "aabbc|a:2E", "--json"]))
     assert record["input"] == "Baabbc|a:2E"
     assert [p["expected"] for p in record["predictions"]] == ["2"]
     assert list(record["norms"]) == ["x0.pre", "a0.0", "x0.mid", "m0", "x0.post", "a1.0",
@@ -78,17 +76,17 @@ def test_inspect_json(model_dir):
     (["train-probed", "counting", "--out", "x"], "exactly one of --minutes or --steps"),
 ])
 def test_user_errors_exit_2_with_a_message(model_dir, args, message):
-    result = runner.invoke(app, [a.replace("{m}", str(model_dir)) for a in args])
+    result = invoke([a.replace("{m}", str(model_dir)) for a in args])
     assert result.exit_code == 2, result.output
     assert message in result.stderr
 
 
 def test_train_probed_command(tmp_path):
-    result = _json(runner.invoke(app, ["train-probed", "addition", "--out", str(tmp_path / "r"),
+    result = _json(invoke(["train-probed", "addition", "--out", str(tmp_path / "r"),
                                        "--steps", "5", "--batch-size", "16", "--d-model", "16",
                                        "--n-heads", "2", "--json"]))
     assert result["steps"] == 5 and result["task"] == "addition"
-    resumed = _json(runner.invoke(app, ["train-probed", "addition", "--out", str(tmp_path / "r"),
+    resumed = _json(invoke(["train-probed", "addition", "--out", str(tmp_path / "r"),
                                         "--steps", "8", "--resume", "--json"]))
     assert resumed["steps"] == 8
 
@@ -102,10 +100,10 @@ def test_decoders_finds_the_decoder_of_a_model(model_dir, tmp_path, monkeypatch)
     probed = load_probed(str(model_dir))
     save_decoder(build_decoder(probed, seed=0, d_model=32, n_heads=2, d_mlp=64), probed,
                  tmp_path / "decoder-tiny", {"in_epsilon_mean": 0.5, "examples": 10})
-    listing = _json(runner.invoke(app, ["decoders", "--json"]))
+    listing = _json(invoke(["decoders", "--json"]))
     assert listing["decoder-tiny"]["task"] == "counting"
-    found = _json(runner.invoke(app, ["decoders", str(model_dir), "--json"]))
+    found = _json(invoke(["decoders", str(model_dir), "--json"]))
     assert found["decoder"] == str(tmp_path / "decoder-tiny")
     other = tmp_path / "other"
     build_probed("counting", seed=9, n_embd=16, n_head=1, n_inner=32).save(other)
-    assert _json(runner.invoke(app, ["decoders", str(other), "--json"]))["decoder"] is None
+    assert _json(invoke(["decoders", str(other), "--json"]))["decoder"] is None

@@ -4,14 +4,12 @@ import json
 import re
 
 import pytest
-from typer.testing import CliRunner
+from cli_runner import invoke
 
-from inversionview.cli import app
 from inversionview.decoder.store import save_decoder
 from inversionview.decoder.train import build_decoder
 from inversionview.probed import build_probed
 
-runner = CliRunner()
 TINY_DECODER = dict(d_model=32, n_heads=2, d_mlp=64, n_condition_blocks=2)
 
 
@@ -37,7 +35,7 @@ def test_query_json_schema(saved):
     task, root = saved
     args = ["query", str(root / "model"), "--decoder", str(root / "decoder"), "--candidates", "64",
             "--seed", "3", "--json"]
-    result = runner.invoke(app, args)
+    result = invoke(args)
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert set(record) == TOP_KEYS
@@ -50,14 +48,14 @@ def test_query_json_schema(saved):
     for sample in record["samples"]:
         assert set(sample) == SAMPLE_KEYS
         assert len(sample["position_distances"]) == len(sample["tokens"])
-    again = json.loads(runner.invoke(app, args).stdout)
+    again = json.loads(invoke(args).stdout)
     assert [s["text"] for s in again["samples"]] == [s["text"] for s in record["samples"]]
 
 
 def test_query_human_view_and_html(saved, tmp_path):
     task, root = saved
     page = tmp_path / "view.html"
-    result = runner.invoke(app, ["query", str(root / "model"), "--decoder", str(root / "decoder"),
+    result = invoke(["query", str(root / "model"), "--decoder", str(root / "decoder"),
                                  "--candidates", "64", "--position", "1", "--site", "x0.pre",
                                  "--temperature", "1.5", "--noise", "0.2", "--all",
                                  "--html", str(page)])
@@ -79,18 +77,18 @@ def test_query_human_view_and_html(saved, tmp_path):
     (["--position", "nowhere"], "unknown position"),
     (["--input", "B12#"], "not in the"),
     (["--metric", "manhattan"], "euclidean"),
-    (["--candidates", "0"], "at least 1"),
+    (["--candidates", "0"], "from 1 to"),
 ])
 def test_query_errors_exit_2(saved, args, message):
     _, root = saved
-    result = runner.invoke(app, ["query", str(root / "model"), "--decoder", str(root / "decoder"),
+    result = invoke(["query", str(root / "model"), "--decoder", str(root / "decoder"),
                                  "--candidates", "64"] + args)
     assert result.exit_code == 2 and message in result.output
 
 
 def test_query_without_a_decoder_says_how_to_get_one(saved):
     _, root = saved
-    result = runner.invoke(app, ["query", str(root / "model")])
+    result = invoke(["query", str(root / "model")])
     assert result.exit_code == 2 and "train-decoder" in result.output
 
 
@@ -99,11 +97,11 @@ def test_completeness_end_to_end_on_addition(saved, tmp_path):
     args = ["completeness", str(root / "model"), "--decoder", str(root / "decoder"), "--site",
             "x0.pre", "--position", "F1", "--candidates", "64", "--epsilon", "0.3", "--json"]
     if task == "counting":
-        result = runner.invoke(app, args)
+        result = invoke(args)
         assert result.exit_code == 2 and "too large to enumerate" in result.output
         return
     plot = tmp_path / "scatter.png"
-    result = runner.invoke(app, args + ["--plot", str(plot)])
+    result = invoke(args + ["--plot", str(plot)])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert {"true_in_epsilon", "found_in_epsilon", "recall", "precision"} <= set(record)

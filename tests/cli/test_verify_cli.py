@@ -3,15 +3,13 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
+from cli_runner import invoke
 
-from inversionview.cli import app
 
-runner = CliRunner()
 
 
 def run_json(*args):
-    result = runner.invoke(app, [*args, "--json"])
+    result = invoke([*args, "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
@@ -45,7 +43,7 @@ def test_patch_addition_resample_with_filter():
     (["--components", "a0.0@query", "--n", "0"], "--n"),
 ])
 def test_patch_bad_arguments(args, message):
-    result = runner.invoke(app, ["patch", "counting", *args])
+    result = invoke(["patch", "counting", *args])
     assert result.exit_code == 2 and message in result.output
 
 
@@ -62,7 +60,7 @@ def test_dla_top_tokens_and_rates():
     assert values == sorted(values, reverse=True)
     rates = run_json("dla", "addition", "--component", "a1.0@=", "--n", "50", "--target", "A1")
     assert 0 <= rates["top_k_promoted_rate"] <= 1 and rates["n"] == 50
-    bad = runner.invoke(app, ["dla", "counting", "--component", "m0@:"])
+    bad = invoke(["dla", "counting", "--component", "m0@:"])
     assert bad.exit_code == 2 and "not a head" in bad.output
 
 
@@ -70,7 +68,7 @@ def test_ablate_reports_every_answer_token():
     record = run_json("ablate", "addition", "--component", "x0.post@=", "--n", "64")
     assert [r["target"] for r in record["rows"]] == ["A1", "A2", "A3", "A4"]
     assert all(r["kl"] >= 0 for r in record["rows"])
-    bad = runner.invoke(app, ["ablate", "addition", "--component", "x0.post@Z"])
+    bad = invoke(["ablate", "addition", "--component", "x0.post@Z"])
     assert bad.exit_code == 2 and "unknown position" in bad.output
 
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+from inversionview import options
 from inversionview.decoder.model import Decoder
+from inversionview.errors import OptionError, echo
 from inversionview.preimage.agreement import attribute_agreement
 from inversionview.preimage.colour import delta_p, sequence_log_probability
 from inversionview.preimage.distance import Metric, candidate_distances
@@ -26,7 +28,7 @@ from inversionview.preimage.result import (PreimageResult, QueryInput, QueryStat
 from inversionview.preimage.sample import (PAPER_SETTINGS, ROUND_SIZE, SamplingRound,
                                            make_schedule, sample_candidates)
 from inversionview.probed.model import ProbedModel
-from inversionview.probed.sites import Site, SiteError
+from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks.base import Task, TaskInputError
 
 
@@ -46,9 +48,10 @@ class QueryConfig:
 
     def __post_init__(self) -> None:
         if self.metric not in ("euclidean", "cosine"):
-            raise ValueError(f"unknown metric {self.metric!r}; use 'euclidean' or 'cosine'")
-        if not self.epsilon > 0:
-            raise ValueError(f"epsilon must be > 0, got {self.epsilon}")
+            raise OptionError(f"unknown metric {echo(self.metric)}; use euclidean or cosine")
+        self.candidates = options.CANDIDATES.check(self.candidates)
+        self.epsilon = options.EPSILON.check(self.epsilon)
+        self.shown = options.SHOWN.check(self.shown)
 
     @property
     def schedule(self) -> tuple[SamplingRound, ...]:
@@ -146,8 +149,9 @@ class ResolvedQuery:
 @torch.no_grad()
 def resolve_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
                   position: str | int) -> ResolvedQuery:
-    """Parse and check the query; bad input raises TaskInputError or SiteError."""
-    site = model.site(site)
+    """Parse and check the query; bad input raises TaskInputError or SiteError (an unknown
+    site's message lists the sites the decoder reads)."""
+    site = check_site(site, model.n_layers, model.n_heads, listed=tuple(s.short for s in model.sites))
     site_id = decoder_site_id(model, decoder, site)
     text = model.task.normalize(text)
     tokens = model.tokens(text)  # first: a character outside the vocabulary is the clearer error
@@ -185,6 +189,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
     ``text``. Bad input (characters, site, position) raises TaskInputError or SiteError.
     ``progress`` is told how far the query is (see ``Progress``)."""
     config = config or QueryConfig()
+    seed = options.SEED.check(seed)
     report = progress or (lambda stage, fraction: None)
     started = time.perf_counter()
     task = model.task

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from inversionview import options
 from inversionview.decoder.model import Decoder
+from inversionview.errors import OptionError
 from inversionview.tasks.base import Vocabulary
 
 
@@ -38,13 +40,12 @@ def make_schedule(candidates: int = 1024,
     """Rounds of ``round_size`` cycling through ``settings`` until ``candidates`` are drawn
     (the last round is shorter when ``candidates`` is not a multiple). The defaults are the
     paper's 16 rounds: [(0.5, 0), (1, 0), (2, 0), (2, 0.1)] x 4 = 1,024 candidates."""
-    if candidates < 1:
-        raise ValueError(f"candidates must be at least 1, got {candidates}")
+    options.CANDIDATES.check(candidates)
     if not settings:
-        raise ValueError("a schedule needs at least one (temperature, noise) setting")
+        raise OptionError("a schedule needs at least one (temperature, noise) setting")
     for temperature, noise in settings:
-        if not temperature > 0 or noise < 0:
-            raise ValueError(f"temperature must be > 0 and noise >= 0, got ({temperature}, {noise})")
+        options.TEMPERATURE.check(temperature)
+        options.NOISE.check(noise)
     rounds = []
     for index in range(math.ceil(candidates / round_size)):
         temperature, noise = settings[index % len(settings)]

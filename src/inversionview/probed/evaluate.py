@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from inversionview import options
 from inversionview.probed.model import ProbedModel
 from inversionview.tasks.base import next_token_targets
 
@@ -30,6 +31,7 @@ def solved(model: ProbedModel, tokens: torch.Tensor, chunk: int = 4096) -> torch
 
 def accuracy(model: ProbedModel, n: int = 20_000, seed: int = 0) -> float:
     """Accuracy on ``n`` fresh samples of the task distribution drawn with ``seed``."""
+    n, seed = options.EVAL_SAMPLES.check(n), options.SEED.check(seed)
     generator = torch.Generator().manual_seed(seed)
     tokens = model.task.sample_tokens(n, generator)
     return solved(model, tokens).float().mean().item()

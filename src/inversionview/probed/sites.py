@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from inversionview.errors import UserError
+from inversionview.errors import UserError, echo
 
 SiteKind = Literal["resid_pre", "head", "attn_out", "resid_mid", "mlp_out", "resid_post"]
 
@@ -76,20 +76,20 @@ class Site:
 
 
 _SHORT = [
-    (re.compile(r"^x(\d+)\.pre$"), "resid_pre"),
-    (re.compile(r"^a(\d+)\.(\d+)$"), "head"),
-    (re.compile(r"^a(\d+)$"), "attn_out"),
-    (re.compile(r"^x(\d+)\.mid$"), "resid_mid"),
-    (re.compile(r"^m(\d+)$"), "mlp_out"),
-    (re.compile(r"^x(\d+)\.post$"), "resid_post"),
+    (re.compile(r"^x([0-9]+)\.pre$"), "resid_pre"),
+    (re.compile(r"^a([0-9]+)\.([0-9]+)$"), "head"),
+    (re.compile(r"^a([0-9]+)$"), "attn_out"),
+    (re.compile(r"^x([0-9]+)\.mid$"), "resid_mid"),
+    (re.compile(r"^m([0-9]+)$"), "mlp_out"),
+    (re.compile(r"^x([0-9]+)\.post$"), "resid_post"),
 ]
 _HOOK = [
-    (re.compile(r"^blocks\.(\d+)\.hook_resid_pre$"), "resid_pre"),
-    (re.compile(r"^blocks\.(\d+)\.attn\.hook_result\.(\d+)$"), "head"),
-    (re.compile(r"^blocks\.(\d+)\.hook_attn_out$"), "attn_out"),
-    (re.compile(r"^blocks\.(\d+)\.hook_resid_mid$"), "resid_mid"),
-    (re.compile(r"^blocks\.(\d+)\.hook_mlp_out$"), "mlp_out"),
-    (re.compile(r"^blocks\.(\d+)\.hook_resid_post$"), "resid_post"),
+    (re.compile(r"^blocks\.([0-9]+)\.hook_resid_pre$"), "resid_pre"),
+    (re.compile(r"^blocks\.([0-9]+)\.attn\.hook_result\.([0-9]+)$"), "head"),
+    (re.compile(r"^blocks\.([0-9]+)\.hook_attn_out$"), "attn_out"),
+    (re.compile(r"^blocks\.([0-9]+)\.hook_resid_mid$"), "resid_mid"),
+    (re.compile(r"^blocks\.([0-9]+)\.hook_mlp_out$"), "mlp_out"),
+    (re.compile(r"^blocks\.([0-9]+)\.hook_resid_post$"), "resid_post"),
 ]
 
 SITE_NAME_HELP = (
@@ -105,11 +105,11 @@ def parse_site(name: str | Site) -> Site:
         return name
     text = name.strip()
     for pattern, kind in _SHORT + _HOOK:
-        match = pattern.match(text)
+        match = pattern.fullmatch(text)
         if match:
             numbers = [int(group) for group in match.groups()]
             return Site(layer=numbers[0], kind=kind, head=numbers[1] if kind == "head" else None)
-    raise SiteError(f"cannot parse site {name!r}; use {SITE_NAME_HELP}")
+    raise SiteError(f"cannot parse site {echo(name)}; use {SITE_NAME_HELP}")
 
 
 def all_sites(n_layers: int, n_heads: int) -> list[Site]:
@@ -124,12 +124,15 @@ def all_sites(n_layers: int, n_heads: int) -> list[Site]:
 
 
 def check_site(name: str | Site, n_layers: int, n_heads: int,
-               allowed: tuple[str, ...] | None = None) -> Site:
+               allowed: tuple[str, ...] | None = None, listed: tuple[str, ...] | None = None,
+               ) -> Site:
     """Parse ``name`` and check it exists in a model of this shape (and, if given, that it is
-    one of ``allowed``); the error lists the valid sites."""
+    one of ``allowed``); the error lists the valid sites, or ``listed`` (e.g. the sites a
+    decoder reads, when those are what the user can ask for)."""
     site = parse_site(name)
     exists = site.layer < n_layers and (site.head is None or site.head < n_heads)
     valid = [s.short for s in all_sites(n_layers, n_heads)] if allowed is None else list(allowed)
     if not exists or site.short not in valid:
-        raise SiteError(f"site {name!r} is not a site of this model; valid sites: {', '.join(valid)}")
+        raise SiteError(f"site {echo(name)} is not a site of this model; valid sites: "
+                        f"{', '.join(valid if listed is None else listed)}")
     return site

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from inversionview.errors import echo
 from inversionview.tasks.addition import AdditionTask
 from inversionview.tasks.base import Task, TaskInputError, Validity, Vocabulary
 from inversionview.tasks.counting import CountingTask
@@ -18,7 +19,7 @@ def get_task(name: str) -> Task:
         return TASKS[name]()
     except KeyError:
         raise TaskInputError(
-            f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}"
+            f"unknown task {echo(name)}; known tasks: {', '.join(sorted(TASKS))}"
         ) from None
 
 

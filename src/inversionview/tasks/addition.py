@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from inversionview.errors import echo
 from inversionview.tasks.base import Task, TaskInputError, Validity, Vocabulary
 
 OPERAND_MIN, OPERAND_MAX = 100, 999
@@ -174,7 +175,7 @@ class AdditionTask(Task):
         draws all leave the target unchanged."""
         digits = self.attributes(text)
         if not digits:
-            raise TaskInputError(f"{text!r} is not a well-formed addition input")
+            raise TaskInputError(f"{echo(text)} is not a well-formed addition input")
         bad = [place for place in places if place not in _OPERAND_DIGITS]
         if bad or not places:
             raise TaskInputError(f"resample needs operand places among {', '.join(_OPERAND_DIGITS)}"

@@ -12,13 +12,14 @@ with or without its leading ``B``; it is never padded (``P``) by the user.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from inversionview.errors import UserError
+from inversionview.errors import UserError, echo
 
 
 class TaskInputError(UserError, ValueError):
@@ -111,6 +112,9 @@ class Task(ABC):
     def normalize(self, text: str) -> str:
         """Return ``text`` with its leading BOS (added if missing) and surrounding spaces removed."""
         text = text.strip()
+        if not text:
+            raise TaskInputError(f"the input is empty; give a {self.name} input such as "
+                                 f"{self.example!r}")
         if not text.startswith(self.vocab.bos):
             text = self.vocab.bos + text
         return text
@@ -127,16 +131,16 @@ class Task(ABC):
                 ids.append(self.vocab.id_of(char))
             except KeyError:
                 raise TaskInputError(
-                    f"character {char!r} at index {index} of {text!r} is not in the {self.name} "
+                    f"character {char!r} at index {index} of {echo(text)} is not in the {self.name} "
                     f"vocabulary; allowed characters: {self.describe_vocabulary()}"
                 ) from None
         if self.vocab.pad_id in ids:
             raise TaskInputError(
-                f"{text!r} contains the padding token {self.vocab.pad!r}; give the input unpadded"
+                f"{echo(text)} contains the padding token {self.vocab.pad!r}; give the input unpadded"
             )
         if len(ids) > self.n_ctx:
             raise TaskInputError(
-                f"{text!r} is {len(ids)} tokens long (BOS included) but the {self.name} task's "
+                f"{echo(text)} is {len(ids)} tokens long (BOS included) but the {self.name} task's "
                 f"context holds at most {self.n_ctx}"
             )
         return ids
@@ -155,7 +159,7 @@ class Task(ABC):
         for row, text in enumerate(texts):
             ids = self.encode(text)
             if len(ids) > length:
-                raise TaskInputError(f"{text!r} is longer than the batch length {length}")
+                raise TaskInputError(f"{echo(text)} is longer than the batch length {length}")
             batch[row, : len(ids)] = torch.tensor(ids)
         return batch
 
@@ -193,21 +197,21 @@ class Task(ABC):
     def resolve_position(self, text: str, position: str | int) -> int:
         """The index (0 = BOS) of a named or integer position in ``text``."""
         text = self.normalize(text)
-        if isinstance(position, str) and position.lstrip("-").isdigit():
+        if isinstance(position, str) and re.fullmatch(r"-?[0-9]+", position.strip()):
             position = int(position)
         if isinstance(position, int):
             if not 0 <= position < len(text):
                 raise TaskInputError(
-                    f"position {position} is outside {text!r}, whose positions are 0..{len(text) - 1}"
+                    f"position {position} is outside {echo(text)}, whose positions are 0..{len(text) - 1}"
                 )
             return position
         named = self.named_positions(text)
         if position in named:
             return named[position]
         if position in self.position_names:
-            raise TaskInputError(f"{text!r} has no position {position!r}")
+            raise TaskInputError(f"{echo(text)} has no position {echo(position)}")
         raise TaskInputError(
-            f"unknown position {position!r} for the {self.name} task; use an integer index "
+            f"unknown position {echo(position)} for the {self.name} task; use an integer index "
             f"(0 = BOS) or one of: {', '.join(self.position_names)}"
         )
 
@@ -270,10 +274,16 @@ class Task(ABC):
                              f"{', '.join(('random',) + self.contrast_kinds)}")
 
     def _random_contrast(self, text: str, generator: torch.Generator, target: str,
-                         tries: int = 64) -> str | None:
-        answer = text[self.target_index(text, target)]
+                         tries: int = 256) -> str | None:
+        """Another input of the task distribution with a different answer at the same index
+        (patching compares the two runs position by position, so the answer must line up)."""
+        index = self.target_index(text, target)
         for candidate in self.decode_batch(self.sample_tokens(tries, generator)):
-            if candidate[self.target_index(candidate, target)] != answer:
+            try:
+                same_place = self.target_index(candidate, target) == index
+            except TaskInputError:
+                continue
+            if same_place and candidate[index] != text[index]:
                 return candidate
         return None
 

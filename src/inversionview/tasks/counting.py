@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from inversionview.errors import echo
 from inversionview.tasks.base import Task, TaskInputError, Validity, Vocabulary
 
 LETTERS = string.ascii_lowercase
@@ -178,7 +179,7 @@ class CountingTask(Task):
         (every count 1, or every count 9)."""
         match = _GRAMMAR.match(self.normalize(text))
         if match is None:
-            raise TaskInputError(f"{text!r} is not a well-formed counting input")
+            raise TaskInputError(f"{echo(text)} is not a well-formed counting input")
         context, query, _ = match.groups()
         counts = Counter(context)
         moves = []  # (index in context, replacement letter)

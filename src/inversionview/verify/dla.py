@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from inversionview import options
+from inversionview.errors import OptionError
 from inversionview.probed.model import ProbedModel
 from inversionview.probed.sites import Site, SiteError
 from inversionview.verify.patching import Component
@@ -43,11 +45,18 @@ def logit_attribution(model: ProbedModel, piece: torch.Tensor, final_resid: torc
     return (centred / scale) @ model.processed.W_U
 
 
+def _check_k(k: int, vocabulary_size: int) -> None:
+    options.TOP_K.check(k)
+    if k > vocabulary_size:
+        raise OptionError(f"k must be at most the vocabulary size ({vocabulary_size}); got {k}")
+
+
 def top_tokens(model: ProbedModel, text: str, component: Component, k: int = 5
                ) -> dict[str, list[tuple[str, float]]]:
     """The ``k`` tokens the head promotes most and suppresses most at the position."""
-    attribution = head_logit_attribution(model, [text], component)[0]
     vocab = model.task.vocab
+    _check_k(k, vocab.size)
+    attribution = head_logit_attribution(model, [text], component)[0]
     up, down = attribution.topk(k), (-attribution).topk(k)
     return {"promoted": [(vocab.tokens[i], round(v, 4)) for v, i in zip(up.values.tolist(), up.indices.tolist())],
             "suppressed": [(vocab.tokens[i], round(-v, 4)) for v, i in zip(down.values.tolist(), down.indices.tolist())]}
@@ -57,6 +66,7 @@ def expected_token_rates(model: ProbedModel, texts: list[str], component: Compon
                          expected: list[str], k: int = 3) -> dict[str, Any]:
     """Table 4 style: how often the ``expected`` token of each text (e.g. its answer digit)
     is among the head's top ``k`` promoted, and among its top ``k`` suppressed, tokens."""
+    _check_k(k, model.task.vocab.size)
     attribution = head_logit_attribution(model, texts, component)
     ids = torch.tensor([model.task.vocab.id_of(token) for token in expected])
     promoted = (attribution.topk(k).indices == ids[:, None]).any(dim=1)

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from inversionview import options
+from inversionview.errors import echo
 from inversionview.probed.model import ProbedModel
 from inversionview.probed.sites import Site
 from inversionview.tasks.base import Task, TaskInputError
@@ -47,10 +49,10 @@ def parse_components(model: ProbedModel, spec: str) -> list[Component]:
     for item in (part.strip() for part in spec.split(",")):
         site, sep, position = item.rpartition("@")
         if not sep or not site or not position:
-            raise TaskInputError(f"component {item!r} is not SITE@POSITION (e.g. a0.0@query); "
+            raise TaskInputError(f"component {echo(item)} is not SITE@POSITION (e.g. a0.0@query); "
                                  f"positions: {', '.join(model.task.position_names)} or an index")
         if position not in model.task.position_names and not position.isdigit():
-            raise TaskInputError(f"unknown position {position!r} in {item!r}; use one of: "
+            raise TaskInputError(f"unknown position {echo(position)} in {echo(item)}; use one of: "
                                  f"{', '.join(model.task.position_names)} or an index")
         components.append(Component(model.site(site), int(position) if position.isdigit() else position))
     if not components:
@@ -99,6 +101,7 @@ def contrast_pairs(task: Task, n: int, kind: str, target: str | None = None, see
                    max_draws: int = 200_000) -> ContrastPairs:
     """``n`` (original, contrast) pairs: originals from the task sampler (seeded) that pass
     ``filter``, each with a contrast of ``kind`` whose ``target`` answer token differs."""
+    n, seed = options.PAIRS.check(n), options.SEED.check(seed)
     target = target or task.targets[0]
     keep = parse_filter(task, filter)
     generator = torch.Generator().manual_seed(seed)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from inversionview import options
 from inversionview.preimage.result import PreimageResult, Sample
 from inversionview.probed.model import ProbedModel
 
@@ -40,6 +41,7 @@ def verify_readout(model: ProbedModel, result: PreimageResult, per_side: int = 5
     """Patch the query's activation with that of up to ``per_side`` shown samples inside ε
     (the nearest) and outside ε (the nearest beyond the rule), each taken at its best
     position; the output changes per sample and their means per side."""
+    per_side = options.PER_SIDE.check(per_side)
     inside = [s for s in result.samples if s.in_epsilon][:per_side]
     outside = [s for s in result.samples if not s.in_epsilon and s.best_position >= 0][:per_side]
     report: dict[str, Any] = {"site": result.site, "position": result.position,
