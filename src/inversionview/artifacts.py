@@ -1,7 +1,9 @@
 """Bundled trained artifacts (probed models, later decoders), each a directory with a manifest.
 
 They live in the repository's ``artifacts/`` folder, found from the source tree (the README
-installs the package in editable mode); ``INVERSIONVIEW_ARTIFACTS`` points elsewhere.
+installs the package in editable mode); ``INVERSIONVIEW_ARTIFACTS`` points elsewhere. An
+artifact whose manifest cannot be read is left out of the listings (``broken_artifacts()``
+says why) and reported when it is loaded by name.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from inversionview.errors import echo
+
 MANIFESTS = ("inversionview.json", "decoder.json")  # probed models, decoders
+_KINDS = {"inversionview.json": "probed-model", "decoder.json": "decoder"}
 
 
 def artifact_roots() -> list[Path]:
@@ -23,15 +28,25 @@ def artifact_roots() -> list[Path]:
 
 
 def list_artifacts() -> dict[str, tuple[Path, dict[str, Any]]]:
-    """name -> (directory, manifest) of every bundled artifact; the first root wins."""
-    found: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for root in artifact_roots():
-        for directory in sorted(root.iterdir()):
-            for manifest_name in MANIFESTS:
-                manifest_path = directory / manifest_name
-                if directory.name not in found and manifest_path.is_file():
-                    found[directory.name] = (directory, json.loads(manifest_path.read_text()))
+    """name -> (directory, manifest) of every bundled artifact whose manifest can be read;
+    the first root wins. The others are in ``broken_artifacts()``."""
+    found = {}
+    for name, (directory, manifest_path) in _scan().items():
+        manifest = _read_manifest(manifest_path)
+        if isinstance(manifest, dict):
+            found[name] = (directory, manifest)
     return found
+
+
+def broken_artifacts() -> dict[str, tuple[Path, str]]:
+    """name -> (directory, what is wrong with its manifest) of the artifacts that
+    ``list_artifacts`` leaves out."""
+    broken = {}
+    for name, (directory, manifest_path) in _scan().items():
+        problem = _read_manifest(manifest_path)
+        if isinstance(problem, str):
+            broken[name] = (directory, problem)
+    return broken
 
 
 def artifact_names() -> list[str]:
@@ -39,5 +54,37 @@ def artifact_names() -> list[str]:
 
 
 def find_artifact(name: str) -> Path | None:
-    entry = list_artifacts().get(name)
+    """The directory of the artifact called ``name``, even one whose manifest is broken (the
+    loader then says what is wrong with it)."""
+    entry = _scan().get(name)
     return entry[0] if entry else None
+
+
+def _scan() -> dict[str, tuple[Path, Path]]:
+    """name -> (directory, manifest path) of each directory in a root that holds a manifest."""
+    found: dict[str, tuple[Path, Path]] = {}
+    for root in artifact_roots():
+        for directory in sorted(root.iterdir()):
+            for manifest_name in MANIFESTS:
+                if directory.name not in found and (directory / manifest_name).is_file():
+                    found[directory.name] = (directory, directory / manifest_name)
+    return found
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | str:
+    """The manifest, or a one-line description of what is wrong with it. The fields the
+    listings show must have their types: kind and task strings, the scores numbers."""
+    kind = _KINDS[path.name]
+    expected = f'expected a JSON object with "kind": "{kind}" and a "task"'
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{path} cannot be read as JSON ({type(error).__name__}); {expected}"
+    if not isinstance(manifest, dict) or manifest.get("kind") != kind \
+            or not isinstance(manifest.get("task"), str):
+        return f"{path} is not a {kind} manifest; {expected}"
+    for score in ("accuracy", "in_epsilon_mean"):
+        value = manifest.get(score)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"{path}: {score} is {echo(value)}; expected a number"
+    return manifest

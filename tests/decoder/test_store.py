@@ -54,8 +54,28 @@ def test_missing_and_malformed_directories_say_what_is_wrong(tmp_path):
     with pytest.raises(DecoderLoadError, match="not valid JSON"):
         load_decoder(tmp_path)
     (tmp_path / "decoder.json").write_text(json.dumps({"kind": "probed"}))
-    with pytest.raises(DecoderLoadError, match="not a decoder manifest"):
+    with pytest.raises(DecoderLoadError, match="not a decoder manifest: kind is 'probed'; "
+                                               "expected 'decoder'"):
         load_decoder(tmp_path)
+    with pytest.raises(DecoderLoadError, match="decoder directory .*nowhere does not exist"):
+        load_decoder(tmp_path / "nowhere")
+
+
+def test_config_that_does_not_fit_its_weights_or_model(tmp_path):
+    probed = _probed()
+    save_decoder(build_decoder(probed, seed=1, **TINY), probed, tmp_path, {})
+    manifest = json.loads((tmp_path / "decoder.json").read_text())
+    manifest["config"]["d_mlp"] = 32
+    (tmp_path / "decoder.json").write_text(json.dumps(manifest))
+    with pytest.raises(DecoderLoadError, match=r"decoder.safetensors does not match the config in "
+                                               r".*decoder.json: .* has shape \(64, 32\), the "
+                                               r"config says \(32, 32\)"):
+        load_decoder(tmp_path, probed)
+    manifest["config"].update(d_mlp=64, activation_dim=8)
+    (tmp_path / "decoder.json").write_text(json.dumps(manifest))
+    with pytest.raises(DecoderLoadError, match=r"decoder.json: config.activation_dim is 8 but the "
+                                               r"model <random init> needs 16"):
+        load_decoder(tmp_path, probed)
 
 
 def test_shipped_decoder_is_found_by_the_probed_weights(tmp_path, monkeypatch):

@@ -33,12 +33,19 @@ def test_build_is_seeded_and_leaves_global_rng_alone():
     assert a.weights_hash() != build_probed("counting", seed=8).weights_hash()
 
 
-def test_hf_directory_needs_a_task(tmp_path):
+def test_hf_directory_task_is_the_one_that_fits(tmp_path):
     model = build_probed("counting", seed=0, n_embd=16, n_head=1, n_inner=32)
     model.hf_model.save_pretrained(tmp_path / "hf")
-    with pytest.raises(ModelLoadError, match="--task"):
-        load_probed(tmp_path / "hf")
+    inferred = load_probed(tmp_path / "hf")  # no inversionview.json: the vocabulary decides
+    assert inferred.task.name == "counting" and inferred.weights_hash() == model.weights_hash()
     assert load_probed(tmp_path / "hf", task="counting").weights_hash() == model.weights_hash()
+    with pytest.raises(ModelLoadError, match="vocabulary of 40 tokens but the addition task has 15"):
+        load_probed(tmp_path / "hf", task="addition")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "vocab_size": 41}))
+    with pytest.raises(ModelLoadError, match=r"hf/config.json fits no task: it has a vocabulary of "
+                                             r"41 tokens .* counting has 40 tokens"):
+        load_probed(tmp_path / "hf")
 
 
 def test_checkpoint_that_does_not_match(tmp_path):
@@ -47,7 +54,8 @@ def test_checkpoint_that_does_not_match(tmp_path):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     config["n_embd"] = 32
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="does not match its config: .*shape"):
+    with pytest.raises(ModelLoadError, match=r"m/model.safetensors does not match its config "
+                                             r".*m/config.json: .*shape"):
         load_probed(tmp_path / "m")
 
 
@@ -60,12 +68,13 @@ def test_model_of_another_task(tmp_path):
 def test_missing_things(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_probed(tmp_path / "nowhere")
-    with pytest.raises(ModelLoadError, match="neither a bundled artifact"):
-        load_probed("no-such-model")
-    with pytest.raises(ModelLoadError, match="not in the local HuggingFace cache"):
-        load_probed("no-such-model", task="counting")
+    for task in (None, "counting"):  # looked up in the local HuggingFace cache, never fetched
+        with pytest.raises(ModelLoadError, match=r"^'no-such-model' is neither a bundled artifact "
+                                                 r"nor a directory, nor a model in the local "
+                                                 r"HuggingFace cache; give a bundled model "
+                                                 r"\(addition, counting\) or a model directory"):
+            load_probed("no-such-model", task=task)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="--task"):
-        load_probed(tmp_path / "empty")
-    with pytest.raises(ModelLoadError, match="no config.json"):
-        load_probed(tmp_path / "empty", task="counting")
+    for task in (None, "counting"):
+        with pytest.raises(ModelLoadError, match="empty has no config.json"):
+            load_probed(tmp_path / "empty", task=task)

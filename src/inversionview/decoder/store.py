@@ -2,22 +2,26 @@
 the sha256 of the probed weights it was trained on, and the training manifest).
 
 ``find_decoder`` picks the shipped decoder trained on a given probed model by that hash;
-``load_decoder`` loads one and refuses a decoder trained on other weights.
+``load_decoder`` loads one and refuses a decoder trained on other weights. A file that
+cannot be used (not JSON, fields of the wrong type, truncated weights, weights that do not
+fit the config) raises ``DecoderLoadError`` naming the file.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from inversionview.artifacts import list_artifacts
 from inversionview.decoder.model import Decoder, DecoderConfig
-from inversionview.errors import UserError
-from inversionview.probed.model import ProbedModel, atomic_path, write_json_atomic
+from inversionview.errors import UserError, echo
+from inversionview.probed.model import (ProbedModel, atomic_path, first_line, read_json_object,
+                                        read_safetensors, weights_mismatch, write_json_atomic)
 
 WEIGHTS, MANIFEST = "decoder.safetensors", "decoder.json"
 
@@ -40,39 +44,132 @@ def save_decoder(decoder: Decoder, model: ProbedModel, directory: Path, manifest
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
+    """decoder.json, checked: kind "decoder", the config an object, the task and the probed
+    weights' sha256 strings (the sites a list of names and the training record an object, if
+    present). A DecoderLoadError naming the file says what is wrong otherwise."""
     path = Path(directory) / MANIFEST
+    if not Path(directory).exists():
+        raise DecoderLoadError(f"decoder directory {directory} does not exist")
     if not path.is_file():
         raise DecoderLoadError(f"{directory} is not a decoder directory: it has no {MANIFEST} "
                                f"(train one with `inversionview train-decoder`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DecoderLoadError(f"{path} is not valid JSON: {error}") from None
-    if manifest.get("kind") != "decoder" or "config" not in manifest:
-        raise DecoderLoadError(f"{path} is not a decoder manifest (kind {manifest.get('kind')!r})")
+    manifest = read_json_object(path, DecoderLoadError, _EXPECTED)
+    if manifest.get("kind") != "decoder":
+        raise DecoderLoadError(f"{path} is not a decoder manifest: kind is "
+                               f"{echo(manifest.get('kind'))}; expected 'decoder'")
+    for name, kind, required, described in _MANIFEST_FIELDS:
+        if name not in manifest:
+            if required:
+                raise DecoderLoadError(f"{path} has no {name} field; expected {_EXPECTED}")
+            continue
+        value = manifest[name]
+        if not isinstance(value, kind) or (kind is list and not all(isinstance(v, str) for v in value)):
+            raise DecoderLoadError(f"{path}: {name} is {echo(value)}; expected {described}")
     return manifest
+
+
+_EXPECTED = ("a JSON object with the decoder's config and the sha256 of the probed weights it "
+             "was trained on, as written by `inversionview train-decoder`")
+_MANIFEST_FIELDS = [  # (name, type, required, what it must be)
+    ("config", dict, True, "a JSON object of decoder settings"),
+    ("task", str, True, "a task name"),
+    ("probed_weights_sha256", str, True, "the sha256 of the probed weights, a string"),
+    ("probed_source", str, False, "the probed model's path, a string"),
+    ("sites", list, False, "a list of site names"),
+    ("training", dict, False, "a JSON object of training settings"),
+]
 
 
 def load_decoder(directory: Path, model: ProbedModel | None = None, device: str = "cpu"
                  ) -> tuple[Decoder, dict[str, Any]]:
     """(decoder in float32, eval mode; manifest). With ``model``, check that the decoder was
-    trained on exactly these probed weights."""
+    trained on exactly these probed weights. A file that cannot be used raises
+    DecoderLoadError naming it."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    if model is not None and manifest.get("probed_weights_sha256") != model.weights_hash():
+    manifest_path, weights_path = directory / MANIFEST, directory / WEIGHTS
+    if model is not None and manifest["probed_weights_sha256"] != model.weights_hash():
         raise DecoderLoadError(
             f"decoder {directory} was trained on other probed weights "
-            f"({manifest.get('probed_source')}, sha256 {str(manifest.get('probed_weights_sha256'))[:12]}) "
+            f"({manifest.get('probed_source')}, sha256 {manifest['probed_weights_sha256'][:12]}) "
             f"than {model.source} (sha256 {model.weights_hash()[:12]}); a decoder reads only the "
             f"model it was trained on")
+    config = _decoder_config(manifest_path, manifest["config"])
+    if model is not None:
+        _check_fits_model(config, model, manifest_path)
+    if not weights_path.is_file():
+        raise DecoderLoadError(f"{weights_path} is missing; expected the decoder's weights "
+                               f"beside {manifest_path}")
+    state = read_safetensors(weights_path, DecoderLoadError,
+                             "the decoder's weights as written by `inversionview train-decoder`")
     try:
-        decoder = Decoder(DecoderConfig(**manifest["config"]))
-        state = load_file(str(directory / WEIGHTS))
+        decoder = Decoder(config)
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise DecoderLoadError(f"{manifest_path}: its config does not build a decoder "
+                               f"({first_line(error)})") from None
+    problems = weights_mismatch(decoder.state_dict(), state)
+    if problems is not None:
+        raise DecoderLoadError(f"{weights_path} does not match the config in {manifest_path}: "
+                               f"{problems}")
+    try:
         decoder.load_state_dict({k: v.float() if v.is_floating_point() else v
                                  for k, v in state.items()})
-    except (TypeError, ValueError, RuntimeError, FileNotFoundError) as error:
-        raise DecoderLoadError(f"cannot load decoder {directory}: {error}") from None
+    except RuntimeError as error:
+        raise DecoderLoadError(f"{weights_path} cannot be loaded with the config in "
+                               f"{manifest_path} ({first_line(error)})") from None
     return decoder.to(device).eval(), manifest
+
+
+def _decoder_config(path: Path, settings: dict[str, Any]) -> DecoderConfig:
+    """The ``config`` object of decoder.json as a DecoderConfig, each field of its type."""
+    fields = {field.name: field for field in dataclasses.fields(DecoderConfig)}
+    types = typing.get_type_hints(DecoderConfig)
+    unknown = sorted(set(settings) - set(fields))
+    missing = [name for name, field in fields.items() if name not in settings
+               and field.default is dataclasses.MISSING]
+    if unknown or missing:
+        problem = "; ".join([f"unknown field {', '.join(unknown)}"] * bool(unknown)
+                            + [f"no {', '.join(missing)}"] * bool(missing))
+        raise DecoderLoadError(f"{path}: config has {problem}; expected the fields "
+                               f"{', '.join(fields)}")
+    for name, value in settings.items():
+        described, valid = _FIELD_TYPES[types[name]]
+        if not valid(value):
+            raise DecoderLoadError(f"{path}: config.{name} is {echo(value)}; expected {described}")
+    try:
+        config = DecoderConfig(**settings)
+    except ValueError as error:  # an unknown condition_mode
+        raise DecoderLoadError(f"{path}: {error}") from None
+    if config.d_model % config.n_heads:
+        raise DecoderLoadError(f"{path}: config.d_model {config.d_model} is not divisible by "
+                               f"config.n_heads {config.n_heads}; expected a width the heads divide")
+    return config
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_FIELD_TYPES = {  # a DecoderConfig field's type -> (what it must be, check)
+    int: ("a positive integer", _positive_int),
+    int | None: ("a positive integer or null", lambda v: v is None or _positive_int(v)),
+    float: ("a number from 0 to 1",
+            lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1),
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def _check_fits_model(config: DecoderConfig, model: ProbedModel, path: Path) -> None:
+    needed = {"vocab_size": model.task.vocab.size, "activation_dim": model.d_model,
+              "n_sites": len(model.task.sites)}
+    for name, value in needed.items():
+        if getattr(config, name) != value:
+            raise DecoderLoadError(f"{path}: config.{name} is {getattr(config, name)} but the "
+                                   f"model {model.source} needs {value}")
+    if config.n_ctx < model.task.n_ctx:
+        raise DecoderLoadError(f"{path}: config.n_ctx is {config.n_ctx} but the {model.task.name} "
+                               f"task needs {model.task.n_ctx} positions")
 
 
 def shipped_decoders() -> dict[str, tuple[Path, dict[str, Any]]]:

@@ -9,9 +9,12 @@ rest of the toolkit uses; tests pin the two together).
 A MODEL argument is one of:
 - the name of a bundled artifact (``counting``, ``addition``; see ``inversionview models``);
 - a directory written by this project (it holds ``inversionview.json`` naming its task);
-- a HuggingFace GPT-2 directory (config.json + model.safetensors or pytorch_model.bin),
-  with the task given separately (``--task``);
+- a HuggingFace GPT-2 directory (config.json + model.safetensors or pytorch_model.bin);
+  its task is the one whose vocabulary and context fit the config, or ``--task``;
 - a hub name such as ``gpt2``, loaded from the user's local HuggingFace cache only.
+
+A file that cannot be used (not JSON, wrong field types, truncated weights, weights that do
+not fit the config) raises ``ModelLoadError`` naming the file.
 """
 
 from __future__ import annotations
@@ -20,20 +23,24 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.activations import ACT2FN
 
-from inversionview.artifacts import artifact_names, find_artifact
-from inversionview.errors import UserError
+from inversionview.artifacts import find_artifact, list_artifacts
+from inversionview.errors import UserError, echo
 from inversionview.probed.processed import ProcessedGPT2
 from inversionview.probed.sites import Site, SiteError, check_site
-from inversionview.tasks import Task, TaskInputError, get_task
+from inversionview.tasks import TASKS, Task, TaskInputError, get_task
 
 MANIFEST = "inversionview.json"
 _TIED_OR_BUFFERS = ("lm_head.weight", ".attn.bias", ".attn.masked_bias")
@@ -209,26 +216,28 @@ def build_probed(task: Task | str, seed: int = 0, **overrides: Any) -> ProbedMod
 
 
 def load_probed(model: str | Path, task: str | None = None, device: str = "cpu") -> ProbedModel:
-    """Resolve a MODEL argument (see the module docstring) and load it, fully offline."""
+    """Resolve a MODEL argument (see the module docstring) and load it, fully offline.
+
+    Without ``task`` the task is the one named in inversionview.json or, for a plain
+    HuggingFace directory, the one task whose vocabulary and context fit the config. A file
+    that cannot be used raises ModelLoadError naming it."""
     directory = _resolve_directory(str(model))
     if directory is None:
         return _load_from_hub_cache(str(model), task, device)
-    manifest = _read_json(directory / MANIFEST) if (directory / MANIFEST).exists() else {}
-    task_name = task or manifest.get("task")
-    if task_name is None:
-        raise ModelLoadError(
-            f"{directory} is a HuggingFace directory without {MANIFEST}; say which task it "
-            f"was trained on with --task (counting or addition)")
+    manifest_path, config_path = directory / MANIFEST, directory / "config.json"
+    manifest = _read_manifest(manifest_path, task) if manifest_path.exists() else {}
     if manifest.get("task") and task and task != manifest["task"]:
         raise ModelLoadError(f"{directory} was trained on {manifest['task']!r}, not {task!r}")
-    the_task = get_task(task_name)
-    if not (directory / "config.json").exists():
-        raise ModelLoadError(f"{directory} has no config.json; it is not a model directory")
-    config = GPT2Config.from_json_file(str(directory / "config.json"))
-    _check_fits_task(config, the_task, directory)
-    hf_model = GPT2LMHeadModel(config)
-    state = _read_state_dict(directory)
-    _load_state(hf_model, state, directory)
+    if not config_path.exists():
+        decoder = (directory / "decoder.json").exists()
+        raise ModelLoadError(f"{directory} has no config.json; it is not a model directory"
+                             + " (it holds a decoder: pass it with --decoder)" * decoder)
+    settings = _read_config(config_path)
+    the_task = _choose_task(settings["vocab_size"], settings["n_positions"], config_path,
+                            task or manifest.get("task"))
+    hf_model = _build_model(settings, config_path)
+    state, weights_path = _read_state_dict(directory)
+    _load_state(hf_model, state, weights_path, config_path)
     hf_model.to(device).eval()
     return ProbedModel(task=the_task, hf_model=hf_model, source=str(directory), manifest=manifest)
 
@@ -238,71 +247,166 @@ def _resolve_directory(model: str) -> Path | None:
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    artifact = find_artifact(model)
+    if path.exists():
+        raise ModelLoadError(f"{path} is a file, not a model directory; expected a directory "
+                             f"holding config.json and model.safetensors")
+    artifact = find_artifact(model)  # a broken manifest is reported when it is read
+    if artifact is not None and not (artifact / MANIFEST).exists():
+        raise ModelLoadError(f"{echo(model)} is a bundled decoder, not a probed model; pass it "
+                             f"with --decoder and give a probed model ({_bundled_models()})")
     if artifact is not None:
         return artifact
-    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1 or path.exists()
-    if looks_like_path:
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelLoadError(f"model directory {model!r} does not exist")
     return None
 
 
+def _bundled_models() -> str:
+    names = [name for name, (directory, manifest) in list_artifacts().items()
+             if (directory / MANIFEST).is_file()]
+    return ", ".join(sorted(names)) or "none"
+
+
 def _load_from_hub_cache(name: str, task: str | None, device: str) -> ProbedModel:
     """Load a pretrained model by hub name from the local HuggingFace cache, never the network."""
-    if task is None:
+    try:
+        config = GPT2Config.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
         raise ModelLoadError(
-            f"{name!r} is neither a bundled artifact ({', '.join(artifact_names()) or 'none'}) "
-            f"nor a directory; to load a pretrained model from the local HuggingFace cache "
-            f"give --task as well")
+            f"{echo(name)} is neither a bundled artifact nor a directory, nor a model in the "
+            f"local HuggingFace cache; give a bundled model ({_bundled_models()}) or a model "
+            f"directory (config.json with model.safetensors or pytorch_model.bin)") from None
+    where = f"the cached model {echo(name)}"
+    if config.model_type != "gpt2":
+        raise ModelLoadError(f"{where} is a {config.model_type!r} model; only GPT-2 is supported")
+    the_task = _choose_task(config.vocab_size, config.n_positions, where, task)
     try:
         hf_model = GPT2LMHeadModel.from_pretrained(name, local_files_only=True)
-    except OSError as error:
-        raise ModelLoadError(
-            f"{name!r} is not a bundled artifact, not a directory, and not in the local "
-            f"HuggingFace cache (nothing is downloaded): {error}") from None
-    the_task = get_task(task)
-    _check_fits_task(hf_model.config, the_task, Path(name))
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"{where} cannot be loaded ({first_line(error)})") from None
     return ProbedModel(task=the_task, hf_model=hf_model.to(device).eval(), source=name)
 
 
-def _check_fits_task(config: GPT2Config, task: Task, where: Path) -> None:
-    if config.model_type != "gpt2":
-        raise ModelLoadError(f"{where} holds a {config.model_type!r} model; only GPT-2 is supported")
-    if config.vocab_size != task.vocab.size:
-        raise ModelLoadError(
-            f"{where} has a vocabulary of {config.vocab_size} tokens but the {task.name} task "
-            f"has {task.vocab.size}; is it a model of another task?")
-    if config.n_positions < task.n_ctx:
-        raise ModelLoadError(
-            f"{where} has a context of {config.n_positions} positions but the {task.name} "
-            f"task needs {task.n_ctx}")
+def _read_manifest(path: Path, task: str | None) -> dict[str, Any]:
+    """inversionview.json: a JSON object whose ``task`` names a known task."""
+    manifest = read_json_object(path, ModelLoadError, 'a JSON object naming the model\'s task, '
+                                                      'e.g. {"kind": "probed-model", "task": "counting"}')
+    known = ", ".join(TASKS)
+    if manifest.get("kind", "probed-model") != "probed-model":
+        raise ModelLoadError(f"{path} is not a probed-model manifest: kind is "
+                             f"{echo(manifest['kind'])}; expected 'probed-model'")
+    if "task" not in manifest and task is None:
+        raise ModelLoadError(f"{path} has no task field; expected the task the model was trained "
+                             f"on ({known}), or give it with --task")
+    if "task" in manifest and not (isinstance(manifest["task"], str) and manifest["task"] in TASKS):
+        raise ModelLoadError(f"{path}: task is {echo(manifest['task'])}; expected one of {known}")
+    return manifest
 
 
-def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    if (directory / "model.safetensors").exists():
-        return load_file(str(directory / "model.safetensors"))
-    if (directory / "pytorch_model.bin").exists():
-        # Only the weights-only unpickler: it cannot execute code from the file.
-        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+def _read_config(path: Path) -> dict[str, Any]:
+    """config.json: GPT-2 settings whose sizes are positive integers (the vocabulary and
+    context filled in with GPT-2's defaults where absent)."""
+    settings = read_json_object(path, ModelLoadError, "a JSON object of GPT-2 settings as "
+                                                      "written by save_pretrained")
+    if settings.get("model_type", "gpt2") != "gpt2":
+        raise ModelLoadError(f"{path} describes a {echo(settings['model_type'])} model; expected "
+                             f"a GPT-2 config (model_type 'gpt2')")
+    for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner"):
+        value = settings.get(name, 1)
+        if not (_positive_int(value) or (name == "n_inner" and value is None)):
+            null = " or null" if name == "n_inner" else ""
+            raise ModelLoadError(f"{path}: {name} is {echo(value)}; expected a positive integer{null}")
+    activation = settings.get("activation_function", "gelu_new")
+    if not (isinstance(activation, str) and activation in ACT2FN):
+        raise ModelLoadError(f"{path}: activation_function is {echo(activation)}; expected a "
+                             f"HuggingFace activation such as 'gelu_new'")
+    return {"vocab_size": GPT2Config.vocab_size, "n_positions": GPT2Config.n_positions, **settings}
+
+
+def _choose_task(vocab_size: int, n_positions: int, where: str | Path, task: str | None) -> Task:
+    """``task`` checked against the model's sizes, or the one task they fit when none is named."""
+    if task is not None:
+        the_task = get_task(task)
+        problem = _misfit(vocab_size, n_positions, the_task)
+        if problem is not None:
+            raise ModelLoadError(f"{where} {problem}")
+        return the_task
+    tasks = [get_task(name) for name in TASKS]
+    fitting = [candidate for candidate in tasks if _misfit(vocab_size, n_positions, candidate) is None]
+    if len(fitting) == 1:
+        return fitting[0]
+    if fitting:
+        raise ModelLoadError(f"{where} fits several tasks ({', '.join(t.name for t in fitting)}) "
+                             f"and names none; say which with --task")
+    needs = ", ".join(f"{t.name} has {t.vocab.size} tokens and {t.n_ctx} positions" for t in tasks)
+    raise ModelLoadError(f"{where} fits no task: it has a vocabulary of {vocab_size} tokens and a "
+                         f"context of {n_positions} positions, where {needs}; is it a model of "
+                         f"another task?")
+
+
+def _misfit(vocab_size: int, n_positions: int, task: Task) -> str | None:
+    if vocab_size != task.vocab.size:
+        return (f"has a vocabulary of {vocab_size} tokens but the {task.name} task has "
+                f"{task.vocab.size}; is it a model of another task?")
+    if n_positions < task.n_ctx:
+        return f"has a context of {n_positions} positions but the {task.name} task needs {task.n_ctx}"
+    return None
+
+
+def _build_model(settings: dict[str, Any], config_path: Path) -> GPT2LMHeadModel:
+    try:
+        config = GPT2Config(**settings)
+    except (StrictDataclassError, TypeError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"{config_path} is not a valid GPT-2 config "
+                             f"({first_line(error)})") from None
+    if config.n_embd % config.n_head:
+        raise ModelLoadError(f"{config_path}: n_embd {config.n_embd} is not divisible by n_head "
+                             f"{config.n_head}; expected a width that the heads divide")
+    try:
+        return GPT2LMHeadModel(config)
+    except (ValueError, TypeError, KeyError, RuntimeError) as error:
+        raise ModelLoadError(f"{config_path} does not describe a GPT-2 model that can be built "
+                             f"({first_line(error)})") from None
+
+
+def _read_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """(weights, the file they came from)."""
+    path = directory / "model.safetensors"
+    if path.exists():
+        return read_safetensors(path, ModelLoadError, "the model's weights as written by "
+                                                      "save_pretrained or train-probed"), path
+    path = directory / "pytorch_model.bin"
+    if path.exists():
+        return _read_pickled_state_dict(path), path
     raise ModelLoadError(f"{directory} has neither model.safetensors nor pytorch_model.bin")
 
 
-def _load_state(hf_model: GPT2LMHeadModel, state: dict[str, torch.Tensor], where: Path) -> None:
-    expected = hf_model.state_dict()
-    problems = []
-    for name, tensor in state.items():
-        if name not in expected:
-            if not name.endswith(_TIED_OR_BUFFERS):
-                problems.append(f"unexpected weight {name}")
-        elif tuple(tensor.shape) != tuple(expected[name].shape):
-            problems.append(f"{name} has shape {tuple(tensor.shape)}, the config says "
-                            f"{tuple(expected[name].shape)}")
-    missing = [n for n in expected if n not in state and not n.endswith(_TIED_OR_BUFFERS)]
-    problems += [f"missing weight {name}" for name in missing]
-    if problems:
-        raise ModelLoadError(f"the checkpoint in {where} does not match its config: "
-                             + "; ".join(problems[:5]))
-    hf_model.load_state_dict(state, strict=False)
+def _read_pickled_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        # Only the weights-only unpickler: it cannot execute code from the file.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        reason = "not a zip or weights-only pickle of tensors"
+    except (EOFError, RuntimeError, OSError, ValueError) as error:
+        reason = "it is empty" if path.stat().st_size == 0 else first_line(error)
+    else:
+        if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
+            return state
+        reason = "it holds no state dict of tensors"
+    raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({reason}); expected the "
+                         f"state dict written by save_pretrained")
+
+
+def _load_state(hf_model: GPT2LMHeadModel, state: dict[str, torch.Tensor], weights_path: Path,
+                config_path: Path) -> None:
+    problems = weights_mismatch(hf_model.state_dict(), state, _TIED_OR_BUFFERS)
+    if problems is not None:
+        raise ModelLoadError(f"{weights_path} does not match its config {config_path}: {problems}")
+    try:
+        hf_model.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        raise ModelLoadError(f"{weights_path} cannot be loaded with its config {config_path} "
+                             f"({first_line(error)})") from None
     hf_model.tie_weights()
 
 
@@ -328,11 +432,72 @@ def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path, error: type[UserError], expected: str) -> dict[str, Any]:
+    """The JSON object in ``path``; ``error`` naming the file (and ``expected``, what it should
+    hold) when it cannot be read, is not JSON, or holds something other than an object."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ModelLoadError(f"{path} is not valid JSON: {error}") from None
+        content = path.read_bytes().decode("utf-8")
+    except OSError as problem:
+        raise error(f"cannot read {path} ({problem.strerror or problem}); expected {expected}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path} is not valid JSON (it is not UTF-8 text); expected {expected}") from None
+    if not content.strip():
+        raise error(f"{path} is empty; expected {expected}")
+    try:
+        record = json.loads(content)
+    except json.JSONDecodeError as problem:
+        raise error(f"{path} is not valid JSON (line {problem.lineno} column {problem.colno}: "
+                    f"{problem.msg}); expected {expected}") from None
+    if not isinstance(record, dict):
+        raise error(f"{path} is not a JSON object (it holds {_JSON_KINDS[type(record)]}); "
+                    f"expected {expected}")
+    return record
+
+
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def read_safetensors(path: Path, error: type[UserError], expected: str) -> dict[str, torch.Tensor]:
+    """The tensors in a safetensors file; ``error`` naming the file when it cannot be read
+    (empty, truncated, overwritten, or a header that claims more than the file holds)."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as problem:
+        reason = str(problem).removeprefix("Error while deserializing header: ")
+        raise error(f"{path} is not a readable safetensors file ({reason}); expected {expected} "
+                    f"(is it truncated or overwritten?)") from None
+    except OSError as problem:
+        raise error(f"cannot read {path} ({problem.strerror or problem}); expected {expected}") from None
+
+
+def weights_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                     ignored: tuple[str, ...] = ()) -> str | None:
+    """What keeps ``state`` from loading into a module whose state dict is ``expected`` (names
+    ending in ``ignored`` may be absent or extra), or None."""
+    problems = []
+    for name, tensor in state.items():
+        if name not in expected:
+            if not name.endswith(ignored):
+                problems.append(f"unexpected weight {name}")
+        elif tuple(tensor.shape) != tuple(expected[name].shape):
+            problems.append(f"{name} has shape {tuple(tensor.shape)}, the config says "
+                            f"{tuple(expected[name].shape)}")
+    problems += [f"missing weight {name}" for name in expected
+                 if name not in state and not name.endswith(ignored)]
+    more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more if problems else None
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (some span many lines), shortened."""
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else type(error).__name__
+    return line if len(line) <= 160 else line[:159] + "…"
 
 
 __all__ = ["ModelLoadError", "ProbedModel", "TaskInputError", "build_probed", "load_probed"]
