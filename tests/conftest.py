@@ -23,3 +23,12 @@ def tiny_model(request):
     """A small random probed model of each task (2 layers, several heads, dropout off)."""
     return build_probed(request.param, seed=1, n_embd=16, n_head=4, n_inner=32,
                         resid_pdrop=0.0, embd_pdrop=0.0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The number of generated fuzz cases this run tried (tests/fuzz_counter.py)."""
+    from fuzz_counter import CASES
+
+    if CASES:
+        parts = [f"{suite} {count:,}" for suite, count in sorted(CASES.items())]
+        terminalreporter.write_line(f"fuzz cases: {', '.join(parts)}, total {sum(CASES.values()):,}")

@@ -1,8 +1,10 @@
 """The ``inversionview`` command: a thin shell over the library.
 
-Every command takes ``--json`` to print one JSON object instead of the human view. Errors a
-user can act on (bad input, unknown site, a model that cannot be loaded) print one line and
-exit with status 2.
+Every command but ``serve`` takes ``--json`` to print one JSON object instead of the human
+view. ``run(argv)`` is the entry point: an error a user can act on (a ``UserError``: bad
+input, an unknown site, a broken model file; or a usage error) prints one line and exits
+with status 2; options are checked against ``options`` while parsing, and output paths
+before any long work.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 ModelArg = Annotated[str, typer.Argument(
     help="A bundled artifact (see `inversionview models`), a model directory, or a "
-         "HuggingFace GPT-2 directory together with --task.")]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", help="counting or addition "
-                                                "(needed for a plain HuggingFace directory).")]
+         "HuggingFace GPT-2 directory (its task inferred from its vocabulary).")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="counting or addition (default: "
+                                                "the model's manifest, or the one task its "
+                                                "vocabulary fits).")]
 
 
 def _flag(name: str, help: str) -> Any:
@@ -353,7 +356,9 @@ def export_decoder_command(
     options.check_output_directory(out, "--out", force, marker=MANIFEST)
     manifest = read_manifest(run_dir)
     probed = _load(model or manifest["probed_source"], task or manifest["task"])
-    exported = options.write_output(out, "--out", lambda path: export_decoder(run_dir, path, probed, seed=seed))
+    exported: dict[str, Any] = {}
+    options.write_output(out, "--out", lambda path: exported.update(
+        export_decoder(run_dir, path, probed, seed=seed)))
     record = {"out": str(out), "in_epsilon_mean": manifest.get("in_epsilon_mean"),
               "exported_in_epsilon_mean": exported["exported_in_epsilon_mean"],
               "exported_in_epsilon": exported["exported_in_epsilon"]}

@@ -69,10 +69,9 @@ def test_authors_counting_model_accuracy():
     assert accuracy(model, n=2000, seed=123) >= 0.99
 
 
-def test_authors_model_needs_its_task():
+def test_authors_model_task_is_inferred_or_checked():
     from inversionview.probed import ModelLoadError
 
-    with pytest.raises(ModelLoadError, match="--task"):
-        load_probed(authors_model_dir("counting"))
+    assert load_probed(authors_model_dir("counting")).task.name == "counting"  # only one fits
     with pytest.raises(ModelLoadError, match="vocabulary of 40 tokens but the addition task has 15"):
         load_probed(authors_model_dir("counting"), task="addition")

@@ -1,0 +1,268 @@
+"""Every command, fuzzed: hypothesis draws argument lists (valid values mixed with the kinds
+of values a tester tried: zero, negative, huge, non-finite, non-ASCII digits, empty, very
+long text, directories and special files as outputs, missing or broken paths) and runs them
+in-process through ``inversionview.cli.run``, as a user's shell would.
+
+Each case must end within a time bound with status 0, or status 2 and exactly one line on
+stderr starting ``error:``; never a traceback, never status 1 (an internal error: a bug).
+The runs are derandomized (the same cases every suite run; ``HYPOTHESIS_PROFILE=explore``
+draws new ones) and counted in the summary line ``fuzz cases``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from cli_runner import invoke
+from fuzz_counter import count_case
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from inversionview.artifacts import find_artifact
+from tests.conftest import AUTHORS_MODELS
+
+CASE_SECONDS = 120  # per case, generous for a busy 2-core machine; a hang is far beyond it
+
+# ----- values -----------------------------------------------------------------------------
+
+BAD_INTS = ["0", "-1", "-3", "99999999999999999999", "2000000", "1.5", "nan", "x", "", "٣", "²",
+            "1e3", " 7"]
+BAD_FLOATS = ["0", "-1", "inf", "-inf", "nan", "1e309", "1e-320", "x", "", "٣", "101"]
+NASTY_TEXT = ["", " ", "x" * 5000, "B" + "a" * 300, "B\x00a", "日本語", "\n", "P", "BPPP",
+              "--json", "-1"]
+
+
+def ints(*valid: int) -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from([str(v) for v in valid]), st.sampled_from(BAD_INTS),
+                     st.integers(-10, 10).map(str))
+
+
+def floats(*valid: float) -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from([str(v) for v in valid]), st.sampled_from(BAD_FLOATS),
+                     st.floats(allow_nan=True, allow_infinity=True).map(repr))
+
+
+def texts(*valid: str) -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from(list(valid)), st.sampled_from(NASTY_TEXT),
+                     st.text(max_size=24))
+
+
+FLAG = st.just(None)  # an on/off option: present or not
+SEED = ints(0, 1, 7, 2**63 - 1, 2**63)
+THREADS = ints(1, 2, 1025)
+MODELS = ["counting", "addition", "gpt2", "", "no/such/dir", "adir", "afile", "broken-model"]
+if (AUTHORS_MODELS / "counting" / "config.json").exists():
+    MODELS.append(str(AUTHORS_MODELS / "counting"))
+MODEL = st.sampled_from(MODELS)
+CHEAP_MODEL = st.sampled_from([m for m in MODELS if m != "addition"])  # completeness: 810k inputs
+TASK = texts("counting", "addition")
+SITE = texts("a0.0", "a1.0", "x0.pre", "m1", "x1.post", "blocks.0.hook_resid_mid", "a0", "a9.0",
+             "a٣.0", "blocks.0.attn.hook_result.9")
+POSITION = texts(":", "query", "|", "=", "A1", "0", "3", "-1", "99", "²", "٣")
+INPUT = texts("Bvvzccvczvvvzvcvc|v:8E", "B615+861=1476E", "aab|a:2E", "615+861=1476",
+              "Baab#|a:2E")
+COMPONENT = texts("a1.0@:", "a0.0@query", "x0.post@+", "a0.0@=", "a1.0", "@", "a1.0@:,a0.0@query",
+                  "a9.0@:", "a1.0@nowhere")
+OUTPUT_FILE = st.sampled_from(["out.html", "plot.png", "plot.svg", "adir", "afile/below.html",
+                               "existing.html", "existing.png", "plot.xyz", "/proc/version",
+                               "/dev/null", "", "readonly/out.png", "new/dir/out.png",
+                               "x" * 300 + ".png"])
+OUTPUT_DIR = st.sampled_from(["run", "adir", "afile", "afile/below", "", "readonly/run",
+                              "/proc/self", "exported"])
+DECODER_DIR = st.sampled_from(["adir", "afile", "no/such/dir", "broken-decoder", "",
+                               "DECODER_COUNTING", "DECODER_ADDITION"])
+
+
+@dataclass
+class Command:
+    name: str
+    positional: st.SearchStrategy[str] | None = None
+    options: dict[str, st.SearchStrategy] = field(default_factory=dict)
+
+
+QUERY_OPTIONS = {"--task": TASK, "--decoder": DECODER_DIR, "--input": INPUT, "--site": SITE,
+                 "--position": POSITION, "--candidates": ints(1, 8, 64),
+                 "--seed": SEED, "--epsilon": floats(0.1, 0.5, 100), "--metric": texts("euclidean", "cosine"),
+                 "--fixed-position": FLAG, "--threads": THREADS, "--json": FLAG}
+
+COMMANDS = [
+    Command("models", None, {"--json": FLAG}),
+    Command("eval-probed", MODEL, {"--task": TASK, "--n": ints(1, 50), "--seed": SEED, "--json": FLAG}),
+    Command("activation", MODEL, {"--input": INPUT, "--site": SITE, "--position": POSITION,
+                                  "--task": TASK, "--json": FLAG}),
+    Command("inspect", MODEL, {"--input": INPUT, "--task": TASK, "--seed": SEED, "--json": FLAG}),
+    Command("decoders", MODEL, {"--task": TASK, "--json": FLAG}),
+    Command("query", MODEL, {**QUERY_OPTIONS, "--temperature": floats(0.5, 1, 2), "--noise": floats(0, 0.1),
+                             "--all": FLAG, "--html": OUTPUT_FILE, "--force": FLAG, "--verify": FLAG}),
+    Command("verify", MODEL, {**QUERY_OPTIONS, "--temperature": floats(0.5, 1), "--noise": floats(0, 0.1),
+                              "--per-side": ints(1, 3, 5)}),
+    Command("completeness", CHEAP_MODEL, {**QUERY_OPTIONS, "--plot": OUTPUT_FILE, "--force": FLAG}),
+    Command("patch", MODEL, {"--task": TASK, "--components": COMPONENT,
+                             "--contrast": texts("random", "flip", "resample:F1,S1", "resample", "x:y"),
+                             "--filter": texts("A1==1", "count>3", "A1=", "nope==1", "=="),
+                             "--target": texts("count", "A1", "A4", "A5"), "--n": ints(1, 5, 20),
+                             "--cumulative": FLAG, "--seed": SEED, "--plot": OUTPUT_FILE,
+                             "--force": FLAG, "--threads": THREADS, "--json": FLAG}),
+    Command("dla", MODEL, {"--task": TASK, "--component": COMPONENT, "--input": INPUT,
+                           "--k": ints(1, 3, 40, 41), "--n": ints(0, 1, 20),
+                           "--target": texts("count", "A1", "A5"), "--seed": SEED, "--json": FLAG}),
+    Command("ablate", MODEL, {"--task": TASK, "--component": COMPONENT, "--n": ints(1, 5, 20),
+                              "--seed": SEED, "--threads": THREADS, "--json": FLAG}),
+    Command("train-probed", texts("counting", "addition", "sorting"),
+            {"--out": OUTPUT_DIR, "--minutes": floats(0.001, 0.002), "--steps": ints(1, 2),
+             "--seed": SEED, "--batch-size": ints(2, 8), "--lr": floats(0.001, 0.01),
+             "--d-model": ints(8, 16, 7), "--n-heads": ints(1, 2, 3), "--n-layers": ints(1, 2),
+             "--objective": texts("lm", "task"), "--threads": THREADS, "--resume": FLAG,
+             "--json": FLAG}),
+    Command("train-decoder", MODEL, {"--out": OUTPUT_DIR, "--task": TASK,
+                                     "--minutes": floats(0.001, 0.002), "--examples": ints(1, 8),
+                                     "--preset": texts("fast", "paper"), "--seed": SEED,
+                                     "--rebalance": floats(0, 1), "--resume": FLAG,
+                                     "--threads": THREADS, "--device": texts("auto", "cpu", "cuda", "tpu", "cuda:7"),
+                                     "--precision": texts("auto", "fp32", "bf16", "fp8"),
+                                     "--json": FLAG}),
+    Command("export-decoder", DECODER_DIR, {"--out": OUTPUT_DIR, "--model": MODEL, "--task": TASK,
+                                            "--seed": SEED, "--force": FLAG, "--json": FLAG}),
+    Command("serve", st.lists(MODEL, max_size=2).map(lambda names: " ".join(names)),
+            {"--task": TASK, "--decoder": texts("counting=DECODER_COUNTING", "x=adir", "=", "counting"),
+             "--host": texts("127.0.0.1", "localhost", "0.0.0.0", "::1", "not a host"),
+             "--port": ints(8000, 1, 65535, 65536, 99999), "--threads": THREADS}),
+]
+
+
+@st.composite
+def command_lines(draw, command: Command) -> list[str]:
+    argv = [command.name]
+    if command.positional is not None and draw(st.booleans()):
+        value = draw(command.positional)
+        argv += value.split(" ") if command.name == "serve" and value else [value]
+    names = draw(st.lists(st.sampled_from(sorted(command.options)), unique=True,
+                          max_size=len(command.options)))
+    for name in names:
+        argv.append(name)
+        value = draw(command.options[name])
+        if value is not None:
+            argv.append(value)
+    if draw(st.integers(0, 19)) == 0:  # now and then something the command does not take
+        argv.insert(draw(st.integers(1, len(argv))), draw(st.sampled_from(
+            ["--bogus", "extra", "-x", "--json=1", "--", "--help"])))
+    return argv
+
+
+# ----- the sandbox the cases run in -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    """A working directory with the paths the values name: a directory, a file, files that
+    exist, a read-only directory, broken model and decoder directories."""
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "adir").mkdir()
+    (root / "afile").write_text("a file\n")
+    (root / "existing.html").write_text("<p>keep me</p>\n")
+    (root / "existing.png").write_bytes(b"\x89PNG keep me")
+    (root / "readonly").mkdir()
+    broken_model = root / "broken-model"
+    shutil.copytree(find_artifact("counting"), broken_model)
+    (broken_model / "model.safetensors").write_bytes(b"\x00" * 5)
+    broken_decoder = root / "broken-decoder"
+    shutil.copytree(find_artifact("decoder-counting"), broken_decoder)
+    (broken_decoder / "decoder.json").write_text("{not json")
+    (root / "readonly").chmod(0o555)
+    yield root
+    (root / "readonly").chmod(0o755)
+
+
+def _substitute(argv: list[str]) -> list[str]:
+    names = {"DECODER_COUNTING": str(find_artifact("decoder-counting")),
+             "DECODER_ADDITION": str(find_artifact("decoder-addition"))}
+    for key, value in names.items():
+        argv = [arg.replace(key, value) for arg in argv]
+    return argv
+
+
+class CaseTimeout(BaseException):
+    """Raised in the case by the alarm (a BaseException, so the CLI cannot report it away)."""
+
+
+@contextmanager
+def time_bound(seconds: float):
+    def expire(signum, frame):
+        raise CaseTimeout(f"the case ran for more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="module")
+def no_server(monkeypatch_module):
+    """`serve` with valid arguments would block in uvicorn.run: record the call instead
+    (the server itself is tested live in tests/web)."""
+    import uvicorn
+
+    calls = []
+    monkeypatch_module.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+    return calls
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    patch = pytest.MonkeyPatch()
+    yield patch
+    patch.undo()
+
+
+def run_case(argv: list[str], sandbox: Path) -> None:
+    argv = _substitute(argv)
+    threads = torch.get_num_threads()
+    cwd = os.getcwd()
+    os.chdir(sandbox)
+    started = time.perf_counter()
+    try:
+        with time_bound(CASE_SECONDS):
+            result = invoke(argv)
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)  # --threads must not leak into the next case
+    count_case("CLI")
+    seconds = time.perf_counter() - started
+    shown = " ".join(repr(a) if (not a or " " in a) else a for a in argv)[:300]
+    assert "Traceback" not in result.output, f"{shown}\n{result.output[-2000:]}"
+    assert result.exit_code in (0, 2), f"{shown}: exit {result.exit_code}\n{result.stderr[-2000:]}"
+    if result.exit_code == 2:
+        lines = result.stderr.rstrip("\n").split("\n")
+        assert len(lines) == 1 and lines[0].startswith("error: "), f"{shown}\n{result.stderr[-2000:]}"
+        assert len(lines[0]) < 1500, f"{shown}: a {len(lines[0])}-character error"
+    assert seconds < CASE_SECONDS
+
+
+# Cases per command: the cheap ones get more. Together about 750 per suite run.
+BUDGET = {"models": 20, "eval-probed": 50, "activation": 70, "inspect": 50, "decoders": 40,
+          "query": 90, "verify": 50, "completeness": 40, "patch": 60, "dla": 60, "ablate": 50,
+          "train-probed": 50, "train-decoder": 40, "export-decoder": 40, "serve": 50}
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)
+def test_every_command_fuzzed(command: Command, sandbox, no_server):
+    assert set(BUDGET) == {c.name for c in COMMANDS}
+
+    @settings(max_examples=BUDGET[command.name], deadline=None, database=None,
+              derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "explore",
+              suppress_health_check=list(HealthCheck))
+    @given(command_lines(command))
+    def case(argv):
+        run_case(argv, sandbox)
+
+    case()

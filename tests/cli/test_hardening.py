@@ -1,0 +1,164 @@
+"""One test per class of CLI failure a tester found (issue 12): each failed before the fix.
+
+Tracebacks, hangs, bad input accepted silently, and unhelpful errors; each now ends with
+status 2 and one line on stderr that says what was wrong and what is allowed, before any
+long work is done. (Malformed files: tests/test_malformed_files.py; training: the training
+tests; the server: tests/web.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from cli_runner import invoke
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+# ----- numbers out of range, and values that used to be accepted silently ------------------
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["query", "--threads", "0"], "from 1 to"),
+    (["query", "--threads", "-2"], "from 1 to"),
+    (["eval-probed", "counting", "--n", "0"], "from 1 to"),
+    (["eval-probed", "counting", "--n", "-5"], "from 1 to"),
+    (["dla", "counting", "--component", "a1.0@:", "--k", "-1"], "from 1 to"),
+    (["dla", "counting", "--component", "a1.0@:", "--k", "0"], "from 1 to"),
+    (["dla", "counting", "--component", "a1.0@:", "--k", "41"], "vocabulary size (40)"),
+    (["dla", "counting", "--component", "a1.0@:", "--n", "-3"], "from 0 to"),
+    (["verify", "--per-side", "-2"], "from 1 to"),
+    (["patch", "counting", "--components", "a1.0@:", "--n", "0"], "from 1 to"),
+    (["query", "--candidates", "2000000"], "from 1 to 32,768"),
+    (["query", "--noise", "inf"], "finite number"),
+    (["query", "--noise", "nan"], "finite number"),
+    (["query", "--temperature", "inf"], "finite number"),
+    (["query", "--temperature", "0"], "greater than 0"),
+    (["query", "--epsilon", "nan"], "finite number"),
+    (["query", "--seed", "-1"], "from 0 to"),
+    (["query", "--seed", str(2**63)], "from 0 to"),
+    (["query", "--metric", "manhattan"], "euclidean"),
+])
+def test_out_of_range_numbers_are_refused(argv, says):
+    assert says in one_error_line(invoke(argv))
+
+
+def test_a_huge_candidate_count_is_refused_at_once():
+    started = time.perf_counter()
+    line = one_error_line(invoke(["query", "--candidates", "99999999999999999999"]))
+    assert "from 1 to" in line and time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("position", ["²", "٣", "3.0", "+-1"])
+def test_positions_are_ascii_integers_or_names(position):
+    line = one_error_line(invoke(["activation", "counting", "--input", "Bvvzc|v:2E", "--site",
+                                  "a0.0", "--position", position]))
+    assert "unknown position" in line
+
+
+@pytest.mark.parametrize("option", ["--input", "--site", "--position"])
+def test_an_empty_value_is_an_error_not_the_default(option):
+    line = one_error_line(invoke(["query", option, "", "--candidates", "8"]))
+    assert {"--input": "input is empty", "--site": "cannot parse site ''",
+            "--position": "unknown position ''"}[option] in line
+
+
+def test_a_long_input_is_not_echoed_whole():
+    line = one_error_line(invoke(["query", "--input", "#" * 5000]))
+    assert "5,000 characters" in line and len(line) < 600
+
+
+# ----- output paths: checked before the query runs ------------------------------------------
+
+
+@pytest.fixture
+def places(tmp_path):
+    (tmp_path / "a file").write_text("x")
+    (tmp_path / "kept.html").write_text("keep me")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    yield tmp_path
+    locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("command,option,name,says", [
+    ("query", "--html", ".", "is a directory"),
+    ("query", "--html", "a file/page.html", "is a file, not a directory"),
+    ("query", "--html", "locked/page.html", "permission denied"),
+    ("query", "--html", "/dev/null", "not a regular file"),
+    ("query", "--html", "kept.html", "pass --force"),
+    ("patch", "--plot", "plot.gif", ".png or .pdf or .svg"),
+    ("patch", "--plot", ".", "is a directory"),
+    ("completeness", "--plot", "plot", ".png or .pdf or .svg"),
+])
+def test_unwritable_outputs_are_refused_before_any_work(places, command, option, name, says):
+    if says == "permission denied" and os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    path = name if name.startswith("/") else str(places / name)
+    argv = {"query": ["query", "--candidates", "8"],
+            "patch": ["patch", "counting", "--components", "a1.0@:", "--n", "5"],
+            "completeness": ["completeness", "addition", "--candidates", "8"]}[command]
+    started = time.perf_counter()
+    line = one_error_line(invoke(argv + [option, path]))
+    assert says in line and time.perf_counter() - started < 10
+    assert (places / "kept.html").read_text() == "keep me"
+
+
+def test_force_replaces_an_existing_page(places):
+    page = places / "kept.html"
+    result = invoke(["query", "--candidates", "8", "--html", str(page), "--force"])
+    assert result.exit_code == 0, result.output
+    assert page.read_text().startswith("<!DOCTYPE html>")
+
+
+# ----- unhelpful errors ----------------------------------------------------------------------
+
+
+def test_patch_works_with_its_default_contrast():
+    result = invoke(["patch", "counting", "--components", "a1.0@:", "--n", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n"] == 20
+
+
+def test_an_unknown_site_lists_the_sites_the_decoder_reads():
+    line = one_error_line(invoke(["query", "--site", "a5.0", "--candidates", "8"]))
+    listed = line.split("valid sites: ")[1].split(", ")
+    assert listed == ["x0.pre", "a0.0", "x0.mid", "m0", "x0.post", "a1.0", "x1.mid", "m1", "x1.post"]
+
+
+def test_usage_errors_are_one_line_too():
+    line = one_error_line(invoke(["dla", "counting"]))  # --component is required
+    assert "--component" in line and "--help" in line
+    one_error_line(invoke(["query", "--bogus"]))
+
+
+def test_help_shows_flags_without_a_type_and_the_metric_choices():
+    result = invoke(["query", "--help"])
+    assert result.exit_code == 0
+    assert "<bool>" not in result.stdout and "euclidean|cosine" in result.stdout
+    required = invoke(["dla", "--help"]).stdout
+    assert "required" in required.lower()
+
+
+def test_a_bug_is_one_line_with_status_1(monkeypatch):
+    import inversionview.probed.model as model_module
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(model_module, "load_probed", broken)
+    monkeypatch.setattr("inversionview.probed.load_probed", broken)
+    result = invoke(["inspect"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.startswith("error: internal error (ZeroDivisionError")
+
