@@ -230,6 +230,7 @@ def train_probed_command(
     """Train a probed model on its task on fresh samples (CPU by default)."""
     import torch
 
+    from inversionview.checkpoint import check_run_directory
     from inversionview.errors import UserError
     from inversionview.probed.train import ProbedTrainingConfig, train_probed
 
@@ -261,6 +262,7 @@ def train_probed_command(
         config = ProbedTrainingConfig(task=task, out=out, minutes=minutes, steps=steps, seed=seed,
                                       batch_size=batch_size, lr=lr, model_overrides=overrides,
                                       objective=objective, **interval)
+        check_run_directory(out, resume=False)
     model = train_probed(config, resume=resume, show_progress=not as_json)
     record = {"out": str(out), "task": task, **{k: model.manifest[k] for k in (
         "steps", "examples", "wall_seconds", "accuracy", "accuracy_examples", "seed", "commit")}}
@@ -302,6 +304,7 @@ def train_decoder_command(
     Runs as DDP under `torchrun --nproc_per_node N` (NCCL on GPUs, gloo on CPU)."""
     import torch
 
+    from inversionview.checkpoint import check_run_directory
     from inversionview.decoder.train import DecoderTrainingConfig, resolve_device, train_decoder
     from inversionview.errors import UserError
 
@@ -326,6 +329,7 @@ def train_decoder_command(
         config = DecoderTrainingConfig(out=out, minutes=minutes, examples=examples, preset=preset,
                                        seed=seed, rebalance=rebalance, device=device,
                                        precision=precision, **interval)
+        check_run_directory(out, resume=False)  # before the model loads
     probed = _load(model, task)
     train_decoder(probed, config, resume=resume, show_progress=not as_json)
     if int(os.environ.get("RANK", 0)) != 0:

@@ -1,8 +1,36 @@
-"""Learning-rate schedule and training budgets shared by the training loops."""
+"""Learning-rate schedule, training budgets and the ranges of the training settings, shared by
+the training loops (``probed.train``, ``decoder.train``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
+
+from inversionview.options import CHECKPOINT_SECONDS, Range
+
+# Settings the CLI does not expose; the ones it does live in ``inversionview.options``.
+WARMUP_STEPS = Range("warmup_steps", 0, 10**12)
+MIN_LR_FRACTION = Range("min_lr_fraction", 0, 1, integer=False)
+WEIGHT_DECAY = Range("weight_decay", 0, 100, integer=False)
+GRAD_CLIP = Range("grad_clip", 0, 1e9, integer=False, low_open=True)
+EVAL_SECONDS = Range("eval_every_seconds", 0, 86_400, integer=False)
+FIRST_CHECKPOINT_SECONDS = dataclasses.replace(CHECKPOINT_SECONDS, name="first_checkpoint_seconds")
+FIRST_CHECKPOINT_STEPS = Range("first_checkpoint_steps", 1, 10**12)
+
+
+def count(name: str) -> Range:
+    """The range of a count of at least one (evaluation queries, batches in a pool, ...)."""
+    return Range(name, 1, 10_000_000)
+
+
+def check_settings(config: Any, ranges: dict[str, Range]) -> None:
+    """Check each named field of ``config`` (a dataclass) against its range, in place (None
+    means "not set" and passes); an OptionError names the first one out of range."""
+    for name, spec in ranges.items():
+        value = getattr(config, name)
+        if value is not None:
+            setattr(config, name, spec.check(value))
 
 
 def budget_progress(step: int, elapsed_seconds: float, steps: int | None,

@@ -1,15 +1,19 @@
-"""Decoder training: conditioning matters, resume is exact, the CLI runs."""
+"""Decoder training: conditioning matters, resume is exact (also from a kill while the decoder
+is saved), settings and devices are checked, the CLI runs, resumes with the run's budget or a
+new one, and refuses bad options in one line."""
 
 import json
+import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from inversionview.cli import app
-from inversionview.decoder import train as train_module
+from inversionview.checkpoint import RunExistsError
+from inversionview.cli import run
+from inversionview.decoder import store as store_module, train as train_module
 from inversionview.decoder.data import ActivationStream
 from inversionview.decoder.train import DecoderTrainingConfig, build_decoder, decoder_loss, train_decoder
+from inversionview.errors import UserError
 from inversionview.probed import build_probed
 
 TINY_DECODER = dict(d_model=32, n_heads=2, d_mlp=64, n_condition_blocks=2, dropout=0.0)
@@ -47,11 +51,13 @@ def test_conditioning_matters():
     assert true < shuffled - 0.2, (true.item(), shuffled.item())
 
 
-def _config(out, examples):
-    return DecoderTrainingConfig(out=out, examples=examples, seed=2, batch_size=16,
-                                 eval_every_seconds=0.0, eval_queries_per_site=1,
-                                 eval_samples_per_query=2, checkpoint_every_seconds=0.0,
-                                 rebalance=2.0, decoder_overrides=dict(TINY_DECODER))
+def _config(out, examples, **changes):
+    """A tiny run that evaluates (and rebalances) before every step and checkpoints after
+    every step."""
+    return DecoderTrainingConfig(**{**dict(
+        out=out, examples=examples, seed=2, batch_size=16, eval_every_seconds=0.0,
+        eval_queries_per_site=1, eval_samples_per_query=2, checkpoint_every_seconds=1e-9,
+        rebalance=2.0, decoder_overrides=dict(TINY_DECODER)), **changes})
 
 
 def test_decoder_run_resumes_exactly(tmp_path, monkeypatch):
@@ -86,17 +92,173 @@ def test_decoder_run_resumes_exactly(tmp_path, monkeypatch):
     assert max(probabilities) > 1.05 / 13 or min(probabilities) < 0.95 / 13
 
 
-def test_train_decoder_cli(tmp_path):
+def test_a_kill_while_the_decoder_is_saved_resumes(tmp_path, monkeypatch):
+    """Killed after the final checkpoint, while decoder.safetensors is written: no manifest
+    is left to describe other weights, and a resume (no budget given) writes the same decoder
+    and keeps the final evaluation it had made."""
+    monkeypatch.chdir(tmp_path)
+    probed = _probed()
+    fewer_evaluations = dict(rebalance=0.0, eval_every_seconds=3600.0)  # only the final one
+    straight = train_decoder(probed, _config(tmp_path / "a", 16 * 3, **fewer_evaluations),
+                             show_progress=False)
+    real_save = train_module.save_decoder
+
+    def dies(decoder, model, directory, manifest):
+        (directory / "decoder.safetensors").write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_decoder", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train_decoder(probed, _config(tmp_path / "b", 16 * 3, **fewer_evaluations),
+                      show_progress=False)
+    assert not (tmp_path / "b" / "decoder.json").exists()
+    monkeypatch.setattr(train_module, "save_decoder", real_save)
+    resumed_config = DecoderTrainingConfig.resumed(tmp_path / "b")
+    assert resumed_config.examples == 16 * 3 and resumed_config.decoder_overrides == TINY_DECODER
+    train_decoder(probed, resumed_config, resume=True, show_progress=False)
+    loaded, manifest = store_module.load_decoder(tmp_path / "b", probed)
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name]), name
+    first = json.loads((tmp_path / "a" / "decoder.json").read_text())
+    assert manifest["in_epsilon"] == first["in_epsilon"]  # the final evaluation, kept
+    metrics = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [3]
+    assert [c["resumed_from_step"] for c in manifest["commands"]] == [None, 3]
+    assert manifest["command"] == manifest["commands"][0]["command"]
+    assert manifest["training"]["out"] == "b"
+    with pytest.raises(RunExistsError, match="continue it with --resume"):
+        train_decoder(probed, _config(tmp_path / "b", 16), show_progress=False)
+
+
+@pytest.mark.parametrize("setting,message", [
+    (dict(examples=None, minutes=0.0), "minutes must be a finite number greater than 0"),
+    (dict(examples=None, minutes=-1.0), "minutes must be"),
+    (dict(examples=None, minutes=math.nan), "minutes must be"),
+    (dict(examples=0), "examples must be an integer from 1"),
+    (dict(examples=None), "exactly one of minutes or examples"),
+    (dict(minutes=1.0), "exactly one of minutes or examples"),
+    (dict(checkpoint_every_seconds=0.0), "checkpoint-every must be"),
+    (dict(checkpoint_every_seconds=-1.0), "checkpoint-every must be"),
+    (dict(checkpoint_every_seconds=math.inf), "checkpoint-every must be"),
+    (dict(batch_size=0), "batch-size must be"),
+    (dict(lr=-1e-3), "lr must be"),
+    (dict(rebalance=-1.0), "rebalance must be"),
+    (dict(seed=-3), "seed must be"),
+    (dict(eval_queries_per_site=0), "eval_queries_per_site must be"),
+    (dict(preset="slow"), "unknown preset 'slow'"),
+    (dict(precision="fp8"), "unknown precision 'fp8'"),
+])
+def test_settings_out_of_range_are_refused(setting, message):
+    with pytest.raises(UserError, match=message) as error:
+        DecoderTrainingConfig(**{**dict(out="x", examples=64), **setting})
+    assert isinstance(error.value, ValueError)
+
+
+def test_devices_that_are_not_here_are_user_errors(monkeypatch):
+    assert train_module.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="unknown device 'tpu'; use auto, cpu, cuda or cuda:N"):
+        train_module.resolve_device("tpu")
+    with pytest.raises(UserError, match="unknown device"):
+        train_module.resolve_device("cuda:x")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="CUDA is not available on this machine"):
+        train_module.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match="has 2 CUDA device"):
+        train_module.resolve_device("cuda:2")
+    assert train_module.resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
+# ----- the command ----------------------------------------------------------------------
+
+
+def _cli(capsys, monkeypatch, *args):
+    """Run the command in-process, with sys.argv as a shell would set it (the manifest's
+    command history records it)."""
+    argv = ["train-decoder", *map(str, args)]
+    monkeypatch.setattr("sys.argv", ["inversionview", *argv])
+    code = run(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_decoder_cli(tmp_path, monkeypatch, capsys):
     model_dir = tmp_path / "probed"
     _probed().save(model_dir)
-    result = CliRunner().invoke(app, ["train-decoder", str(model_dir), "--out", str(tmp_path / "d"),
-                                      "--examples", "512", "--json"])
-    assert result.exit_code == 0, result.output
-    record = json.loads(result.stdout)
+    code, stdout, err = _cli(capsys, monkeypatch, model_dir, "--out", tmp_path / "d",
+                             "--examples", "512", "--json")
+    assert code == 0, err
+    record = json.loads(stdout)
     assert record["examples"] == 512 and 0.0 <= record["in_epsilon_mean"] <= 1.0
-    bad = CliRunner().invoke(app, ["train-decoder", str(model_dir), "--out", str(tmp_path / "e"),
-                                   "--examples", "10", "--preset", "slow"])
-    assert bad.exit_code == 2 and "unknown preset 'slow'" in bad.stderr
+    code, _, err = _cli(capsys, monkeypatch, model_dir, "--out", tmp_path / "e", "--examples",
+                        "10", "--preset", "slow")
+    assert code == 2 and "unknown preset 'slow'" in err
+
+
+def test_resume_takes_the_run_budget_unless_a_new_one_is_given(tmp_path, monkeypatch, capsys):
+    """--resume needs no budget: the run's own is kept; a budget given replaces it; settings
+    that shape the result cannot change; a new run does not overwrite the directory."""
+    monkeypatch.chdir(tmp_path)
+    probed = _probed()
+    probed.save(tmp_path / "probed")
+    train_decoder(probed, _config(tmp_path / "run", 32, rebalance=0.0, eval_every_seconds=3600.0,
+                                  checkpoint_every_seconds=7.0), show_progress=False)
+    started = []
+
+    def fake_train(model, config, resume=False, show_progress=True):
+        started.append((config, resume))
+        raise SystemExit(0)  # stop before the command reads the manifest
+
+    monkeypatch.setattr(train_module, "train_decoder", fake_train)
+    with pytest.raises(SystemExit):
+        _cli(capsys, monkeypatch, "probed", "--out", "run", "--resume")
+    config, resume = started[-1]
+    assert resume and (config.examples, config.minutes) == (32, None)
+    assert config.checkpoint_every_seconds == 7.0 and config.decoder_overrides == TINY_DECODER
+    assert (config.seed, config.batch_size, config.eval_queries_per_site) == (2, 16, 1)
+    with pytest.raises(SystemExit):
+        _cli(capsys, monkeypatch, "probed", "--out", "run", "--resume", "--minutes", "2.5",
+             "--checkpoint-every", "30", "--device", "cpu", "--seed", "2")
+    config, _ = started[-1]
+    assert (config.examples, config.minutes, config.checkpoint_every_seconds) == (None, 2.5, 30.0)
+    assert config.device == "cpu"
+    code, _, err = _cli(capsys, monkeypatch, "probed", "--out", "run", "--resume", "--seed", "4")
+    assert code == 2 and "--seed 4 differs from the 2" in err
+    code, _, err = _cli(capsys, monkeypatch, "probed", "--out", "run", "--resume",
+                        "--examples", "64", "--minutes", "1")
+    assert code == 2 and "at most one of minutes or examples" in err
+    code, _, err = _cli(capsys, monkeypatch, "probed", "--out", "run", "--examples", "64")
+    assert code == 2 and "already holds a training run" in err and "--resume" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--minutes", "-1"], "--minutes"),
+    (["--minutes", "0"], "--minutes"),
+    (["--minutes", "inf"], "--minutes"),
+    (["--examples", "0"], "--examples"),
+    (["--examples", "64", "--checkpoint-every", "0"], "--checkpoint-every"),
+    (["--examples", "64", "--checkpoint-every", "-1"], "--checkpoint-every"),
+    (["--examples", "64", "--rebalance", "-1"], "--rebalance"),
+    (["--examples", "64", "--seed", "-1"], "--seed"),
+    (["--examples", "64", "--threads", "0"], "--threads"),
+    (["--examples", "64", "--device", "tpu"], "unknown device 'tpu'"),
+    (["--examples", "64", "--precision", "fp8"], "unknown precision 'fp8'"),
+    ([], "give exactly one of --minutes or --examples"),
+    (["--resume"], "no checkpoint to resume from"),
+])
+def test_invalid_options_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
+    code, _, err = _cli(capsys, monkeypatch, "addition", "--out", tmp_path / "d", *args)
+    assert code == 2, err
+    assert message in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and not (tmp_path / "d").exists()
+
+
+def test_cuda_where_there_is_none_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = _cli(capsys, monkeypatch, "addition", "--out", tmp_path / "d", "--examples",
+                        "64", "--device", "cuda")
+    assert code == 2 and "CUDA is not available" in err and len(err.strip().splitlines()) == 1
 
 
 def test_presets_and_precision():

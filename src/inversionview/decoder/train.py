@@ -2,7 +2,8 @@
 
 The run directory holds ``decoder.safetensors`` + ``decoder.json`` (config, probed-model
 hash, manifest) once training ends, ``metrics.jsonl`` (one JSON line per evaluation) and
-``checkpoint/`` for ``--resume``.
+``checkpoint/`` for ``--resume``: every ``checkpoint_every_seconds`` (60 s), and the first one
+after 10 s or 100 steps, whichever comes first (see ``checkpoint.CheckpointSchedule``).
 
 Presets: ``paper`` is the authors' recipe (AdamW, lr 1e-4 constant, weight decay 0.01);
 ``fast`` is the configuration this project measured to learn fastest on a CPU (see
@@ -21,14 +22,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from inversionview import distributed, provenance
-from inversionview.checkpoint import RunLog
+from inversionview.checkpoint import CheckpointSchedule, RunLog, check_run_directory, resumed_config
 from inversionview.decoder.data import ActivationStream, site_probabilities
 from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates
 from inversionview.decoder.plot import plot_curves
 from inversionview.decoder.store import save_decoder
 from inversionview.decoder.model import Decoder, DecoderConfig
+from inversionview.errors import OptionError, UserError
+from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, EPSILON, EXAMPLES,
+                                   LEARNING_RATE, MINUTES, REBALANCE, SEED)
 from inversionview.probed.model import ProbedModel
-from inversionview.schedule import budget_progress, warmup_cosine
+from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
+                                    FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
+                                    WARMUP_STEPS, WEIGHT_DECAY, budget_progress, check_settings,
+                                    count, warmup_cosine)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper: lr 1e-4 constant, weight decay 0.01, batch 256, dropout 0.1.
@@ -67,22 +74,47 @@ class DecoderTrainingConfig:
     eval_every_seconds: float = 120.0
     eval_queries_per_site: int = 8
     eval_samples_per_query: int = 16
-    checkpoint_every_seconds: float = 300.0
+    # Wall-clock seconds between checkpoints: a killed run loses at most about this much.
+    # The first checkpoint comes early: after first_checkpoint_seconds (or the interval, if
+    # shorter) or first_checkpoint_steps steps of the process, whichever comes first.
+    checkpoint_every_seconds: float = 60.0
+    first_checkpoint_seconds: float = 10.0
+    first_checkpoint_steps: int = 100
     decoder_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
+            raise OptionError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
         if (self.minutes is None) == (self.examples is None):
-            raise ValueError("give exactly one of minutes or examples")
+            raise OptionError("give exactly one of minutes or examples")
         preset = PRESETS[self.preset]
         for key, value in preset.items():
             if key != "decoder" and getattr(self, key) is None:
                 setattr(self, key, value)
         self.decoder_overrides = {**preset["decoder"], **self.decoder_overrides}
         if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+            raise OptionError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        counts = ("bucket_batches", "rebalance_every_evals", "eval_queries_per_site",
+                  "eval_samples_per_query")
+        check_settings(self, {
+            "minutes": MINUTES, "examples": EXAMPLES, "seed": SEED, "lr": LEARNING_RATE,
+            "batch_size": BATCH_SIZE, "warmup_steps": WARMUP_STEPS,
+            "min_lr_fraction": MIN_LR_FRACTION, "weight_decay": WEIGHT_DECAY,
+            "grad_clip": GRAD_CLIP, "rebalance": REBALANCE, "epsilon": EPSILON,
+            "eval_every_seconds": EVAL_SECONDS, "checkpoint_every_seconds": CHECKPOINT_SECONDS,
+            "first_checkpoint_seconds": FIRST_CHECKPOINT_SECONDS,
+            "first_checkpoint_steps": FIRST_CHECKPOINT_STEPS,
+            **{name: count(name) for name in counts}})
+
+    @classmethod
+    def resumed(cls, out: Path, minutes: float | None = None, examples: int | None = None,
+                changes: dict[str, Any] | None = None,
+                fixed: dict[str, tuple[str, Any]] | None = None) -> "DecoderTrainingConfig":
+        """The config to continue the run in ``out``: the one its checkpoint stores; a budget
+        given here replaces the stored one (see ``checkpoint.resumed_config``)."""
+        return resumed_config(cls, out, {"minutes": minutes, "examples": examples},
+                              changes, fixed)
 
     def steps_for(self, world_size: int = 1) -> int | None:
         """The step budget when the budget is in examples (shared by ``world_size`` processes)."""
@@ -110,12 +142,31 @@ def decoder_loss(decoder: torch.nn.Module, tokens: torch.Tensor, activation: tor
                            tokens[:, 1:].reshape(-1), ignore_index=pad_id)
 
 
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
 def resolve_device(device: str) -> torch.device:
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
-    return torch.device("cpu")
+    """The torch device for ``device`` (auto: this rank's GPU if there is one, else the CPU);
+    a UserError for one that is malformed or not on this machine."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError):
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {device!r}; use {DEVICES}")
+    if chosen.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if available == 0:
+            raise UserError(f"device {device!r}: CUDA is not available on this machine (torch "
+                            f"{torch.__version__}); use auto or cpu")
+        if chosen.index is not None and chosen.index >= available:
+            raise UserError(f"device {device!r}: this machine has {available} CUDA device(s), "
+                            f"cuda:0 to cuda:{available - 1}")
+    return chosen
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -129,25 +180,30 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     else:
         supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if precision == "bf16" and not supported:
-        raise ValueError(f"bf16 autocast is not supported natively on {device}; use fp32 or auto")
+        raise OptionError(f"bf16 autocast is not supported natively on {device}; use fp32 or auto")
     return torch.bfloat16 if supported else None
 
 
 def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: bool = False,
                   show_progress: bool = True) -> Decoder:
     """Train a decoder for ``model`` within ``config``'s budget of examples or minutes of
-    training (evaluation and checkpoint time are not counted). Under ``torchrun`` each process trains a DDP replica on
-    its own seeded stream (seed + 1000 x rank); rank 0 evaluates, logs and checkpoints, and
-    decides for every rank when to evaluate, when to stop and the learning rate."""
+    training (evaluation and checkpoint time are not counted). ``resume`` continues the run
+    in ``config.out`` from its checkpoint (``DecoderTrainingConfig.resumed`` gives the config
+    it was started with); without it, a directory that holds a checkpoint is refused. Under
+    ``torchrun`` each process trains a DDP replica on its own seeded stream (seed + 1000 x
+    rank); rank 0 evaluates, logs and checkpoints, and decides for every rank when to
+    evaluate, when to checkpoint, when to stop and the learning rate."""
+    check_run_directory(config.out, resume)
+    device = resolve_device(config.device)
     world = distributed.setup()
     rank, lead = world.rank, world.rank == 0
-    device = resolve_device(config.device)
     model.hf_model.to(device)
     model.refresh()
     amp_dtype = autocast_dtype(config.precision, device)
     if lead:
         config.out.mkdir(parents=True, exist_ok=True)
-    started_at_commit, command = provenance.commit(), provenance.command_line()
+    started_at_commit = provenance.commit()
+    probed_hash = model.weights_hash()
     task, pad_id = model.task, model.task.vocab.pad_id
     examples_per_step = config.batch_size * world.size
 
@@ -171,6 +227,10 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     run = RunLog(config.out, {"stream_pool": pool_start, "sample": sample_generator})
     if resume:
         state, record = run.resume(optimizer)
+        if record.get("probed_weights_sha256", probed_hash) != probed_hash:
+            raise UserError(f"the run in {config.out} was trained on other probed weights "
+                            f"(sha256 {record['probed_weights_sha256'][:12]}) than {model.source} "
+                            f"(sha256 {probed_hash[:12]}); resume it with the same model")
         decoder.load_state_dict(state)
         stream_record = record["streams"][rank]
         stream.restore(torch.tensor(stream_record["pool_start_state"], dtype=torch.uint8),
@@ -208,13 +268,17 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
             pool_start.set_state(pool_state)
             run.checkpoint(decoder.state_dict(), optimizer, streams=streams,
                            site_probabilities=stream.site_probs.tolist(),
-                           config=_jsonable(config), world_size=world.size)
+                           config=_jsonable(config), world_size=world.size,
+                           probed_weights_sha256=probed_hash)
 
     total = config.steps_for(world.size) or int(config.minutes * 60)
     bar = tqdm(total=total, disable=not (show_progress and lead), dynamic_ncols=True,
                unit="step" if config.examples else "s", desc=f"decoder {task.name}")
     start = time.perf_counter() - run.elapsed
-    last_eval = last_checkpoint = time.perf_counter()
+    last_eval = time.perf_counter()
+    schedule = CheckpointSchedule(config.checkpoint_every_seconds,
+                                  config.first_checkpoint_seconds, config.first_checkpoint_steps)
+    schedule.begin(run.step)
     window_start, window_examples = time.perf_counter(), 0
     decoder.train()
     while True:
@@ -225,7 +289,7 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
             budget_progress(run.step, run.elapsed, config.steps_for(world.size), config.minutes),
             float(run.step > 0 and now - last_eval >= config.eval_every_seconds
                   and not (run.history and run.history[-1]["step"] == run.step)),
-            float(run.step > 0 and now - last_checkpoint >= config.checkpoint_every_seconds)])
+            float(schedule.due(run.step, now))])
         if progress >= 1.0:
             break
         paused_at = time.perf_counter()
@@ -243,7 +307,7 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
             last_eval = time.perf_counter()
         if do_checkpoint:
             checkpoint_now()
-            last_checkpoint = time.perf_counter()
+            schedule.written()
         # Training time excludes evaluation and checkpoints: budgets and curves count training.
         start += time.perf_counter() - paused_at
         lr = warmup_cosine(config.lr, run.step, progress, config.warmup_steps,
@@ -268,17 +332,22 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
             bar.n = min(run.step if config.examples else int(run.elapsed), total)
             bar.refresh()
     bar.close()
-    final = evaluate_now() if lead else None
-    checkpoint_now()
+    # A run resumed from its final checkpoint keeps the final evaluation it already made.
+    final = (run.last_evaluation_at_this_step() or evaluate_now()) if lead else None
+    checkpoint_now()  # the final state, so that a kill while saving below can be resumed
     if lead:
         manifest = {
-            "command": command, "seed": config.seed, "commit": started_at_commit,
+            **run.manifest_commands(), "seed": config.seed, "commit": started_at_commit,
             "machine": provenance.machine(), "device": str(device), "world_size": world.size,
             "steps": run.step, "examples": run.step * examples_per_step,
             "wall_seconds": round(run.elapsed, 1), "in_epsilon": final["in_epsilon"],
             "in_epsilon_mean": final["in_epsilon_mean"], "well_formed": final["well_formed"],
             "distinct_in_epsilon": final["distinct_in_epsilon"], "training": _jsonable(config),
+            "probed_source": provenance.portable_path(model.source),
         }
+        # Without decoder.json the directory is no decoder: a kill between the two writes
+        # leaves no manifest that describes other weights, and --resume writes both again.
+        (config.out / "decoder.json").unlink(missing_ok=True)
         save_decoder(decoder, model, config.out, manifest)
     world.finish()
     return decoder
@@ -286,5 +355,5 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
 
 def _jsonable(config: DecoderTrainingConfig) -> dict[str, Any]:
     record = asdict(config)
-    record["out"] = str(config.out)
+    record["out"] = provenance.portable_path(config.out)
     return record

@@ -2,7 +2,10 @@
 
 The run directory is itself a model directory once training ends (config.json,
 model.safetensors, inversionview.json with the manifest), plus ``metrics.jsonl`` and
-``checkpoint/`` (weights, optimizer, RNG states, step and elapsed time) for ``--resume``.
+``checkpoint/`` (weights, optimizer, RNG states, step and elapsed time) for ``--resume``:
+every ``checkpoint_every_seconds`` (60 s), and the first one after 10 s or 100 steps,
+whichever comes first (see ``checkpoint.CheckpointSchedule``); checkpoint time is not
+counted in a budget of minutes.
 """
 
 from __future__ import annotations
@@ -17,10 +20,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from inversionview import provenance
-from inversionview.checkpoint import RunLog
+from inversionview.checkpoint import CheckpointSchedule, RunLog, check_run_directory, resumed_config
+from inversionview.errors import OptionError
+from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, HEADS, LAYERS, LEARNING_RATE,
+                                   MINUTES, SEED, STEPS, WIDTH)
 from inversionview.probed.evaluate import solved
 from inversionview.probed.model import ProbedModel, build_probed
-from inversionview.schedule import budget_progress, warmup_cosine
+from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
+                                    FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
+                                    WARMUP_STEPS, WEIGHT_DECAY, budget_progress, check_settings,
+                                    count, warmup_cosine)
 from inversionview.tasks import get_task
 from inversionview.tasks.base import next_token_targets
 
@@ -43,7 +52,12 @@ class ProbedTrainingConfig:
     eval_every_seconds: float = 60.0
     eval_examples: int = 2_000
     final_eval_examples: int = 20_000
-    checkpoint_every_seconds: float = 120.0
+    # Wall-clock seconds between checkpoints: a killed run loses at most about this much.
+    # The first checkpoint comes early: after first_checkpoint_seconds (or the interval, if
+    # shorter) or first_checkpoint_steps steps of the process, whichever comes first.
+    checkpoint_every_seconds: float = 60.0
+    first_checkpoint_seconds: float = 10.0
+    first_checkpoint_steps: int = 100
     model_overrides: dict[str, Any] = field(default_factory=dict)
     #: "lm": every non-PAD next token; "task": only the task's own loss positions (counting:
     #: the count digit, as method.md describes the authors' model). The authors'
@@ -55,9 +69,41 @@ class ProbedTrainingConfig:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.objective not in ("task", "lm"):
-            raise ValueError(f"objective must be 'task' or 'lm', not {self.objective!r}")
+            raise OptionError(f"objective must be 'task' or 'lm', not {self.objective!r}")
         if (self.minutes is None) == (self.steps is None):
-            raise ValueError("give exactly one of minutes or steps")
+            raise OptionError("give exactly one of minutes or steps")
+        check_settings(self, {
+            "minutes": MINUTES, "steps": STEPS, "seed": SEED, "batch_size": BATCH_SIZE,
+            "lr": LEARNING_RATE, "min_lr_fraction": MIN_LR_FRACTION, "warmup_steps": WARMUP_STEPS,
+            "weight_decay": WEIGHT_DECAY, "grad_clip": GRAD_CLIP,
+            "eval_every_seconds": EVAL_SECONDS, "eval_examples": count("eval_examples"),
+            "final_eval_examples": count("final_eval_examples"),
+            "checkpoint_every_seconds": CHECKPOINT_SECONDS,
+            "first_checkpoint_seconds": FIRST_CHECKPOINT_SECONDS,
+            "first_checkpoint_steps": FIRST_CHECKPOINT_STEPS})
+        self._check_shape()
+
+    @property
+    def model_settings(self) -> dict[str, Any]:
+        """The GPT2Config keyword arguments of the model: the task's defaults, overridden."""
+        return {**get_task(self.task).probed_config(), **self.model_overrides}
+
+    def _check_shape(self) -> None:
+        settings = self.model_settings
+        for key, spec in (("n_embd", WIDTH), ("n_head", HEADS), ("n_layer", LAYERS)):
+            spec.check(settings[key])
+        if settings["n_embd"] % settings["n_head"]:
+            raise OptionError(f"d-model {settings['n_embd']} is not divisible by n-heads "
+                              f"{settings['n_head']}: each head gets d-model / n-heads "
+                              f"dimensions")
+
+    @classmethod
+    def resumed(cls, out: Path, minutes: float | None = None, steps: int | None = None,
+                changes: dict[str, Any] | None = None,
+                fixed: dict[str, tuple[str, Any]] | None = None) -> "ProbedTrainingConfig":
+        """The config to continue the run in ``out``: the one its checkpoint stores; a budget
+        given here replaces the stored one (see ``checkpoint.resumed_config``)."""
+        return resumed_config(cls, out, {"minutes": minutes, "steps": steps}, changes, fixed)
 
 
 def _progress(config: ProbedTrainingConfig, step: int, elapsed: float) -> float:
@@ -79,9 +125,14 @@ def loss_on(model: ProbedModel, tokens: torch.Tensor, objective: str = "task") -
 
 def train_probed(config: ProbedTrainingConfig, resume: bool = False,
                  show_progress: bool = True) -> ProbedModel:
+    """Train within ``config``'s budget of steps or minutes (checkpoint time not counted).
+    ``resume`` continues the run in ``config.out`` from its checkpoint
+    (``ProbedTrainingConfig.resumed`` gives the config it was started with); without it, a
+    directory that holds a checkpoint is refused."""
     task = get_task(config.task)
+    check_run_directory(config.out, resume)
     config.out.mkdir(parents=True, exist_ok=True)
-    started_at_commit, command = provenance.commit(), provenance.command_line()
+    started_at_commit = provenance.commit()
 
     model = build_probed(task, seed=config.seed, **config.model_overrides)
     optimizer = torch.optim.AdamW(model.hf_model.parameters(), lr=config.lr,
@@ -101,8 +152,11 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
     bar = tqdm(total=total, initial=min(run.step if config.steps else int(run.elapsed), total),
                disable=not show_progress, unit="step" if config.steps else "s",
                dynamic_ncols=True, desc=f"train {task.name}")
-    last_eval = last_checkpoint = time.perf_counter() - run.elapsed
+    last_eval = time.perf_counter()
     start = time.perf_counter() - run.elapsed
+    schedule = CheckpointSchedule(config.checkpoint_every_seconds,
+                                  config.first_checkpoint_seconds, config.first_checkpoint_steps)
+    schedule.begin(run.step)
     examples_since, window_start = 0, time.perf_counter()
     loss_value = float("nan")
     accuracy = run.history[-1]["accuracy"] if run.history else float("nan")
@@ -138,9 +192,11 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
         if now - last_eval >= config.eval_every_seconds:
             evaluate_now()
             last_eval = time.perf_counter()
-        if now - last_checkpoint >= config.checkpoint_every_seconds:
+        if schedule.due(run.step, now):
+            paused_at = time.perf_counter()
             checkpoint_now()
-            last_checkpoint = time.perf_counter()
+            schedule.written()
+            start += time.perf_counter() - paused_at  # not counted in the budget
         if run.step % 20 == 0:
             rate = examples_since / max(now - window_start, 1e-9)
             examples_since, window_start = 0, now
@@ -149,8 +205,10 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
             bar.n = min(run.step if config.steps else int(run.elapsed), total)
             bar.refresh()
     bar.close()
-    evaluate_now()
-    checkpoint_now()
+    # A run resumed from its final checkpoint keeps the final evaluation it already made.
+    if run.last_evaluation_at_this_step() is None:
+        evaluate_now()
+    checkpoint_now()  # the final state, so that a kill while saving below can be resumed
 
     model.hf_model.eval()
     model.refresh()
@@ -158,7 +216,7 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
                                       torch.Generator().manual_seed(config.seed + 2_000_029))
     final_accuracy = solved(model, final_tokens).float().mean().item()
     manifest = {
-        "command": command,
+        **run.manifest_commands(),
         "seed": config.seed,
         "commit": started_at_commit,
         "machine": provenance.machine(),
@@ -171,11 +229,14 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
         "history": run.history,
     }
     model.manifest = manifest
+    # Without inversionview.json the directory is no model of this toolkit: a kill while
+    # saving leaves no manifest that describes other weights; --resume saves again.
+    (config.out / "inversionview.json").unlink(missing_ok=True)
     model.save(config.out, manifest)
     return model
 
 
 def _jsonable(config: ProbedTrainingConfig) -> dict[str, Any]:
     record = asdict(config)
-    record["out"] = str(config.out)
+    record["out"] = provenance.portable_path(config.out)
     return record
