@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import socket
 import threading
 import time
@@ -14,9 +16,15 @@ from inversionview.web.app import create_app
 from inversionview.web.service import QueryService, load_model
 
 
+@functools.cache
+def bundled_models() -> tuple:
+    """The bundled models, loaded once per process (test_fuzz_api needs them at import)."""
+    return (load_model("counting"), load_model("addition"))
+
+
 @pytest.fixture(scope="session")
 def loaded_models():
-    return [load_model("counting"), load_model("addition")]
+    return list(bundled_models())
 
 
 @pytest.fixture(scope="session")
@@ -31,13 +39,12 @@ def client(service):
     return TestClient(create_app(service))
 
 
-@pytest.fixture(scope="session")
-def live_server(loaded_models):
-    """``http://127.0.0.1:PORT`` of a real uvicorn server in a thread (its own service)."""
+@contextlib.contextmanager
+def serving(service: QueryService):
+    """``http://127.0.0.1:PORT`` of a real uvicorn server over ``service``, in a thread."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    service = QueryService(loaded_models)
     server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -47,7 +54,16 @@ def live_server(loaded_models):
         if time.monotonic() > deadline:
             raise RuntimeError("the test server did not start in 30 s")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    service.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        service.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(loaded_models):
+    """A live server over its own service with the default limits."""
+    with serving(QueryService(loaded_models)) as url:
+        yield url

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
 from inversionview.preimage.query import query_config, run_query
-from inversionview.web.schemas import MAX_CANDIDATES, MAX_SHOWN, QueryResult
+from inversionview.options import GRID_CANDIDATES, SEED, SERVER_CANDIDATES, SHOWN
+from inversionview.web.schemas import QueryResult
+
+MAX_CANDIDATES, MAX_SHOWN = SERVER_CANDIDATES.high, SHOWN.high
 
 TIMING = ("seconds", "seconds_sampling", "seconds_scoring", "seconds_colouring")
 
@@ -162,7 +167,7 @@ def test_attention_pattern_of_a_layer(client):
             assert sum(row) == pytest.approx(1.0, abs=1e-3)
             assert all(w == 0 for w in row[q + 1:])  # causal
     bad_layer = client.post("/api/attention", json={"model": "addition", "layer": 5})
-    assert bad_layer.status_code == 400 and "layers 0..1" in bad_layer.json()["detail"]
+    assert bad_layer.status_code == 422 and "layer" in bad_layer.json()["detail"]
     bad_input = client.post("/api/attention", json={"model": "addition", "input": "B1x2E"})
     assert bad_input.status_code == 400 and "vocabulary" in bad_input.json()["detail"]
 
@@ -239,3 +244,135 @@ def test_verify_patches_in_and_out_of_epsilon_samples(client):
     assert report["inside"] and report["outside"] and report["site"] == "a1.0"
     assert report["inside_mean"]["kl_max"] < report["outside_mean"]["kl_max"]
     assert client.post("/api/verify", json={"model": "counting", "site": "zz"}).status_code == 400
+
+
+# ----- what a tester found (issue 12): each failed before the fix --------------------------
+
+
+def test_a_seed_beyond_64_bits_is_a_422_not_a_500(client):
+    for seed in (99999999999999999999999, SEED.high + 1):
+        response = client.get("/api/models/counting/example", params={"seed": seed})
+        assert response.status_code == 422, response.text
+        assert "seed" in response.json()["detail"]
+        body = {"model": "counting", "candidates": 16, "seed": seed}
+        assert client.post("/api/query", json=body).status_code == 422
+    top = client.get("/api/models/counting/example", params={"seed": SEED.high})
+    assert top.status_code == 200 and top.json()["seed"] == SEED.high
+
+
+def test_the_schema_states_the_limits_the_server_applies(client, service):
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    seed = next(p for p in document["paths"]["/api/models/{name}/example"]["get"]["parameters"]
+                if p["name"] == "seed")["schema"]
+    assert (seed["minimum"], seed["maximum"]) == (SEED.low, SEED.high)
+    query = schemas["QueryRequest"]["properties"]
+    assert query["candidates"]["maximum"] == service.candidates.high == SERVER_CANDIDATES.high
+    assert query["shown"]["maximum"] == SHOWN.high
+    assert query["seed"]["maximum"] == SEED.high
+    assert query["model"]["enum"] == ["counting", "addition"]
+    assert schemas["GridRequest"]["properties"]["candidates"]["maximum"] == GRID_CANDIDATES.high
+    assert schemas["AttentionRequest"]["properties"]["layer"]["maximum"] == 1  # 2 layers
+
+
+def test_every_error_status_is_declared(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    declared = {(path, method): set(operation["responses"])
+                for path, methods in paths.items() for method, operation in methods.items()}
+    compute = {"400", "404", "409", "422", "429", "503"}
+    for path in ("/api/query", "/api/query/html", "/api/verify", "/api/grid", "/api/attention"):
+        assert compute <= declared[(path, "post")], path
+    for path in ("/api/jobs/query", "/api/jobs/grid"):
+        assert {"202", "404", "422", "429", "503"} <= declared[(path, "post")], path
+    assert "Retry-After" in paths["/api/jobs/query"]["post"]["responses"]["429"]["headers"]
+    assert {"200", "404", "422"} <= declared[("/api/models/{name}/example", "get")]
+    assert {"200", "404"} <= declared[("/api/jobs/{job_id}", "get")]
+    html = paths["/api/query/html"]["post"]["responses"]
+    assert "text/html" in html["200"]["content"] and "application/json" in html["400"]["content"]
+
+
+def strings_in(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings_in(key)
+            yield from strings_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings_in(item)
+
+
+def test_no_response_reveals_an_absolute_path(client):
+    root = str(Path(__file__).resolve().parents[2])
+    models = client.get("/api/models").json()
+    assert {(m["source"], m["decoder"]) for m in models} == {
+        ("counting", "decoder-counting"), ("addition", "decoder-addition")}
+    record = client.post("/api/query", json={"model": "counting", "candidates": 16}).json()
+    grid = client.post("/api/grid", json={"model": "counting", "candidates": 4}).json()
+    job = client.post("/api/jobs/query", json={"model": "addition", "candidates": 16}).json()
+    for answer in (models, record, grid, wait_for(client, job)):
+        for text in strings_in(answer):
+            assert not os.path.isabs(text) and root not in text, text
+
+
+@pytest.mark.parametrize("path, field", [
+    ("/api/query", "site"), ("/api/query", "input"), ("/api/query", "position"),
+    ("/api/grid", "input"), ("/api/grid", "position"), ("/api/attention", "input"),
+    ("/api/jobs/query", "site"),
+])
+def test_an_empty_text_field_is_refused_not_the_default(client, path, field):
+    body = {"model": "counting"} if path == "/api/attention" else {"model": "counting", "candidates": 4}
+    response = client.post(path, json={**body, field: ""})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == f"{field}: must not be empty; leave it out (or null) for the default"
+    assert client.post(path, json={**body, field: None}).status_code in (200, 202)
+
+
+def test_a_layer_beyond_the_deepest_model_is_a_422_and_beyond_a_shallower_one_a_400(loaded_models):
+    from fastapi.testclient import TestClient
+
+    from inversionview.probed import build_probed
+    from inversionview.web.app import create_app
+    from inversionview.web.service import LoadedModel, QueryService
+
+    counting = loaded_models[0]
+    shallow = LoadedModel("shallow", build_probed("counting", seed=0, n_embd=16, n_head=1,
+                                                  n_layer=1), counting.decoder, "decoder")
+    service = QueryService([counting, shallow])
+    try:
+        client = TestClient(create_app(service))
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["AttentionRequest"]
+        assert schema["properties"]["layer"]["maximum"] == 1
+        assert client.post("/api/attention", json={"model": "counting", "layer": 1}).status_code == 200
+        beyond = client.post("/api/attention", json={"model": "counting", "layer": 2})
+        assert beyond.status_code == 422 and "layer" in beyond.json()["detail"]
+        shallower = client.post("/api/attention", json={"model": "shallow", "layer": 1})
+        assert shallower.status_code == 400 and "layers 0..0" in shallower.json()["detail"]
+    finally:
+        service.close()
+
+
+def test_a_full_queue_answers_429_with_retry_after(loaded_models):
+    from fastapi.testclient import TestClient
+
+    from inversionview.web.app import create_app
+    from inversionview.web.service import QueryService
+
+    service = QueryService(loaded_models, max_jobs=2)
+    try:
+        client = TestClient(create_app(service))
+        long_body = {"model": "counting", "candidates": SERVER_CANDIDATES.high}
+        first = client.post("/api/jobs/query", json={**long_body, "seed": 1}).json()
+        second = client.post("/api/jobs/query", json={**long_body, "seed": 2}).json()
+        for path in ("/api/jobs/query", "/api/query", "/api/jobs/grid"):
+            full = client.post(path, json={"model": "counting", "candidates": 4})
+            assert full.status_code == 429, full.text
+            assert int(full.headers["Retry-After"]) > 0
+            assert "busy" in full.json()["detail"] and "at most 2" in full.json()["detail"]
+        for job in (first, second):
+            assert client.delete(f"/api/jobs/{job['id']}").status_code == 200
+        assert wait_for(client, first)["state"] == wait_for(client, second)["state"] == "cancelled"
+        assert client.post("/api/query", json={"model": "counting", "candidates": 4}).status_code == 200
+    finally:
+        service.close()

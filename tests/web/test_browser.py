@@ -15,6 +15,7 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+STATE_TIMEOUT_MS = 180_000
 # Chromium's own background connections are refused on a closed network; keep it quiet.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -41,6 +42,8 @@ def browser():
 def page(browser, live_server):
     context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     page = context.new_page()
+    # Every wait is on a state; on a busy machine a state can take long to come.
+    page.set_default_timeout(STATE_TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(live_server)
@@ -109,6 +112,7 @@ def test_url_reproduces_the_view(page, browser, live_server):
     assert "site=a1.3" in url and "seed=4" in url and "model=addition" in url
     first = page.locator("#result tr.sample td.input").first.inner_text()
     other = browser.new_page()
+    other.set_default_timeout(STATE_TIMEOUT_MS)
     other.goto(url)
     other.wait_for_selector("#result table.samples tr.sample")
     assert other.locator("#result tr.sample td.input").first.inner_text() == first
@@ -130,14 +134,28 @@ def test_bad_input_shows_the_server_message(page):
 
 
 def test_cancel_stops_a_long_query(page):
+    # Waits on the job's state (the page's #progress-box[data-state]), never on a timing: the
+    # job is running on the server before Cancel is pressed, and the query (8,192 candidates,
+    # 20 s or more) cannot end by itself in the moment before the DELETE arrives.
     page.select_option("#model", "counting")
     page.fill("#candidates", "8192")
     page.fill("#seed", "77")
     page.click("#run")
-    page.wait_for_selector("#cancel:not([disabled])")
+    page.wait_for_selector("#progress-box[data-state='running']")
     page.click("#cancel")
+    page.wait_for_selector("#progress-box[data-state='cancelled']", state="attached")
     page.wait_for_function("document.querySelector('#error').textContent.includes('cancelled')")
     assert page.is_enabled("#run")
+
+
+def test_cancel_pressed_before_the_job_starts_is_not_lost(page):
+    # The old page ignored a Cancel pressed before the server answered with the job's id.
+    page.select_option("#model", "counting")
+    page.fill("#candidates", "8192")
+    page.fill("#seed", "78")
+    page.evaluate("document.querySelector('#run').click(); document.querySelector('#cancel').click()")
+    page.wait_for_selector("#progress-box[data-state='cancelled']", state="attached")
+    assert "cancelled" in page.inner_text("#error")
 
 
 def test_all_sites_grid_and_opening_a_site(page):

@@ -11,6 +11,10 @@ import time
 import httpx
 import pytest
 
+from inversionview.cli import run
+from inversionview.errors import UserError
+from inversionview.options import Range
+from inversionview.web.app import is_loopback
 from inversionview.web.schemas import QueryRequest
 from inversionview.web.service import QueryService, bundled_model_names, load_model
 from tests.conftest import authors_model_dir
@@ -83,6 +87,197 @@ def test_serve_command_starts_the_server_on_localhost():
     (["--decoder", "gpt=/tmp"], "not among the served models"),
 ])
 def test_serve_refuses_bad_arguments(arguments, message):
-    result = subprocess.run([sys.executable, "-m", "inversionview.cli", "serve", *arguments],
+    with socket.socket() as probe:  # a free port: 8000 may be taken on this machine
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run([sys.executable, "-m", "inversionview.cli", "serve", *arguments,
+                             "--port", str(port)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and message in result.stderr
+
+
+# ----- served names: never a path --------------------------------------------------------
+
+
+def test_a_model_from_a_directory_is_served_by_its_base_name(loaded_models):
+    directory = authors_model_dir("counting")
+    authors = load_model(str(directory))
+    assert (authors.name, authors.decoder_name) == ("counting", "decoder-counting-authors")
+    assert authors.info().source == "counting"
+    service = QueryService([authors, *loaded_models])  # as `serve DIR` lists them
+    try:
+        assert list(service.models) == ["counting", "counting-2", "addition"]
+        assert service.models["counting-2"].probed is loaded_models[0].probed
+    finally:
+        service.close()
+
+
+# ----- bounds: the queue, the kept jobs, the cache ---------------------------------------
+
+
+def long_request(seed: int) -> QueryRequest:
+    """A query that keeps the worker busy for many seconds (cancelled by the tests)."""
+    return QueryRequest(model="counting", candidates=8192, seed=seed)
+
+
+def wait_running(job, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while job.state != "running":
+        assert time.monotonic() < deadline, f"the job did not start: {job.status()}"
+        time.sleep(0.01)
+
+
+def test_the_queue_is_bounded_and_frees_when_jobs_end(loaded_models):
+    service = QueryService(loaded_models, max_jobs=3)
+    try:
+        jobs = [service.submit_query(long_request(seed)) for seed in range(3)]
+        assert service.pending() == 3
+        with pytest.raises(UserError, match="busy.*at most 3") as refused:
+            service.submit_query(QueryRequest(model="counting", candidates=4))
+        assert refused.value.status_code == 429
+        for job in jobs:
+            service.cancel(job.id)
+        for job in jobs:
+            job.finished.wait(120)
+            assert job.state == "cancelled" and job.status_code == 409
+        deadline = time.monotonic() + 30
+        while service.pending():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert service.run(service.submit_query(QueryRequest(model="counting", candidates=4)))
+    finally:
+        service.close()
+
+
+def test_kept_jobs_are_bounded_even_behind_an_unfinished_one(loaded_models):
+    service = QueryService(loaded_models, kept_jobs=4, max_jobs=2)
+    small = QueryRequest(model="counting", candidates=4, seed=1)
+    try:
+        first = service.submit_query(small)
+        service.run(first)
+        running = service.submit_query(long_request(5))
+        wait_running(running)
+        answered = [service.submit_query(small) for _ in range(10)]  # from the cache
+        assert all(job.state == "done" for job in answered)
+        assert len(service._jobs) <= 4  # before: every job after the running one was kept
+        assert service.job(running.id) is running and service.job(answered[-1].id) is answered[-1]
+        for forgotten in (first, *answered[:7]):
+            with pytest.raises(UserError, match="no job") as error:
+                service.job(forgotten.id)
+            assert error.value.status_code == 404
+        service.cancel(running.id)
+    finally:
+        service.close()
+
+
+def test_the_cache_holds_a_bounded_number_of_samples(loaded_models):
+    # every record holds more than 5 samples: with room for 5, only the newest is kept
+    service = QueryService(loaded_models, held_samples=5)
+    try:
+        requests = [QueryRequest(model="counting", candidates=64, shown=32, seed=seed)
+                    for seed in range(3)]
+        for request in requests:
+            assert len(service.run(service.submit_query(request))["samples"]) > 5
+        assert len(service._cache) == 1 and service._cache_samples > 5
+        assert service.submit_query(requests[-1]).state == "done"  # from the cache
+        again = service.submit_query(requests[0])  # dropped: computed again
+        assert again.state in ("queued", "running")
+        service.run(again)
+    finally:
+        service.close()
+
+
+def test_close_cancels_what_is_queued(loaded_models):
+    service = QueryService(loaded_models)
+    running = service.submit_query(long_request(11))
+    queued = service.submit_query(QueryRequest(model="counting", candidates=4, seed=12))
+    service.close()
+    for job in (running, queued):
+        assert job.finished.wait(120) and job.state == "cancelled"
+    with pytest.raises(UserError, match="shutting down"):
+        service.submit_query(QueryRequest(model="counting", candidates=4, seed=13))
+
+
+# ----- errors: a user's with its status, anything else a 500 ------------------------------
+
+
+def test_a_user_error_keeps_its_status_and_a_bug_is_a_500(loaded_models, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from inversionview.web.app import create_app
+
+    service = QueryService(loaded_models)
+    try:
+        client = TestClient(create_app(service))
+
+        def bug(loaded, request):
+            raise KeyError("/secret/path")
+
+        monkeypatch.setattr(QueryService, "_attention", staticmethod(bug))
+        response = client.post("/api/attention", json={"model": "counting"})
+        assert response.status_code == 500
+        assert response.json() == {"detail": "internal error (KeyError): this is a bug in the "
+                                             "server; its log has the traceback"}
+
+        def refused(loaded, request):
+            raise UserError("not today", 418)
+
+        monkeypatch.setattr(QueryService, "_attention", staticmethod(refused))
+        response = client.post("/api/attention", json={"model": "counting", "layer": 1})
+        assert (response.status_code, response.json()) == (418, {"detail": "not today"})
+        monkeypatch.undo()
+        assert client.post("/api/attention", json={"model": "counting"}).status_code == 200
+    finally:
+        service.close()
+
+
+def test_a_library_caller_gets_the_servers_limits(loaded_models):
+    service = QueryService(loaded_models, candidates=Range("candidates", 1, 16))
+    try:
+        with pytest.raises(UserError, match="candidates must be an integer from 1 to 16") as error:
+            service.submit_query(QueryRequest(model="counting", candidates=17))
+        assert error.value.status_code == 422
+    finally:
+        service.close()
+
+
+# ----- `serve`: port, threads, where it listens ---------------------------------------------
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True),
+    ("localhost", True), ("0.0.0.0", False), ("::", False), ("192.168.1.5", False),
+    ("example.org", False),
+])
+def test_loopback_hosts(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_serve_warns_when_not_on_loopback(capsys):
+    # a bad --decoder stops it before anything binds or loads
+    assert run(["serve", "--host", "0.0.0.0", "--decoder", "counting"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: serving on 0.0.0.0, not loopback" in err and "no authentication" in err
+    assert "--decoder takes MODEL=DIR" in err
+    assert run(["serve", "--host", "127.0.0.1", "--decoder", "counting"]) == 2
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--port", "0"], "port must be an integer from 1 to 65,535"),
+    (["--port", "70000"], "port must be an integer from 1 to 65,535"),
+    (["--threads", "0"], "threads must be an integer from 1"),
+])
+def test_serve_checks_port_and_threads(capsys, arguments, message):
+    assert run(["serve", *arguments]) == 2
+    assert message.split(" must ")[1] in capsys.readouterr().err
+
+
+def test_serve_on_a_busy_port_is_one_clear_line(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert run(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"cannot listen on 127.0.0.1:{port}" in err

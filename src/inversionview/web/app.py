@@ -3,60 +3,149 @@
     inversionview serve counting addition      # http://127.0.0.1:8000, API docs at /docs
 
 Every error a user can cause answers 4xx with ``{"detail": "<one readable sentence>"}``,
-which the page shows as it is.
+which the page shows as it is: a ``UserError`` with its status, or 422 for a request the
+schema refuses. Each route declares every status it can answer in its ``responses``, and the
+request schemas state this server's limits (its model names, candidates, layers), so the
+OpenAPI document says exactly what is accepted.
+
+There is no authentication: ``serve`` binds to 127.0.0.1 and warns when told otherwise.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: the routes' request types are built per server
+# (``served_requests``) and FastAPI must see them as classes, not as names to look up.
 
+import ipaddress
+import socket
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path as PathParameter, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
-from inversionview.web.schemas import (AttentionRequest, AttentionResult, ErrorMessage, Example,
-                                       GridRequest, GridResult, JobStatus, ModelInfo,
-                                       QueryRequest, QueryResult, VerifyResult)
-from inversionview.web.service import QueryService, RequestError
+from inversionview.errors import UserError
+from inversionview.options import SEED
+from inversionview.web.schemas import (AttentionResult, ErrorMessage, Example, GridResult,
+                                       JobStatus, ModelInfo, QueryResult, VerifyResult,
+                                       served_requests)
+from inversionview.web.service import InternalError, QueryService, ServerBusy
 
 STATIC = Path(__file__).parent / "static"
-ERRORS = {400: {"model": ErrorMessage}, 404: {"model": ErrorMessage},
-          409: {"model": ErrorMessage}, 422: {"model": ErrorMessage}}
+
+
+def _errors(**statuses: str) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` for error statuses: ``_errors(e404="unknown model")``. Errors are
+    JSON on every route, the HTML export's too (FastAPI would say text/html there)."""
+    responses: dict[int | str, dict] = {}
+    for name, description in statuses.items():
+        status = int(name[1:])
+        responses[status] = {"description": description, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorMessage"}}}}
+        if status == 429:
+            responses[status]["headers"] = {"Retry-After": {
+                "description": "Seconds to wait before trying again.",
+                "schema": {"type": "integer"}}}
+    return responses
+
+
+UNKNOWN_MODEL = "Unknown model."
+INVALID = "A malformed request or a value outside this server's limits."
+BAD_INPUT = ("An input, site or position the model cannot take (a character outside the "
+             "vocabulary, an unknown site or position, a layer the model lacks).")
+CANCELLED = "The job was cancelled (DELETE /api/jobs/{id}, or the server is stopping)."
+BUSY = "The job queue is full (at most max_jobs queued or running); retry after Retry-After s."
+STOPPING = "The server is shutting down."
+COMPUTE = _errors(e400=BAD_INPUT, e404=UNKNOWN_MODEL, e409=CANCELLED, e422=INVALID, e429=BUSY,
+                  e503=STOPPING)
+SUBMIT = _errors(e404=UNKNOWN_MODEL, e422=INVALID, e429=BUSY, e503=STOPPING)
+JOB = _errors(e404="No such job (finished jobs are forgotten after a while).")
 
 
 def create_app(service: QueryService) -> FastAPI:
     app = FastAPI(title="inversionview", version="0.1.0",
-                  description="Sample and read the ε-preimage of a model's activations, live.")
+                  description="Sample and read the ε-preimage of a model's activations, live. "
+                              "No authentication: serve it on loopback only.")
     app.state.service = service
+    names = list(service.models)
+    QueryRequest, GridRequest, AttentionRequest = served_requests(
+        names, max(model.probed.n_layers for model in service.models.values()),
+        service.candidates, service.grid_candidates)
+    ModelName = Annotated[str, PathParameter(description="A model name from GET /api/models.",
+                                             json_schema_extra={"enum": names})]
 
-    @app.exception_handler(RequestError)
-    async def request_error(_: Request, error: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": error.message}, status_code=error.status_code)
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's document, with the request schemas as pydantic writes them (FastAPI
+        turns every bound into a float, and 2**63 - 1, the largest seed, is not one), and
+        without FastAPI's own 422 where none can occur (a 422 here is an ErrorMessage)."""
+        if app.openapi_schema is None:
+            document = fastapi_openapi()
+            schemas = document["components"]["schemas"]
+            for model in (QueryRequest, GridRequest, AttentionRequest, ErrorMessage):
+                schemas[model.__name__] = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}")
+            for operation in (op for path in document["paths"].values() for op in path.values()):
+                if "HTTPValidationError" in str(operation["responses"].get("422")):
+                    del operation["responses"]["422"]
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    @app.exception_handler(UserError)
+    async def user_error(_: Request, error: UserError) -> JSONResponse:
+        headers = {"Retry-After": str(error.retry_after)} if isinstance(error, ServerBusy) else None
+        return JSONResponse({"detail": str(error)}, status_code=error.status_code,
+                            headers=headers)
+
+    @app.exception_handler(InternalError)
+    async def internal_error(_: Request, error: InternalError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_message(error)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        if error.status_code == 400:  # FastAPI could not read the body at all (not UTF-8)
+            return JSONResponse({"detail": "the request body is not JSON text (UTF-8)"},
+                                status_code=422)
+        routes = [route for route in app.router.routes if isinstance(route, APIRoute)]
+        path = next((route.path for route in routes
+                     if route.matches(request.scope)[0] is not Match.NONE), None)
+        if error.status_code == 405 and path is not None:
+            # Allow: every method of the path (Starlette names only the first route's)
+            allowed = sorted({method for route in routes if route.path == path
+                              for method in route.methods})
+            error = HTTPException(405, error.detail, headers={"Allow": ", ".join(allowed)})
+        return await http_exception_handler(request, error)  # 404 no route, 405 method
 
     @app.get("/api/models", response_model=list[ModelInfo])
     def models() -> list[ModelInfo]:
         """The loaded models, with their sites, named positions and attributes."""
         return [model.info() for model in service.models.values()]
 
-    @app.get("/api/models/{name}/example", response_model=Example, responses=ERRORS)
-    def example(name: str, seed: int = 0) -> Example:
+    @app.get("/api/models/{name}/example", response_model=Example,
+             responses=_errors(e404=UNKNOWN_MODEL, e422=INVALID))
+    def example(name: ModelName, seed: Annotated[int, Query(**SEED.bounds)] = 0) -> Example:
         """A random input from the model's task distribution (the same seed, the same input)."""
-        if seed < 0:
-            raise RequestError(422, f"seed must be >= 0, got {seed}")
         task = service.model(name).probed.task
         return Example(model=name, input=task.sample(1, seed=seed)[0], seed=seed)
 
-    @app.post("/api/query", response_model=QueryResult, responses=ERRORS)
+    @app.post("/api/query", response_model=QueryResult, responses=COMPUTE)
     def query(request: QueryRequest) -> dict:
         """Run one query and return its record (the same as `inversionview query --json`)."""
         return service.run(service.submit_query(request))
 
-    @app.post("/api/query/html", response_class=HTMLResponse, responses=ERRORS)
+    @app.post("/api/query/html", response_class=HTMLResponse, responses=COMPUTE)
     def query_html(request: QueryRequest) -> HTMLResponse:
         """The query's view as one self-contained HTML page (as `query --html`)."""
         from inversionview.preimage.result import PreimageResult
@@ -68,38 +157,39 @@ def create_app(service: QueryService) -> FastAPI:
         return HTMLResponse(render_html(PreimageResult.from_record(record)),
                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
-    @app.post("/api/verify", response_model=VerifyResult, responses=ERRORS)
+    @app.post("/api/verify", response_model=VerifyResult, responses=COMPUTE)
     def verify(request: QueryRequest) -> dict:
         """Patch the query's activation with the nearest in-ε and out-of-ε samples' (at their
         best positions) and measure how much the model's output changes."""
         return service.run(service.submit_verify(request))
 
-    @app.post("/api/grid", response_model=GridResult, responses=ERRORS)
+    @app.post("/api/grid", response_model=GridResult, responses=COMPUTE)
     def grid(request: GridRequest) -> dict:
         """Every site at one input and position: in-ε rate and the most agreeing attribute."""
         return service.run(service.submit_grid(request))
 
-    @app.post("/api/attention", response_model=AttentionResult, responses=ERRORS)
+    @app.post("/api/attention", response_model=AttentionResult, responses=COMPUTE)
     def attention(request: AttentionRequest) -> dict:
         """The full attention pattern of every head of one layer for one input."""
         return service.run(service.submit_attention(request))
 
-    @app.post("/api/jobs/query", response_model=JobStatus, status_code=202, responses=ERRORS)
+    @app.post("/api/jobs/query", response_model=JobStatus, status_code=202, responses=SUBMIT)
     def start_query(request: QueryRequest) -> dict:
-        """Start a query in the background; poll GET /api/jobs/{id} for progress and result."""
+        """Start a query in the background; poll GET /api/jobs/{id} for progress and result.
+        Its input errors are reported on the job (state 'failed', status_code 400)."""
         return service.submit_query(request).status()
 
-    @app.post("/api/jobs/grid", response_model=JobStatus, status_code=202, responses=ERRORS)
+    @app.post("/api/jobs/grid", response_model=JobStatus, status_code=202, responses=SUBMIT)
     def start_grid(request: GridRequest) -> dict:
         """Start an all-sites grid in the background."""
         return service.submit_grid(request).status()
 
-    @app.get("/api/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
+    @app.get("/api/jobs/{job_id}", response_model=JobStatus, responses=JOB)
     def job_status(job_id: str) -> dict:
         """A job's state, stage and progress (0..1); its result once done, its error if failed."""
         return service.job(job_id).status()
 
-    @app.delete("/api/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
+    @app.delete("/api/jobs/{job_id}", response_model=JobStatus, responses=JOB)
     def cancel_job(job_id: str) -> dict:
         """Ask a job to stop; it ends as 'cancelled' at its next progress step."""
         return service.cancel(job_id).status()
@@ -114,9 +204,40 @@ def create_app(service: QueryService) -> FastAPI:
 
 def _validation_message(error: RequestValidationError) -> str:
     """pydantic's errors as one sentence: 'candidates: Input should be less than or equal to
-    8192; site: ...'."""
-    parts = []
+    8192; site: ...' (the alternatives of a union field joined by 'or')."""
+    messages: dict[str, list[str]] = {}
     for item in error.errors():
-        where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
-        parts.append(f"{where}: {item.get('msg', 'invalid')}" if where else item.get("msg", "invalid"))
+        location = [str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path")]
+        message = item.get("msg", "invalid")
+        alternatives = messages.setdefault(location[0] if location else "", [])
+        if message not in alternatives:
+            alternatives.append(message)
+    parts = [f"{where}: {' or '.join(found)}" if where else " or ".join(found)
+             for where, found in messages.items()]
     return "; ".join(parts) or "invalid request"
+
+
+# ----- where the server listens (for `inversionview serve`) --------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only: localhost, 127.0.0.0/8, ::1."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another host name: it may resolve to anything
+        return False
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let go, so that a busy port or an unknown host is a clear
+    UserError before the models load, not a log line from uvicorn after."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise UserError(f"cannot listen on {host}:{port}: {reason}; choose another --port "
+                        f"(or --host)") from None

@@ -7,63 +7,117 @@ validates real records against it so the two cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (BaseModel, ConfigDict, Field, create_model, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
-# Limits that keep one request from occupying the server for minutes.
-MAX_CANDIDATES = 8192
-MAX_SHOWN = 1000
+from inversionview.options import (EPSILON, GRID_CANDIDATES, LAYERS, NOISE, SEED,
+                                   SERVER_CANDIDATES, SHOWN, TEMPERATURE, Range)
+
 MAX_INPUT_CHARACTERS = 512  # the task's own n_ctx check gives the exact limit below this
-MAX_GRID_CANDIDATES = 2048
+
+# strict: a JSON value of another type is refused (no "5" for 5, no true for 1), so the
+# OpenAPI schema's types are exactly what is accepted (an integral 5.0 is an integer, below).
+REQUEST_CONFIG = ConfigDict(extra="forbid", strict=True)
+Position = Annotated[str, Field(min_length=1)] | Annotated[int, Field(ge=0)] | None
 
 
-class QueryRequest(BaseModel):
+class _Request(BaseModel):
+    """What every request shares: an integral number is an integer (JSON Schema counts 15.0
+    as one, and a JavaScript client may send it), and an empty ``input``, ``site`` or
+    ``position`` is refused (null or absent means the default): "" is more likely a form left
+    blank by mistake than a request for the default."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: int(value) if isinstance(value, float) and value.is_integer() else value
+                    for key, value in data.items()}
+        return data
+
+    @field_validator("input", "site", "position", mode="before", check_fields=False)
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value:
+            raise PydanticCustomError("empty", "must not be empty; leave it out (or null) for "
+                                               "the default")
+        return value
+
+
+class QueryRequest(_Request):
     """The query command's parameters; what is left out takes the command's default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_CONFIG
 
     model: str = Field(description="A model name from GET /api/models.")
-    input: str | None = Field(None, max_length=MAX_INPUT_CHARACTERS,
+    input: str | None = Field(None, min_length=1, max_length=MAX_INPUT_CHARACTERS,
                               description="The query input (default: the task's example).")
-    site: str | None = Field(None, description="Short (a1.0, x0.mid) or hook name "
-                                               "(default: the task's default query).")
-    position: str | int | None = Field(None, description="Named position or index (0 = BOS).")
-    candidates: int = Field(1024, ge=1, le=MAX_CANDIDATES)
-    temperature: float | None = Field(None, gt=0, le=100, description="One temperature for "
-                                      "every round (replaces the paper's schedule).")
-    noise: float | None = Field(None, ge=0, le=100, description="One noise level for every round.")
-    seed: int = Field(0, ge=0, le=2**63 - 1)
-    epsilon: float = Field(0.1, gt=0, le=100)
+    site: str | None = Field(None, min_length=1, description="Short (a1.0, x0.mid) or hook "
+                             "name (default: the task's default query).")
+    position: Position = Field(None, description="Named position or index (0 = BOS; "
+                               "default: the task's default query).")
+    candidates: int = Field(1024, **SERVER_CANDIDATES.bounds)
+    temperature: float | None = Field(None, **TEMPERATURE.bounds, description="One "
+                                      "temperature for every round (replaces the paper's "
+                                      "schedule).")
+    noise: float | None = Field(None, **NOISE.bounds, description="One noise level for every "
+                                "round.")
+    seed: int = Field(0, **SEED.bounds)
+    epsilon: float = Field(0.1, **EPSILON.bounds)
     metric: Literal["euclidean", "cosine"] = "euclidean"
     fixed_position: bool = Field(False, description="D at the query's position in each "
                                  "candidate instead of the minimum over positions.")
-    shown: int = Field(100, ge=1, le=MAX_SHOWN, description="Samples shown.")
+    shown: int = Field(100, **SHOWN.bounds, description="Samples shown.")
     all: bool = Field(False, description="Show every distinct candidate (at most `candidates`).")
 
 
-class GridRequest(BaseModel):
+class GridRequest(_Request):
     """Every site of the model at one input and position."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_CONFIG
 
     model: str
-    input: str | None = Field(None, max_length=MAX_INPUT_CHARACTERS)
-    position: str | int | None = None
-    candidates: int = Field(256, ge=1, le=MAX_GRID_CANDIDATES,
+    input: str | None = Field(None, min_length=1, max_length=MAX_INPUT_CHARACTERS)
+    position: Position = None
+    candidates: int = Field(256, **GRID_CANDIDATES.bounds,
                             description="Candidates per site (fewer than a query's 1,024: "
                                         "the grid is an overview).")
-    seed: int = Field(0, ge=0, le=2**63 - 1)
-    epsilon: float = Field(0.1, gt=0, le=100)
+    seed: int = Field(0, **SEED.bounds)
+    epsilon: float = Field(0.1, **EPSILON.bounds)
     metric: Literal["euclidean", "cosine"] = "euclidean"
 
 
-class AttentionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AttentionRequest(_Request):
+    model_config = REQUEST_CONFIG
 
     model: str
-    input: str | None = Field(None, max_length=MAX_INPUT_CHARACTERS)
-    layer: int = Field(0, ge=0)
+    input: str | None = Field(None, min_length=1, max_length=MAX_INPUT_CHARACTERS)
+    layer: int = Field(0, ge=0, le=int(LAYERS.high) - 1)
+
+
+def served_requests(model_names: list[str], n_layers: int, candidates: Range = SERVER_CANDIDATES,
+                    grid_candidates: Range = GRID_CANDIDATES
+                    ) -> tuple[type[QueryRequest], type[GridRequest], type[AttentionRequest]]:
+    """The request schemas of one server: its model names as the ``model`` enum (another name
+    answers 404), its candidate limits, and layers below its deepest model's ``n_layers`` (a
+    layer a shallower model lacks answers 400)."""
+    model = (str, Field(description="A model name from GET /api/models.",
+                        json_schema_extra={"enum": list(model_names)}))
+
+    def candidates_field(limits: Range, default: int, description: str | None = None):
+        return (int, Field(min(default, int(limits.high)), **limits.bounds, description=description))
+
+    query = create_model("QueryRequest", __base__=QueryRequest, __doc__=QueryRequest.__doc__,
+                         model=model, candidates=candidates_field(candidates, 1024))
+    grid = create_model("GridRequest", __base__=GridRequest, __doc__=GridRequest.__doc__,
+                        model=model, candidates=candidates_field(
+                            grid_candidates, 256, GridRequest.model_fields["candidates"].description))
+    attention = create_model("AttentionRequest", __base__=AttentionRequest, model=model,
+                             layer=(int, Field(0, ge=0, le=n_layers - 1)))
+    return query, grid, attention
 
 
 # ----- responses ------------------------------------------------------------------------
@@ -72,8 +126,9 @@ class AttentionRequest(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     task: str
-    source: str
-    decoder: str
+    source: str = Field(description="The bundled artifact's or the directory's name (never "
+                                    "a path on the server).")
+    decoder: str = Field(description="The decoder's artifact or directory name.")
     n_layers: int
     n_heads: int
     sites: list[str] = Field(description="Short names, in the decoder's site order.")
@@ -242,11 +297,11 @@ class VerifyResult(BaseModel):
 
 class JobStatus(BaseModel):
     id: str
-    kind: Literal["query", "grid"]
+    kind: Literal["query", "grid", "verify", "attention"]
     state: Literal["queued", "running", "done", "failed", "cancelled"]
     stage: str
     progress: float = Field(ge=0, le=1)
-    result: QueryResult | GridResult | None = None
+    result: QueryResult | GridResult | VerifyResult | AttentionResult | None = None
     error: str | None = None
     status_code: int | None = Field(None, description="The HTTP status the error would have had.")
 

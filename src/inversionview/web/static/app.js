@@ -2,7 +2,7 @@
 // outside this server. The view's state lives in the URL, so a link reproduces it.
 "use strict";
 
-const state = { models: {}, job: null, record: null };
+const state = { models: {}, job: null, cancelRequested: false, record: null };
 const SAVED_KEY = "inversionview.saved";
 const QUERY_FIELDS = ["model", "input", "site", "position", "metric", "epsilon", "shown",
                       "candidates", "temperature", "seed", "fixed"];
@@ -133,11 +133,11 @@ async function runQuery(event) {
   writeUrl("query", values);
   $("run").disabled = true;
   $("cancel").disabled = false;
+  state.cancelRequested = false;
   $("progress-box").hidden = false;
   setProgress(0, "queued");
   try {
-    const job = await api("POST", "/api/jobs/query", queryRequest(values));
-    state.job = job.id;
+    const job = await startJob("/api/jobs/query", queryRequest(values));
     const done = await pollJob(job);
     if (done.state === "done") {
       state.record = done.result;
@@ -160,11 +160,23 @@ async function runQuery(event) {
   }
 }
 
+async function startJob(path, request) {
+  // Cancel may be pressed before the server has answered with the job's id: send it then.
+  $("progress-box").dataset.state = "submitting";
+  const job = await api("POST", path, request);
+  state.job = job.id;
+  if (state.cancelRequested) await cancelQuery();
+  return job;
+}
+
 async function pollJob(job) {
+  // The job's state is also on the progress box (data-state), for tests to wait on.
+  $("progress-box").dataset.state = job.state;
   while (!["done", "failed", "cancelled"].includes(job.state)) {
     await new Promise((resolve) => setTimeout(resolve, 120));
     job = await api("GET", `/api/jobs/${job.id}`);
     setProgress(job.progress, job.stage);
+    $("progress-box").dataset.state = job.state;
   }
   return job;
 }
@@ -175,6 +187,7 @@ function setProgress(fraction, stage) {
 }
 
 async function cancelQuery() {
+  state.cancelRequested = true;
   if (state.job) await api("DELETE", `/api/jobs/${state.job}`).catch((e) => showError(e.message));
 }
 
@@ -283,11 +296,11 @@ async function runGrid() {
   grid.hidden = false;
   grid.replaceChildren(el("p", { class: "meta" }, "querying every site…"));
   $("progress-box").hidden = false;
+  state.cancelRequested = false;
+  $("cancel").disabled = false;
   try {
-    let job = await api("POST", "/api/jobs/grid", { model: values.model, input: values.input, position: values.position,
-                                                   metric: values.metric, epsilon: Number(values.epsilon), seed: Number(values.seed) });
-    state.job = job.id;
-    $("cancel").disabled = false;
+    let job = await startJob("/api/jobs/grid", { model: values.model, input: values.input, position: values.position,
+                                                 metric: values.metric, epsilon: Number(values.epsilon), seed: Number(values.seed) });
     job = await pollJob(job);
     if (job.state !== "done") throw new Error(job.error || "the grid was cancelled");
     renderGrid(grid, job.result);

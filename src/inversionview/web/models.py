@@ -1,0 +1,100 @@
+"""The models a server serves: each probed model with its decoder, under a name that is
+never a path (a client must not learn where the server's files are).
+
+    loaded = load_model("counting")            # a bundled artifact
+    loaded = load_model("/data/authors/addition")   # served as "addition"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from inversionview.decoder.model import Decoder
+from inversionview.probed.model import ModelLoadError, ProbedModel
+from inversionview.web.schemas import ModelInfo
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    probed: ProbedModel
+    decoder: Decoder
+    decoder_name: str
+
+    def info(self) -> ModelInfo:
+        task = self.probed.task
+        site, position = task.default_query
+        return ModelInfo(
+            name=self.name, task=task.name, source=shown_name(self.probed.source),
+            decoder=self.decoder_name,
+            n_layers=self.probed.n_layers, n_heads=self.probed.n_heads,
+            sites=[s.short for s in self.probed.sites], position_names=list(task.position_names),
+            attribute_names=list(task.attribute_names), example=task.example,
+            default_site=site, default_position=position,
+            vocabulary=task.describe_vocabulary(), max_length=task.n_ctx)
+
+
+def shown_name(source: str) -> str:
+    """What a response says of a model or decoder: a bundled artifact's name, a directory's
+    base name, a hub name as it is; never an absolute path (it would tell a client where the
+    server's files are)."""
+    path = Path(source).expanduser()
+    return path.resolve().name if path.is_absolute() or path.exists() else source
+
+
+def bundled_model_names() -> list[str]:
+    """The bundled probed models (artifacts with a probed-model manifest)."""
+    from inversionview.artifacts import list_artifacts
+    from inversionview.probed.model import MANIFEST
+
+    return [name for name, (directory, _) in list_artifacts().items()
+            if (directory / MANIFEST).is_file()]
+
+
+def load_model(model: str, task: str | None = None, decoder: Path | None = None) -> LoadedModel:
+    """Load a probed model and its decoder (``decoder``, or the bundled one trained on its
+    weights). A plain HuggingFace directory needs ``task``; without one, the task whose
+    vocabulary and context fit is taken when exactly one does."""
+    from inversionview.decoder.store import decoder_for
+    from inversionview.probed import load_probed
+
+    try:
+        probed = load_probed(model)
+    except ModelLoadError as error:
+        if "--task" not in str(error):
+            raise
+        probed = load_probed(model, task or _fitting_task(model, error))
+    the_decoder, directory = decoder_for(probed, model, decoder)
+    return LoadedModel(shown_name(model), probed, the_decoder, shown_name(str(directory)))
+
+
+def _fitting_task(model: str, error: ModelLoadError) -> str:
+    from inversionview.probed import load_probed
+    from inversionview.tasks import TASKS
+
+    fitting = []
+    for name in TASKS:
+        try:
+            load_probed(model, name)
+            fitting.append(name)
+        except ModelLoadError:
+            continue
+    if len(fitting) != 1:
+        raise error
+    return fitting[0]
+
+
+def with_unique_names(models: list[LoadedModel]) -> list[LoadedModel]:
+    """Two models with the same name (a directory named like a bundled model) are served as
+    NAME and NAME-2."""
+    taken: set[str] = set()
+    unique = []
+    for model in models:
+        name, suffix = model.name, 2
+        while name in taken:
+            name, suffix = f"{model.name}-{suffix}", suffix + 1
+        taken.add(name)
+        unique.append(model if name == model.name else dataclasses.replace(model, name=name))
+    return unique
