@@ -74,7 +74,9 @@ def command_line() -> str:
 
 
 def _portable_argument(argument: str) -> str:
-    flag, equals, value = argument.partition("=") if argument.startswith("--") else ("", "", argument)
+    flag, equals, value = ("", "", argument)
+    if argument.startswith("--"):
+        flag, equals, value = argument.partition("=")
     if os.path.isabs(value) and os.path.exists(value):
         return flag + equals + portable_path(value)
     return argument

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from inversionview import distributed, provenance
-from inversionview.checkpoint import CheckpointSchedule, RunLog, check_run_directory, resumed_config
+from inversionview.checkpoint import (CheckpointSchedule, RunLog, check_run_directory,
+                                      resumed_config)
 from inversionview.decoder.data import ActivationStream, site_probabilities
 from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates
 from inversionview.decoder.plot import plot_curves
@@ -94,7 +95,8 @@ class DecoderTrainingConfig:
                 setattr(self, key, value)
         self.decoder_overrides = {**preset["decoder"], **self.decoder_overrides}
         if self.precision not in PRECISIONS:
-            raise OptionError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+            raise OptionError(f"unknown precision {self.precision!r}; use one of "
+                              f"{', '.join(PRECISIONS)}")
         counts = ("bucket_batches", "rebalance_every_evals", "eval_queries_per_site",
                   "eval_samples_per_query")
         check_settings(self, {

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from inversionview import provenance
-from inversionview.checkpoint import CheckpointSchedule, RunLog, check_run_directory, resumed_config
+from inversionview.checkpoint import (CheckpointSchedule, RunLog, check_run_directory,
+                                      resumed_config)
 from inversionview.errors import OptionError
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, HEADS, LAYERS, LEARNING_RATE,
                                    MINUTES, SEED, STEPS, WIDTH)
