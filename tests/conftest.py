@@ -31,4 +31,5 @@ def pytest_terminal_summary(terminalreporter):
 
     if CASES:
         parts = [f"{suite} {count:,}" for suite, count in sorted(CASES.items())]
-        terminalreporter.write_line(f"fuzz cases: {', '.join(parts)}, total {sum(CASES.values()):,}")
+        total = sum(count for suite, count in CASES.items() if " exit " not in suite)
+        terminalreporter.write_line(f"fuzz cases: {', '.join(parts)}; total {total:,}")

@@ -9,4 +9,6 @@ CASES: Counter[str] = Counter()
 
 
 def count_case(suite: str, n: int = 1) -> None:
+    """Count ``n`` cases of ``suite``; a suite named "X exit N" is a breakdown of X, not
+    counted again in the total."""
     CASES[suite] += n

@@ -86,3 +86,23 @@ def test_query_works_for_every_site_and_named_position(task, source):
     # a trained decoder's samples land inside the ball for a good share of the queries
     queries = len(model.task.sites) * len(model.task.named_positions(text))
     assert total_inside / (32 * queries) > 0.2
+
+
+def test_shipped_manifests_hold_no_absolute_paths():
+    """A manifest says where its model came from portably (a bundled name or a relative
+    path), not as a path on the machine that trained it."""
+    from inversionview.artifacts import list_artifacts
+
+    def strings(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, str):
+            yield value
+
+    for name, (_, manifest) in list_artifacts().items():
+        absolute = [s for s in strings(manifest) if s.startswith("/") or "/work/" in s]
+        assert not absolute, f"{name}: {absolute}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from enum import Enum
 from typing import Annotated, Any, Optional
@@ -18,9 +19,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from inversionview import options
-from inversionview.errors import echo
+from inversionview.errors import MAX_ECHO, echo
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Read what a neural activation encodes from its epsilon-preimage.")
 
 ModelArg = Annotated[str, typer.Argument(
@@ -76,39 +78,6 @@ ForceOpt = Annotated[bool, _flag("--force", "Replace output files that exist.")]
 
 def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
     typer.echo(json.dumps(record) if as_json else human)
-
-
-def _fail(message: str) -> None:
-    from inversionview.errors import UserError
-
-    raise UserError(message)
-
-
-def _user_errors():
-    from inversionview.probed import ModelLoadError, SiteError
-    from inversionview.tasks import TaskInputError
-
-    return (ModelLoadError, SiteError, TaskInputError)
-
-
-def _start_training(threads: int | None, budgets: dict[str, object]) -> None:
-    """Apply --threads and check that exactly one budget option was given."""
-    import torch
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if sum(value is not None for value in budgets.values()) != 1:
-        _fail(f"give exactly one of {' or '.join(budgets)}")
-
-
-def _saved_config(out: Path) -> dict[str, Any]:
-    """The training config stored in OUT/checkpoint, for --resume."""
-    from inversionview.checkpoint import checkpoint_record
-
-    try:
-        return checkpoint_record(out / "checkpoint")["config"]
-    except FileNotFoundError as error:
-        _fail(f"--resume: {error}")
 
 
 def _load(model: str, task: str | None):
@@ -533,24 +502,24 @@ def serve(
     from inversionview.web.app import check_can_listen, create_app, is_loopback
     from inversionview.web.service import QueryService, bundled_model_names, load_model
 
-    if not is_loopback(host):
-        typer.echo(f"warning: serving on {host}, not loopback: anyone who can reach this "
-                   f"address can run queries on this machine (there is no authentication); "
-                   f"use --host 127.0.0.1 to keep it local", err=True)
     if threads is not None:
         torch.set_num_threads(threads)
     decoders: dict[str, Path] = {}
     for item in decoder or []:
         name, sep, directory = item.partition("=")
         if not sep or not name or not directory:
-            _fail(f"--decoder takes MODEL=DIR, got {item!r}")
+            raise UserError(f"--decoder takes MODEL=DIR, got {echo(item)}")
         decoders[name] = Path(directory)
     names = list(dict.fromkeys((models or []) + bundled_model_names()))
     unknown = sorted(set(decoders) - set(names))
     if unknown:
-        _fail(f"--decoder names {', '.join(unknown)}, which is not among the served models "
+        raise UserError(f"--decoder names {', '.join(unknown)}, which is not among the served models "
               f"({', '.join(names)})")
     check_can_listen(host, port)  # before the models load, not after
+    if not is_loopback(host):
+        typer.echo(f"warning: serving on {echo(host)}, not loopback: anyone who can reach this "
+                   f"address can run queries on this machine (there is no authentication); "
+                   f"use --host 127.0.0.1 to keep it local", err=True)
     loaded = []
     for name in names:
         try:
@@ -560,7 +529,7 @@ def serve(
                 raise
             typer.echo(f"skipping bundled model {name}: {error}", err=True)
     if not loaded:
-        _fail("no model to serve: every bundled model failed to load (see above)")
+        raise UserError("no model to serve: every bundled model failed to load (see above)")
     service = QueryService(loaded)
     typer.echo(f"serving {', '.join(service.models)} at http://{host}:{port} "
                f"(API docs at /docs)")
@@ -755,7 +724,7 @@ def run(argv: list[str] | None = None) -> int:
 
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="inversionview", standalone_mode=False)
+        status = command.main(args=argv, prog_name="inversionview", standalone_mode=False)
     except typer.Exit as error:
         return error.exit_code
     except UserError as error:
@@ -771,14 +740,17 @@ def run(argv: list[str] | None = None) -> int:
                 return 0
             context = getattr(error, "ctx", None)
             hint = f" (see `{context.command_path} --help`)" if context is not None else ""
-            _error_line(message + hint)
+            _error_line(_LONG_QUOTED.sub(lambda match: echo(match.group(1)), message) + hint)
             return 2
         if os.environ.get("INVERSIONVIEW_DEBUG"):
             raise
         _error_line(f"internal error ({type(error).__name__}: {error}); this is a bug, please "
                     f"report it with the command line (INVERSIONVIEW_DEBUG=1 shows the traceback)")
         return 1
-    return 0
+    return status if isinstance(status, int) else 0  # typer's own Ctrl-C handling: 130
+
+
+_LONG_QUOTED = re.compile(r"'([^']{%d,})'" % MAX_ECHO)  # a long value click quotes back whole
 
 
 def _is_usage_error(error: Exception) -> bool:

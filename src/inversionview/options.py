@@ -13,6 +13,7 @@ OpenAPI schema says exactly what the server accepts.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Callable
@@ -146,7 +147,23 @@ def check_output_file(path: Path, option: str, suffixes: tuple[str, ...] = (),
         if not force:
             raise OptionError(f"{where} exists; pass --force to replace it")
     _writable_directory(path.parent, where)
+    _probe(path, where)
     return path
+
+
+def _probe(path: Path, where: str) -> None:
+    """Open ``path`` for writing once (without truncating it; a new file is removed again),
+    so that a file system that refuses it says so now, whoever runs the command."""
+    try:
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        else:
+            with open(path, "xb"):
+                pass
+            path.unlink()
+    except OSError as error:
+        raise OptionError(f"{where}: cannot write it ({error.strerror})") from None
 
 
 def check_output_directory(path: Path, option: str, force: bool = False,
@@ -167,8 +184,16 @@ def check_output_directory(path: Path, option: str, force: bool = False,
 
 
 def _plain_path(path: Path | str, option: str) -> Path:
+    """``path`` if the file system can take it as a name at all."""
     if not str(path) or "\x00" in str(path):
         raise OptionError(f"{option} needs a file path; got {echo(str(path))}")
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:  # a name too long, a loop of links, a file used as a folder
+        if error.errno != errno.ENOTDIR:
+            raise OptionError(f"{option} {echo(str(path))}: {error.strerror}") from None
     return Path(path)
 
 

@@ -74,7 +74,7 @@ def test_an_empty_value_is_an_error_not_the_default(option):
 
 def test_a_long_input_is_not_echoed_whole():
     line = one_error_line(invoke(["query", "--input", "#" * 5000]))
-    assert "5,000 characters" in line and len(line) < 600
+    assert "5,001 characters)" in line and len(line) < 600  # the input with its BOS
 
 
 # ----- output paths: checked before the query runs ------------------------------------------
@@ -95,6 +95,7 @@ def places(tmp_path):
     ("query", "--html", ".", "is a directory"),
     ("query", "--html", "a file/page.html", "is a file, not a directory"),
     ("query", "--html", "locked/page.html", "permission denied"),
+    ("query", "--html", "/proc/page.html", "cannot write it"),
     ("query", "--html", "/dev/null", "not a regular file"),
     ("query", "--html", "kept.html", "pass --force"),
     ("patch", "--plot", "plot.gif", ".png or .pdf or .svg"),

@@ -12,12 +12,14 @@ at the end and kept in test-artifacts/fuzz-api.json.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import schemathesis
+from fuzz_counter import count_case
 from hypothesis import HealthCheck, settings
 
 from inversionview.options import Range
@@ -66,10 +68,11 @@ def fuzz_report(request):
 
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
-          print_blob=True)
+          print_blob=True, derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "explore")
 def test_every_operation_conforms_to_its_schema(case):
     response = case.call_and_validate()
     CASES[case.operation.label] += 1
+    count_case("API")
     STATUSES[str(response.status_code)] += 1
 
 

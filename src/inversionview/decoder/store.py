@@ -22,6 +22,7 @@ from inversionview.decoder.model import Decoder, DecoderConfig
 from inversionview.errors import UserError, echo
 from inversionview.probed.model import (ProbedModel, atomic_path, first_line, read_json_object,
                                         read_safetensors, weights_mismatch, write_json_atomic)
+from inversionview.provenance import portable_path
 
 WEIGHTS, MANIFEST = "decoder.safetensors", "decoder.json"
 
@@ -39,7 +40,7 @@ def save_decoder(decoder: Decoder, model: ProbedModel, directory: Path, manifest
                    .contiguous() for k, v in decoder.state_dict().items()}, str(tmp))
     write_json_atomic(directory / MANIFEST, {
         "kind": "decoder", "task": model.task.name, "sites": list(model.task.sites),
-        "probed_weights_sha256": model.weights_hash(), "probed_source": model.source,
+        "probed_weights_sha256": model.weights_hash(), "probed_source": portable_path(model.source),
         "config": decoder.config.to_dict(), **manifest})
 
 

@@ -237,7 +237,7 @@ def check_can_listen(host: str, port: int) -> None:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         with socket.create_server((host, port), family=family):
             pass
-    except OSError as error:
-        reason = error.strerror or str(error)
+    except (OSError, UnicodeError) as error:  # UnicodeError: a host name IDNA cannot encode
+        reason = getattr(error, "strerror", None) or str(error)
         raise UserError(f"cannot listen on {host}:{port}: {reason}; choose another --port "
                         f"(or --host)") from None
