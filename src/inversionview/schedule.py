@@ -14,7 +14,7 @@ WARMUP_STEPS = Range("warmup_steps", 0, 10**12)
 MIN_LR_FRACTION = Range("min_lr_fraction", 0, 1, integer=False)
 WEIGHT_DECAY = Range("weight_decay", 0, 100, integer=False)
 GRAD_CLIP = Range("grad_clip", 0, 1e9, integer=False, low_open=True)
-EVAL_SECONDS = Range("eval_every_seconds", 0, 86_400, integer=False)
+EVAL_SECONDS = Range("eval_every_seconds", 0, 1e12, integer=False)  # 1e12: never
 FIRST_CHECKPOINT_SECONDS = dataclasses.replace(CHECKPOINT_SECONDS, name="first_checkpoint_seconds")
 FIRST_CHECKPOINT_STEPS = Range("first_checkpoint_steps", 1, 10**12)
 
