@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,22 @@ def authors_model_dir(task: str) -> Path:
     if not (directory / "config.json").exists():
         pytest.skip(f"the authors' {task} checkpoint is not at {directory} (../shared is absent)")
     return directory
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Refuse and record every attempt to open a connection or resolve a name: loading must
+    work offline, and must not even try."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access is blocked in this test")
+
+    for owner, name in [(socket.socket, "connect"), (socket.socket, "connect_ex"),
+                        (socket, "create_connection"), (socket, "getaddrinfo")]:
+        monkeypatch.setattr(owner, name, refuse)
+    return attempts
 
 
 @pytest.fixture(params=["counting", "addition"])

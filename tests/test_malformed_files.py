@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import socket
 import struct
 from pathlib import Path
 
@@ -260,21 +259,6 @@ def test_corrupt_pytorch_checkpoint_is_named(tmp_path):
 
 
 # ----- MODEL names that are not directories ----------------------------------------------
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Refuse and record every attempt to open a connection or resolve a name."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network access is blocked in this test")
-
-    for owner, name in [(socket.socket, "connect"), (socket.socket, "connect_ex"),
-                        (socket, "create_connection"), (socket, "getaddrinfo")]:
-        monkeypatch.setattr(owner, name, refuse)
-    return attempts
 
 
 @pytest.mark.parametrize("task", [[], ["--task", "counting"]])

@@ -1,6 +1,5 @@
 """The authors' released probed models, loaded offline from ../shared (skipped when absent)."""
 
-import socket
 
 import pytest
 import torch
@@ -8,22 +7,6 @@ import torch
 from inversionview.probed import load_probed
 from inversionview.probed.evaluate import accuracy
 from tests.conftest import authors_model_dir
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Block and record every attempt to open a network connection or resolve a name."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network access is blocked in this test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    yield attempts
 
 
 @pytest.mark.parametrize("task", ["counting", "addition"])
