@@ -8,12 +8,12 @@ says why) and reported when it is loaded by name.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from inversionview.errors import echo
+from inversionview.errors import UserError, echo
+from inversionview.files import read_json_object
 
 MANIFESTS = ("inversionview.json", "decoder.json")  # probed models, decoders
 _KINDS = {"inversionview.json": "probed-model", "decoder.json": "decoder"}
@@ -49,8 +49,10 @@ def broken_artifacts() -> dict[str, tuple[Path, str]]:
     return broken
 
 
-def artifact_names() -> list[str]:
-    return sorted(list_artifacts())
+def bundled_model_names() -> list[str]:
+    """The bundled probed models (artifacts with a probed-model manifest), sorted."""
+    return sorted(name for name, (directory, _) in list_artifacts().items()
+                  if (directory / "inversionview.json").is_file())
 
 
 def find_artifact(name: str) -> Path | None:
@@ -77,11 +79,10 @@ def _read_manifest(path: Path) -> dict[str, Any] | str:
     kind = _KINDS[path.name]
     expected = f'expected a JSON object with "kind": "{kind}" and a "task"'
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return f"{path} cannot be read as JSON ({type(error).__name__}); {expected}"
-    if not isinstance(manifest, dict) or manifest.get("kind") != kind \
-            or not isinstance(manifest.get("task"), str):
+        manifest = read_json_object(path, UserError, expected)
+    except UserError as error:
+        return str(error)
+    if manifest.get("kind") != kind or not isinstance(manifest.get("task"), str):
         return f"{path} is not a {kind} manifest; {expected}"
     for score in ("accuracy", "in_epsilon_mean"):
         value = manifest.get(score)

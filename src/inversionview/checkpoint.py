@@ -25,12 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from inversionview import provenance
 from inversionview.errors import OptionError, UserError
+from inversionview.files import read_json_object, read_safetensors
 
 RECORD = "state.json"  # written last: its presence marks a complete checkpoint
+
+
+class CheckpointError(UserError):
+    """A checkpoint whose files cannot be read (the message names the file)."""
 
 
 class NoCheckpointError(UserError, FileNotFoundError):
@@ -140,18 +145,30 @@ def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer,
                     generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.Tensor], dict]:
     """Restore optimizer and RNG states in place; return (model state, record)."""
     directory = existing_checkpoint(directory)
-    model_state = load_file(str(directory / "model.safetensors"))
-    restore_optimizer(optimizer, load_file(str(directory / "optimizer.safetensors")),
-                      json.loads((directory / "optimizer.json").read_text()))
-    rng = load_file(str(directory / "rng.safetensors"))
+    model_state = _tensors(directory / "model.safetensors")
+    restore_optimizer(optimizer, _tensors(directory / "optimizer.safetensors"),
+                      _record(directory / "optimizer.json"))
+    rng = _tensors(directory / "rng.safetensors")
     for name, generator in generators.items():
         generator.set_state(rng[name])
-    return model_state, json.loads((directory / RECORD).read_text())
+    return model_state, _record(directory / RECORD)
 
 
 def checkpoint_record(directory: Path) -> dict[str, Any]:
     """The JSON record (step, elapsed, config, ...) of the checkpoint in ``directory``."""
-    return json.loads((existing_checkpoint(directory) / RECORD).read_text())
+    return _record(existing_checkpoint(directory) / RECORD)
+
+
+_DAMAGED = ("the checkpoint is damaged: start the run again in another --out (or remove "
+            "this one)")
+
+
+def _record(path: Path) -> dict[str, Any]:
+    return read_json_object(path, CheckpointError, f"a checkpoint record; {_DAMAGED}")
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    return read_safetensors(path, CheckpointError, f"checkpoint tensors; {_DAMAGED}")
 
 
 def check_run_directory(out: Path, resume: bool) -> None:
@@ -182,7 +199,11 @@ def resumed_config(config_class: type, out: Path, budget: dict[str, Any],
       OptionError: a resumed run keeps its seed, model and optimizer settings.
     """
     checkpoint = Path(out) / "checkpoint"
-    saved = dict(checkpoint_record(checkpoint)["config"])
+    saved = checkpoint_record(checkpoint).get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{existing_checkpoint(checkpoint) / RECORD} has no training "
+                              f"config; {_DAMAGED}")
+    saved = dict(saved)
     given = {name: value for name, value in budget.items() if value is not None}
     if len(given) > 1:
         raise OptionError(f"give at most one of {' or '.join(budget)}: it replaces the budget "

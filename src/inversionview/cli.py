@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from inversionview import options
-from inversionview.errors import MAX_ECHO, echo
+from inversionview.errors import MAX_ECHO, UserError, echo
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
@@ -40,7 +40,7 @@ def _flag(name: str, help: str) -> Any:
 
 JsonOpt = Annotated[bool, _flag("--json", "Print one JSON object.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice "
-                                      f"(0..2^63-1).", callback=options.SEED.callback)]
+                                      "(0..2^63-1).", callback=options.SEED.callback)]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: "
                                                    "torch's).", callback=options.THREADS.callback)]
 InputOpt = Annotated[Optional[str], typer.Option("--input", help="The query input (default: the "
@@ -78,6 +78,13 @@ ForceOpt = Annotated[bool, _flag("--force", "Replace output files that exist.")]
 
 def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
     typer.echo(json.dumps(record) if as_json else human)
+
+
+def _apply_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _load(model: str, task: str | None):
@@ -197,14 +204,10 @@ def train_probed_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a probed model on its task on fresh samples (CPU by default)."""
-    import torch
-
     from inversionview.checkpoint import check_run_directory
-    from inversionview.errors import UserError
     from inversionview.probed.train import ProbedTrainingConfig, train_probed
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    _apply_threads(threads)
     interval = {} if checkpoint_every is None else {"checkpoint_every_seconds": checkpoint_every}
     if resume:
         given = [("TASK", "task", task, "task"), ("--seed", "seed", seed, "seed"),
@@ -271,14 +274,11 @@ def train_decoder_command(
     """Train a decoder on a probed model's activations (fresh data every step).
 
     Runs as DDP under `torchrun --nproc_per_node N` (NCCL on GPUs, gloo on CPU)."""
-    import torch
 
     from inversionview.checkpoint import check_run_directory
     from inversionview.decoder.train import DecoderTrainingConfig, resolve_device, train_decoder
-    from inversionview.errors import UserError
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    _apply_threads(threads)
     resolve_device(device)  # a device that is not here fails before the model loads
     interval = {} if checkpoint_every is None else {"checkpoint_every_seconds": checkpoint_every}
     if resume:
@@ -328,6 +328,9 @@ def export_decoder_command(
 
     options.check_output_directory(out, "--out", force, marker=MANIFEST)
     manifest = read_manifest(run_dir)
+    if model is None and not manifest.get("probed_source"):
+        raise UserError(f"{run_dir} does not say which probed model it was trained on; "
+                        f"give it with --model")
     probed = _load(model or manifest["probed_source"], task or manifest["task"])
     exported: dict[str, Any] = {}
     options.write_output(out, "--out", lambda path: exported.update(
@@ -381,13 +384,6 @@ def _query_setup(model: str, task: str | None, decoder_dir: Path | None, input_t
     default_site, default_position = probed.task.default_query
     return (probed, decoder, str(directory), probed.task.example if input_text is None else input_text,
             default_site if site is None else site, default_position if position is None else position)
-
-
-def _apply_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 @app.command()
@@ -495,15 +491,12 @@ def serve(
     threads: ThreadsOpt = None,
 ) -> None:
     """Start the web UI and its JSON API (http://HOST:PORT, API docs at /docs)."""
-    import torch
     import uvicorn
 
-    from inversionview.errors import UserError
     from inversionview.web.app import check_can_listen, create_app, is_loopback
     from inversionview.web.service import QueryService, bundled_model_names, load_model
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    _apply_threads(threads)
     decoders: dict[str, Path] = {}
     for item in decoder or []:
         name, sep, directory = item.partition("=")
@@ -523,7 +516,9 @@ def serve(
     loaded = []
     for name in names:
         try:
-            loaded.append(load_model(name, task, decoders.get(name)))
+            # --task is for the models named here; the bundled ones say their own
+            loaded.append(load_model(name, task if name in (models or []) else None,
+                                     decoders.get(name)))
         except UserError as error:
             if name in (models or []):
                 raise
@@ -537,7 +532,6 @@ def serve(
 
 
 def _one_component(probed, spec: str):
-    from inversionview.errors import UserError
     from inversionview.verify.patching import parse_components
 
     components = parse_components(probed, spec)
@@ -720,7 +714,6 @@ def run(argv: list[str] | None = None) -> int:
     """Run one command line (``argv`` without the program name; default: ``sys.argv[1:]``)
     and return its exit status: 0 done, 2 a usage or user error (one line on stderr), 1 a bug
     (one line naming it; INVERSIONVIEW_DEBUG=1 shows the traceback), 130 interrupted."""
-    from inversionview.errors import UserError
 
     command = typer.main.get_command(app)
     try:

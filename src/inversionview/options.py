@@ -81,10 +81,6 @@ class Range:
         return bounds
 
 
-def check_optional(spec: Range, value: Any) -> Any:
-    return None if value is None else spec.check(value)
-
-
 # ----- sampling and scoring (query, completeness, verify, the API) -------------------------
 
 # The sampler draws every candidate in one batch: 8,192 take about 1.5 GB and 20 s on a

@@ -163,3 +163,40 @@ def test_a_bug_is_one_line_with_status_1(monkeypatch):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.startswith("error: internal error (ZeroDivisionError")
 
+
+
+# ----- found by review: the same classes at other entrances ---------------------------------
+
+
+@pytest.mark.parametrize("argv", [["patch", "counting", "--components", "a0.0@²"],
+                                  ["dla", "counting", "--component", "a0.0@٣"]])
+def test_component_positions_are_ascii_integers_or_names(argv):
+    assert "unknown position" in one_error_line(invoke(argv))
+
+
+@pytest.mark.parametrize("damage", ["{bad", "[1]", "{}"])
+def test_a_damaged_checkpoint_names_its_file(tmp_path, damage):
+    run = tmp_path / "run"
+    started = invoke(["train-probed", "counting", "--out", run, "--steps", "2", "--batch-size",
+                      "4", "--d-model", "8", "--n-heads", "1", "--n-layers", "1",
+                      "--checkpoint-every", "0.001", "--json"])
+    assert started.exit_code == 0, started.output
+    (run / "checkpoint" / "state.json").write_text(damage)
+    line = one_error_line(invoke(["train-probed", "counting", "--out", run, "--resume",
+                                  "--steps", "3"]))
+    assert "state.json" in line
+
+
+def test_export_without_a_probed_source_asks_for_the_model(tmp_path):
+    import json
+    import shutil
+
+    from inversionview.artifacts import find_artifact
+
+    run = tmp_path / "run"
+    shutil.copytree(find_artifact("decoder-counting"), run)
+    manifest = json.loads((run / "decoder.json").read_text())
+    del manifest["probed_source"]
+    (run / "decoder.json").write_text(json.dumps(manifest))
+    line = one_error_line(invoke(["export-decoder", run, "--out", tmp_path / "out"]))
+    assert "--model" in line

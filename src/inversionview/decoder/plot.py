@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from inversionview.probed.model import atomic_path
+from inversionview.files import atomic_path
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:

@@ -20,8 +20,9 @@ from safetensors.torch import save_file
 from inversionview.artifacts import list_artifacts
 from inversionview.decoder.model import Decoder, DecoderConfig
 from inversionview.errors import UserError, echo
-from inversionview.probed.model import (ProbedModel, atomic_path, first_line, read_json_object,
-                                        read_safetensors, weights_mismatch, write_json_atomic)
+from inversionview.files import (atomic_path, first_line, positive_int, read_json_object,
+                                read_safetensors, weights_mismatch, write_json_atomic)
+from inversionview.probed.model import ProbedModel
 from inversionview.provenance import portable_path
 
 WEIGHTS, MANIFEST = "decoder.safetensors", "decoder.json"
@@ -147,13 +148,9 @@ def _decoder_config(path: Path, settings: dict[str, Any]) -> DecoderConfig:
     return config
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 _FIELD_TYPES = {  # a DecoderConfig field's type -> (what it must be, check)
-    int: ("a positive integer", _positive_int),
-    int | None: ("a positive integer or null", lambda v: v is None or _positive_int(v)),
+    int: ("a positive integer", positive_int),
+    int | None: ("a positive integer or null", lambda v: v is None or positive_int(v)),
     float: ("a number from 0 to 1",
             lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1),
     bool: ("true or false", lambda v: isinstance(v, bool)),

@@ -19,10 +19,7 @@ not fit the config) raises ``ModelLoadError`` naming the file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
 import pickle
 import tempfile
 from dataclasses import dataclass, field
@@ -31,13 +28,14 @@ from typing import Any
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.activations import ACT2FN
 
-from inversionview.artifacts import find_artifact, list_artifacts
+from inversionview.artifacts import bundled_model_names, find_artifact
 from inversionview.errors import UserError, echo
+from inversionview.files import (atomic_path, first_line, positive_int, read_json_object,
+                                read_safetensors, weights_mismatch, write_json_atomic)
 from inversionview.probed.processed import ProcessedGPT2
 from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks import TASKS, Task, TaskInputError, get_task
@@ -253,18 +251,12 @@ def _resolve_directory(model: str) -> Path | None:
     artifact = find_artifact(model)  # a broken manifest is reported when it is read
     if artifact is not None and not (artifact / MANIFEST).exists():
         raise ModelLoadError(f"{echo(model)} is a bundled decoder, not a probed model; pass it "
-                             f"with --decoder and give a probed model ({_bundled_models()})")
+                             f"with --decoder and give a probed model ({', '.join(bundled_model_names()) or 'none'})")
     if artifact is not None:
         return artifact
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelLoadError(f"model directory {model!r} does not exist")
     return None
-
-
-def _bundled_models() -> str:
-    names = [name for name, (directory, manifest) in list_artifacts().items()
-             if (directory / MANIFEST).is_file()]
-    return ", ".join(sorted(names)) or "none"
 
 
 def _load_from_hub_cache(name: str, task: str | None, device: str) -> ProbedModel:
@@ -274,7 +266,7 @@ def _load_from_hub_cache(name: str, task: str | None, device: str) -> ProbedMode
     except (OSError, ValueError):
         raise ModelLoadError(
             f"{echo(name)} is neither a bundled artifact nor a directory, nor a model in the "
-            f"local HuggingFace cache; give a bundled model ({_bundled_models()}) or a model "
+            f"local HuggingFace cache; give a bundled model ({', '.join(bundled_model_names()) or 'none'}) or a model "
             f"directory (config.json with model.safetensors or pytorch_model.bin)") from None
     where = f"the cached model {echo(name)}"
     if config.model_type != "gpt2":
@@ -313,7 +305,7 @@ def _read_config(path: Path) -> dict[str, Any]:
                              f"a GPT-2 config (model_type 'gpt2')")
     for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner"):
         value = settings.get(name, 1)
-        if not (_positive_int(value) or (name == "n_inner" and value is None)):
+        if not (positive_int(value) or (name == "n_inner" and value is None)):
             null = " or null" if name == "n_inner" else ""
             raise ModelLoadError(f"{path}: {name} is {echo(value)}; expected a positive integer{null}")
     activation = settings.get("activation_function", "gelu_new")
@@ -408,96 +400,6 @@ def _load_state(hf_model: GPT2LMHeadModel, state: dict[str, torch.Tensor], weigh
         raise ModelLoadError(f"{weights_path} cannot be loaded with its config {config_path} "
                              f"({first_line(error)})") from None
     hf_model.tie_weights()
-
-
-# ----- small file helpers ----------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
-
-
-def read_json_object(path: Path, error: type[UserError], expected: str) -> dict[str, Any]:
-    """The JSON object in ``path``; ``error`` naming the file (and ``expected``, what it should
-    hold) when it cannot be read, is not JSON, or holds something other than an object."""
-    try:
-        content = path.read_bytes().decode("utf-8")
-    except OSError as problem:
-        raise error(f"cannot read {path} ({problem.strerror or problem}); expected {expected}") from None
-    except UnicodeDecodeError:
-        raise error(f"{path} is not valid JSON (it is not UTF-8 text); expected {expected}") from None
-    if not content.strip():
-        raise error(f"{path} is empty; expected {expected}")
-    try:
-        record = json.loads(content)
-    except json.JSONDecodeError as problem:
-        raise error(f"{path} is not valid JSON (line {problem.lineno} column {problem.colno}: "
-                    f"{problem.msg}); expected {expected}") from None
-    if not isinstance(record, dict):
-        raise error(f"{path} is not a JSON object (it holds {_JSON_KINDS[type(record)]}); "
-                    f"expected {expected}")
-    return record
-
-
-_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
-               bool: "a boolean", type(None): "null"}
-
-
-def read_safetensors(path: Path, error: type[UserError], expected: str) -> dict[str, torch.Tensor]:
-    """The tensors in a safetensors file; ``error`` naming the file when it cannot be read
-    (empty, truncated, overwritten, or a header that claims more than the file holds)."""
-    try:
-        return load_file(str(path))
-    except SafetensorError as problem:
-        reason = str(problem).removeprefix("Error while deserializing header: ")
-        raise error(f"{path} is not a readable safetensors file ({reason}); expected {expected} "
-                    f"(is it truncated or overwritten?)") from None
-    except OSError as problem:
-        raise error(f"cannot read {path} ({problem.strerror or problem}); expected {expected}") from None
-
-
-def weights_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
-                     ignored: tuple[str, ...] = ()) -> str | None:
-    """What keeps ``state`` from loading into a module whose state dict is ``expected`` (names
-    ending in ``ignored`` may be absent or extra), or None."""
-    problems = []
-    for name, tensor in state.items():
-        if name not in expected:
-            if not name.endswith(ignored):
-                problems.append(f"unexpected weight {name}")
-        elif tuple(tensor.shape) != tuple(expected[name].shape):
-            problems.append(f"{name} has shape {tuple(tensor.shape)}, the config says "
-                            f"{tuple(expected[name].shape)}")
-    problems += [f"missing weight {name}" for name in expected
-                 if name not in state and not name.endswith(ignored)]
-    more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-    return "; ".join(problems[:3]) + more if problems else None
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (some span many lines), shortened."""
-    lines = str(error).strip().splitlines()
-    line = lines[0] if lines else type(error).__name__
-    return line if len(line) <= 160 else line[:159] + "…"
 
 
 __all__ = ["ModelLoadError", "ProbedModel", "TaskInputError", "build_probed", "load_probed"]

@@ -51,10 +51,11 @@ def parse_components(model: ProbedModel, spec: str) -> list[Component]:
         if not sep or not site or not position:
             raise TaskInputError(f"component {echo(item)} is not SITE@POSITION (e.g. a0.0@query); "
                                  f"positions: {', '.join(model.task.position_names)} or an index")
-        if position not in model.task.position_names and not position.isdigit():
+        index = re.fullmatch(r"[0-9]+", position)  # ASCII digits only: '²' is not 2
+        if position not in model.task.position_names and not index:
             raise TaskInputError(f"unknown position {echo(position)} in {echo(item)}; use one of: "
                                  f"{', '.join(model.task.position_names)} or an index")
-        components.append(Component(model.site(site), int(position) if position.isdigit() else position))
+        components.append(Component(model.site(site), int(position) if index else position))
     if not components:
         raise TaskInputError("no components given")
     return components

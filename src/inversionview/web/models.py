@@ -11,8 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from inversionview.artifacts import bundled_model_names  # noqa: F401 (re-exported)
 from inversionview.decoder.model import Decoder
-from inversionview.probed.model import ModelLoadError, ProbedModel
+from inversionview.probed.model import ProbedModel
 from inversionview.web.schemas import ModelInfo
 
 
@@ -44,46 +45,15 @@ def shown_name(source: str) -> str:
     return path.resolve().name if path.is_absolute() or path.exists() else source
 
 
-def bundled_model_names() -> list[str]:
-    """The bundled probed models (artifacts with a probed-model manifest)."""
-    from inversionview.artifacts import list_artifacts
-    from inversionview.probed.model import MANIFEST
-
-    return [name for name, (directory, _) in list_artifacts().items()
-            if (directory / MANIFEST).is_file()]
-
-
 def load_model(model: str, task: str | None = None, decoder: Path | None = None) -> LoadedModel:
-    """Load a probed model and its decoder (``decoder``, or the bundled one trained on its
-    weights). A plain HuggingFace directory needs ``task``; without one, the task whose
-    vocabulary and context fit is taken when exactly one does."""
+    """Load a probed model (``task`` as ``load_probed`` takes it: None infers it) and its
+    decoder (``decoder``, or the bundled one trained on its weights)."""
     from inversionview.decoder.store import decoder_for
     from inversionview.probed import load_probed
 
-    try:
-        probed = load_probed(model)
-    except ModelLoadError as error:
-        if "--task" not in str(error):
-            raise
-        probed = load_probed(model, task or _fitting_task(model, error))
+    probed = load_probed(model, task)
     the_decoder, directory = decoder_for(probed, model, decoder)
     return LoadedModel(shown_name(model), probed, the_decoder, shown_name(str(directory)))
-
-
-def _fitting_task(model: str, error: ModelLoadError) -> str:
-    from inversionview.probed import load_probed
-    from inversionview.tasks import TASKS
-
-    fitting = []
-    for name in TASKS:
-        try:
-            load_probed(model, name)
-            fitting.append(name)
-        except ModelLoadError:
-            continue
-    if len(fitting) != 1:
-        raise error
-    return fitting[0]
 
 
 def with_unique_names(models: list[LoadedModel]) -> list[LoadedModel]:
