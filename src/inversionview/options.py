@@ -119,6 +119,7 @@ CHECKPOINT_SECONDS = Range("checkpoint-every", 0, 86_400, integer=False, low_ope
 WIDTH = Range("d-model", 1, 65_536)
 HEADS = Range("n-heads", 1, 1_024)
 LAYERS = Range("n-layers", 1, 1_024)
+MAX_TOKENS = Range("max-tokens", 1, 4_096)  # the longest corpus piece a decoder trains on
 
 
 # ----- output paths ----------------------------------------------------------------------

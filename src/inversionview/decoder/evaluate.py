@@ -32,18 +32,29 @@ EVAL_POSITIONS = {"counting": (":", "query"), "addition": ("+", "=", "A1", "A2",
 def held_out_queries(model: ProbedModel, per_site: int, seed: int,
                      positions: tuple[str, ...] | None = None) -> QuerySet:
     """``per_site`` queries for every (site, named position): fresh inputs drawn from a
-    generator seeded with ``seed`` + 1,000,003 (apart from any training seed's streams)."""
+    generator seeded with ``seed`` + 1,000,003 (apart from any training seed's streams).
+    Free text has no named positions: its queries are held-out corpus pieces at positions
+    drawn as the decoder's training draws them (any real token after BOS)."""
     task = model.task
-    positions = positions or EVAL_POSITIONS.get(task.name, task.position_names)
     generator = torch.Generator().manual_seed(seed + 1_000_003)
     rows, site_ids, query_positions = [], [], []
-    for site_id, _ in enumerate(model.sites):
-        for name in positions:
-            tokens = task.sample_tokens(per_site, generator)
-            for row in tokens:
-                rows.append(row)
-                site_ids.append(site_id)
-                query_positions.append(task.resolve_position(task.decode(row), name))
+    if task.sites is None and positions is None:
+        for site_id, _ in enumerate(model.sites):
+            tokens = task.sample_tokens(per_site, generator, held_out=True)
+            allowed = task.query_position_mask(tokens)
+            scores = torch.rand(tokens.shape, generator=generator).masked_fill(~allowed, -1.0)
+            rows.extend(tokens)
+            site_ids.extend([site_id] * per_site)
+            query_positions.extend(scores.argmax(dim=1).tolist())
+    else:
+        positions = positions or EVAL_POSITIONS.get(task.name, task.position_names)
+        for site_id, _ in enumerate(model.sites):
+            for name in positions:
+                tokens = task.sample_tokens(per_site, generator)
+                for row in tokens:
+                    rows.append(row)
+                    site_ids.append(site_id)
+                    query_positions.append(task.resolve_in_tokens(row, name))
     tokens = torch.stack(rows)
     site_id, position = torch.tensor(site_ids), torch.tensor(query_positions)
     activation = torch.empty(len(rows), model.d_model)

@@ -169,6 +169,9 @@ class Decoder(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.config = config
+        #: The probed model's sites in this decoder's order (index = site id); set when the
+        #: decoder is built for a model or loaded with its manifest.
+        self.site_names: tuple[str, ...] = ()
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.position_embedding = nn.Embedding(config.n_ctx, config.d_model)
         self.dropout = nn.Dropout(config.dropout)

@@ -40,9 +40,22 @@ def save_decoder(decoder: Decoder, model: ProbedModel, directory: Path, manifest
         save_file({k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype)
                    .contiguous() for k, v in decoder.state_dict().items()}, str(tmp))
     write_json_atomic(directory / MANIFEST, {
-        "kind": "decoder", "task": model.task.name, "sites": list(model.task.sites),
-        "probed_weights_sha256": model.weights_hash(), "probed_source": portable_path(model.source),
+        "kind": "decoder", "task": model.task.name, **decoder_identity(model),
+        "probed_source": portable_path(model.source),
         "config": decoder.config.to_dict(), **manifest})
+
+
+def decoder_identity(model: ProbedModel) -> dict[str, Any]:
+    """What a decoder must match in the model it reads: its weights, the sites in the
+    decoder's order, how activations are processed, and the token ids (a text model's
+    tokenizer by fingerprint)."""
+    vocab = model.task.vocab
+    identity = {"sites": [site.short for site in model.sites],
+                "probed_weights_sha256": model.weights_hash(), "processing": model.processing,
+                "special_ids": {"bos": vocab.bos_id, "eos": vocab.eos_id, "pad": vocab.pad_id}}
+    if hasattr(vocab, "fingerprint"):
+        identity["tokenizer_sha256"] = vocab.fingerprint()
+    return identity
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -78,6 +91,9 @@ _MANIFEST_FIELDS = [  # (name, type, required, what it must be)
     ("probed_weights_sha256", str, True, "the sha256 of the probed weights, a string"),
     ("probed_source", str, False, "the probed model's path, a string"),
     ("sites", list, False, "a list of site names"),
+    ("processing", str, False, "processed or raw"),
+    ("special_ids", dict, False, "a JSON object of the BOS, EOS and PAD ids"),
+    ("tokenizer_sha256", str, False, "the sha256 of the tokenizer, a string"),
     ("training", dict, False, "a JSON object of training settings"),
 ]
 
@@ -99,6 +115,7 @@ def load_decoder(directory: Path, model: ProbedModel | None = None, device: str 
     config = _decoder_config(manifest_path, manifest["config"])
     if model is not None:
         _check_fits_model(config, model, manifest_path)
+        _check_identity(manifest, model, manifest_path)
     if not weights_path.is_file():
         raise DecoderLoadError(f"{weights_path} is missing; expected the decoder's weights "
                                f"beside {manifest_path}")
@@ -119,7 +136,35 @@ def load_decoder(directory: Path, model: ProbedModel | None = None, device: str 
     except RuntimeError as error:
         raise DecoderLoadError(f"{weights_path} cannot be loaded with the config in "
                                f"{manifest_path} ({first_line(error)})") from None
+    names = manifest.get("sites")
+    if names is None and model is not None:  # older manifests: the task's sites
+        names = [site.short for site in model.sites]
+    decoder.site_names = tuple(names or ())
     return decoder.to(device).eval(), manifest
+
+
+def _check_identity(manifest: dict[str, Any], model: ProbedModel, path: Path) -> None:
+    """Refuse a decoder whose processing, tokenizer, special ids or site list differ from
+    the model's (older manifests lack some fields: those were written for processed toy
+    tasks, whose ids and sites are fixed)."""
+    identity = decoder_identity(model)
+    processing = manifest.get("processing", "processed")
+    if processing != model.processing:
+        flag = "without --raw" if processing == "processed" else "with --raw"
+        raise DecoderLoadError(f"{path}: the decoder was trained on {processing} activations but "
+                               f"the model is read {model.processing}; load the model {flag}")
+    if "tokenizer_sha256" in manifest and manifest["tokenizer_sha256"] != identity.get("tokenizer_sha256"):
+        raise DecoderLoadError(f"{path}: the decoder was trained with another tokenizer than the "
+                               f"one in {model.source}")
+    if "special_ids" in manifest and manifest["special_ids"] != identity["special_ids"]:
+        raise DecoderLoadError(f"{path}: the decoder's special ids {manifest['special_ids']} differ "
+                               f"from the model's {identity['special_ids']}")
+    sites = manifest.get("sites")
+    if sites is not None:
+        unknown = [name for name in sites if name not in identity["sites"]]
+        if unknown or len(sites) != manifest["config"]["n_sites"]:
+            raise DecoderLoadError(f"{path}: the decoder's sites ({echo(', '.join(sites))}) are not "
+                                   f"sites of {model.source} or do not match its config")
 
 
 def _decoder_config(path: Path, settings: dict[str, Any]) -> DecoderConfig:
@@ -159,13 +204,14 @@ _FIELD_TYPES = {  # a DecoderConfig field's type -> (what it must be, check)
 
 
 def _check_fits_model(config: DecoderConfig, model: ProbedModel, path: Path) -> None:
-    needed = {"vocab_size": model.task.vocab.size, "activation_dim": model.d_model,
-              "n_sites": len(model.task.sites)}
+    needed = {"vocab_size": model.task.vocab.size, "activation_dim": model.d_model}
+    if model.task.sites is not None:  # a toy task's decoder reads exactly the task's sites
+        needed["n_sites"] = len(model.task.sites)
     for name, value in needed.items():
         if getattr(config, name) != value:
             raise DecoderLoadError(f"{path}: config.{name} is {getattr(config, name)} but the "
                                    f"model {model.source} needs {value}")
-    if config.n_ctx < model.task.n_ctx:
+    if model.task.sites is not None and config.n_ctx < model.task.n_ctx:
         raise DecoderLoadError(f"{path}: config.n_ctx is {config.n_ctx} but the {model.task.name} "
                                f"task needs {model.task.n_ctx} positions")
 
@@ -217,7 +263,7 @@ def export_decoder(run_dir: Path, destination: Path, model: ProbedModel, seed: i
                                training.get("epsilon", 0.1), torch.Generator().manual_seed(seed))
     record = {key: value for key, value in manifest.items()
               if key not in ("kind", "task", "sites", "probed_weights_sha256", "probed_source",
-                             "config")}
+                             "config", "processing", "special_ids", "tokenizer_sha256")}
     record.update(weights_dtype=str(dtype).removeprefix("torch."), exported_from=str(run_dir),
                   exported_in_epsilon=quality["in_epsilon"],
                   exported_in_epsilon_mean=quality["in_epsilon_mean"],

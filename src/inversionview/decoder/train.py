@@ -31,7 +31,7 @@ from inversionview.decoder.store import save_decoder
 from inversionview.decoder.model import Decoder, DecoderConfig
 from inversionview.errors import OptionError, UserError
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, EPSILON, EXAMPLES,
-                                   LEARNING_RATE, MINUTES, REBALANCE, SEED)
+                                   LEARNING_RATE, MAX_TOKENS, MINUTES, REBALANCE, SEED)
 from inversionview.probed.model import ProbedModel
 from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
                                     FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
@@ -82,9 +82,17 @@ class DecoderTrainingConfig:
     first_checkpoint_seconds: float = 10.0
     first_checkpoint_steps: int = 100
     decoder_overrides: dict[str, Any] = field(default_factory=dict)
+    # Free text (a language model): the corpus the inputs come from (text/sources.py), the
+    # text field of a .jsonl file or datasets directory, and the longest piece in tokens.
+    corpus: str | None = None
+    field: str = "text"
+    max_tokens: int = 32
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        if self.corpus is not None:
+            self.corpus = str(self.corpus)
+        MAX_TOKENS.check(self.max_tokens)
         if self.preset not in PRESETS:
             raise OptionError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
         if (self.minutes is None) == (self.examples is None):
@@ -125,12 +133,31 @@ class DecoderTrainingConfig:
         return -(-self.examples // (self.batch_size * world_size))
 
 
+def attach_corpus(model: ProbedModel, config: DecoderTrainingConfig) -> None:
+    """Give a language model the corpus its inputs come from (``config.corpus``)."""
+    from inversionview.text.sources import CorpusSource
+
+    if config.corpus is None:
+        if model.task.sites is None and getattr(model.task, "source", None) is None:
+            raise UserError(f"{model.source} is a language model: give the text its decoder "
+                            f"trains on with --corpus FILE (.txt lines, .jsonl or a datasets "
+                            f"directory)")
+        return
+    if model.task.sites is not None:
+        raise UserError(f"the {model.task.name} task draws its own inputs; --corpus is for "
+                        f"language models read as free text")
+    model.task = model.task.with_source(CorpusSource.from_path(
+        config.corpus, model.task.vocab, config.max_tokens, config.field))
+
+
 def build_decoder(model: ProbedModel, seed: int, **overrides: Any) -> Decoder:
     config = DecoderConfig(vocab_size=model.task.vocab.size, n_ctx=model.task.n_ctx,
                            activation_dim=model.d_model, n_sites=len(model.sites), **overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Decoder(config)
+        decoder = Decoder(config)
+    decoder.site_names = tuple(site.short for site in model.sites)
+    return decoder
 
 
 def decoder_loss(decoder: torch.nn.Module, tokens: torch.Tensor, activation: torch.Tensor,
@@ -196,6 +223,7 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     rank); rank 0 evaluates, logs and checkpoints, and decides for every rank when to
     evaluate, when to checkpoint, when to stop and the learning rate."""
     check_run_directory(config.out, resume)
+    attach_corpus(model, config)
     device = resolve_device(config.device)
     world = distributed.setup()
     rank, lead = world.rank, world.rank == 0

@@ -72,23 +72,23 @@ def query_config(candidates: int = 1024, epsilon: float = 0.1, metric: str = "eu
 
 
 def decoder_site_id(model: ProbedModel, decoder: Decoder, site: Site) -> int:
-    """The decoder's index of ``site`` (the task's site order); a clear error otherwise."""
-    names = [s.short for s in model.sites]
+    """The decoder's index of ``site`` (its own site order); a clear error otherwise."""
+    names = list(decoder.site_names) or [s.short for s in model.sites]
     if decoder.config.n_sites != len(names):
         raise SiteError(f"the decoder knows {decoder.config.n_sites} sites but the {model.task.name} "
                         f"task has {len(names)}; it was trained for another task")
     if site.short not in names:
-        raise SiteError(f"the decoder was trained on the sites {', '.join(names)}; "
+        raise SiteError(f"the decoder was trained on the sites {echo(', '.join(names))}; "
                         f"{site.short} is not one of them")
     return names.index(site.short)
 
 
-def _fixed_positions(task: Task, texts: list[str], position: str | int) -> torch.Tensor:
-    """``[n]`` index of ``position`` in each text (-1 where a text does not have it)."""
+def _fixed_positions(task: Task, rows: torch.Tensor, position: str | int) -> torch.Tensor:
+    """``[n]`` index of ``position`` in each row of ids (-1 where a row does not have it)."""
     indices = []
-    for text in texts:
+    for row in rows:
         try:
-            indices.append(task.resolve_position(text, position))
+            indices.append(task.resolve_in_tokens(row, position))
         except TaskInputError:
             indices.append(-1)
     return torch.tensor(indices, dtype=torch.long)
@@ -211,12 +211,12 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
     # Columns that are PAD in every candidate change nothing (causal, and PAD is excluded).
     distinct = distinct[:, : int(task.lengths(distinct).max())]
     texts = task.decode_batch(distinct)
-    fixed = _fixed_positions(task, texts, position) if config.fixed_position else None
+    fixed = _fixed_positions(task, distinct, position) if config.fixed_position else None
     distance, best, per_position = candidate_distances(model, site, query_activation, distinct.to(model.device),
                                                        config.metric, fixed)
     distance, best, per_position = distance.cpu(), best.cpu(), per_position.cpu()
     order = sorted(range(len(texts)), key=lambda i: (distance[i].item(), texts[i]))
-    samples = [_sample(task, texts[i], distance[i].item(), int(best[i]),
+    samples = [_sample(task, texts[i], distinct[i], distance[i].item(), int(best[i]),
                        per_position[i], int(multiplicity[i]), config.epsilon) for i in order]
     scored = time.perf_counter()
     report("colouring", _SAMPLING_SHARE + _SCORING_SHARE)
@@ -255,7 +255,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
         position=index, position_label=task.position_label(text, index), metric=config.metric,
         epsilon=config.epsilon, fixed_position=config.fixed_position, seed=seed,
         schedule=[r.to_dict() for r in schedule],
-        query=QueryInput(text=text, tokens=list(text), attributes=query_attributes,
+        query=QueryInput(text=text, tokens=task.text_tokens(text), attributes=query_attributes,
                          valid=query_validity.well_formed and query_validity.in_distribution,
                          reason=query_validity.reason),
         stats=stats,
@@ -264,15 +264,16 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
         samples=shown, all_samples=config.all_samples)
 
 
-def _sample(task: Task, text: str, distance: float, best: int,
+def _sample(task: Task, text: str, ids: torch.Tensor, distance: float, best: int,
             per_position: torch.Tensor, multiplicity: int, epsilon: float) -> Sample:
     validity = task.validate(text)
+    tokens = task.token_strings(ids)
     return Sample(
-        text=text, tokens=list(text), distance=distance, best_position=best,
+        text=text, tokens=tokens, distance=distance, best_position=best,
         best_position_label=_label(task, text, best), in_epsilon=distance <= epsilon,
         valid=validity.well_formed and validity.in_distribution, correct=validity.correct,
         reason=validity.reason, attributes=task.attributes(text), multiplicity=multiplicity,
-        position_distances=_finite_or_none(per_position[:len(text)].tolist()))
+        position_distances=_finite_or_none(per_position[:len(tokens)].tolist()))
 
 
 def _label(task: Task, text: str, index: int) -> str:

@@ -1,16 +1,21 @@
 """The probed model: build, load (offline), save, and read activations.
 
-A probed model is a HuggingFace ``GPT2LMHeadModel`` (the form the authors released and the
-form we train and save) together with its task. Activations are read with TransformerLens'
-default weight processing, either through ``TransformerBridge`` in compatibility mode
-(``ProbedModel.bridge()``, the reference) or through ``ProcessedGPT2`` (the fast path the
-rest of the toolkit uses; tests pin the two together).
+A probed model is a HuggingFace causal LM together with its task: a toy task's GPT-2 (the
+form the authors released and the form we train and save), or any architecture that
+TransformerLens' ``TransformerBridge`` supports (GPT-2, GPT-NeoX/Pythia, Llama, ...) read
+with its own tokenizer as free text (``tasks.text.TextTask``). Activations are read with
+TransformerLens' default weight processing (``processing="processed"``, the paper's) or as
+the raw HuggingFace activations (``"raw"``), through a ``Backend`` (``probed/backend.py``):
+the fast ``ProcessedGPT2`` for a processed GPT-2, the bridge otherwise.
 
 A MODEL argument is one of:
 - the name of a bundled artifact (``counting``, ``addition``; see ``inversionview models``);
 - a directory written by this project (it holds ``inversionview.json`` naming its task);
-- a HuggingFace GPT-2 directory (config.json + model.safetensors or pytorch_model.bin);
-  its task is the one whose vocabulary and context fit the config, or ``--task``;
+- a HuggingFace GPT-2 directory (config.json + model.safetensors or pytorch_model.bin)
+  without a tokenizer: its task is the toy task whose vocabulary and context fit the config,
+  or ``--task``;
+- a HuggingFace causal-LM directory with its tokenizer (any supported architecture): read
+  as free text;
 - a hub name such as ``gpt2``, loaded from the user's local HuggingFace cache only.
 
 A file that cannot be used (not JSON, wrong field types, truncated weights, weights that do
@@ -29,7 +34,7 @@ from typing import Any
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from safetensors.torch import save_file
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
 from inversionview.artifacts import bundled_model_names, find_artifact
@@ -39,6 +44,10 @@ from inversionview.files import (atomic_path, first_line, positive_int, read_jso
 from inversionview.probed.processed import ProcessedGPT2
 from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks import TASKS, Task, TaskInputError, get_task
+from inversionview.tasks.text import TextTask
+from inversionview.text.tokenizer import TOKENIZER_FILES, HFTokenizer
+
+TEXT = TextTask.name
 
 MANIFEST = "inversionview.json"
 _TIED_OR_BUFFERS = ("lm_head.weight", ".attn.bias", ".attn.masked_bias")
@@ -48,31 +57,47 @@ class ModelLoadError(UserError, ValueError):
     """A MODEL argument that cannot be resolved or a checkpoint that does not fit its task."""
 
 
+PROCESSINGS = ("processed", "raw")
+
+
 @dataclass
 class ProbedModel:
     task: Task
-    hf_model: GPT2LMHeadModel
+    hf_model: PreTrainedModel
     source: str = "<memory>"
     manifest: dict[str, Any] = field(default_factory=dict)
-    _processed: ProcessedGPT2 | None = field(default=None, repr=False)
+    #: "processed": TransformerLens' default weight processing (the paper's); "raw": the
+    #: HuggingFace model's own activations.
+    processing: str = "processed"
+    _backend: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.processing not in PROCESSINGS:
+            raise ModelLoadError(f"unknown processing {echo(self.processing)}; use processed "
+                                 f"(TransformerLens' default, as the paper) or raw")
 
     # ----- shape ------------------------------------------------------------------------
 
     @property
-    def config(self) -> GPT2Config:
+    def config(self) -> PretrainedConfig:
         return self.hf_model.config
 
     @property
+    def architecture(self) -> str:
+        """The HuggingFace model type (``gpt2``, ``gpt_neox``, ``llama``, ...)."""
+        return self.config.model_type
+
+    @property
     def n_layers(self) -> int:
-        return self.config.n_layer
+        return self.config.num_hidden_layers
 
     @property
     def n_heads(self) -> int:
-        return self.config.n_head
+        return self.config.num_attention_heads
 
     @property
     def d_model(self) -> int:
-        return self.config.n_embd
+        return self.config.hidden_size
 
     @property
     def device(self) -> torch.device:
@@ -80,26 +105,39 @@ class ProbedModel:
 
     @property
     def sites(self) -> list[Site]:
-        """The task's ordered site list (index = site id)."""
+        """The sites a decoder reads, in order (index = site id): the task's list for a toy
+        task, every site of the model's shape otherwise (``model_sites``)."""
+        if self.task.sites is None:
+            return model_sites(self.n_layers, self.n_heads)
         return [self.site(name) for name in self.task.sites]
 
     def site(self, name: str | Site) -> Site:
         """Parse and check a site name against this model (any existing site is allowed)."""
         return check_site(name, self.n_layers, self.n_heads)
 
+    def site_width(self, site: str | Site) -> int:
+        """The width of a site's activation (every site writes to the residual stream)."""
+        self.site(site)
+        return self.d_model
+
     # ----- activations ------------------------------------------------------------------
 
     @property
-    def processed(self) -> ProcessedGPT2:
-        """The processed-weight forward; rebuilt by ``refresh()`` after the weights change."""
-        if self._processed is None:
-            self._processed = ProcessedGPT2.from_hf_state_dict(
-                self.hf_model.state_dict(), self.n_layers, self.n_heads,
-                self.config.layer_norm_epsilon).to(self.device)
-        return self._processed
+    def processed(self):
+        """The ``Backend`` that reads activations (the fast processed GPT-2 forward, or the
+        bridge); rebuilt by ``refresh()`` after the weights change."""
+        if self._backend is None:
+            self._backend = _make_backend(self)
+        return self._backend
 
     def refresh(self) -> None:
-        self._processed = None
+        self._backend = None
+
+    def model_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` with decoder-only ids (EOS/PAD beyond the model's vocabulary) read as 0.
+        They only ever follow a text's last token, so no real position's activation changes."""
+        tokens = tokens.to(self.device)
+        return tokens.masked_fill(tokens >= self.config.vocab_size, 0)
 
     def tokens(self, texts: str | list[str]) -> torch.Tensor:
         """``[batch, n_ctx]`` right-padded token ids of one or more texts, on the model's device."""
@@ -114,7 +152,7 @@ class ProbedModel:
         indices gives ``[batch, d_model]``, one position per input.
         """
         site = self.site(site)
-        values = self.processed.run(tokens.to(self.device), [site])[site]
+        values = self.processed.run(self.model_ids(tokens), [site])[site]
         if positions is None:
             return values
         if isinstance(positions, int):
@@ -124,16 +162,30 @@ class ProbedModel:
 
     def run_sites(self, tokens: torch.Tensor, sites: list[str | Site]) -> dict[Site, torch.Tensor]:
         """Activations ``[batch, pos, d_model]`` of several sites in one (early-stopped) run."""
-        return self.processed.run(tokens.to(self.device), [self.site(s) for s in sites])
+        return self.processed.run(self.model_ids(tokens), [self.site(s) for s in sites])
+
+    def run_patched(self, tokens: torch.Tensor,
+                    patches: dict[Site, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """``[batch, pos, vocab]`` logits with activations replaced (``Backend.run_patched``)."""
+        return self.processed.run_patched(self.model_ids(tokens), patches)
+
+    def processed_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[batch, pos, vocab]`` logits of the backend (centred when processed)."""
+        return self.processed.logits(self.model_ids(tokens))
+
+    def direct_logits(self, piece: torch.Tensor, final_resid: torch.Tensor) -> torch.Tensor:
+        """``[n, vocab]``: the direct effect on the logits of ``piece``, one summand of the
+        final residual stream ``final_resid`` (whose final-norm scale it shares)."""
+        return self.processed.direct_logits(piece, final_resid)
 
     def attention_pattern(self, text: str, layer: int) -> torch.Tensor:
         """``[head, query_pos, key_pos]`` attention weights of every head of ``layer`` for one
         text (its real positions only, BOS included)."""
         if not 0 <= layer < self.n_layers:
             raise SiteError(f"layer {layer} does not exist; the model has layers 0..{self.n_layers - 1}")
-        tokens = self.tokens(self.task.normalize(text))
-        length = len(self.task.normalize(text))
-        return self.processed.attention_pattern(tokens[:, :length], layer)[0]
+        ids = self.task.encode(text)
+        tokens = torch.tensor([ids], device=self.device)
+        return self.processed.attention_pattern(self.model_ids(tokens), layer)[0]
 
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -145,7 +197,7 @@ class ProbedModel:
         """Logits of the HuggingFace model (in its current train/eval mode). Masking the PAD
         keys changes nothing for the right-padded real positions and tells HF they are pads."""
         mask = (tokens != self.task.vocab.pad_id).long()
-        return self.hf_model(tokens, attention_mask=mask).logits
+        return self.hf_model(self.model_ids(tokens), attention_mask=mask).logits
 
     def bridge(self, dtype: torch.dtype | None = None):
         """A TransformerLens ``TransformerBridge`` over a copy of this model, in compatibility
@@ -156,7 +208,7 @@ class ProbedModel:
             # The bridge reads a config (and looks for a tokenizer) under this name; give it a
             # local directory so nothing is ever looked up remotely.
             self.config.save_pretrained(directory)
-            copy = GPT2LMHeadModel(self.config)
+            copy = type(self.hf_model)(self.config)
             copy.load_state_dict(self.hf_model.state_dict())
             copy.eval()  # no dropout
             dtype = dtype or next(self.hf_model.parameters()).dtype
@@ -170,6 +222,9 @@ class ProbedModel:
 
     def weights_hash(self) -> str:
         """sha256 of the weights (names, shapes and float32 values), for matching decoders."""
+        cached = self.__dict__.get("_hash")
+        if cached is not None and cached[0] == self._version():
+            return cached[1]
         digest = hashlib.sha256()
         for name, tensor in sorted(self.hf_model.state_dict().items()):
             if name.endswith(_TIED_OR_BUFFERS):
@@ -177,24 +232,59 @@ class ProbedModel:
             digest.update(name.encode())
             digest.update(str(tuple(tensor.shape)).encode())
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        self.__dict__["_hash"] = (self._version(), digest.hexdigest())
         return digest.hexdigest()
+
+    def _version(self) -> tuple:
+        # In-place updates (training) bump a parameter's version: the cached hash is then stale.
+        return tuple(p._version for p in self.hf_model.parameters())
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The model's own weights (no tied copies, no buffers), on the CPU."""
         return {k: v.detach().cpu().contiguous() for k, v in self.hf_model.state_dict().items()
                 if not k.endswith(_TIED_OR_BUFFERS)}
 
-    def save(self, directory: str | Path, manifest: dict[str, Any] | None = None) -> Path:
-        """Write config.json, model.safetensors and inversionview.json, each atomically."""
+    def save(self, directory: str | Path, manifest: dict[str, Any] | None = None,
+             dtype: torch.dtype | None = None) -> Path:
+        """Write config.json, model.safetensors (in ``dtype``, default as trained), the
+        tokenizer of a language model and inversionview.json, each atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        weights = self.weights()
+        if dtype is not None:
+            weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
         with atomic_path(directory / "model.safetensors") as tmp:
-            save_file(self.weights(), str(tmp), metadata={"format": "pt"})
+            save_file(weights, str(tmp), metadata={"format": "pt"})
         write_json_atomic(directory / "config.json", self.config.to_dict())
+        tokenizer = getattr(self.task.vocab, "hf", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory))
         record = {"kind": "probed-model", "task": self.task.name, **(manifest or self.manifest)}
         record["weights_sha256"] = self.weights_hash()
         write_json_atomic(directory / MANIFEST, record)
         return directory
+
+
+def model_sites(n_layers: int, n_heads: int) -> list[Site]:
+    """Every distinct site of a model's shape, in forward order: the embeddings (x0.pre),
+    then per layer each head, the attention output, xL.mid, the MLP output and xL.post
+    (xL.pre of a later layer is the same vector as x(L-1).post, so it is not repeated)."""
+    sites = [Site(0, "resid_pre")]
+    for layer in range(n_layers):
+        sites.extend(Site(layer, "head", head) for head in range(n_heads))
+        sites.extend([Site(layer, "attn_out"), Site(layer, "resid_mid"), Site(layer, "mlp_out"),
+                      Site(layer, "resid_post")])
+    return sites
+
+
+def _make_backend(model: ProbedModel):
+    if model.architecture == "gpt2" and model.processing == "processed":
+        return ProcessedGPT2.from_hf_state_dict(
+            model.hf_model.state_dict(), model.n_layers, model.n_heads,
+            model.config.layer_norm_epsilon).to(model.device)
+    from inversionview.probed.backend import BridgeBackend
+
+    return BridgeBackend(model.hf_model, processed=model.processing == "processed")
 
 
 # ----- building and loading ------------------------------------------------------------
@@ -213,12 +303,16 @@ def build_probed(task: Task | str, seed: int = 0, **overrides: Any) -> ProbedMod
                        manifest={"seed": seed})
 
 
-def load_probed(model: str | Path, task: str | None = None, device: str = "cpu") -> ProbedModel:
+def load_probed(model: str | Path, task: str | None = None, device: str = "cpu",
+                processing: str = "processed") -> ProbedModel:
     """Resolve a MODEL argument (see the module docstring) and load it, fully offline.
 
-    Without ``task`` the task is the one named in inversionview.json or, for a plain
-    HuggingFace directory, the one task whose vocabulary and context fit the config. A file
-    that cannot be used raises ModelLoadError naming it."""
+    Without ``task`` the task is the one named in inversionview.json; else a directory with a
+    tokenizer is read as free text (``text``), and a plain GPT-2 directory as the one toy
+    task whose vocabulary and context fit its config. A file that cannot be used raises
+    ModelLoadError naming it."""
+    if processing not in PROCESSINGS:
+        raise ModelLoadError(f"unknown processing {echo(processing)}; use processed or raw")
     directory = _resolve_directory(str(model))
     if directory is None:
         return _load_from_hub_cache(str(model), task, device)
@@ -230,14 +324,80 @@ def load_probed(model: str | Path, task: str | None = None, device: str = "cpu")
         decoder = (directory / "decoder.json").exists()
         raise ModelLoadError(f"{directory} has no config.json; it is not a model directory"
                              + " (it holds a decoder: pass it with --decoder)" * decoder)
+    wanted = task or manifest.get("task")
+    has_tokenizer = any((directory / name).exists() for name in TOKENIZER_FILES)
+    if wanted == TEXT or (wanted is None and has_tokenizer):
+        return _load_language_model(directory, manifest, device, processing)
     settings = _read_config(config_path)
-    the_task = _choose_task(settings["vocab_size"], settings["n_positions"], config_path,
-                            task or manifest.get("task"))
+    the_task = _choose_task(settings["vocab_size"], settings["n_positions"], config_path, wanted)
     hf_model = _build_model(settings, config_path)
     state, weights_path = _read_state_dict(directory)
     _load_state(hf_model, state, weights_path, config_path)
     hf_model.to(device).eval()
-    return ProbedModel(task=the_task, hf_model=hf_model, source=str(directory), manifest=manifest)
+    return ProbedModel(task=the_task, hf_model=hf_model, source=str(directory), manifest=manifest,
+                       processing=processing)
+
+
+def _load_language_model(directory: Path, manifest: dict[str, Any], device: str,
+                         processing: str) -> ProbedModel:
+    """A causal LM of any supported architecture with the tokenizer in its directory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config_path = directory / "config.json"
+    settings = read_json_object(config_path, ModelLoadError, "a JSON object of model settings "
+                                                             "as written by save_pretrained")
+    model_type = settings.get("model_type")
+    if not isinstance(model_type, str):
+        raise ModelLoadError(f"{config_path} has no model_type; expected the settings of a "
+                             f"HuggingFace causal LM (model_type gpt2, gpt_neox, llama, ...)")
+    try:
+        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{config_path} is not a config transformers can read "
+                             f"({first_line(error)})") from None
+    check_architecture(config, config_path)
+    if not any((directory / name).exists() for name in _WEIGHT_FILES):
+        raise ModelLoadError(f"{directory} has no weights ({', '.join(_WEIGHT_FILES)})")
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            str(directory), local_files_only=True, dtype=torch.float32, use_safetensors=None)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"the weights in {directory} cannot be loaded with its config "
+                             f"({first_line(error)})") from None
+    tokenizer = HFTokenizer.from_directory(directory, config.vocab_size)
+    context = _context_length(config)
+    settings = manifest.get("default_query") or {}
+    task = TextTask(tokenizer, context, example=settings.get("input", TextTask.example_text),
+                    default_query=(settings.get("site", "a0.0"), str(settings.get("position", "last"))))
+    return ProbedModel(task=task, hf_model=hf_model.to(device).eval(), source=str(directory),
+                       manifest=manifest, processing=processing)
+
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def _context_length(config: PretrainedConfig) -> int:
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def check_architecture(config: PretrainedConfig, where: str | Path) -> None:
+    """A ModelLoadError unless the toolkit can read this architecture (the bridge's list)."""
+    if config.model_type == "gpt2":
+        return
+    from inversionview.probed.backend import supported_architectures
+
+    supported = supported_architectures()
+    names = list(getattr(config, "architectures", None) or [])
+    if any(name in supported for name in names):
+        return
+    raise ModelLoadError(f"{where} describes a {echo(names[0] if names else config.model_type)} "
+                         f"model, which TransformerBridge cannot read; supported: "
+                         f"{', '.join(sorted(supported))}")
 
 
 def _resolve_directory(model: str) -> Path | None:
@@ -283,14 +443,14 @@ def _read_manifest(path: Path, task: str | None) -> dict[str, Any]:
     """inversionview.json: a JSON object whose ``task`` names a known task."""
     manifest = read_json_object(path, ModelLoadError, 'a JSON object naming the model\'s task, '
                                                       'e.g. {"kind": "probed-model", "task": "counting"}')
-    known = ", ".join(TASKS)
+    known = ", ".join([*TASKS, TEXT])
     if manifest.get("kind", "probed-model") != "probed-model":
         raise ModelLoadError(f"{path} is not a probed-model manifest: kind is "
                              f"{echo(manifest['kind'])}; expected 'probed-model'")
     if "task" not in manifest and task is None:
         raise ModelLoadError(f"{path} has no task field; expected the task the model was trained "
                              f"on ({known}), or give it with --task")
-    if "task" in manifest and not (isinstance(manifest["task"], str) and manifest["task"] in TASKS):
+    if "task" in manifest and not (isinstance(manifest["task"], str) and manifest["task"] in (*TASKS, TEXT)):
         raise ModelLoadError(f"{path}: task is {echo(manifest['task'])}; expected one of {known}")
     return manifest
 

@@ -169,6 +169,15 @@ class Task(ABC):
     def describe_vocabulary(self) -> str:
         return " ".join(self.vocab.tokens)
 
+    def token_strings(self, ids: list[int] | torch.Tensor) -> list[str]:
+        """The readable string of each token of a row of ids, trailing PAD dropped (a
+        character here; a BPE piece for a language model)."""
+        return list(self.decode(ids))
+
+    def text_tokens(self, text: str) -> list[str]:
+        """The token strings of a user's text, BOS first."""
+        return self.token_strings(self.encode(text))
+
     # ----- sampling -------------------------------------------------------------------
 
     @abstractmethod
@@ -214,6 +223,10 @@ class Task(ABC):
             f"unknown position {echo(position)} for the {self.name} task; use an integer index "
             f"(0 = BOS) or one of: {', '.join(self.position_names)}"
         )
+
+    def resolve_in_tokens(self, ids: list[int] | torch.Tensor, position: str | int) -> int:
+        """The index of ``position`` in a row of token ids (e.g. a decoder's sample)."""
+        return self.resolve_position(self.decode(ids), position)
 
     def position_label(self, text: str, index: int) -> str:
         """A readable label of an index: its name if it has one, else ``"<index>"``."""
