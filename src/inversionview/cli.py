@@ -28,9 +28,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 ModelArg = Annotated[str, typer.Argument(
     help="A bundled artifact (see `inversionview models`), a model directory, or a "
          "HuggingFace GPT-2 directory (its task inferred from its vocabulary).")]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", help="counting or addition (default: "
-                                                "the model's manifest, or the one task its "
-                                                "vocabulary fits).")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="counting, addition or text "
+                                                "(default: the model's manifest; text for a "
+                                                "directory with a tokenizer; else the one task "
+                                                "its vocabulary fits).")]
 
 
 def _flag(name: str, help: str) -> Any:
@@ -39,6 +40,8 @@ def _flag(name: str, help: str) -> Any:
 
 
 JsonOpt = Annotated[bool, _flag("--json", "Print one JSON object.")]
+RawOpt = Annotated[bool, _flag("--raw", "Read the raw HuggingFace activations instead of "
+                               "TransformerLens-processed ones (the paper's default).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice "
                                       "(0..2^63-1).", callback=options.SEED.callback)]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: "
@@ -87,10 +90,10 @@ def _apply_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _load(model: str, task: str | None):
+def _load(model: str, task: str | None, raw: bool = False):
     from inversionview.probed import load_probed
 
-    return load_probed(model, task)
+    return load_probed(model, task, processing="raw" if raw else "processed")
 
 
 @app.command()
@@ -128,14 +131,14 @@ def models(as_json: JsonOpt = False) -> None:
 
 
 @app.command("eval-probed")
-def eval_probed(model: ModelArg, task: TaskOpt = None,
+def eval_probed(model: ModelArg, task: TaskOpt = None, raw: RawOpt = False,
                 n: Annotated[int, typer.Option("--n", help="Fresh samples to evaluate.",
                                                callback=options.EVAL_SAMPLES.callback)] = 20_000,
                 seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
     """Accuracy of a probed model on fresh samples of its task."""
     from inversionview.probed.evaluate import accuracy
 
-    probed = _load(model, task)
+    probed = _load(model, task, raw)
     value = accuracy(probed, n=n, seed=seed)
     record = {"model": model, "task": probed.task.name, "n": n, "accuracy": value}
     _emit(record, as_json, f"{model} ({probed.task.name}): accuracy {value:.4f} on {n} fresh samples (seed {seed})")
@@ -146,9 +149,9 @@ def activation(model: ModelArg,
                input_text: Annotated[str, typer.Option("--input", help="The input text.")],
                site: Annotated[str, typer.Option("--site", help="Site, e.g. a0.0 or blocks.0.hook_resid_mid.")],
                position: Annotated[str, typer.Option("--position", help="Named position or index (0 = BOS).")],
-               task: TaskOpt = None, as_json: JsonOpt = False) -> None:
+               task: TaskOpt = None, raw: RawOpt = False, as_json: JsonOpt = False) -> None:
     """The activation vector at one site and position of an input."""
-    probed = _load(model, task)
+    probed = _load(model, task, raw)
     the_site = probed.site(site)
     text = probed.task.normalize(input_text)
     index = probed.task.resolve_position(text, position)
@@ -165,11 +168,11 @@ def activation(model: ModelArg,
 @app.command()
 def inspect(model: Annotated[str, typer.Argument(help="Model (default: the bundled counting model).")] = "counting",
             input_text: Annotated[Optional[str], typer.Option("--input", help="Input text (default: a sample).")] = None,
-            task: TaskOpt = None, seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
+            task: TaskOpt = None, raw: RawOpt = False, seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
     """Run one input: the model's prediction and the activation norm at every site and position."""
     from inversionview.inspect import inspect_input
 
-    probed = _load(model, task)
+    probed = _load(model, task, raw)
     report = inspect_input(probed, input_text, seed=seed)
     _emit(report.to_record(), as_json, report.render())
 
@@ -248,7 +251,7 @@ def train_decoder_command(
     ctx: typer.Context,
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", help="Run directory.")],
-    task: TaskOpt = None,
+    task: TaskOpt = None, raw: RawOpt = False,
     minutes: Annotated[Optional[float], typer.Option(
         "--minutes", help="Budget in minutes of training (evaluations and checkpoints not "
         "counted) for the whole run; on --resume it replaces the run's budget.",
@@ -269,6 +272,14 @@ def train_decoder_command(
     device: Annotated[str, typer.Option("--device", help="auto (cuda if present), cpu, cuda, cuda:N.")] = "auto",
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast where "
                                                      "native), bf16 or fp32; default: the preset's.")] = None,
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="A language model's training "
+                                                   "text: .txt (a text per line), .jsonl or a "
+                                                   "datasets directory.")] = None,
+    text_field: Annotated[str, typer.Option("--field", help="The text field of a .jsonl corpus "
+                                            "or datasets directory.")] = "text",
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longest corpus piece in tokens "
+                                            "(longer texts are cut into pieces).",
+                                            callback=options.MAX_TOKENS.callback)] = 32,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a decoder on a probed model's activations (fresh data every step).
@@ -284,7 +295,10 @@ def train_decoder_command(
     if resume:
         given = [("--preset", "preset", preset, "preset"), ("--seed", "seed", seed, "seed"),
                  ("--rebalance", "rebalance", rebalance, "rebalance"),
-                 ("--precision", "precision", precision, "precision")]
+                 ("--precision", "precision", precision, "precision"),
+                 ("--corpus", "corpus", None if corpus is None else str(corpus), "corpus"),
+                 ("--field", "field", text_field, "text_field"),
+                 ("--max-tokens", "max_tokens", max_tokens, "max_tokens")]
         fixed = {label: (path, value) for label, path, value, name in given
                  if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
         explicit_device = ctx.get_parameter_source("device").name not in ("DEFAULT", "DEFAULT_MAP")
@@ -297,9 +311,10 @@ def train_decoder_command(
                             "run with its own)")
         config = DecoderTrainingConfig(out=out, minutes=minutes, examples=examples, preset=preset,
                                        seed=seed, rebalance=rebalance, device=device,
-                                       precision=precision, **interval)
+                                       precision=precision, corpus=corpus, field=text_field,
+                                       max_tokens=max_tokens, **interval)
         check_run_directory(out, resume=False)  # before the model loads
-    probed = _load(model, task)
+    probed = _load(model, task, raw)
     train_decoder(probed, config, resume=resume, show_progress=not as_json)
     if int(os.environ.get("RANK", 0)) != 0:
         return
@@ -318,7 +333,7 @@ def export_decoder_command(
                                       "(artifacts/NAME to ship it).")],
     model: Annotated[Optional[str], typer.Option("--model", help="The probed model (default: "
                                                  "the one named in the run's decoder.json).")] = None,
-    task: TaskOpt = None,
+    task: TaskOpt = None, raw: RawOpt = False,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -331,7 +346,7 @@ def export_decoder_command(
     if model is None and not manifest.get("probed_source"):
         raise UserError(f"{run_dir} does not say which probed model it was trained on; "
                         f"give it with --model")
-    probed = _load(model or manifest["probed_source"], task or manifest["task"])
+    probed = _load(model or manifest["probed_source"], task or manifest["task"], raw)
     exported: dict[str, Any] = {}
     options.write_output(out, "--out", lambda path: exported.update(
         export_decoder(run_dir, path, probed, seed=seed)))
@@ -347,14 +362,14 @@ def export_decoder_command(
 @app.command()
 def decoders(
     model: Annotated[Optional[str], typer.Argument(help="Show the decoder found for this probed model.")] = None,
-    task: TaskOpt = None,
+    task: TaskOpt = None, raw: RawOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List the bundled decoders (or the one found for MODEL, matched by its weights' hash)."""
     from inversionview.decoder.store import find_decoder, shipped_decoders
 
     if model is not None:
-        probed = _load(model, task)
+        probed = _load(model, task, raw)
         found = find_decoder(probed)
         record = {"model": model, "weights_sha256": probed.weights_hash(),
                   "decoder": None if found is None else str(found)}
@@ -373,13 +388,13 @@ def _figure(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
-def _query_setup(model: str, task: str | None, decoder_dir: Path | None, input_text: str | None,
-                 site: str | None, position: str | None):
+def _query_setup(model: str, task: str | None, raw: bool, decoder_dir: Path | None,
+                 input_text: str | None, site: str | None, position: str | None):
     """(probed model, decoder, decoder name, text, site, position) with the task's defaults
     for what was not given (an empty string is given, and refused where it is read)."""
     from inversionview.decoder.store import decoder_for
 
-    probed = _load(model, task)
+    probed = _load(model, task, raw)
     decoder, directory = decoder_for(probed, model, decoder_dir)
     default_site, default_position = probed.task.default_query
     return (probed, decoder, str(directory), probed.task.example if input_text is None else input_text,
@@ -389,7 +404,7 @@ def _query_setup(model: str, task: str | None, decoder_dir: Path | None, input_t
 @app.command()
 def query(
     model: Annotated[str, typer.Argument(help="Model (default: the bundled counting model).")] = "counting",
-    task: TaskOpt = None, decoder: DecoderOpt = None, input_text: InputOpt = None,
+    task: TaskOpt = None, raw: RawOpt = False, decoder: DecoderOpt = None, input_text: InputOpt = None,
     site: SiteOpt = None, position: PositionOpt = None, candidates: CandidatesOpt = 1024,
     temperature: TemperatureOpt = None, noise: NoiseOpt = None, seed: SeedOpt = 0,
     epsilon: EpsilonOpt = 0.1, metric: MetricOpt = Metric.euclidean, fixed_position: FixedOpt = False,
@@ -412,7 +427,7 @@ def query(
     config = query_config(candidates, epsilon, metric.value, fixed_position, temperature, noise,
                           all_samples)
     probed, the_decoder, name, text, site, position = _query_setup(
-        model, task, decoder, input_text, site, position)
+        model, task, raw, decoder, input_text, site, position)
     result = run_query(probed, the_decoder, text, site, position, config, seed=seed,
                        decoder_name=name)
     if verify_readout:
@@ -430,7 +445,7 @@ def query(
 
 @app.command()
 def completeness(
-    model: ModelArg, task: TaskOpt = None, decoder: DecoderOpt = None,
+    model: ModelArg, task: TaskOpt = None, raw: RawOpt = False, decoder: DecoderOpt = None,
     input_text: InputOpt = None, site: SiteOpt = None, position: PositionOpt = None,
     candidates: CandidatesOpt = 1024, seed: SeedOpt = 0, epsilon: EpsilonOpt = 0.1,
     metric: MetricOpt = Metric.euclidean, fixed_position: FixedOpt = False,
@@ -452,7 +467,7 @@ def completeness(
     _apply_threads(threads)
     config = query_config(candidates, epsilon, metric.value, fixed_position, None, None)
     probed, the_decoder, _, text, site, position = _query_setup(
-        model, task, decoder, input_text, site, position)
+        model, task, raw, decoder, input_text, site, position)
     universe = probed.task.enumerate_tokens()
     report = measure(probed, the_decoder, text, site, position, config, seed=seed,
                      universe=universe)
@@ -551,7 +566,7 @@ def patch(
     model: ModelArg,
     components: Annotated[str, typer.Option("--components", help="SITE@POSITION, comma "
                                             "separated, in order (e.g. a0.0@query,a1.0@:).")],
-    task: TaskOpt = None,
+    task: TaskOpt = None, raw: RawOpt = False,
     contrast: Annotated[str, typer.Option("--contrast", help="flip (counting), resample:F1,S1 "
                                           "(addition), or random.")] = "random",
     filter_expression: Annotated[Optional[str], typer.Option("--filter", help="Keep originals "
@@ -576,7 +591,7 @@ def patch(
     if plot is not None:
         options.check_output_file(plot, "--plot", options.PLOT_SUFFIXES, force)
     _apply_threads(threads)
-    probed = _load(model, task)
+    probed = _load(model, task, raw)
     parsed = parse_components(probed, components)
     kind, places = _contrast_option(contrast)
     pairs = contrast_pairs(probed.task, n, kind, target, seed, places, filter_expression)
@@ -604,7 +619,7 @@ def patch(
 @app.command()
 def verify(
     model: Annotated[str, typer.Argument(help="Model (default: the bundled counting model).")] = "counting",
-    task: TaskOpt = None, decoder: DecoderOpt = None, input_text: InputOpt = None,
+    task: TaskOpt = None, raw: RawOpt = False, decoder: DecoderOpt = None, input_text: InputOpt = None,
     site: SiteOpt = None, position: PositionOpt = None, candidates: CandidatesOpt = 1024,
     temperature: TemperatureOpt = None, noise: NoiseOpt = None,
     seed: SeedOpt = 0, epsilon: EpsilonOpt = 0.1, metric: MetricOpt = Metric.euclidean,
@@ -621,7 +636,7 @@ def verify(
     _apply_threads(threads)
     config = query_config(candidates, epsilon, metric.value, fixed_position, temperature, noise)
     probed, the_decoder, name, text, site, position = _query_setup(
-        model, task, decoder, input_text, site, position)
+        model, task, raw, decoder, input_text, site, position)
     result = run_query(probed, the_decoder, text, site, position, config, seed=seed,
                        decoder_name=name)
     report = verify_readout(probed, result, per_side)
@@ -645,7 +660,7 @@ def verify(
 def dla(
     model: ModelArg,
     component: Annotated[str, typer.Option("--component", help="HEAD@POSITION, e.g. a1.0@:.")],
-    task: TaskOpt = None,
+    task: TaskOpt = None, raw: RawOpt = False,
     input_text: InputOpt = None,
     k: Annotated[int, typer.Option("--k", help="Top tokens shown / counted (at most the "
                                    "vocabulary).", callback=options.TOP_K.callback)] = 5,
@@ -660,7 +675,7 @@ def dla(
     often the expected answer token is among the top k (the paper's Table 4 statistic)."""
     from inversionview.verify.dla import expected_token_rates, top_tokens
 
-    probed = _load(model, task)
+    probed = _load(model, task, raw)
     parsed = _one_component(probed, component)
     if n > 0:
         texts = probed.task.sample(n, seed=seed)
@@ -685,7 +700,7 @@ def dla(
 def ablate(
     model: ModelArg,
     component: Annotated[str, typer.Option("--component", help="SITE@POSITION, e.g. x0.post@+.")],
-    task: TaskOpt = None,
+    task: TaskOpt = None, raw: RawOpt = False,
     n: Annotated[int, typer.Option("--n", help="Inputs measured (and as many for the mean).",
                                    callback=options.PAIRS.callback)] = 1000,
     seed: SeedOpt = 0,
@@ -697,7 +712,7 @@ def ablate(
     from inversionview.verify.patching import mean_ablation
 
     _apply_threads(threads)
-    probed = _load(model, task)
+    probed = _load(model, task, raw)
     parsed = _one_component(probed, component)
     texts = probed.task.sample(n, seed=seed)
     reference = probed.task.sample(n, seed=seed + 1)

@@ -326,7 +326,7 @@ def load_probed(model: str | Path, task: str | None = None, device: str = "cpu",
                              + " (it holds a decoder: pass it with --decoder)" * decoder)
     wanted = task or manifest.get("task")
     has_tokenizer = any((directory / name).exists() for name in TOKENIZER_FILES)
-    if wanted == TEXT or (wanted is None and has_tokenizer):
+    if wanted == TEXT or (wanted is None and (has_tokenizer or not _is_gpt2(config_path))):
         return _load_language_model(directory, manifest, device, processing)
     settings = _read_config(config_path)
     the_task = _choose_task(settings["vocab_size"], settings["n_positions"], config_path, wanted)
@@ -338,11 +338,20 @@ def load_probed(model: str | Path, task: str | None = None, device: str = "cpu",
                        processing=processing)
 
 
+def _is_gpt2(config_path: Path) -> bool:
+    settings = read_json_object(config_path, ModelLoadError, "a JSON object of model settings")
+    return settings.get("model_type", "gpt2") == "gpt2"
+
+
 def _load_language_model(directory: Path, manifest: dict[str, Any], device: str,
                          processing: str) -> ProbedModel:
     """A causal LM of any supported architecture with the tokenizer in its directory."""
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
 
+    # Loading a model is not news: no progress bar, no warnings about generation settings.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     config_path = directory / "config.json"
     settings = read_json_object(config_path, ModelLoadError, "a JSON object of model settings "
                                                              "as written by save_pretrained")
@@ -350,12 +359,14 @@ def _load_language_model(directory: Path, manifest: dict[str, Any], device: str,
     if not isinstance(model_type, str):
         raise ModelLoadError(f"{config_path} has no model_type; expected the settings of a "
                              f"HuggingFace causal LM (model_type gpt2, gpt_neox, llama, ...)")
+    check_architecture(model_type, settings.get("architectures"), config_path)
     try:
         config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError,
+            StrictDataclassError) as error:
         raise ModelLoadError(f"{config_path} is not a config transformers can read "
                              f"({first_line(error)})") from None
-    check_architecture(config, config_path)
+    tokenizer = HFTokenizer.from_directory(directory, config.vocab_size)
     if not any((directory / name).exists() for name in _WEIGHT_FILES):
         raise ModelLoadError(f"{directory} has no weights ({', '.join(_WEIGHT_FILES)})")
     try:
@@ -364,7 +375,6 @@ def _load_language_model(directory: Path, manifest: dict[str, Any], device: str,
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
         raise ModelLoadError(f"the weights in {directory} cannot be loaded with its config "
                              f"({first_line(error)})") from None
-    tokenizer = HFTokenizer.from_directory(directory, config.vocab_size)
     context = _context_length(config)
     settings = manifest.get("default_query") or {}
     task = TextTask(tokenizer, context, example=settings.get("input", TextTask.example_text),
@@ -385,17 +395,17 @@ def _context_length(config: PretrainedConfig) -> int:
     return 2048
 
 
-def check_architecture(config: PretrainedConfig, where: str | Path) -> None:
+def check_architecture(model_type: str, architectures: Any, where: str | Path) -> None:
     """A ModelLoadError unless the toolkit can read this architecture (the bridge's list)."""
-    if config.model_type == "gpt2":
+    if model_type == "gpt2":
         return
     from inversionview.probed.backend import supported_architectures
 
     supported = supported_architectures()
-    names = list(getattr(config, "architectures", None) or [])
+    names = [name for name in architectures or [] if isinstance(name, str)]
     if any(name in supported for name in names):
         return
-    raise ModelLoadError(f"{where} describes a {echo(names[0] if names else config.model_type)} "
+    raise ModelLoadError(f"{where} describes a {echo(names[0] if names else model_type)} "
                          f"model, which TransformerBridge cannot read; supported: "
                          f"{', '.join(sorted(supported))}")
 

@@ -61,7 +61,7 @@ def resolve(tokens: list[str], spec: str | int, named: dict[str, int] | None = N
     ends = [end + 1 for end in ends]  # back to indices with BOS at 0
     if not ends:
         raise PositionError(f"the input has no token {wanted!r}; its tokens: "
-                            f"{echo(' | '.join(tokens[1:real]))}")
+                            f"{show_tokens(tokens[1:real])}")
     if which is None:
         if len(ends) > 1:
             raise PositionError(f"{wanted!r} occurs {len(ends)} times (at {', '.join(map(str, ends))}); "
@@ -76,6 +76,12 @@ def resolve(tokens: list[str], spec: str | int, named: dict[str, int] | None = N
         raise PositionError(f"{wanted!r} occurs {len(ends)} time(s), so there is no occurrence "
                             f"{occurrence}")
     return ends[occurrence - 1]
+
+
+def show_tokens(tokens: list[str], limit: int = 16) -> str:
+    """Token strings for a message: quoted so spaces show, the first ``limit`` of them."""
+    shown = ", ".join(repr(token) for token in tokens[:limit])
+    return shown + (f", … ({len(tokens)} tokens)" if len(tokens) > limit else "")
 
 
 def token_matches(tokens: list[str], wanted: str) -> list[int]:

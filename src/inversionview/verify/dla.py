@@ -39,10 +39,7 @@ def logit_attribution(model: ProbedModel, piece: torch.Tensor, final_resid: torc
     """``[n, vocab]``: the direct effect on the logits of ``piece`` ``[n, d_model]``, one
     summand of the final residual stream ``final_resid`` ``[n, d_model]`` (whose LayerNorm
     scale it shares). The pieces of a residual stream sum, with b_U, to the logits."""
-    eps = model.processed.eps
-    scale = (final_resid.var(dim=-1, unbiased=False, keepdim=True) + eps).sqrt()
-    centred = piece - piece.mean(dim=-1, keepdim=True)
-    return (centred / scale) @ model.processed.W_U
+    return model.direct_logits(piece, final_resid)
 
 
 def _check_k(k: int, vocabulary_size: int) -> None:

@@ -176,8 +176,8 @@ class PatchingExperiment:
         rows = torch.arange(len(index), device=device)
         self.answer = self.original_tokens[rows, self.predict_at + 1]
         self.contrast_answer = self.contrast_tokens[rows, self.predict_at + 1]
-        self.original_ld = self.logit_difference(model.processed.logits(self.original_tokens))
-        self.contrast_ld = self.logit_difference(model.processed.logits(self.contrast_tokens))
+        self.original_ld = self.logit_difference(model.processed_logits(self.original_tokens))
+        self.contrast_ld = self.logit_difference(model.processed_logits(self.contrast_tokens))
 
     def logit_difference(self, logits: torch.Tensor) -> torch.Tensor:
         """``[n]`` logit(original answer) - logit(contrast answer) where the answer is predicted."""
@@ -189,7 +189,7 @@ class PatchingExperiment:
         """``[n]`` LD of the original runs with ``components`` taken from the contrast runs."""
         if not components:
             return self.original_ld
-        return self.logit_difference(self.model.processed.run_patched(
+        return self.logit_difference(self.model.run_patched(
             self.original_tokens, self.patches(components)))
 
     def patches(self, components: list[Component]) -> dict[Site, tuple[torch.Tensor, torch.Tensor]]:
@@ -258,7 +258,7 @@ def mean_ablation(model: ProbedModel, texts: list[str], component: Component,
     where = torch.zeros(n, length, dtype=torch.bool, device=model.device)
     where[torch.arange(n), torch.tensor([task.resolve_position(t, component.position) for t in texts])] = True
     patches = {component.site: (where, mean.expand(n, length, -1))}
-    clean, ablated = model.processed.logits(tokens), model.processed.run_patched(tokens, patches)
+    clean, ablated = model.processed_logits(tokens), model.run_patched(tokens, patches)
     rows = []
     for target in targets:
         index = torch.tensor([task.target_index(t, target) for t in texts])

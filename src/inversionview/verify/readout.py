@@ -28,8 +28,8 @@ def output_change(model: ProbedModel, query_text: str, site_name: str, position:
     where[:, position] = True
     values = torch.zeros(*tokens.shape, model.d_model, device=model.device)
     values[:, position] = replacements.to(model.device)
-    clean = model.processed.logits(tokens[:1])[0, position:length].log_softmax(-1)
-    patched = model.processed.run_patched(tokens, {site: (where, values)})[:, position:length].log_softmax(-1)
+    clean = model.processed_logits(tokens[:1])[0, position:length].log_softmax(-1)
+    patched = model.run_patched(tokens, {site: (where, values)})[:, position:length].log_softmax(-1)
     kl = (clean.exp() * (clean - patched)).sum(-1)  # [k, positions]
     changed = (patched.argmax(-1) != clean.argmax(-1)).float()
     return [{"kl_max": round(row.max().item(), 6), "kl_mean": round(row.mean().item(), 6),

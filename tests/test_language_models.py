@@ -1,0 +1,163 @@
+"""The whole pipeline on free text, for every tested architecture: a tiny random GPT-2,
+GPT-NeoX (Pythia) and Llama saved with a tokenizer trained in the test, a decoder trained a
+few steps on a corpus file, a query, and the errors a user can run into."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cli_runner import invoke
+from inversionview.decoder.store import DecoderLoadError, load_decoder
+from inversionview.errors import UserError
+from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
+from inversionview.preimage.query import QueryConfig, run_query
+from inversionview.probed.model import ModelLoadError, load_probed, model_sites
+from inversionview.probed.sites import SiteError
+from inversionview.tasks.base import TaskInputError
+from tiny_lms import ARCHITECTURES, N_HEADS, N_LAYERS, make_tiny_lm, sentences
+
+TEXT = "When Alice and Bob went to the park, Bob gave a key to Alice."
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def trained(request, tmp_path_factory):
+    """(model directory, corpus, decoder directory) of one architecture."""
+    root = tmp_path_factory.mktemp(request.param)
+    directory = make_tiny_lm(request.param, root / "model")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(sentences(300, seed=5)))
+    config = DecoderTrainingConfig(out=root / "decoder", examples=192, corpus=str(corpus),
+                                   max_tokens=24, eval_every_seconds=10_000,
+                                   eval_queries_per_site=1, eval_samples_per_query=2,
+                                   decoder_overrides={"d_model": 32, "n_heads": 2, "d_mlp": 64,
+                                                      "n_condition_blocks": 1})
+    torch.manual_seed(0)
+    train_decoder(load_probed(directory), config, show_progress=False)
+    return directory, corpus, root / "decoder"
+
+
+def test_a_directory_with_a_tokenizer_is_read_as_text_with_every_site(trained):
+    directory, _, _ = trained
+    model = load_probed(directory)
+    assert model.task.name == "text" and model.task.sites is None
+    assert [s.short for s in model.sites] == [s.short for s in model_sites(N_LAYERS, N_HEADS)]
+    assert len(model.sites) == 1 + N_LAYERS * (N_HEADS + 4)
+
+
+def test_decoder_owns_its_sites_ids_and_processing(trained):
+    directory, _, decoder_dir = trained
+    model = load_probed(directory)
+    manifest = json.loads((decoder_dir / "decoder.json").read_text())
+    assert manifest["sites"] == [s.short for s in model.sites]
+    assert manifest["processing"] == "processed" and manifest["task"] == "text"
+    vocab = model.task.vocab
+    assert manifest["special_ids"] == {"bos": vocab.bos_id, "eos": vocab.eos_id, "pad": vocab.pad_id}
+    assert manifest["config"]["vocab_size"] == vocab.size > vocab.model_size
+    assert manifest["config"]["n_ctx"] == 24 + 2
+    decoder, _ = load_decoder(decoder_dir, model)
+    assert decoder.site_names == tuple(manifest["sites"])
+
+
+def test_query_on_text_is_seeded_and_scored_on_the_model(trained):
+    directory, _, decoder_dir = trained
+    model = load_probed(directory)
+    decoder, _ = load_decoder(decoder_dir, model)
+    config = QueryConfig(candidates=64)
+    result = run_query(model, decoder, TEXT, "a1.1", "last ' Alice'", config, seed=4)
+    again = run_query(model, decoder, TEXT, "a1.1", "last ' Alice'", config, seed=4)
+    assert [s.tokens for s in result.samples] == [s.tokens for s in again.samples]
+    assert result.query.tokens == model.task.text_tokens(TEXT)
+    assert "".join(result.query.tokens[1:]) == TEXT
+    assert result.query.tokens[result.position].strip() == "Alice"
+    assert result.stats.candidates == 64
+    for sample in result.samples:
+        assert sample.tokens[0] == model.task.vocab.token_string(model.task.vocab.bos_id)
+        assert len(sample.position_distances) == len(sample.tokens)
+        finite = [d for d in sample.position_distances if d is not None]
+        assert min(finite) == pytest.approx(sample.distance, abs=1e-6)
+
+
+def test_the_query_reads_its_own_activation_at_distance_zero(trained):
+    """A candidate equal to the query (BOS + the text's ids) scores 0 at the query position."""
+    from inversionview.preimage.distance import candidate_distances
+
+    directory, _, _ = trained
+    model = load_probed(directory)
+    ids = model.task.encode(TEXT)
+    index = model.task.resolve_position(TEXT, "last ' Bob'")
+    query = model.activations(model.tokens(TEXT), "m1", index)[0]
+    tokens = torch.tensor([ids + [model.task.vocab.eos_id, model.task.vocab.pad_id]])
+    distance, best, _ = candidate_distances(model, model.site("m1"), query, tokens)
+    assert distance.item() == pytest.approx(0.0, abs=1e-6) and best.item() == index
+
+
+def test_decoder_refuses_another_processing(trained):
+    directory, _, decoder_dir = trained
+    with pytest.raises(DecoderLoadError, match="processed activations but the model is read raw"):
+        load_decoder(decoder_dir, load_probed(directory, processing="raw"))
+
+
+def test_cli_query_and_errors_on_text(trained):
+    directory, _, decoder_dir = trained
+    ok = invoke(["query", str(directory), "--decoder", str(decoder_dir), "--input", TEXT,
+                 "--site", "a0.3", "--position", "-2", "--candidates", "64", "--json"])
+    assert ok.exit_code == 0, ok.output
+    record = json.loads(ok.stdout)
+    assert record["site"] == "a0.3" and record["position"] == len(record["query"]["tokens"]) - 2
+    for args, message in [
+        (["--site", "a7.0"], "not a site of this model"),
+        (["--position", "' Zed'"], "no token ' Zed'"),
+        (["--input", "word " * 80], "context holds at most 64"),
+        (["--raw"], "load the model without --raw"),
+    ]:
+        failed = invoke(["query", str(directory), "--decoder", str(decoder_dir), "--candidates",
+                         "64", *(["--input", TEXT] if "--input" not in args else []), *args])
+        assert failed.exit_code == 2 and message in failed.stderr, failed.output
+        assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_training_a_text_model_needs_a_corpus(trained, tmp_path):
+    directory, _, _ = trained
+    result = invoke(["train-decoder", str(directory), "--out", str(tmp_path / "run"),
+                     "--examples", "64"])
+    assert result.exit_code == 2 and "--corpus" in result.stderr
+
+
+def test_a_toy_task_refuses_a_corpus(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello\n")
+    result = invoke(["train-decoder", "counting", "--out", str(tmp_path / "run"), "--examples",
+                     "64", "--corpus", str(corpus)])
+    assert result.exit_code == 2 and "draws its own inputs" in result.stderr
+
+
+def test_model_directory_errors_are_one_line(tmp_path):
+    directory = make_tiny_lm("gpt_neox", tmp_path / "neox")
+    (directory / "tokenizer.json").unlink()
+    with pytest.raises(UserError, match="has no tokenizer"):
+        load_probed(directory)  # not GPT-2, so no toy task: it needs its tokenizer
+    config = json.loads((directory / "config.json").read_text())
+    config["architectures"] = ["XLNetLMHeadModel"]
+    config["model_type"] = "xlnet"
+    other = tmp_path / "mamba"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps(config))
+    (other / "tokenizer.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="XLNetLMHeadModel.*cannot read; supported: .*"
+                       "GPTNeoXForCausalLM.*LlamaForCausalLM") as error:
+        load_probed(other)
+    assert "\n" not in str(error.value)
+
+
+def test_text_longer_than_the_context_and_empty_text_are_refused(trained):
+    directory, _, _ = trained
+    model = load_probed(directory)
+    with pytest.raises(TaskInputError, match="context holds at most 64"):
+        model.tokens("word " * 80)
+    with pytest.raises(TaskInputError, match="empty"):
+        model.tokens("")
+    with pytest.raises(SiteError):
+        model.site("a2.0")
