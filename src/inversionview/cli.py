@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from inversionview import options
+from inversionview import cli_train_lm, options
 from inversionview.errors import MAX_ECHO, UserError, echo
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -723,6 +723,9 @@ def ablate(
               f"{r['logit_decrement_rate']:9.1%}  {r['accuracy']:7.1%} -> {r['ablated_accuracy']:.1%}"
               for r in rows]
     _emit({"component": parsed.name, "n": n, "rows": rows}, as_json, "\n".join(lines))
+
+
+cli_train_lm.register(app)
 
 
 def run(argv: list[str] | None = None) -> int:
