@@ -11,7 +11,10 @@ stream need a few sites of thousands of inputs, fast:
 
 - ``run(tokens, sites)`` stops after the last layer a requested site needs;
 - a single head's output is computed from that head's q, k, v alone;
-- inputs are right-padded, so causal attention keeps every real position exact.
+- inputs are right-padded, so causal attention keeps every real position exact;
+- ids outside the vocabulary (a task's padding) are read as id 0 (backend.valid_tokens).
+
+It is one implementation of ``backend.Backend``; ``backend.BridgeBackend`` is the other.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inversionview.probed.backend import norm_direct_logits, valid_tokens
 from inversionview.probed.sites import Site
 
 
@@ -94,6 +98,8 @@ def _gelu_new(x: torch.Tensor) -> torch.Tensor:
 class ProcessedGPT2(nn.Module):
     """GPT-2 forward on processed weights, capturing activation sites. Inference only."""
 
+    processed = True  # always TransformerLens-processed weights (backend.Backend)
+
     def __init__(self, weights: dict[str, torch.Tensor], layer_norm_eps: float = 1e-5):
         super().__init__()
         for name, tensor in weights.items():
@@ -101,6 +107,7 @@ class ProcessedGPT2(nn.Module):
         self.eps = layer_norm_eps
         self.n_layers, self.n_heads, self.d_model, self.d_head = self.W_Q.shape
         self.n_ctx = self.W_pos.shape[0]
+        self.vocab_size = self.W_U.shape[1]
 
     @classmethod
     def from_hf_state_dict(cls, state: dict[str, torch.Tensor], n_layers: int, n_heads: int,
@@ -110,7 +117,7 @@ class ProcessedGPT2(nn.Module):
     # ----- pieces ----------------------------------------------------------------------
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.W_E[tokens] + self.W_pos[: tokens.shape[1]]
+        return self.W_E[valid_tokens(tokens, self.vocab_size)] + self.W_pos[: tokens.shape[1]]
 
     def _head_outputs(self, resid_pre: torch.Tensor, layer: int, heads: Sequence[int] | None
                       ) -> torch.Tensor:
@@ -237,3 +244,11 @@ class ProcessedGPT2(nn.Module):
             resid = resid + self._attention_out(resid, layer)
             resid = resid + self._mlp_out(resid, layer)
         return _normalize(resid, self.eps) @ self.W_U + self.b_U
+
+    def direct_logits(self, piece: torch.Tensor, final_resid: torch.Tensor) -> torch.Tensor:
+        """``[n, vocab]``: the direct effect on the logits of ``piece`` ``[n, d_model]``, one
+        summand of the final residual stream ``final_resid`` ``[n, d_model]``: centred and
+        divided by the final LayerNorm's scale of ``final_resid``, then through ``W_U`` (which
+        holds the LayerNorm's folded weights). The summands' direct logits sum, with
+        ``b_U``, to the logits."""
+        return norm_direct_logits(piece, final_resid, self.W_U, self.eps)
