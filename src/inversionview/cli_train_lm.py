@@ -82,9 +82,10 @@ def register(app: typer.Typer) -> None:
         if resume:
             if force:
                 raise UserError("--force starts the run in OUT over; it cannot go with --resume")
-            given = [("--corpus", "corpus", corpus), ("--field", "field", field),
-                     ("--tokenizer", "tokenizer", tokenizer),
-                     ("--vocab-size", "vocab_size", vocab_size),
+            # The corpus may have moved: train_lm checks that its content (sha256) is the
+            # run's. A resumed run reads its tokenizer from OUT (checked by fingerprint).
+            changes.update(corpus=corpus, tokenizer=tokenizer)
+            given = [("--field", "field", field), ("--vocab-size", "vocab_size", vocab_size),
                      ("--max-tokens", "max_tokens", max_tokens), ("--seed", "seed", seed),
                      ("--batch-size", "batch_size", batch_size), ("--lr", "lr", lr),
                      ("--d-model", "model_shape.n_embd", d_model),

@@ -54,11 +54,12 @@ from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
 from inversionview.tasks.base import next_token_targets
 from inversionview.tasks.text import TextTask
 from inversionview.text.bpe import VOCAB_SIZE, train_bpe
-from inversionview.text.sources import CorpusSource, read_texts
+from inversionview.text.sources import CORPUS_FORMATS, CorpusError, CorpusSource, read_texts
 from inversionview.text.tokenizer import TOKENIZER_FILES, HFTokenizer
 
 MAX_TOKENS = Range("max-tokens", 1, 100_000)
 LENGTH_POOL = Range("length_pool", 1, 10_000)
+HELD_OUT_FRACTION = Range("held_out_fraction", 0, 0.5, integer=False, low_open=True)
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: Files of a saved tokenizer (save_pretrained), copied with the model.
 TOKENIZER_SAVED = (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json",
@@ -76,6 +77,7 @@ class LMTrainingConfig:
     tokenizer: Path | None = None  # None: train a byte-level BPE of vocab_size on the corpus
     vocab_size: int = 4096
     max_tokens: int = 64
+    held_out_fraction: float = 0.01  # of the corpus' pieces, chosen by a hash of their content
     minutes: float | None = None
     steps: int | None = None
     seed: int = 0
@@ -107,6 +109,7 @@ class LMTrainingConfig:
                               f"{self.save_dtype!r}")
         check_settings(self, {
             "vocab_size": VOCAB_SIZE, "max_tokens": MAX_TOKENS, "minutes": MINUTES,
+            "held_out_fraction": HELD_OUT_FRACTION,
             "steps": STEPS, "seed": SEED, "batch_size": BATCH_SIZE, "lr": LEARNING_RATE,
             "min_lr_fraction": MIN_LR_FRACTION, "warmup_steps": WARMUP_STEPS,
             "weight_decay": WEIGHT_DECAY, "grad_clip": GRAD_CLIP, "length_pool": LENGTH_POOL,
@@ -281,11 +284,14 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
     directory that holds a checkpoint is refused."""
     check_run_directory(config.out, resume)
     texts = read_texts(config.corpus, config.field)
+    if not texts:
+        raise CorpusError(f"corpus {config.corpus} holds no text; give {CORPUS_FORMATS}")
     corpus = _corpus_record(config, texts)
     config.out.mkdir(parents=True, exist_ok=True)
     started_at_commit = provenance.commit()
     tokenizer = _tokenizer(config, texts, resume)
-    source = CorpusSource(texts, tokenizer, config.max_tokens, name=corpus["name"])
+    source = CorpusSource(texts, tokenizer, config.max_tokens, config.held_out_fraction,
+                          name=corpus["name"])
     task = TextTask(tokenizer, config.context).with_source(source)
     hf_model = _build_model(task, config)
     model = ProbedModel(task=task, hf_model=hf_model, source=str(config.out))
@@ -294,13 +300,13 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
     eval_tokens = held_out_tokens(source, config.eval_examples, config.seed)
 
     run = RunLog(config.out, {})  # the data is a function of seed and step: no generator
-    trained_tokens = 0
+    trained_tokens, window_losses = 0, []  # losses of the steps since the last evaluation
     if resume:
         state, record = run.resume(optimizer)
         _check_same_run(config, record, corpus, tokenizer)
         hf_model.load_state_dict(state, strict=False)
         hf_model.tie_weights()
-        trained_tokens = record.get("tokens", 0)
+        trained_tokens, window_losses = record.get("tokens", 0), record.get("window", [])
     else:
         run.start(dropout_seed=_derived_seed(config.seed, "dropout"))
 
@@ -313,7 +319,6 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
     schedule = CheckpointSchedule(config.checkpoint_every_seconds,
                                   config.first_checkpoint_seconds, config.first_checkpoint_steps)
     schedule.begin(run.step)
-    window_losses: list[float] = []
     window_tokens, window_start = 0, time.perf_counter()
     lr = config.lr
 
@@ -327,7 +332,7 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
 
     def checkpoint_now() -> None:
         run.checkpoint(model.weights(), optimizer, config=_jsonable(config),
-                       tokens=trained_tokens, corpus_sha256=corpus["sha256"],
+                       tokens=trained_tokens, window=window_losses, corpus_sha256=corpus["sha256"],
                        tokenizer_fingerprint=tokenizer.fingerprint())
 
     hf_model.train()

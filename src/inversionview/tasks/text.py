@@ -41,7 +41,8 @@ class TextTask(Task):
         self.vocab = tokenizer
         self.context = context  # the probed model's n_positions: the longest input
         self.source = source
-        self.n_ctx = source.n_ctx if source is not None else DEFAULT_MAX_TOKENS + 2
+        # A batch's width without a source: never more positions than the model has.
+        self.n_ctx = source.n_ctx if source is not None else min(DEFAULT_MAX_TOKENS + 2, context)
         self.example = example
         self.default_query = default_query
 
