@@ -41,7 +41,6 @@ from inversionview.artifacts import bundled_model_names, find_artifact
 from inversionview.errors import UserError, echo
 from inversionview.files import (atomic_path, first_line, positive_int, read_json_object,
                                 read_safetensors, weights_mismatch, write_json_atomic)
-from inversionview.probed.processed import ProcessedGPT2
 from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks import TASKS, Task, TaskInputError, get_task
 from inversionview.tasks.text import TextTask
@@ -278,13 +277,9 @@ def model_sites(n_layers: int, n_heads: int) -> list[Site]:
 
 
 def _make_backend(model: ProbedModel):
-    if model.architecture == "gpt2" and model.processing == "processed":
-        return ProcessedGPT2.from_hf_state_dict(
-            model.hf_model.state_dict(), model.n_layers, model.n_heads,
-            model.config.layer_norm_epsilon).to(model.device)
-    from inversionview.probed.backend import BridgeBackend
+    from inversionview.probed.backend import make_backend
 
-    return BridgeBackend(model.hf_model, processed=model.processing == "processed")
+    return make_backend(model.hf_model, processed=model.processing == "processed")
 
 
 # ----- building and loading ------------------------------------------------------------
