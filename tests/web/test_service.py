@@ -21,7 +21,7 @@ from tests.conftest import authors_model_dir
 
 
 def test_bundled_models_are_the_probed_artifacts():
-    assert set(bundled_model_names()) == {"counting", "addition"}  # not the decoders
+    assert set(bundled_model_names()) == {"counting", "addition", "lm-kjv"}  # not the decoders
 
 
 def test_authors_model_loads_with_its_task_inferred_and_its_decoder_found():
