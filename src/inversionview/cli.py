@@ -90,6 +90,27 @@ def _apply_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _explicit(ctx: typer.Context, given: list[tuple[str, str, Any, str]]
+              ) -> dict[str, tuple[str, Any]]:
+    """Of ``given`` (option label, config path, value, parameter name), the options the user
+    typed: on --resume each must agree with the run's stored setting."""
+    return {label: (path, value) for label, path, value, name in given
+            if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
+def _shape_overrides(d_model: int | None, n_heads: int | None, n_layers: int | None
+                     ) -> dict[str, Any]:
+    """GPT2Config overrides from --d-model (with a 4x MLP), --n-heads and --n-layers."""
+    overrides: dict[str, Any] = {}
+    if d_model is not None:
+        overrides.update(n_embd=d_model, n_inner=4 * d_model)
+    if n_heads is not None:
+        overrides["n_head"] = n_heads
+    if n_layers is not None:
+        overrides["n_layer"] = n_layers
+    return overrides
+
+
 def _load(model: str, task: str | None, raw: bool = False):
     from inversionview.probed import load_probed
 
@@ -219,21 +240,14 @@ def train_probed_command(
                  ("--d-model", "model_settings.n_embd", d_model, "d_model"),
                  ("--n-heads", "model_settings.n_head", n_heads, "n_heads"),
                  ("--n-layers", "model_settings.n_layer", n_layers, "n_layers")]
-        fixed = {label: (path, value) for label, path, value, name in given
-                 if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+        fixed = _explicit(ctx, given)
         config = ProbedTrainingConfig.resumed(out, minutes=minutes, steps=steps, changes=interval,
                                               fixed=fixed)
     else:
         if (minutes is None) == (steps is None):
             raise UserError("give exactly one of --minutes or --steps (--resume continues a run "
                             "with its own)")
-        overrides: dict[str, Any] = {}
-        if d_model is not None:
-            overrides.update(n_embd=d_model, n_inner=4 * d_model)
-        if n_heads is not None:
-            overrides["n_head"] = n_heads
-        if n_layers is not None:
-            overrides["n_layer"] = n_layers
+        overrides = _shape_overrides(d_model, n_heads, n_layers)
         config = ProbedTrainingConfig(task=task, out=out, minutes=minutes, steps=steps, seed=seed,
                                       batch_size=batch_size, lr=lr, model_overrides=overrides,
                                       objective=objective, **interval)
@@ -299,8 +313,7 @@ def train_decoder_command(
                  ("--corpus", "corpus", None if corpus is None else str(corpus), "corpus"),
                  ("--field", "field", text_field, "text_field"),
                  ("--max-tokens", "max_tokens", max_tokens, "max_tokens")]
-        fixed = {label: (path, value) for label, path, value, name in given
-                 if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+        fixed = _explicit(ctx, given)
         explicit_device = ctx.get_parameter_source("device").name not in ("DEFAULT", "DEFAULT_MAP")
         config = DecoderTrainingConfig.resumed(
             out, minutes=minutes, examples=examples, fixed=fixed,

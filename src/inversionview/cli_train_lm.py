@@ -7,7 +7,7 @@ tokenizer, on a text corpus (a thin shell over ``probed.train_lm``).
 
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,7 +15,8 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add ``train-lm`` to ``app``."""
     from inversionview import options
-    from inversionview.cli import ForceOpt, JsonOpt, SeedOpt, ThreadsOpt, _apply_threads, _emit
+    from inversionview.cli import (ForceOpt, JsonOpt, SeedOpt, ThreadsOpt, _apply_threads, _emit,
+                                   _explicit, _shape_overrides)
     from inversionview.errors import UserError
     from inversionview.schedule import EVAL_SECONDS
     from inversionview.text.bpe import VOCAB_SIZE
@@ -85,30 +86,22 @@ def register(app: typer.Typer) -> None:
             # The corpus may have moved: train_lm checks that its content (sha256) is the
             # run's. A resumed run reads its tokenizer from OUT (checked by fingerprint).
             changes.update(corpus=corpus, tokenizer=tokenizer)
-            given = [("--field", "field", field), ("--vocab-size", "vocab_size", vocab_size),
-                     ("--max-tokens", "max_tokens", max_tokens), ("--seed", "seed", seed),
-                     ("--batch-size", "batch_size", batch_size), ("--lr", "lr", lr),
-                     ("--d-model", "model_shape.n_embd", d_model),
-                     ("--n-layers", "model_shape.n_layer", n_layers),
-                     ("--n-heads", "model_shape.n_head", n_heads)]
-            names = {"model_shape.n_embd": "d_model", "model_shape.n_layer": "n_layers",
-                     "model_shape.n_head": "n_heads"}
-            fixed = {label: (path, value) for label, path, value in given
-                     if ctx.get_parameter_source(names.get(path, path)).name
-                     not in ("DEFAULT", "DEFAULT_MAP")}
+            fixed = _explicit(ctx, [
+                ("--field", "field", field, "field"),
+                ("--vocab-size", "vocab_size", vocab_size, "vocab_size"),
+                ("--max-tokens", "max_tokens", max_tokens, "max_tokens"),
+                ("--seed", "seed", seed, "seed"),
+                ("--batch-size", "batch_size", batch_size, "batch_size"), ("--lr", "lr", lr, "lr"),
+                ("--d-model", "model_shape.n_embd", d_model, "d_model"),
+                ("--n-layers", "model_shape.n_layer", n_layers, "n_layers"),
+                ("--n-heads", "model_shape.n_head", n_heads, "n_heads")])
             config = LMTrainingConfig.resumed(out, minutes=minutes, steps=steps,
                                               changes=changes, fixed=fixed)
         else:
             if (minutes is None) == (steps is None):
                 raise UserError("give exactly one of --minutes or --steps (--resume continues "
                                 "a run with its own)")
-            overrides: dict[str, Any] = {}
-            if d_model is not None:
-                overrides.update(n_embd=d_model, n_inner=4 * d_model)
-            if n_heads is not None:
-                overrides["n_head"] = n_heads
-            if n_layers is not None:
-                overrides["n_layer"] = n_layers
+            overrides = _shape_overrides(d_model, n_heads, n_layers)
             config = LMTrainingConfig(
                 corpus=corpus, out=out, field=field, tokenizer=tokenizer, vocab_size=vocab_size,
                 max_tokens=max_tokens, minutes=minutes, steps=steps, seed=seed,
