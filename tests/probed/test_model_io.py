@@ -1,10 +1,12 @@
 """Saving, loading and resolving MODEL arguments, and the errors for what does not fit."""
 
 import json
+import re
 
 import pytest
 import torch
 
+from inversionview.artifacts import bundled_model_names
 from inversionview.probed import ModelLoadError, build_probed, load_probed
 
 
@@ -69,10 +71,11 @@ def test_missing_things(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_probed(tmp_path / "nowhere")
     for task in (None, "counting"):  # looked up in the local HuggingFace cache, never fetched
+        bundled = re.escape(", ".join(bundled_model_names()))
         with pytest.raises(ModelLoadError, match=r"^'no-such-model' is neither a bundled artifact "
                                                  r"nor a directory, nor a model in the local "
                                                  r"HuggingFace cache; give a bundled model "
-                                                 r"\(addition, counting\) or a model directory"):
+                                                 rf"\({bundled}\) or a model directory"):
             load_probed("no-such-model", task=task)
     (tmp_path / "empty").mkdir()
     for task in (None, "counting"):
