@@ -12,12 +12,11 @@ import torch
 from cli_runner import invoke
 from inversionview.decoder.store import DecoderLoadError, load_decoder
 from inversionview.errors import UserError
-from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
 from inversionview.preimage.query import QueryConfig, run_query
 from inversionview.probed.model import ModelLoadError, load_probed, model_sites
 from inversionview.probed.sites import SiteError
 from inversionview.tasks.base import TaskInputError
-from tiny_lms import ARCHITECTURES, N_HEADS, N_LAYERS, make_tiny_lm, sentences
+from tiny_lms import ARCHITECTURES, N_HEADS, N_LAYERS, make_tiny_lm, make_tiny_text_model
 
 TEXT = "When Alice and Bob went to the park, Bob gave a key to Alice."
 
@@ -25,18 +24,7 @@ TEXT = "When Alice and Bob went to the park, Bob gave a key to Alice."
 @pytest.fixture(scope="module", params=ARCHITECTURES)
 def trained(request, tmp_path_factory):
     """(model directory, corpus, decoder directory) of one architecture."""
-    root = tmp_path_factory.mktemp(request.param)
-    directory = make_tiny_lm(request.param, root / "model")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(sentences(300, seed=5)))
-    config = DecoderTrainingConfig(out=root / "decoder", examples=192, corpus=str(corpus),
-                                   max_tokens=24, eval_every_seconds=10_000,
-                                   eval_queries_per_site=1, eval_samples_per_query=2,
-                                   decoder_overrides={"d_model": 32, "n_heads": 2, "d_mlp": 64,
-                                                      "n_condition_blocks": 1})
-    torch.manual_seed(0)
-    train_decoder(load_probed(directory), config, show_progress=False)
-    return directory, corpus, root / "decoder"
+    return make_tiny_text_model(tmp_path_factory.mktemp(request.param), request.param)
 
 
 def test_a_directory_with_a_tokenizer_is_read_as_text_with_every_site(trained):

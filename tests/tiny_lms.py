@@ -131,3 +131,25 @@ def make_tiny_lm(architecture: str, directory: str | Path, seed: int = 0) -> Pat
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
     model.save_pretrained(directory)  # safetensors, the only format transformers 5 writes
     return directory
+
+
+def make_tiny_text_model(root: str | Path, architecture: str = "gpt2") -> tuple[Path, Path, Path]:
+    """A tiny ``architecture`` LM in ROOT/model, a corpus of generated sentences in
+    ROOT/corpus.txt and a decoder trained on it for a few steps in ROOT/decoder (quality is not
+    the point: the pipeline is). Returns (model directory, corpus, decoder directory)."""
+    from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
+    from inversionview.probed.model import load_probed
+
+    root = Path(root)
+    directory = make_tiny_lm(architecture, root / "model")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(sentences(300, seed=5)))
+    config = DecoderTrainingConfig(out=root / "decoder", examples=192, corpus=str(corpus),
+                                   max_tokens=24, eval_every_seconds=10_000,
+                                   eval_queries_per_site=1, eval_samples_per_query=2,
+                                   decoder_overrides={"d_model": 32, "n_heads": 2, "d_mlp": 64,
+                                                      "n_condition_blocks": 1})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        train_decoder(load_probed(directory), config, show_progress=False)
+    return directory, corpus, root / "decoder"

@@ -28,21 +28,35 @@ class InspectReport:
                 "norms": dict(zip(self.sites, self.norms))}
 
     def render(self) -> str:
-        solved = all(p["predicted"] == p["expected"] for p in self.predictions)
+        right = sum(p["predicted"] == p["expected"] for p in self.predictions)
         lines = [f"model {self.model} (task {self.task})", f"input {self.text}"]
         for p in self.predictions:
-            mark = "ok" if p["predicted"] == p["expected"] else "WRONG"
+            if self.task == "text":  # a language model is not graded: the next token is data
+                mark, expected = "" if p["predicted"] != p["expected"] else "  (top-1)", "next is"
+            else:
+                mark = "  ok" if p["predicted"] == p["expected"] else "  WRONG"
+                expected = "expected"
             lines.append(f"  after {p['position']:>2} {self.tokens[p['position']]!r}: predicts "
-                         f"{p['predicted']!r} (p={p['probability']:.3f}), expected "
-                         f"{p['expected']!r}  {mark}")
-        lines.append(f"solved: {'yes' if solved else 'no'}")
+                         f"{p['predicted']!r} (p={p['probability']:.3f}), {expected} "
+                         f"{p['expected']!r}{mark}")
+        if self.task == "text":
+            lines.append(f"top-1 next token right: {right} of {len(self.predictions)}")
+        else:
+            lines.append(f"solved: {'yes' if right == len(self.predictions) else 'no'}")
         lines.append("")
         lines.append("activation norms (site x position):")
-        header = "site     " + "".join(f"{token:>6}" for token in self.tokens)
+        width = max(6, *(len(repr(token)) + 1 for token in self.tokens))
+        header = "site     " + "".join(f"{_shown(token):>{width}}" for token in self.tokens)
         lines.append(header)
         for site, row in zip(self.sites, self.norms):
-            lines.append(f"{site:<9}" + "".join(f"{value:6.2f}" for value in row))
+            lines.append(f"{site:<9}" + "".join(f"{value:{width}.2f}" for value in row))
         return "\n".join(lines)
+
+
+def _shown(token: str) -> str:
+    """A token as a column header: a single character as it is (the toy tasks), a language
+    model's token quoted, so that its spaces show."""
+    return token if len(token) == 1 and not token.isspace() else repr(token)
 
 
 @torch.no_grad()
@@ -51,7 +65,8 @@ def inspect_input(model: ProbedModel, text: str | None = None, seed: int = 0) ->
     task = model.task
     text = task.normalize(text) if text is not None else task.sample(1, seed=seed)[0]
     tokens = model.tokens(text)
-    length = len(text)
+    strings = task.token_strings(tokens[0])
+    length = len(strings)
     probabilities = torch.softmax(model.logits(tokens), dim=-1)[0]
     graded = task.answer_mask(tokens)[0]
     targets = next_token_targets(tokens, task.vocab.pad_id)[0]
@@ -60,13 +75,13 @@ def inspect_input(model: ProbedModel, text: str | None = None, seed: int = 0) ->
         predicted = int(probabilities[position].argmax())
         predictions.append({
             "position": position,
-            "expected": task.vocab.tokens[int(targets[position])],
-            "predicted": task.vocab.tokens[predicted],
+            "expected": task.token_strings([int(targets[position])])[0],
+            "predicted": task.token_strings([predicted])[0],
             "probability": round(float(probabilities[position, predicted]), 6),
         })
     activations = model.run_sites(tokens, model.sites)
     norms = [[round(v, 4) for v in activations[site][0, :length].norm(dim=-1).tolist()]
              for site in model.sites]
-    return InspectReport(model=model.source, task=task.name, text=text, tokens=list(text),
+    return InspectReport(model=model.source, task=task.name, text=text, tokens=strings,
                          predictions=predictions, sites=[s.short for s in model.sites],
                          norms=norms)

@@ -67,3 +67,28 @@ def live_server(loaded_models):
     """A live server over its own service with the default limits."""
     with serving(QueryService(loaded_models)) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def text_model(tmp_path_factory):
+    """A tiny random GPT-2 with its own BPE tokenizer and a decoder trained a few steps on a
+    corpus (tests/tiny_lms.py), served as "tiny-lm"."""
+    import dataclasses
+
+    from tiny_lms import make_tiny_text_model
+
+    directory, _, decoder = make_tiny_text_model(tmp_path_factory.mktemp("text-model"))
+    return dataclasses.replace(load_model(str(directory), decoder=decoder), name="tiny-lm")
+
+
+@pytest.fixture(scope="session")
+def text_client(text_model, loaded_models):
+    service = QueryService([text_model, loaded_models[0]])
+    yield TestClient(create_app(service))
+    service.close()
+
+
+@pytest.fixture(scope="session")
+def text_live_server(text_model, loaded_models):
+    with serving(QueryService([text_model, loaded_models[0]])) as url:
+        yield url

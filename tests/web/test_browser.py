@@ -218,3 +218,46 @@ def test_verify_button_shows_the_output_change(page):
     page.wait_for_selector("#verify-table tr.verify-inside")
     assert page.locator("#verify-table tr.verify-outside").count() > 0
     assert "mean inside ε: KL max" in page.inner_text("#verify-summary")
+
+
+@pytest.fixture
+def text_page(browser, text_live_server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(STATE_TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(text_live_server)
+    page.wait_for_selector("#model option", state="attached")
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_a_language_model_input_is_shown_as_its_tokens_and_a_click_picks_the_position(
+        text_page, text_model):
+    page = text_page
+    text = "When Alice and Bob went to the park, Bob gave a key to Alice."
+    expected = text_model.probed.task.text_tokens(text)
+    page.select_option("#model", "tiny-lm")
+    page.fill("#input", text)
+    chips = page.locator("#input-tokens .token")
+    page.wait_for_function(f"document.querySelectorAll('#input-tokens .token').length === {len(expected)}")
+    shown = chips.evaluate_all("spans => spans.map(s => s.textContent)")
+    assert shown == [token.replace(" ", "␣") for token in expected]
+    # the position list is the tokens too, after the named "last"
+    options = page.locator("#position option").evaluate_all("os => os.map(o => o.value)")
+    assert options[0] == "last" and options[-len(expected):] == [str(i) for i in range(len(expected))]
+    chips.nth(4).click()
+    assert page.input_value("#position") == "4"
+    assert chips.nth(4).get_attribute("class") == "token chosen"
+    run_query(page, site="a1.2", candidates=64, shown=20)
+    marked = page.locator("#result tr.query td.input span.query-pos")
+    assert marked.text_content() == expected[4]
+    assert page.locator("#result tr.sample").count() > 0
+    assert page.locator("#agreement").count() == 0  # free text has no attributes to agree on
+    # an input past the context is refused in place, before any query
+    page.fill("#input", "Alice " * 80)
+    page.wait_for_selector("#input-tokens .problem")
+    assert "context holds at most 64" in page.inner_text("#input-tokens")
+    screenshot(page, "query-text-tokens")

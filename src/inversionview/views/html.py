@@ -18,7 +18,8 @@ table { border-collapse: collapse; margin: .8em 0; }
 td, th { padding: 1px 8px; text-align: right; white-space: nowrap; }
 th { border-bottom: 1px solid #999; font-weight: 600; }
 td.input { text-align: left; font-family: ui-monospace, monospace; letter-spacing: .05em; }
-td.input span { padding: 0 1px; border-radius: 2px; }
+td.input span { padding: 0 1px; border-radius: 2px; white-space: pre; }
+td.input span.query-pos { outline: 2px solid #335; }
 tr.query td { font-weight: 600; background: #f3f3f3; }
 tr.rule td { border-top: 2px solid #c33; color: #c33; font-size: .85em; text-align: left; }
 tr.invalid td.input { text-decoration: underline wavy #c90; }
@@ -49,8 +50,8 @@ def render_html(result: PreimageResult) -> str:
         "</span><span style='background:rgb(255,64,64)'>lowered</span> by the query activation "
         "(against z<sub>BOS</sub>)</p>",
         _samples_table(result, attributes),
-        "<h2>Attribute agreement with the query</h2>",
-        _agreement_table(result),
+        *(["<h2>Attribute agreement with the query</h2>", _agreement_table(result)]
+          if result.attribute_agreement else []),
         "<h2>Distance histogram (all candidates)</h2>",
         _histogram_svg(result),
         "<script type='application/json' id='result'>",
@@ -60,14 +61,16 @@ def render_html(result: PreimageResult) -> str:
     return "\n".join(parts)
 
 
-def _tokens_html(sample_tokens: list[str], changes: list[float | None] | None) -> str:
+def _tokens_html(sample_tokens: list[str], changes: list[float | None] | None,
+                 marked: int | None = None) -> str:
     spans = []
     for index, token in enumerate(sample_tokens):
         change = changes[index] if changes and index < len(changes) else None
         rgb = delta_p_rgb(change)
         style = f" style='background:rgb{rgb}'" if rgb else ""
         tip = f" title='ΔP {change:+.3f}'" if change is not None else ""
-        spans.append(f"<span{style}{tip}>{html.escape(token)}</span>")
+        mark = " class='query-pos'" if index == marked else ""
+        spans.append(f"<span{mark}{style}{tip}>{html.escape(token)}</span>")
     return "".join(spans)
 
 
@@ -77,8 +80,8 @@ def _samples_table(result: PreimageResult, attributes: list[str]) -> str:
     scale = max(finite + [2 * result.epsilon])
     head = "".join(f"<th>{html.escape(a)}</th>" for a in attributes)
     rows = [f"<table><tr><th>distance</th><th></th><th>input</th><th>best</th>{head}<th>×</th></tr>",
-            f"<tr class='query'><td>query</td><td></td><td class='input'>{html.escape(query.text)}"
-            f"</td><td>({html.escape(result.position_label)})</td>"
+            f"<tr class='query'><td>query</td><td></td><td class='input'>"
+            f"{_tokens_html(query.tokens, None, result.position)}</td><td>({html.escape(result.position_label)})</td>"
             + "".join(f"<td>{html.escape(format_value(query.attributes.get(a)))}</td>"
                       for a in attributes) + "<td></td></tr>"]
     rule_drawn = False

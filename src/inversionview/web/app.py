@@ -31,8 +31,8 @@ from starlette.routing import Match
 from inversionview.errors import UserError
 from inversionview.options import SEED
 from inversionview.web.schemas import (AttentionResult, ErrorMessage, Example, GridResult,
-                                       JobStatus, ModelInfo, QueryResult, VerifyResult,
-                                       served_requests)
+                                       JobStatus, ModelInfo, QueryResult, TokensRequest,
+                                       TokensResult, VerifyResult, served_requests)
 from inversionview.web.service import InternalError, QueryService, ServerBusy
 
 STATIC = Path(__file__).parent / "static"
@@ -139,6 +139,12 @@ def create_app(service: QueryService) -> FastAPI:
         """A random input from the model's task distribution (the same seed, the same input)."""
         task = service.model(name).probed.task
         return Example(model=name, input=task.sample(1, seed=seed)[0], seed=seed)
+
+    @app.post("/api/tokens", response_model=TokensResult,
+              responses=_errors(e400=BAD_INPUT, e404=UNKNOWN_MODEL, e422=INVALID))
+    def tokens(request: TokensRequest) -> dict:
+        """The input cut into the model's tokens, and where its named positions fall."""
+        return service.tokens(request)
 
     @app.post("/api/query", response_model=QueryResult, responses=COMPUTE)
     def query(request: QueryRequest) -> dict:

@@ -98,6 +98,16 @@ class AttentionRequest(_Request):
     layer: int = Field(0, ge=0, le=int(LAYERS.high) - 1)
 
 
+class TokensRequest(_Request):
+    """An input to cut into the model's tokens (the page's position picker)."""
+
+    model_config = REQUEST_CONFIG
+
+    model: str = Field(description="A model name from GET /api/models.")
+    input: str | None = Field(None, min_length=1, max_length=MAX_INPUT_CHARACTERS,
+                              description="Default: the model's example.")
+
+
 def served_requests(model_names: list[str], n_layers: int, candidates: Range = SERVER_CANDIDATES,
                     grid_candidates: Range = GRID_CANDIDATES
                     ) -> tuple[type[QueryRequest], type[GridRequest], type[AttentionRequest]]:
@@ -266,6 +276,15 @@ class AttentionResult(BaseModel):
     layer: int
     n_heads: int
     patterns: list[list[list[float]]] = Field(description="[head][query position][key position]")
+
+
+class TokensResult(BaseModel):
+    model: str
+    input: str
+    tokens: list[str] = Field(description="The input as the model reads it, one string per "
+                              "token (index 0 = BOS).")
+    positions: dict[str, int] = Field(description="The model's named positions in this input "
+                                      "and their indices.")
 
 
 class OutputChange(BaseModel):

@@ -29,7 +29,8 @@ from inversionview.preimage.query import QueryCancelled, query_config, run_query
 from inversionview.probed.model import ProbedModel
 from inversionview.web.models import (LoadedModel, bundled_model_names, load_model,
                                       with_unique_names)
-from inversionview.web.schemas import AttentionRequest, GridRequest, QueryRequest
+from inversionview.tasks.base import TaskInputError
+from inversionview.web.schemas import AttentionRequest, GridRequest, QueryRequest, TokensRequest
 
 __all__ = ["QueryService", "Job", "ServerBusy", "InternalError", "LoadedModel", "load_model",
            "bundled_model_names"]
@@ -149,6 +150,19 @@ class QueryService:
         loaded = self.model(request.model)
         return self._submit("attention", request.model_dump_json(),
                             lambda report: self._attention(loaded, request))
+
+    def tokens(self, request: TokensRequest) -> dict[str, Any]:
+        """The input as the model reads it (cheap: answered at once, not queued)."""
+        task = self.model(request.model).probed.task
+        text = task.normalize(request.input if request.input is not None else task.example)
+        tokens = task.text_tokens(text)  # a character outside the vocabulary: a clear error
+        positions = {}
+        for name in task.position_names:
+            try:
+                positions[name] = task.resolve_position(text, name)
+            except TaskInputError:  # a name this input lacks (an unfinished addition, say)
+                pass
+        return {"model": request.model, "input": text, "tokens": tokens, "positions": positions}
 
     def run(self, job: Job) -> dict[str, Any]:
         """Wait for ``job`` and return its result; its error raises UserError (4xx) or
@@ -332,9 +346,9 @@ class QueryService:
     def _attention(loaded: LoadedModel, request: AttentionRequest) -> dict[str, Any]:
         task = loaded.probed.task
         text = task.normalize(request.input if request.input is not None else task.example)
-        task.encode(text)  # a character outside the vocabulary, or too long: a clear error
         pattern = loaded.probed.attention_pattern(text, request.layer)
-        return {"model": loaded.name, "input": text, "tokens": list(text), "layer": request.layer,
+        return {"model": loaded.name, "input": text, "tokens": task.text_tokens(text),
+                "layer": request.layer,
                 "n_heads": pattern.shape[0], "patterns": _rounded(pattern.tolist())}
 
 

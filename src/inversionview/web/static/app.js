@@ -102,15 +102,58 @@ function fillSiteAndPosition(values = {}) {
   fillPositions(values.position || model.default_position);
 }
 
+function visible(token) {  // a token as the page shows it: spaces and line breaks made visible
+  return token.replace(/ /g, "␣").replace(/\n/g, "⏎").replace(/\t/g, "⇥");
+}
+
 function fillPositions(selected) {
-  // Named positions first, then every index of the current input (0 = BOS).
+  // Named positions first, then every token of the current input (0 = BOS), as the model
+  // cuts it (the server's tokenizer: a character for the toy tasks, a BPE piece for an LM).
   const model = state.models[$("model").value];
-  const text = $("input").value;
-  const options = model.position_names.map((p) => el("option", { value: p }, p));
-  const indices = [...text].map((ch, i) => el("option", { value: String(i) }, `${i} (${ch})`));
-  $("position").replaceChildren(...options, el("option", { disabled: true }, "── index ──"), ...indices);
+  setPositionOptions(model, null, selected);  // at once, so a position from a link holds
+  refreshTokens(model, selected);
+}
+
+function setPositionOptions(model, cut, selected) {
+  const named = model.position_names.map((p) => el("option", { value: p },
+    cut && p in cut.positions ? `${p} (${cut.positions[p]})` : p));
+  const indices = cut ? cut.tokens.map((token, i) => el("option", { value: String(i) }, `${i} (${visible(token)})`)) : [];
+  const known = [...named, ...indices].some((option) => option.value === String(selected));
+  const extra = selected && !known ? [el("option", { value: String(selected) }, String(selected))] : [];
+  $("position").replaceChildren(...named, ...extra, el("option", { disabled: true }, "── token ──"), ...indices);
   $("position").value = selected;
   if ($("position").value !== String(selected)) $("position").value = model.default_position;
+  renderInputTokens(cut);
+}
+
+async function refreshTokens(model, selected) {
+  const ticket = (state.tokensTicket = (state.tokensTicket || 0) + 1);
+  const input = $("input").value;
+  let cut = null;
+  try {
+    cut = await api("POST", "/api/tokens", { model: model.name, input: input || null });
+  } catch (error) {
+    if (ticket === state.tokensTicket) { renderInputTokens(null, error.message); }
+    return;
+  }
+  if (ticket !== state.tokensTicket) return;  // the input changed meanwhile
+  const current = $("position").value;
+  setPositionOptions(model, cut, current && current !== "── token ──" ? current : selected);
+}
+
+function renderInputTokens(cut, problem) {
+  // The input as the model reads it; a click on a token queries that position.
+  const box = $("input-tokens");
+  if (problem) { box.replaceChildren(el("span", { class: "problem" }, problem)); return; }
+  if (!cut) return;
+  const chosen = $("position").value;
+  const chosenIndex = chosen in cut.positions ? cut.positions[chosen] : Number(chosen);
+  box.replaceChildren(el("span", { class: "meta" }, `${cut.tokens.length} tokens: `),
+    ...cut.tokens.map((token, i) => el("span", {
+      class: i === chosenIndex ? "token chosen" : "token", "data-index": i, title: `position ${i}: pick it`,
+      onclick: () => { $("position").value = String(i); renderInputTokens(cut); },
+    }, visible(token))));
+  state.cut = cut;
 }
 
 function setForm(values) {
@@ -257,8 +300,10 @@ function renderQuery(container, record, options = {}) {
        + `Showing ${stats.shown} (${stats.shown_in_epsilon} in ε).`),
   ];
   const samples = el("table", { class: "samples" }, rows);
-  const panels = options.compact ? [samples] : [samples, el("div", {}, el("h3", {}, "Attribute agreement with the query"),
-                                                             agreementTable(record), el("h3", {}, "Distances (all candidates)"),
+  const agreement = record.attribute_agreement.length
+    ? [el("h3", {}, "Attribute agreement with the query"), agreementTable(record)] : [];
+  const panels = options.compact ? [samples] : [samples, el("div", {}, ...agreement,
+                                                             el("h3", {}, "Distances (all candidates)"),
                                                              histogram(record))];
   container.replaceChildren(...meta, el("div", { class: "panels" }, panels));
 }
@@ -476,7 +521,11 @@ async function start() {
   $("query-form").addEventListener("submit", runQuery);
   $("cancel").addEventListener("click", cancelQuery);
   $("model").addEventListener("change", () => { $("input").value = state.models[$("model").value].example; fillSiteAndPosition(); });
-  $("input").addEventListener("change", () => fillPositions($("position").value));
+  $("input").addEventListener("input", () => {
+    clearTimeout(state.inputTimer);
+    state.inputTimer = setTimeout(() => refreshTokens(state.models[$("model").value], $("position").value), 250);
+  });
+  $("position").addEventListener("change", () => { if (state.cut) renderInputTokens(state.cut); });
   $("random").addEventListener("click", async () => {
     try {
       const seed = Math.floor(Math.random() * 1e9);
