@@ -149,3 +149,83 @@ def test_text_longer_than_the_context_and_empty_text_are_refused(trained):
         model.tokens("")
     with pytest.raises(SiteError):
         model.site("a2.0")
+
+
+PAIRS = [{"original": "When Alice and Bob went to the park, Bob gave a key to",
+          "contrast": "When Alice and Bob went to the park, Alice gave a key to",
+          "answer": " the", "contrast_answer": " a"},
+         {"original": "When Carol and Dave went to the store, Dave sent a map to",
+          "contrast": "When Carol and Dave went to the store, Carol sent a map to",
+          "answer": " the", "contrast_answer": " a"}]
+
+
+def test_patching_with_the_users_text_pairs(trained):
+    """LD is read after each text's last token with the user's answer tokens; a component
+    before the texts differ changes nothing, the last residual stream at the end carries all."""
+    from inversionview.verify.patching import PatchingExperiment, given_pairs, parse_components
+
+    directory, _, _ = trained
+    model = load_probed(directory)
+    pairs = given_pairs(model.task, PAIRS)
+    task = model.task
+    assert pairs.answers == [task.encode(" the")[1]] * 2
+    experiment = PatchingExperiment(model, pairs)
+    logits = model.processed_logits(model.tokens([p["original"] for p in PAIRS]))
+    last = [len(task.encode(p["original"])) - 1 for p in PAIRS]
+    the, a = task.encode(" the")[1], task.encode(" a")[1]
+    expected = [logits[i, last[i], the] - logits[i, last[i], a] for i in range(2)]
+    assert experiment.original_ld.tolist() == pytest.approx([e.item() for e in expected], abs=1e-5)
+    final = f"x{N_LAYERS - 1}.post"
+    report = experiment.each(parse_components(
+        model, f'a0.1@first " went",{final}@last,a0.0@-1,x0.mid@"When"'))
+    effects = {step.components[0]: step for step in report.steps[:4]}
+    assert effects['a0.1@first " went"'].effect == pytest.approx(0.0, abs=1e-6)
+    assert effects['x0.mid@"When"'].effect == pytest.approx(0.0, abs=1e-6)
+    assert effects[f"{final}@last"].patched_ld == pytest.approx(report.contrast_ld, abs=1e-4)
+    assert effects["a0.0@-1"].effect != 0.0  # attends to the name that differs
+
+
+def test_text_pair_errors_are_one_line(trained, tmp_path):
+    from inversionview.verify.patching import given_pairs
+
+    directory, _, _ = trained
+    model = load_probed(directory)
+    task = model.task
+    for rows, message in [
+        ([{"original": "a", "contrast": "b"}], "has no answer and contrast_answer"),
+        ([{**PAIRS[0], "answer": " Alice and"}], "needs one token"),
+        ([{**PAIRS[0], "extra": 1}], "unknown: extra"),
+        ([{**PAIRS[0], "contrast": "word " * 80}], "context holds at most 64"),
+        ([], "no pairs given"),
+    ]:
+        with pytest.raises(TaskInputError, match=message):
+            given_pairs(task, rows)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps(PAIRS[0]) + "\n\n" + json.dumps(PAIRS[1]) + "\n")
+    ok = invoke(["patch", str(directory), "--components", "a1.0@last,x0.post@-2", "--pairs",
+                 str(pairs), "--json"])
+    assert ok.exit_code == 0, ok.output
+    record = json.loads(ok.stdout)
+    assert record["n"] == 2 and [s["components"] for s in record["steps"]] == [
+        ["a1.0@last"], ["x0.post@-2"], ["a1.0@last", "x0.post@-2"]]
+    pairs.write_text(json.dumps(PAIRS[0]) + "\n{not json\n")
+    for args, message in [([], "needs your contrast pairs: --pairs FILE.jsonl"),
+                          (["--pairs", str(pairs)], "line 2 is not JSON"),
+                          (["--pairs", str(tmp_path / "none.jsonl")], "cannot read"),
+                          (["--pairs", str(pairs), "--components", "a1.0"], "is not SITE@POSITION")]:
+        failed = invoke(["patch", str(directory), *(["--components", "a1.0@last"]
+                                                    if "--components" not in args else []), *args])
+        assert failed.exit_code == 2 and message in failed.stderr, failed.output
+        assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_components_on_text_take_any_query_position(trained):
+    from inversionview.verify.patching import parse_components
+
+    directory, _, _ = trained
+    model = load_probed(directory)
+    parsed = parse_components(model, 'a0.0@",", a1.0@last, m1@-3,x0.pre@first " Bob"')
+    assert [c.position for c in parsed] == ['","', "last", -3, 'first " Bob"']
+    tokens = model.task.text_tokens(PAIRS[0]["original"])
+    assert [model.task.resolve_position(PAIRS[0]["original"], c.position) for c in parsed[:3]] \
+        == [tokens.index(","), len(tokens) - 1, len(tokens) - 3]

@@ -582,6 +582,9 @@ def patch(
     task: TaskOpt = None, raw: RawOpt = False,
     contrast: Annotated[str, typer.Option("--contrast", help="flip (counting), resample:F1,S1 "
                                           "(addition), or random.")] = "random",
+    pairs_file: Annotated[Optional[Path], typer.Option("--pairs", help="Your own pairs "
+                          "instead (a language model needs them): JSON Lines with original, "
+                          "contrast, answer and contrast_answer per line.")] = None,
     filter_expression: Annotated[Optional[str], typer.Option("--filter", help="Keep originals "
                                  "whose attributes match, e.g. 'A1==1'.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="The answer token "
@@ -598,16 +601,23 @@ def patch(
     as_json: JsonOpt = False,
 ) -> None:
     """Activation patching: LD of the original answer against the contrast's, patched."""
-    from inversionview.verify.patching import (PatchingExperiment, contrast_pairs,
-                                               parse_components)
+    from inversionview.verify.patching import (PatchingExperiment, contrast_pairs, given_pairs,
+                                               parse_components, read_pairs)
 
     if plot is not None:
         options.check_output_file(plot, "--plot", options.PLOT_SUFFIXES, force)
     _apply_threads(threads)
     probed = _load(model, task, raw)
     parsed = parse_components(probed, components)
-    kind, places = _contrast_option(contrast)
-    pairs = contrast_pairs(probed.task, n, kind, target, seed, places, filter_expression)
+    if pairs_file is not None:
+        pairs = given_pairs(probed.task, read_pairs(pairs_file), pairs_file.name)
+        contrast = pairs_file.name
+    elif probed.task.name == "text":
+        raise UserError("a language model needs your contrast pairs: --pairs FILE.jsonl with "
+                        "original, contrast, answer and contrast_answer on each line")
+    else:
+        kind, places = _contrast_option(contrast)
+        pairs = contrast_pairs(probed.task, n, kind, target, seed, places, filter_expression)
     experiment = PatchingExperiment(probed, pairs)
     report = experiment.cumulative(parsed) if cumulative else experiment.each(parsed)
     record = report.to_record()
@@ -616,8 +626,10 @@ def patch(
 
         options.write_output(plot, "--plot", lambda path: plot_patching(
             report, path, title=f"{probed.task.name}: {components} ({contrast})"))
-    lines = [f"{report.n} pairs ({contrast}, target {report.target}; {report.skipped} without a "
-             f"contrast, {report.filtered_out} filtered out)",
+    drawn = (f"{report.n} pairs from {pairs_file}" if pairs_file is not None else
+             f"{report.n} pairs ({contrast}, target {report.target}; {report.skipped} without a "
+             f"contrast, {report.filtered_out} filtered out)")
+    lines = [drawn,
              f"LD original {report.original_ld:+.3f}   contrast run {report.contrast_ld:+.3f}"]
     for title, steps in (("left to right" if cumulative else "patched", report.steps),
                          ("right to left", report.steps_right_to_left)):

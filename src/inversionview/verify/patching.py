@@ -13,10 +13,12 @@ the whole effect flips the sign of LD on its own.
 
 from __future__ import annotations
 
+import json
 import operator
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,21 +46,31 @@ class Component:
 
 
 def parse_components(model: ProbedModel, spec: str) -> list[Component]:
-    """``"a0.0@query,a1.0@:"`` -> components, checked against the model and the task."""
+    """``"a0.0@query,a1.0@:"`` -> components, checked against the model and the task. On
+    free text a position is anything a query takes (``last``, ``-2``, ``'last " John"'``),
+    resolved in each text; a comma inside quotes does not split."""
+    free_text = model.task.name == "text"
+    allowed = (f"{', '.join(model.task.position_names)}, an index (negative from the end) or "
+               f"a quoted token such as '\"the\"'" if free_text
+               else f"{', '.join(model.task.position_names)} or an index")
     components = []
-    for item in (part.strip() for part in spec.split(",")):
-        site, sep, position = item.rpartition("@")
+    for item in (part.strip() for part in _COMPONENT.findall(spec) or [spec]):
+        site, sep, position = item.partition("@")  # a site name has no '@'; a token may
+        position = position.strip()
         if not sep or not site or not position:
-            raise TaskInputError(f"component {echo(item)} is not SITE@POSITION (e.g. a0.0@query); "
-                                 f"positions: {', '.join(model.task.position_names)} or an index")
-        index = re.fullmatch(r"[0-9]+", position)  # ASCII digits only: '²' is not 2
-        if position not in model.task.position_names and not index:
+            raise TaskInputError(f"component {echo(item)} is not SITE@POSITION (e.g. a0.0@"
+                                 f"{model.task.position_names[0]}); positions: {allowed}")
+        index = re.fullmatch(r"-[0-9]+|[0-9]+" if free_text else r"[0-9]+", position)
+        if position not in model.task.position_names and not index and not free_text:
             raise TaskInputError(f"unknown position {echo(position)} in {echo(item)}; use one of: "
-                                 f"{', '.join(model.task.position_names)} or an index")
-        components.append(Component(model.site(site), int(position) if index else position))
+                                 f"{allowed}")
+        components.append(Component(model.site(site.strip()), int(position) if index else position))
     if not components:
         raise TaskInputError("no components given")
     return components
+
+
+_COMPONENT = re.compile(r'(?:[^,"]|"[^"]*")+')  # comma-separated, commas in quotes kept
 
 
 # ----- the test set -----------------------------------------------------------------------
@@ -95,6 +107,95 @@ class ContrastPairs:
     filter: str | None = None
     skipped: int = 0  # originals without a contrast (e.g. counting inputs that cannot flip)
     filtered_out: int = 0  # originals the filter rejected
+    # Pairs a user gave: the answer token ids whose logit difference is read after each text's
+    # last token (None: the task's ``target`` answer, where the task predicts it).
+    answers: list[int] | None = None
+    contrast_answers: list[int] | None = None
+
+
+PAIR_FIELDS = ("original", "contrast", "answer", "contrast_answer")
+
+
+def given_pairs(task: Task, rows: list[dict[str, Any]], name: str = "given") -> ContrastPairs:
+    """Pairs a user wrote: each row has ``original`` and ``contrast`` texts and, on free text,
+    the ``answer`` and ``contrast_answer`` tokens (one token each, e.g. " Mary" and " John")
+    whose logit difference is read after each text's last token. On a task, rows without
+    answers use the task's target answer::
+
+        given_pairs(model.task, [{"original": "When Mary and John went to the store, John gave
+                                  a drink to", "contrast": "... Mary gave a drink to",
+                                  "answer": " Mary", "contrast_answer": " John"}])
+    """
+    if not rows:
+        raise TaskInputError("no pairs given; each pair needs original and contrast texts")
+    answered = [all(key in row for key in ("answer", "contrast_answer")) for row in rows]
+    if task.name == "text" and not all(answered):
+        raise TaskInputError(f"pair {answered.index(False) + 1} has no answer and "
+                             f"contrast_answer; on free text each pair names the two tokens "
+                             f"whose logit difference is read (e.g. \" Mary\" and \" John\")")
+    pairs = ContrastPairs([], [], "answer" if any(answered) else task.targets[0], name)
+    if any(answered):
+        pairs.answers, pairs.contrast_answers = [], []
+    for number, row in enumerate(rows, 1):
+        unknown = set(row) - set(PAIR_FIELDS)
+        if unknown or not all(isinstance(row.get(k), str) for k in ("original", "contrast")):
+            raise TaskInputError(f"pair {number} must have text fields original and contrast"
+                                 f"{', answer and contrast_answer' if any(answered) else ''}"
+                                 f"{'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}")
+        if any(answered) != answered[number - 1]:
+            raise TaskInputError(f"pair {number}: give answer and contrast_answer on every pair "
+                                 f"or on none")
+        for key in ("original", "contrast"):
+            task.encode(row[key])  # too long, or a character the model cannot read: one line
+        pairs.originals.append(row["original"])
+        pairs.contrasts.append(row["contrast"])
+        if pairs.answers is not None:
+            pairs.answers.append(_one_token(task, row["answer"], number, "answer"))
+            pairs.contrast_answers.append(_one_token(task, row["contrast_answer"], number,
+                                                     "contrast_answer"))
+    return pairs
+
+
+def read_pairs(path: Path) -> list[dict[str, Any]]:
+    """The rows of a pairs file: JSON Lines, one object per line with ``original``,
+    ``contrast`` and (on free text) ``answer`` and ``contrast_answer``; blank lines skipped."""
+    expected = (f"JSON Lines, one object per line with fields {', '.join(PAIR_FIELDS)} (e.g. "
+                f"{{\"original\": \"...John gave a drink to\", \"contrast\": \"...Mary gave a "
+                f"drink to\", \"answer\": \" Mary\", \"contrast_answer\": \" John\"}})")
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except OSError as problem:
+        raise TaskInputError(f"cannot read {path} ({problem.strerror or problem}); expected "
+                             f"{expected}") from None
+    except UnicodeDecodeError:
+        raise TaskInputError(f"{path} is not UTF-8 text; expected {expected}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as problem:
+            raise TaskInputError(f"{path} line {number} is not JSON ({problem.msg}); expected "
+                                 f"{expected}") from None
+        if not isinstance(row, dict):
+            raise TaskInputError(f"{path} line {number} is not a JSON object; expected {expected}")
+        rows.append(row)
+    if not rows:
+        raise TaskInputError(f"{path} holds no pairs; expected {expected}")
+    return rows
+
+
+def _one_token(task: Task, text: Any, number: int, field_name: str) -> int:
+    if not isinstance(text, str) or not text:
+        raise TaskInputError(f"pair {number}: {field_name} must be a non-empty text (one token)")
+    ids = task.encode(text)[1:]  # without BOS
+    strings = task.token_strings(task.encode(text))[1:]
+    if len(ids) != 1:
+        raise TaskInputError(f"pair {number}: {field_name} {echo(text)} is {len(ids)} tokens "
+                             f"({', '.join(repr(s) for s in strings)}); the logit difference "
+                             f"needs one token (mind the leading space: \" Mary\")")
+    return ids[0]
 
 
 def contrast_pairs(task: Task, n: int, kind: str, target: str | None = None, seed: int = 0,
@@ -103,6 +204,9 @@ def contrast_pairs(task: Task, n: int, kind: str, target: str | None = None, see
     """``n`` (original, contrast) pairs: originals from the task sampler (seeded) that pass
     ``filter``, each with a contrast of ``kind`` whose ``target`` answer token differs."""
     n, seed = options.PAIRS.check(n), options.SEED.check(seed)
+    if not task.targets:
+        raise TaskInputError(f"the {task.name} task draws no contrast pairs itself; give your "
+                             f"own (a pairs file: {', '.join(PAIR_FIELDS)} per line)")
     target = target or task.targets[0]
     keep = parse_filter(task, filter)
     generator = torch.Generator().manual_seed(seed)
@@ -163,26 +267,43 @@ class PatchingExperiment:
         if not pairs.originals:
             raise TaskInputError("no pairs to patch")
         self.model, self.pairs = model, pairs
-        task = model.task
         self.original_tokens = model.tokens(pairs.originals)
         self.contrast_tokens = model.tokens(pairs.contrasts)
+        if pairs.answers is not None:
+            self._read_after_the_last_token()
+        else:
+            self._read_where_the_task_answers()
+        self.original_ld = self.logit_difference(model.processed_logits(self.original_tokens))
+        self.contrast_ld = self.logit_difference(model.processed_logits(self.contrast_tokens),
+                                                 self.contrast_predict_at)
+
+    def _read_where_the_task_answers(self) -> None:
+        task, pairs, device = self.model.task, self.pairs, self.model.device
         index = [task.target_index(text, pairs.target) for text in pairs.originals]
         contrast_index = [task.target_index(text, pairs.target) for text in pairs.contrasts]
         if index != contrast_index:
             raise TaskInputError("an original and its contrast predict the answer at different "
                                  "positions; LD needs them at the same one")
-        device = model.device
-        self.predict_at = torch.tensor(index, device=device) - 1
+        self.predict_at = self.contrast_predict_at = torch.tensor(index, device=device) - 1
         rows = torch.arange(len(index), device=device)
         self.answer = self.original_tokens[rows, self.predict_at + 1]
         self.contrast_answer = self.contrast_tokens[rows, self.predict_at + 1]
-        self.original_ld = self.logit_difference(model.processed_logits(self.original_tokens))
-        self.contrast_ld = self.logit_difference(model.processed_logits(self.contrast_tokens))
 
-    def logit_difference(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[n]`` logit(original answer) - logit(contrast answer) where the answer is predicted."""
+    def _read_after_the_last_token(self) -> None:
+        """Given answers: LD is read where each text ends (its next token is the answer)."""
+        task, device = self.model.task, self.model.device
+        self.predict_at = task.lengths(self.original_tokens).to(device) - 1
+        self.contrast_predict_at = task.lengths(self.contrast_tokens).to(device) - 1
+        self.answer = torch.tensor(self.pairs.answers, device=device)
+        self.contrast_answer = torch.tensor(self.pairs.contrast_answers, device=device)
+
+    def logit_difference(self, logits: torch.Tensor, predict_at: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """``[n]`` logit(original answer) - logit(contrast answer) where the answer is
+        predicted (in the original runs unless ``predict_at`` says otherwise)."""
+        predict_at = self.predict_at if predict_at is None else predict_at
         rows = torch.arange(logits.shape[0], device=logits.device)
-        at = logits[rows, self.predict_at]
+        at = logits[rows, predict_at]
         return at[rows, self.answer] - at[rows, self.contrast_answer]
 
     def patched_ld(self, components: list[Component]) -> torch.Tensor:
@@ -200,8 +321,8 @@ class PatchingExperiment:
         rows = torch.arange(n)
         patches: dict[Site, tuple[torch.Tensor, torch.Tensor]] = {}
         for component in components:
-            at = torch.tensor([task.resolve_position(t, component.position) for t in self.pairs.originals])
-            source = torch.tensor([task.resolve_position(t, component.position) for t in self.pairs.contrasts])
+            at = torch.tensor(_positions(task, self.pairs.originals, component, "original"))
+            source = torch.tensor(_positions(task, self.pairs.contrasts, component, "contrast"))
             where, values = patches.get(component.site, (
                 torch.zeros(n, length, dtype=torch.bool, device=self.model.device),
                 torch.zeros(n, length, self.model.d_model, device=self.model.device)))
@@ -237,6 +358,18 @@ class PatchingExperiment:
         report.steps_right_to_left = [self._step(reverse[: k + 1], "right_to_left")
                                       for k in range(len(reverse))]
         return report
+
+
+def _positions(task: Task, texts: list[str], component: Component, which: str) -> list[int]:
+    """The index of ``component``'s position in each text; which pair lacks it, if one does."""
+    indices = []
+    for number, text in enumerate(texts, 1):
+        try:
+            indices.append(task.resolve_position(text, component.position))
+        except TaskInputError as error:
+            raise TaskInputError(f"{component.name} in the {which} of pair {number}: {error}"
+                                 ) from None
+    return indices
 
 
 # ----- mean ablation ----------------------------------------------------------------------
