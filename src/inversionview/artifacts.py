@@ -89,3 +89,11 @@ def _read_manifest(path: Path) -> dict[str, Any] | str:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             return f"{path}: {score} is {echo(value)}; expected a number"
     return manifest
+
+
+def shown_name(source: str) -> str:
+    """What a response says of a model or decoder: a bundled artifact's name, a directory's
+    base name, a hub name as it is; never an absolute path (it would tell a client where the
+    server's files are)."""
+    path = Path(source).expanduser()
+    return path.resolve().name if path.is_absolute() or path.exists() else source

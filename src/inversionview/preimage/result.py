@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas
 
 
 def _finite_or_none(values: list[float]) -> list[float | None]:
@@ -111,6 +114,54 @@ class PreimageResult:
         values["stats"] = QueryStats(**record["stats"])
         values["samples"] = [Sample.from_dict(s) for s in record["samples"]]
         return cls(**values)
+
+    def __repr__(self) -> str:
+        stats = self.stats
+        return (f"<PreimageResult {self.site} at {self.position_label} of {self.query.text!r}: "
+                f"{stats.candidates} candidates, {stats.in_epsilon_rate:.1%} in ε "
+                f"({stats.in_epsilon_distinct} distinct), {len(self.samples)} shown>")
+
+    def __str__(self) -> str:
+        """The terminal view (as ``inversionview query`` prints it)."""
+        from inversionview.views.terminal import render_result
+
+        return render_result(self)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the HTML export's (its markup and scoped style)."""
+        from inversionview.views.html import render_fragment
+
+        return render_fragment(self)
+
+    def to_html(self) -> str:
+        """The self-contained page ``query --html`` writes."""
+        from inversionview.views.html import render_html
+
+        return render_html(self)
+
+    def to_dataframe(self) -> "pandas.DataFrame":
+        """The shown samples, one row each, sorted by distance: text, distance, in ε,
+        validity, best position, times drawn, the decoder's log-probability, and one column
+        per attribute of the task (prefixed ``attr_``)."""
+        import pandas
+
+        rows = []
+        for sample in self.samples:
+            row = {"text": sample.text, "distance": sample.distance,
+                   "in_epsilon": sample.in_epsilon, "valid": sample.valid,
+                   "correct": sample.correct, "best_position": sample.best_position,
+                   "best_position_label": sample.best_position_label,
+                   "multiplicity": sample.multiplicity,
+                   "log_probability": sample.log_probability, "tokens": sample.tokens,
+                   "reason": sample.reason}
+            row.update({f"attr_{name}": sample.attributes.get(name)
+                        for name in self.attribute_names})
+            rows.append(row)
+        columns = (["text", "distance", "in_epsilon", "valid", "correct", "best_position",
+                    "best_position_label", "multiplicity", "log_probability", "tokens", "reason"]
+                   + [f"attr_{name}" for name in self.attribute_names])
+        # nullable dtypes: an attribute a malformed sample lacks is <NA>, its count stays an int
+        return pandas.DataFrame(rows, columns=columns).convert_dtypes()
 
     @property
     def attribute_names(self) -> list[str]:

@@ -10,33 +10,49 @@ import math
 from inversionview.preimage.result import PreimageResult, Sample
 from inversionview.views.terminal import delta_p_rgb, format_value
 
-STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.3em; margin: 0 0 .3em; }
-.meta { color: #555; margin: .2em 0; }
-table { border-collapse: collapse; margin: .8em 0; }
-td, th { padding: 1px 8px; text-align: right; white-space: nowrap; }
-th { border-bottom: 1px solid #999; font-weight: 600; }
-td.input { text-align: left; font-family: ui-monospace, monospace; letter-spacing: .05em; }
-td.input span { padding: 0 1px; border-radius: 2px; white-space: pre; }
-td.input span.query-pos { outline: 2px solid #335; }
-tr.query td { font-weight: 600; background: #f3f3f3; }
-tr.rule td { border-top: 2px solid #c33; color: #c33; font-size: .85em; text-align: left; }
-tr.invalid td.input { text-decoration: underline wavy #c90; }
-.bar { display: inline-block; height: .7em; background: #889; vertical-align: middle; }
-.same { font-weight: 700; }
-.legend span { padding: 0 4px; margin-right: .5em; }
+# Every rule is scoped to the view's own box, so that the view sits in a notebook cell
+# without restyling the notebook (the page and the notebook show the same markup).
+SCOPE = "inversionview"
+STYLE = f"""
+.{SCOPE} {{ font: 14px/1.4 system-ui, sans-serif; color: #222; }}
+.{SCOPE} h1 {{ font-size: 1.3em; margin: 0 0 .3em; }}
+.{SCOPE} h2 {{ font-size: 1.1em; }}
+.{SCOPE} .meta {{ color: #555; margin: .2em 0; }}
+.{SCOPE} table {{ border-collapse: collapse; margin: .8em 0; }}
+.{SCOPE} td, .{SCOPE} th {{ padding: 1px 8px; text-align: right; white-space: nowrap; }}
+.{SCOPE} th {{ border-bottom: 1px solid #999; font-weight: 600; }}
+.{SCOPE} td.input {{ text-align: left; font-family: ui-monospace, monospace; letter-spacing: .05em; }}
+.{SCOPE} td.input span {{ padding: 0 1px; border-radius: 2px; white-space: pre; }}
+.{SCOPE} td.input span.query-pos {{ outline: 2px solid #335; }}
+.{SCOPE} tr.query td {{ font-weight: 600; background: #f3f3f3; }}
+.{SCOPE} tr.rule td {{ border-top: 2px solid #c33; color: #c33; font-size: .85em; text-align: left; }}
+.{SCOPE} tr.invalid td.input {{ text-decoration: underline wavy #c90; }}
+.{SCOPE} .bar {{ display: inline-block; height: .7em; background: #889; vertical-align: middle; }}
+.{SCOPE} .same {{ font-weight: 700; }}
+.{SCOPE} .legend span {{ padding: 0 4px; margin-right: .5em; }}
 """
 
 
 def render_html(result: PreimageResult) -> str:
+    """The view as one self-contained page, the result record embedded as JSON."""
+    title = _title(result)
+    return "\n".join([
+        "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>body {{ margin: 1.5em; }}</style></head><body>",
+        render_fragment(result),
+        "<script type='application/json' id='result'>",
+        json.dumps(result.to_record()).replace("<", "\\u003c"),
+        "</script></body></html>",
+    ])
+
+
+def render_fragment(result: PreimageResult) -> str:
+    """The view's markup with its scoped style: the page's body, and a notebook's output."""
     stats = result.stats
     attributes = result.attribute_names[:8]
-    title = f"{result.task} {result.site} at {result.position_label!r}: {result.query.text}"
     parts = [
-        "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+        f"<div class='{SCOPE}'><style>{STYLE}</style>",
+        f"<h1>{html.escape(_title(result))}</h1>",
         f"<p class='meta'>model {html.escape(result.model)} · decoder {html.escape(result.decoder)}"
         f" · site {html.escape(result.site)} ({html.escape(result.hook)}) · position "
         f"{html.escape(result.position_label)} (index {result.position}) · {result.metric} "
@@ -54,11 +70,13 @@ def render_html(result: PreimageResult) -> str:
           if result.attribute_agreement else []),
         "<h2>Distance histogram (all candidates)</h2>",
         _histogram_svg(result),
-        "<script type='application/json' id='result'>",
-        json.dumps(result.to_record()).replace("<", "\\u003c"),
-        "</script></body></html>",
+        "</div>",
     ]
     return "\n".join(parts)
+
+
+def _title(result: PreimageResult) -> str:
+    return f"{result.task} {result.site} at {result.position_label!r}: {result.query.text}"
 
 
 def _tokens_html(sample_tokens: list[str], changes: list[float | None] | None,

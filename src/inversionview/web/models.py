@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from inversionview.artifacts import bundled_model_names  # noqa: F401 (re-exported)
+from inversionview.artifacts import bundled_model_names, shown_name  # noqa: F401 (re-exported)
 from inversionview.decoder.model import Decoder
 from inversionview.probed.model import ProbedModel
 from inversionview.web.schemas import ModelInfo
@@ -35,14 +35,6 @@ class LoadedModel:
             attribute_names=list(task.attribute_names), example=task.example,
             default_site=site, default_position=position,
             vocabulary=task.describe_vocabulary(), max_length=task.n_ctx)
-
-
-def shown_name(source: str) -> str:
-    """What a response says of a model or decoder: a bundled artifact's name, a directory's
-    base name, a hub name as it is; never an absolute path (it would tell a client where the
-    server's files are)."""
-    path = Path(source).expanduser()
-    return path.resolve().name if path.is_absolute() or path.exists() else source
 
 
 def load_model(model: str, task: str | None = None, decoder: Path | None = None) -> LoadedModel:

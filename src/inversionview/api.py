@@ -1,0 +1,161 @@
+"""The notebook API: a probed model and its decoder, ready to query, in one object.
+
+    from inversionview import InversionView
+    iv = InversionView("counting")                  # a bundled model, or a model directory
+    iv.query("Bvvzccvczvvvzvcvc|v:8E", site="a1.0", position=":")   # renders in Jupyter
+
+A result shows itself in Jupyter as the HTML export's view (``_repr_html_``) and becomes a
+pandas DataFrame with ``result.to_dataframe()``. Everything else the CLI does is here too:
+``tokens``, ``activations``, ``attention``, ``verify``, ``grid`` and ``patch``. Errors a user
+can make are ``UserError`` with a one-line message, as on the command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from inversionview.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas
+
+    from inversionview.preimage.result import PreimageResult
+    from inversionview.verify.patching import PatchingReport
+
+__all__ = ["InversionView"]
+
+
+class InversionView:
+    """A probed model (``model``: a bundled artifact's name or a model directory) with its
+    decoder (``decoder``: a decoder directory; default the bundled one trained on it).
+    ``raw=True`` reads the raw HuggingFace activations instead of TransformerLens-processed
+    ones; ``corpus`` (a text file or datasets directory) lets a language model draw inputs."""
+
+    def __init__(self, model: str | Path = "counting", decoder: str | Path | None = None, *,
+                 task: str | None = None, raw: bool = False, device: str = "cpu",
+                 corpus: str | Path | None = None, field: str = "text", max_tokens: int = 32):
+        from types import SimpleNamespace
+
+        from inversionview.artifacts import shown_name
+        from inversionview.decoder.store import decoder_for
+        from inversionview.decoder.train import attach_corpus
+        from inversionview.probed import load_probed
+
+        self.model = load_probed(str(model), task, device, "raw" if raw else "processed")
+        if corpus is not None:
+            attach_corpus(self.model, SimpleNamespace(corpus=str(corpus), field=field,
+                                                      max_tokens=max_tokens))
+        self.decoder, directory = decoder_for(self.model, str(model),
+                                              None if decoder is None else Path(decoder))
+        self.name, self.decoder_name = shown_name(str(model)), shown_name(str(directory))
+
+    def __repr__(self) -> str:
+        task = self.model.task
+        return (f"InversionView({self.name!r}: task {task.name}, {self.model.n_layers} layers x "
+                f"{self.model.n_heads} heads, {len(self.sites)} sites, decoder "
+                f"{self.decoder_name!r}, default query {task.default_query[0]} at "
+                f"{task.default_query[1]!r} of {task.example!r})")
+
+    # ----- what the model reads --------------------------------------------------------
+
+    @property
+    def sites(self) -> list[str]:
+        """Short site names, in the decoder's order (x0.pre, a0.0, ..., xL.post)."""
+        return [site.short for site in self.model.sites]
+
+    def tokens(self, text: str | None = None) -> list[str]:
+        """``text`` as the model reads it, one string per token (index 0 is BOS)."""
+        task = self.model.task
+        return task.text_tokens(task.example if text is None else text)
+
+    def position(self, text: str, position: str | int) -> int:
+        """The index a position names in ``text`` (``"last"``, ``-2``, ``'" John"'``...)."""
+        return self.model.task.resolve_position(text, position)
+
+    def sample(self, n: int = 1, seed: int = 0) -> list[str]:
+        """``n`` inputs from the task distribution or the corpus."""
+        return self.model.task.sample(n, seed=seed)
+
+    @torch.no_grad()
+    def activations(self, text: str, site: str) -> torch.Tensor:
+        """``[positions, width]``: ``site``'s activation at every token of ``text``."""
+        ids = self.model.task.encode(text)
+        return self.model.activations(self.model.tokens(text), site)[0, : len(ids)].cpu()
+
+    def attention(self, text: str, layer: int) -> torch.Tensor:
+        """``[head, query position, key position]`` attention weights of ``layer``."""
+        return self.model.attention_pattern(text, layer).cpu()
+
+    # ----- the method ------------------------------------------------------------------
+
+    def query(self, text: str | None = None, site: str | None = None,
+              position: str | int | None = None, *, candidates: int = 1024,
+              epsilon: float = 0.1, metric: str = "euclidean", fixed_position: bool = False,
+              temperature: float | None = None, noise: float | None = None, shown: int = 100,
+              all_samples: bool = False, seed: int = 0, verify: bool = False
+              ) -> PreimageResult:
+        """Sample, score and colour the ε-preimage of ``site`` at ``position`` of ``text``
+        (the task's default query for what is left out); ``verify`` also patches the query's
+        activation with samples' (see ``verify``). The same seed gives the same result."""
+        from inversionview import options
+        from inversionview.preimage.query import query_config, run_query
+
+        task = self.model.task
+        default_site, default_position = task.default_query
+        config = query_config(options.CANDIDATES.check(candidates), epsilon, metric,
+                              fixed_position, temperature, noise, all_samples, shown)
+        result = run_query(self.model, self.decoder, task.example if text is None else text,
+                           default_site if site is None else site,
+                           default_position if position is None else position, config,
+                           seed=seed, decoder_name=self.decoder_name)
+        if verify:
+            result.verification = self.verify(result)
+        return result
+
+    def verify(self, result: PreimageResult, per_side: int = 5) -> dict[str, Any]:
+        """Patch the query's activation with the nearest in-ε and out-of-ε samples' and
+        measure how much the model's output changes (KL, top prediction)."""
+        from inversionview.verify.readout import verify_readout
+
+        return verify_readout(self.model, result, per_side)
+
+    def grid(self, text: str | None = None, position: str | int | None = None, *,
+             candidates: int = 256, epsilon: float = 0.1, metric: str = "euclidean",
+             seed: int = 0) -> pandas.DataFrame:
+        """Every site at one input and position: in-ε rate, distinct in-ε samples, valid
+        rate and the attribute that agrees most with the query, one row per site."""
+        import pandas
+
+        task = self.model.task
+        text = task.example if text is None else text
+        position = task.default_query[1] if position is None else position
+        rows = []
+        for site in self.sites:
+            result = self.query(text, site, position, candidates=candidates, epsilon=epsilon,
+                                metric=metric, shown=1, seed=seed)
+            top = result.attribute_agreement[0] if result.attribute_agreement else {}
+            rows.append({"site": site, "in_epsilon_rate": result.stats.in_epsilon_rate,
+                         "in_epsilon_distinct": result.stats.in_epsilon_distinct,
+                         "valid_rate": result.stats.valid_rate,
+                         "top_attribute": top.get("attribute"), "contrast": top.get("contrast")})
+        return pandas.DataFrame(rows).set_index("site")
+
+    def patch(self, pairs: list[dict[str, str]], components: str,
+              cumulative: bool = False) -> PatchingReport:
+        """Activation patching on your pairs (``original``, ``contrast`` and, on free text,
+        ``answer`` and ``contrast_answer`` tokens): the logit difference with each of
+        ``components`` ("a1.2@last,m0@-1") taken from the contrast run."""
+        from inversionview.verify.patching import (PatchingExperiment, given_pairs,
+                                                   parse_components)
+
+        if isinstance(pairs, dict):
+            pairs = [pairs]
+        if not isinstance(pairs, list) or not all(isinstance(row, dict) for row in pairs):
+            raise UserError("pairs must be a list of dicts with original, contrast, answer and "
+                            "contrast_answer")
+        parsed = parse_components(self.model, components)
+        experiment = PatchingExperiment(self.model, given_pairs(self.model.task, pairs))
+        return experiment.cumulative(parsed) if cumulative else experiment.each(parsed)
