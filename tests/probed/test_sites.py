@@ -59,3 +59,17 @@ def test_all_sites_are_in_forward_order():
     names = [s.short for s in all_sites(2, 2)]
     assert names == ["x0.pre", "a0.0", "a0.1", "a0", "x0.mid", "m0", "x0.post",
                      "x1.pre", "a1.0", "a1.1", "a1", "x1.mid", "m1", "x1.post"]
+
+
+def test_a_long_site_list_is_described_by_its_pattern():
+    from inversionview.probed.model import model_sites
+
+    names = tuple(site.short for site in model_sites(12, 12))  # GPT-2 small: 193 sites
+    with pytest.raises(SiteError) as error:
+        check_site("a12.0", 12, 12, names, names)
+    assert str(error.value) == (
+        "site 'a12.0' is not a site of this model; valid sites: x0.pre, then for each layer L "
+        "in 0..11: aL.H (head H in 0..11), aL, xL.mid, mL, xL.post (e.g. a11.11, x11.post)")
+    some = names[:50]
+    with pytest.raises(SiteError, match=r"valid sites: x0.pre, a0.0, .* and 10 more$"):
+        check_site("a12.0", 12, 12, some, some)

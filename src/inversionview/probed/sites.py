@@ -134,5 +134,20 @@ def check_site(name: str | Site, n_layers: int, n_heads: int,
     valid = [s.short for s in all_sites(n_layers, n_heads)] if allowed is None else list(allowed)
     if not exists or site.short not in valid:
         raise SiteError(f"site {echo(name)} is not a site of this model; valid sites: "
-                        f"{', '.join(valid if listed is None else listed)}")
+                        f"{describe_sites(list(valid if listed is None else listed), n_layers, n_heads)}")
     return site
+
+
+LISTED_AT_MOST = 40  # a longer list is described by its pattern (GPT-2 small has 193 sites)
+
+
+def describe_sites(names: list[str], n_layers: int, n_heads: int) -> str:
+    """The site names, or for a long list every site of the shape, by pattern."""
+    if len(names) <= LISTED_AT_MOST:
+        return ", ".join(names)
+    every = [s.short for s in all_sites(n_layers, n_heads)]
+    if set(names) == set(every) - {f"x{layer}.pre" for layer in range(1, n_layers)}:
+        return (f"x0.pre, then for each layer L in 0..{n_layers - 1}: aL.H (head H in "
+                f"0..{n_heads - 1}), aL, xL.mid, mL, xL.post (e.g. a{n_layers - 1}.{n_heads - 1}, "
+                f"x{n_layers - 1}.post)")
+    return f"{', '.join(names[:LISTED_AT_MOST])} and {len(names) - LISTED_AT_MOST} more"
