@@ -294,6 +294,15 @@ def train_decoder_command(
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longest corpus piece in tokens "
                                             "(longer texts are cut into pieces).",
                                             callback=options.MAX_TOKENS.callback)] = 32,
+    positions: Annotated[str, typer.Option(
+        "--positions", help="Where each activation is read: uniform (any queryable position), "
+        "last (each input's last one) or low-bos-attention (for a head, the half of the "
+        "positions where it attends least to BOS; other sites: uniform); 1 % at BOS.",
+        callback=options.POSITIONS.callback)] = "uniform",
+    init_from: Annotated[Optional[Path], typer.Option(
+        "--init-from", help="A local GPT-2 directory (config.json + model.safetensors) with "
+        "the probed model's tokenizer: the decoder takes its shape and starts from its "
+        "weights (the conditioning starts fresh).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a decoder on a probed model's activations (fresh data every step).
@@ -301,6 +310,7 @@ def train_decoder_command(
     Runs as DDP under `torchrun --nproc_per_node N` (NCCL on GPUs, gloo on CPU)."""
 
     from inversionview.checkpoint import check_run_directory
+    from inversionview.decoder.pretrained import read_pretrained
     from inversionview.decoder.train import DecoderTrainingConfig, resolve_device, train_decoder
 
     _apply_threads(threads)
@@ -312,7 +322,10 @@ def train_decoder_command(
                  ("--precision", "precision", precision, "precision"),
                  ("--corpus", "corpus", None if corpus is None else str(corpus), "corpus"),
                  ("--field", "field", text_field, "text_field"),
-                 ("--max-tokens", "max_tokens", max_tokens, "max_tokens")]
+                 ("--max-tokens", "max_tokens", max_tokens, "max_tokens"),
+                 ("--positions", "positions", positions, "positions"),
+                 ("--init-from", "init_from", None if init_from is None else str(init_from),
+                  "init_from")]
         fixed = _explicit(ctx, given)
         explicit_device = ctx.get_parameter_source("device").name not in ("DEFAULT", "DEFAULT_MAP")
         config = DecoderTrainingConfig.resumed(
@@ -325,8 +338,11 @@ def train_decoder_command(
         config = DecoderTrainingConfig(out=out, minutes=minutes, examples=examples, preset=preset,
                                        seed=seed, rebalance=rebalance, device=device,
                                        precision=precision, corpus=corpus, field=text_field,
-                                       max_tokens=max_tokens, **interval)
+                                       max_tokens=max_tokens, positions=positions,
+                                       init_from=init_from, **interval)
         check_run_directory(out, resume=False)  # before the model loads
+        if init_from is not None:
+            read_pretrained(init_from)  # its config: a wrong directory fails before the model loads
     probed = _load(model, task, raw)
     train_decoder(probed, config, resume=resume, show_progress=not as_json)
     if int(os.environ.get("RANK", 0)) != 0:

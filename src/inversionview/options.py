@@ -1,5 +1,5 @@
-"""The range of every number a user can set, in one place, shared by the library, the CLI
-and the JSON API.
+"""The range of every number a user can set (and the few named choices, ``Choice``), in one
+place, shared by the library, the CLI and the JSON API.
 
     CANDIDATES.check(2_000_000)   # OptionError: candidates must be an integer from 1 to 32,768; got 2000000
     typer.Option("--candidates", callback=CANDIDATES.callback)       # the CLI: a usage error
@@ -81,6 +81,35 @@ class Range:
         return bounds
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One of a few named values (a policy, a mode), checked like a ``Range``."""
+
+    name: str
+    allowed: tuple[str, ...]
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, str) and value in self.allowed:
+            return None
+        return f"must be one of {', '.join(self.allowed)}; got {echo(value)}"
+
+    def check(self, value: Any) -> str:
+        """``value``, or OptionError naming the option and the allowed values."""
+        problem = self.problem(value)
+        if problem is not None:
+            raise OptionError(f"{self.name} {problem}")
+        return value
+
+    def callback(self, value: Any) -> Any:
+        """A typer/click option callback: the same check, as a usage error naming the flag."""
+        import typer
+
+        problem = None if value is None else self.problem(value)
+        if problem is not None:
+            raise typer.BadParameter(problem)
+        return value
+
+
 # ----- sampling and scoring (query, completeness, verify, the API) -------------------------
 
 # The sampler draws every candidate in one batch: 8,192 take about 1.5 GB and 20 s on a
@@ -120,6 +149,8 @@ WIDTH = Range("d-model", 1, 65_536)
 HEADS = Range("n-heads", 1, 1_024)
 LAYERS = Range("n-layers", 1, 1_024)
 MAX_TOKENS = Range("max-tokens", 1, 4_096)  # the longest corpus piece a decoder trains on
+# Where a decoder's training activations are read (decoder/positions.py).
+POSITIONS = Choice("positions", ("uniform", "last", "low-bos-attention"))
 
 
 # ----- output paths ----------------------------------------------------------------------

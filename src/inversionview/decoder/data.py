@@ -2,8 +2,9 @@
 
 Each batch: draw inputs (from the task's sampler, or from a fixed list of texts), give each
 example a site (uniformly, or rebalanced towards the sites the decoder reads worst) and a
-position (uniformly among those a user may query; 1 % forced to position 0, the BOS), run
-the probed model once for all the sites the batch needs, and keep each example's activation.
+position (uniformly among those its position policy allows, by default every position a
+user may query, see ``positions.py``; 1 % forced to position 0, the BOS), run the probed
+model once for all the sites the batch needs, and keep each example's activation.
 
 Length bucketing: with ``bucket_batches`` k > 1 the stream draws a pool of k batches at once,
 sorts it by length and hands the k slices out in random order, so a batch holds inputs of
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from inversionview.decoder.positions import allowed_positions
+from inversionview.options import POSITIONS
 from inversionview.probed.model import ProbedModel
 from inversionview.probed.sites import Site
 
@@ -43,12 +46,14 @@ def site_probabilities(in_epsilon_rates: torch.Tensor, rebalance: float) -> torc
 
 
 class ActivationStream:
-    """An endless, seeded stream of ``DecoderBatch`` for one probed model."""
+    """An endless, seeded stream of ``DecoderBatch`` for one probed model; ``positions`` is
+    the position policy (``positions.py``: uniform, last, low-bos-attention)."""
 
     def __init__(self, model: ProbedModel, batch_size: int, generator: torch.Generator,
                  bos_fraction: float = 0.01, texts: list[str] | None = None,
-                 bucket_batches: int = 1):
+                 bucket_batches: int = 1, positions: str = "uniform"):
         self.model = model
+        self.positions = POSITIONS.check(positions)
         self.task = model.task
         self.sites: list[Site] = model.sites
         self.batch_size = batch_size
@@ -87,10 +92,10 @@ class ActivationStream:
             rows.append(self._texts[take])
         return torch.cat(rows)
 
-    def _positions(self, tokens: torch.Tensor) -> torch.Tensor:
-        allowed = self.task.query_position_mask(tokens)
+    def _positions(self, tokens: torch.Tensor, site_id: torch.Tensor) -> torch.Tensor:
+        allowed = allowed_positions(self.model, tokens, site_id, self.positions)
         scores = torch.rand(tokens.shape, generator=self.generator).masked_fill(~allowed, -1.0)
-        positions = scores.argmax(dim=1)  # uniform among the allowed positions
+        positions = scores.argmax(dim=1)  # uniform among the allowed positions (BOS if none)
         to_bos = torch.rand(tokens.shape[0], generator=self.generator) < self.bos_fraction
         return positions.masked_fill(to_bos, 0)
 
@@ -137,7 +142,7 @@ class ActivationStream:
         tokens = self._inputs(n)
         site_id = torch.multinomial(self.site_probs, tokens.shape[0], replacement=True,
                                     generator=self.generator)
-        position = self._positions(tokens)
+        position = self._positions(tokens, site_id)
         needed = sorted(set(site_id.tolist()))
         activations = self.model.run_sites(tokens, [self.sites[i] for i in needed])
         rows = torch.arange(tokens.shape[0])

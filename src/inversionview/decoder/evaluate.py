@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from inversionview.decoder.model import Decoder
+from inversionview.decoder.positions import allowed_positions
 from inversionview.preimage.distance import candidate_distances
 from inversionview.probed.model import ProbedModel
 
@@ -30,18 +31,20 @@ EVAL_POSITIONS = {"counting": (":", "query"), "addition": ("+", "=", "A1", "A2",
 
 
 def held_out_queries(model: ProbedModel, per_site: int, seed: int,
-                     positions: tuple[str, ...] | None = None) -> QuerySet:
+                     positions: tuple[str, ...] | None = None, policy: str = "uniform"
+                     ) -> QuerySet:
     """``per_site`` queries for every (site, named position): fresh inputs drawn from a
     generator seeded with ``seed`` + 1,000,003 (apart from any training seed's streams).
     Free text has no named positions: its queries are held-out corpus pieces at positions
-    drawn as the decoder's training draws them (any real token after BOS)."""
+    drawn as the decoder's training draws them under its position ``policy``
+    (``positions.py``; uniform: any real token after BOS)."""
     task = model.task
     generator = torch.Generator().manual_seed(seed + 1_000_003)
     rows, site_ids, query_positions = [], [], []
     if task.sites is None and positions is None:
         for site_id, _ in enumerate(model.sites):
             tokens = task.sample_tokens(per_site, generator, held_out=True)
-            allowed = task.query_position_mask(tokens)
+            allowed = allowed_positions(model, tokens, torch.full((len(tokens),), site_id), policy)
             scores = torch.rand(tokens.shape, generator=generator).masked_fill(~allowed, -1.0)
             rows.extend(tokens)
             site_ids.extend([site_id] * per_site)

@@ -95,6 +95,7 @@ _MANIFEST_FIELDS = [  # (name, type, required, what it must be)
     ("special_ids", dict, False, "a JSON object of the BOS, EOS and PAD ids"),
     ("tokenizer_sha256", str, False, "the sha256 of the tokenizer, a string"),
     ("training", dict, False, "a JSON object of training settings"),
+    ("init_from", dict, False, "a JSON object of the pretrained LM's path and weights' sha256"),
 ]
 
 
@@ -258,7 +259,7 @@ def export_decoder(run_dir: Path, destination: Path, model: ProbedModel, seed: i
     save_decoder(decoder, model, destination, {}, dtype=dtype)
     exported, _ = load_decoder(destination, model)
     queries = held_out_queries(model, training.get("eval_queries_per_site", 8),
-                               training.get("seed", 0))
+                               training.get("seed", 0), policy=training.get("positions", "uniform"))
     quality = in_epsilon_rates(exported, model, queries, training.get("eval_samples_per_query", 16),
                                training.get("epsilon", 0.1), torch.Generator().manual_seed(seed))
     record = {key: value for key, value in manifest.items()

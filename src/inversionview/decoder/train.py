@@ -13,7 +13,7 @@ bench/train_decoder.py and the README).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,12 @@ from inversionview.checkpoint import (CheckpointSchedule, RunLog, check_run_dire
 from inversionview.decoder.data import ActivationStream, site_probabilities
 from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates
 from inversionview.decoder.plot import plot_curves
+from inversionview.decoder.pretrained import initialise_from, start_from
 from inversionview.decoder.store import save_decoder
 from inversionview.decoder.model import Decoder, DecoderConfig
 from inversionview.errors import OptionError, UserError
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, EPSILON, EXAMPLES,
-                                   LEARNING_RATE, MAX_TOKENS, MINUTES, REBALANCE, SEED)
+                                   LEARNING_RATE, MAX_TOKENS, MINUTES, POSITIONS, REBALANCE, SEED)
 from inversionview.probed.model import ProbedModel
 from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
                                     FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
@@ -87,12 +88,23 @@ class DecoderTrainingConfig:
     corpus: str | None = None
     field: str = "text"
     max_tokens: int = 32
+    # Where each example's activation is read (decoder/positions.py): uniform (the paper's
+    # toy tasks and IOI), last, or low-bos-attention (its factual recall).
+    positions: str = "uniform"
+    # A local GPT-2 directory with the probed model's tokenizer whose transformer the decoder
+    # starts from (decoder/pretrained.py; the paper's factual-recall decoder: GPT-2 medium),
+    # and the sha256 of its model.safetensors, filled in when the run starts.
+    init_from: str | None = None
+    init_from_sha256: str | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.corpus is not None:
             self.corpus = str(self.corpus)
+        if self.init_from is not None:
+            self.init_from = str(self.init_from)
         MAX_TOKENS.check(self.max_tokens)
+        POSITIONS.check(self.positions)
         if self.preset not in PRESETS:
             raise OptionError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
         if (self.minutes is None) == (self.examples is None):
@@ -221,9 +233,18 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     it was started with); without it, a directory that holds a checkpoint is refused. Under
     ``torchrun`` each process trains a DDP replica on its own seeded stream (seed + 1000 x
     rank); rank 0 evaluates, logs and checkpoints, and decides for every rank when to
-    evaluate, when to checkpoint, when to stop and the learning rate."""
+    evaluate, when to checkpoint, when to stop and the learning rate. A new run with
+    ``config.init_from`` starts the decoder's transformer from that pretrained GPT-2
+    (``pretrained.py``); its shape and weights' sha256 go into the run's config, so a resume
+    rebuilds the same decoder without the directory."""
     check_run_directory(config.out, resume)
     attach_corpus(model, config)
+    pretrained = None  # a resumed run's weights come from its checkpoint
+    if config.init_from is not None and not resume:
+        pretrained, shape = start_from(config.init_from, model, config.decoder_overrides,
+                                       config.init_from_sha256)
+        config = replace(config, decoder_overrides={**config.decoder_overrides, **shape},
+                         init_from_sha256=pretrained.weights_sha256)
     device = resolve_device(config.device)
     world = distributed.setup()
     rank, lead = world.rank, world.rank == 0
@@ -241,8 +262,10 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     pool_start = torch.Generator()  # holds the stream's pool-start state in checkpoints
     sample_generator = torch.Generator().manual_seed(config.seed + 7)
     stream = ActivationStream(model, config.batch_size, data_generator,
-                              bucket_batches=config.bucket_batches)
+                              bucket_batches=config.bucket_batches, positions=config.positions)
     decoder = build_decoder(model, config.seed, **config.decoder_overrides)
+    if pretrained is not None:
+        initialise_from(decoder, pretrained)
     means, stds = ActivationStream(model, 1, torch.Generator().manual_seed(config.seed)
                                    ).site_statistics()
     decoder.conditioning.init_site_embedding(means, stds, torch.Generator().manual_seed(config.seed))
@@ -250,9 +273,10 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     trained = world.wrap(decoder, device)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
-    queries = held_out_queries(model, config.eval_queries_per_site, config.seed)
-    loss_batch = ActivationStream(model, 512, torch.Generator().manual_seed(config.seed + 3)
-                                  ).next_batch().to(device)
+    queries = held_out_queries(model, config.eval_queries_per_site, config.seed,
+                               policy=config.positions)
+    loss_batch = ActivationStream(model, 512, torch.Generator().manual_seed(config.seed + 3),
+                                  positions=config.positions).next_batch().to(device)
 
     run = RunLog(config.out, {"stream_pool": pool_start, "sample": sample_generator})
     if resume:
@@ -375,6 +399,9 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
             "distinct_in_epsilon": final["distinct_in_epsilon"], "training": _jsonable(config),
             "probed_source": provenance.portable_path(model.source),
         }
+        if config.init_from is not None:
+            manifest["init_from"] = {"path": config.init_from,
+                                     "weights_sha256": config.init_from_sha256}
         # Without decoder.json the directory is no decoder: a kill between the two writes
         # leaves no manifest that describes other weights, and --resume writes both again.
         (config.out / "decoder.json").unlink(missing_ok=True)

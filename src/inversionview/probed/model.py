@@ -184,7 +184,12 @@ class ProbedModel:
             raise SiteError(f"layer {layer} does not exist; the model has layers 0..{self.n_layers - 1}")
         ids = self.task.encode(text)
         tokens = torch.tensor([ids], device=self.device)
-        return self.processed.attention_pattern(self.model_ids(tokens), layer)[0]
+        return self.attention_patterns(tokens, layer)[0]
+
+    def attention_patterns(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """``[batch, head, query_pos, key_pos]`` attention weights of every head of ``layer``
+        for a batch of token ids (right padding changes no real position's weights)."""
+        return self.processed.attention_pattern(self.model_ids(tokens), layer)
 
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
