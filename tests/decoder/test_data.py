@@ -68,6 +68,21 @@ def test_site_statistics():
     assert (stds > 0).all()
 
 
+def test_site_statistics_read_in_pieces_equal_one_read_of_everything():
+    """Memory stays bounded (GPT-2 small's 193 sites on 2,048 inputs would be 40 GB at once)
+    and the figures are those of all activations at the query positions together."""
+    model, stream = _stream("addition", seed=4)
+    _, pieces = _stream("addition", seed=4)
+    means, stds = pieces.site_statistics(256, budget_bytes=100_000)  # a few inputs x 1 site
+    tokens = stream.task.sample_tokens(256, stream.generator)
+    allowed = stream.task.query_position_mask(tokens)
+    activations = model.run_sites(tokens, stream.sites)
+    expected_means = torch.stack([activations[site][allowed].mean() for site in stream.sites])
+    expected_stds = torch.stack([activations[site][allowed].std() for site in stream.sites])
+    assert torch.allclose(means, expected_means, atol=1e-6)
+    assert torch.allclose(stds, expected_stds, rtol=1e-5)
+
+
 def test_length_buckets_cut_padding_and_keep_every_example():
     model, plain = _stream("counting", batch=64, seed=3)
     _, bucketed = _stream("counting", batch=64, seed=3, bucket_batches=8)

@@ -154,15 +154,30 @@ class ActivationStream:
         return DecoderBatch(tokens, activation, site_id, position)
 
     @torch.no_grad()
-    def site_statistics(self, n: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    def site_statistics(self, n: int = 2048, budget_bytes: int = 256 * 2**20
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std over elements of each site's activations at query positions,
-        ``[n_sites]`` each, from ``n`` inputs (for the site-embedding initialisation)."""
+        ``[n_sites]`` each, from ``n`` inputs (for the site-embedding initialisation).
+
+        Read in pieces of at most about ``budget_bytes`` of activations (inputs x sites):
+        every site of GPT-2 small on 2,048 inputs at once would be 40 GB."""
         tokens = self.task.sample_tokens(n, self.generator) if self._texts is None else self._texts[:n]
         allowed = self.task.query_position_mask(tokens)
-        activations = self.model.run_sites(tokens, self.sites)
-        means, stds = [], []
-        for site in self.sites:
-            values = activations[site].cpu()[allowed]
-            means.append(values.mean())
-            stds.append(values.std())
-        return torch.stack(means), torch.stack(stds)
+        per_input_site = tokens.shape[1] * self.model.d_model * 4
+        inputs = max(1, min(len(tokens), budget_bytes // per_input_site))
+        sites_at_once = max(1, budget_bytes // (inputs * per_input_site))
+        sums = torch.zeros(len(self.sites), 3, dtype=torch.float64)  # count, sum, sum of squares
+        for start in range(0, len(tokens), inputs):
+            chunk, mask = tokens[start: start + inputs], allowed[start: start + inputs]
+            for first in range(0, len(self.sites), sites_at_once):
+                group = self.sites[first: first + sites_at_once]
+                activations = self.model.run_sites(chunk, group)
+                for offset, site in enumerate(group):
+                    values = activations[site].cpu()[mask].double()
+                    sums[first + offset] += torch.stack([
+                        torch.tensor(values.numel(), dtype=torch.float64), values.sum(),
+                        values.square().sum()])
+        count, total, squares = sums.unbind(dim=1)
+        means = total / count
+        stds = ((squares - count * means.square()) / (count - 1)).clamp_min(0).sqrt()
+        return means.float(), stds.float()
