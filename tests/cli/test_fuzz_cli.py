@@ -76,6 +76,7 @@ OUTPUT_FILE = st.sampled_from(["out.html", "plot.png", "plot.svg", "adir", "afil
                                "x" * 300 + ".png"])
 OUTPUT_DIR = st.sampled_from(["run", "adir", "afile", "afile/below", "", "readonly/run",
                               "/proc/self", "exported"])
+SOME_PATH = st.sampled_from(["adir", "afile", "no/such/file.jsonl", "broken-model", ""])
 DECODER_DIR = st.sampled_from(["adir", "afile", "no/such/dir", "broken-decoder", "",
                                "DECODER_COUNTING", "DECODER_ADDITION"])
 
@@ -109,6 +110,7 @@ COMMANDS = [
                              "--filter": texts("A1==1", "count>3", "A1=", "nope==1", "=="),
                              "--target": texts("count", "A1", "A4", "A5"), "--n": ints(1, 5, 20),
                              "--cumulative": FLAG, "--seed": SEED, "--plot": OUTPUT_FILE,
+                             "--pairs": SOME_PATH,
                              "--force": FLAG, "--threads": THREADS, "--json": FLAG}),
     Command("dla", MODEL, {"--task": TASK, "--component": COMPONENT, "--input": INPUT,
                            "--k": ints(1, 3, 40, 41), "--n": ints(0, 1, 20),
@@ -127,7 +129,9 @@ COMMANDS = [
                                      "--rebalance": floats(0, 1), "--resume": FLAG,
                                      "--threads": THREADS, "--device": texts("auto", "cpu", "cuda", "tpu", "cuda:7"),
                                      "--precision": texts("auto", "fp32", "bf16", "fp8"),
-                                     "--json": FLAG}),
+                                     "--positions": texts("uniform", "last", "low-bos-attention"),
+                                     "--init-from": SOME_PATH, "--corpus": SOME_PATH,
+                                     "--max-tokens": ints(1, 32, 5000), "--json": FLAG}),
     Command("export-decoder", DECODER_DIR, {"--out": OUTPUT_DIR, "--model": MODEL, "--task": TASK,
                                             "--seed": SEED, "--force": FLAG, "--json": FLAG}),
     Command("serve", st.lists(MODEL, max_size=2).map(lambda names: " ".join(names)),
