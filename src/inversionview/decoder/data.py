@@ -164,8 +164,10 @@ class ActivationStream:
         tokens = self.task.sample_tokens(n, self.generator) if self._texts is None else self._texts[:n]
         allowed = self.task.query_position_mask(tokens)
         per_input_site = tokens.shape[1] * self.model.d_model * 4
-        inputs = max(1, min(len(tokens), budget_bytes // per_input_site))
-        sites_at_once = max(1, budget_bytes // (inputs * per_input_site))
+        # every site in one pass over fewer inputs (one forward in all); split the sites only
+        # when a single input's activations exceed the budget
+        sites_at_once = max(1, min(len(self.sites), budget_bytes // per_input_site))
+        inputs = max(1, min(len(tokens), budget_bytes // (sites_at_once * per_input_site)))
         sums = torch.zeros(len(self.sites), 3, dtype=torch.float64)  # count, sum, sum of squares
         for start in range(0, len(tokens), inputs):
             chunk, mask = tokens[start: start + inputs], allowed[start: start + inputs]
