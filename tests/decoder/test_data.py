@@ -116,3 +116,18 @@ def test_restored_stream_continues_exactly_mid_pool():
         got = fresh.next_batch()
         assert torch.equal(want.tokens, got.tokens) and torch.equal(want.site_id, got.site_id)
     assert (expected[-1].site_id == 2).all()  # the new pool used the new site mix
+
+
+def test_a_pool_read_in_pieces_equals_one_read():
+    """Memory stays bounded on large models: the rows of a pool are read a few at a time,
+    with the same examples as one read of the whole pool."""
+    _, whole = _stream("addition", batch=48, seed=6)
+    _, pieces = _stream("addition", batch=48, seed=6)
+    pieces._row_chunks = lambda tokens, n_sites: ActivationStream._row_chunks(
+        pieces, tokens, n_sites, budget_bytes=1)  # one row at a time
+    assert len(pieces._row_chunks(torch.zeros(48, 8, dtype=torch.long), 3)) == 48
+    for _ in range(2):
+        a, b = whole.next_batch(), pieces.next_batch()
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.site_id, b.site_id)
+        assert torch.equal(a.position, b.position)
+        assert torch.allclose(a.activation, b.activation, atol=1e-5)
