@@ -24,7 +24,7 @@ from tqdm import tqdm
 from inversionview import distributed, provenance
 from inversionview.checkpoint import (CheckpointSchedule, RunLog, check_run_directory,
                                       resumed_config)
-from inversionview.decoder.data import ActivationStream, site_probabilities
+from inversionview.decoder.data import ActivationStream, DecoderBatch, site_probabilities
 from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates
 from inversionview.decoder.plot import plot_curves
 from inversionview.decoder.pretrained import initialise_from, start_from
@@ -183,6 +183,20 @@ def decoder_loss(decoder: torch.nn.Module, tokens: torch.Tensor, activation: tor
                            tokens[:, 1:].reshape(-1), ignore_index=pad_id)
 
 
+def chunked_loss(decoder: torch.nn.Module, batch: DecoderBatch, pad_id: int, rows: int = 64
+                 ) -> float:
+    """``decoder_loss`` over a large batch, ``rows`` at a time (the logits of 512 rows over a
+    50k vocabulary are 3.4 GB), weighted by each chunk's target tokens: the same figure."""
+    total, count = 0.0, 0
+    for start in range(0, batch.tokens.shape[0], rows):
+        tokens = batch.tokens[start: start + rows]
+        targets = int((tokens[:, 1:] != pad_id).sum())
+        loss = decoder_loss(decoder, tokens, batch.activation[start: start + rows],
+                            batch.site_id[start: start + rows], pad_id)
+        total, count = total + loss.item() * targets, count + targets
+    return total / count
+
+
 DEVICES = "auto, cpu, cuda or cuda:N"
 
 
@@ -298,8 +312,7 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
                                    config.epsilon, sample_generator)
         decoder.eval()
         with torch.no_grad(), torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
-            held_out = decoder_loss(decoder, loss_batch.tokens, loss_batch.activation,
-                                    loss_batch.site_id, pad_id).item()
+            held_out = chunked_loss(decoder, loss_batch, pad_id)
         decoder.train()
         entry = {"step": run.step, "seconds": round(run.elapsed, 1),
                  "examples": run.step * examples_per_step, "loss": held_out, **quality,
