@@ -46,3 +46,21 @@ def test_fixed_position_mode():
     assert torch.equal(best, torch.tensor([3, 3]))
     assert distance[0] == 0 and distance[1] > 0
     assert torch.equal(distance, per_position[:, 3])
+
+
+def test_candidates_scored_in_pieces_score_as_one_batch(monkeypatch):
+    """Memory stays bounded on large models: candidates go through the model a few at a time
+    (1,024 through GPT-2 small at once peaked at 9 GB), with the same distances."""
+    from inversionview.preimage import distance as module
+    from inversionview.probed import build_probed
+
+    model = build_probed("counting", seed=0, n_embd=16, n_head=1, n_inner=32)
+    tokens = model.task.sample_tokens(40, torch.Generator().manual_seed(0))
+    query = model.activations(tokens[:1], "a1.0", 5)[0]
+    whole = module.candidate_distances(model, model.site("a1.0"), query, tokens)
+    monkeypatch.setattr(module, "_row_chunks", lambda model, tokens: [
+        slice(start, start + 3) for start in range(0, tokens.shape[0], 3)])
+    pieces = module.candidate_distances(model, model.site("a1.0"), query, tokens)
+    for a, b in zip(whole, pieces):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+    assert len(module._row_chunks.__call__(model, tokens)) == 14
