@@ -229,3 +229,18 @@ def test_components_on_text_take_any_query_position(trained):
     tokens = model.task.text_tokens(PAIRS[0]["original"])
     assert [model.task.resolve_position(PAIRS[0]["original"], c.position) for c in parsed[:3]] \
         == [tokens.index(","), len(tokens) - 1, len(tokens) - 3]
+
+
+def test_export_re_measures_on_the_training_corpus_and_says_when_it_is_gone(trained, tmp_path):
+    directory, corpus, decoder_dir = trained
+    ok = invoke(["export-decoder", str(decoder_dir), "--out", str(tmp_path / "exported")])
+    assert ok.exit_code == 0, ok.output
+    manifest = json.loads((tmp_path / "exported" / "decoder.json").read_text())
+    assert 0 <= manifest["exported_in_epsilon_mean"] <= 1
+    moved = corpus.with_name("moved.txt")
+    corpus.rename(moved)
+    try:
+        failed = invoke(["export-decoder", str(decoder_dir), "--out", str(tmp_path / "again")])
+    finally:
+        moved.rename(corpus)
+    assert failed.exit_code == 2 and "which is not there" in failed.stderr, failed.output

@@ -12,10 +12,15 @@ can make are ``UserError`` with a one-line message, as on the command line.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+# transformers imports tqdm.auto, which warns in a notebook without ipywidgets; nothing here
+# draws a progress bar
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 from inversionview.errors import UserError
 
@@ -37,8 +42,6 @@ class InversionView:
     def __init__(self, model: str | Path = "counting", decoder: str | Path | None = None, *,
                  task: str | None = None, raw: bool = False, device: str = "cpu",
                  corpus: str | Path | None = None, field: str = "text", max_tokens: int = 32):
-        from types import SimpleNamespace
-
         from inversionview.artifacts import shown_name
         from inversionview.decoder.store import decoder_for
         from inversionview.decoder.train import attach_corpus
@@ -46,8 +49,7 @@ class InversionView:
 
         self.model = load_probed(str(model), task, device, "raw" if raw else "processed")
         if corpus is not None:
-            attach_corpus(self.model, SimpleNamespace(corpus=str(corpus), field=field,
-                                                      max_tokens=max_tokens))
+            attach_corpus(self.model, str(corpus), max_tokens, field)
         self.decoder, directory = decoder_for(self.model, str(model),
                                               None if decoder is None else Path(decoder))
         self.name, self.decoder_name = shown_name(str(model)), shown_name(str(directory))
@@ -111,6 +113,7 @@ class InversionView:
                            default_site if site is None else site,
                            default_position if position is None else position, config,
                            seed=seed, decoder_name=self.decoder_name)
+        result.model = self.name  # as the user named it, not a path on this machine
         if verify:
             result.verification = self.verify(result)
         return result

@@ -247,6 +247,19 @@ def decoder_for(model: ProbedModel, name: str, directory: Path | None = None
     return decoder, Path(directory)
 
 
+def _attach_training_corpus(model: ProbedModel, training: dict[str, Any], run_dir: Path) -> None:
+    """A language model's held-out queries come from the corpus its decoder trained on (the
+    path as the training command gave it, relative to where it ran)."""
+    from inversionview.decoder.train import attach_corpus
+
+    corpus = training.get("corpus")
+    if not isinstance(corpus, str) or not Path(corpus).exists():
+        raise DecoderLoadError(f"{run_dir} was trained on the corpus {corpus!r}, which is not "
+                               f"there; export it from the directory its training ran in (its "
+                               f"held-out queries are drawn from that corpus)")
+    attach_corpus(model, corpus, training.get("max_tokens", 32), training.get("field", "text"))
+
+
 def export_decoder(run_dir: Path, destination: Path, model: ProbedModel, seed: int = 0,
                    dtype: torch.dtype = torch.float16) -> dict[str, Any]:
     """Copy a trained decoder into ``destination`` with weights in ``dtype`` (fp16 halves a
@@ -256,6 +269,8 @@ def export_decoder(run_dir: Path, destination: Path, model: ProbedModel, seed: i
 
     decoder, manifest = load_decoder(run_dir, model)
     training = manifest.get("training", {})
+    if model.task.sites is None and getattr(model.task, "source", None) is None:
+        _attach_training_corpus(model, training, run_dir)
     save_decoder(decoder, model, destination, {}, dtype=dtype)
     exported, _ = load_decoder(destination, model)
     queries = held_out_queries(model, training.get("eval_queries_per_site", 8),

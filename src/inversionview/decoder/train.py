@@ -145,11 +145,13 @@ class DecoderTrainingConfig:
         return -(-self.examples // (self.batch_size * world_size))
 
 
-def attach_corpus(model: ProbedModel, config: DecoderTrainingConfig) -> None:
-    """Give a language model the corpus its inputs come from (``config.corpus``)."""
+def attach_corpus(model: ProbedModel, corpus: str | None, max_tokens: int = 32,
+                  field: str = "text") -> None:
+    """Give a language model the corpus its inputs come from (a no-op for ``None`` when the
+    model has its inputs already)."""
     from inversionview.text.sources import CorpusSource
 
-    if config.corpus is None:
+    if corpus is None:
         if model.task.sites is None and getattr(model.task, "source", None) is None:
             raise UserError(f"{model.source} is a language model: give the text its decoder "
                             f"trains on with --corpus FILE (.txt lines, .jsonl or a datasets "
@@ -159,7 +161,7 @@ def attach_corpus(model: ProbedModel, config: DecoderTrainingConfig) -> None:
         raise UserError(f"the {model.task.name} task draws its own inputs; --corpus is for "
                         f"language models read as free text")
     model.task = model.task.with_source(CorpusSource.from_path(
-        config.corpus, model.task.vocab, config.max_tokens, config.field))
+        corpus, model.task.vocab, max_tokens, field))
 
 
 def build_decoder(model: ProbedModel, seed: int, **overrides: Any) -> Decoder:
@@ -252,7 +254,7 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     (``pretrained.py``); its shape and weights' sha256 go into the run's config, so a resume
     rebuilds the same decoder without the directory."""
     check_run_directory(config.out, resume)
-    attach_corpus(model, config)
+    attach_corpus(model, config.corpus, config.max_tokens, config.field)
     pretrained = None  # a resumed run's weights come from its checkpoint
     if config.init_from is not None and not resume:
         pretrained, shape = start_from(config.init_from, model, config.decoder_overrides,
