@@ -20,6 +20,10 @@ plain forward). ``gpt2-small-random`` is GPT-2 small's configuration (12 layers,
 heads, vocabulary 50,257) with random weights, saved to a temporary directory with the
 bundled LM's tokenizer: GPT-2's weights cannot be downloaded here.
 
+Then the full query time on the bundled LM with its decoder (``lm-kjv``'s default query: 1,024
+candidates, scoring, ΔP colouring of the shown samples), median of ``--repeats`` seeds after
+one warm-up.
+
 Writes bench/results/extraction.json with the machine, the commit and the command.
 """
 
@@ -98,6 +102,23 @@ def measure(directory: str | Path, batch: int, length: int, repeats: int) -> dic
     return record
 
 
+def time_query(model: str, repeats: int) -> dict:
+    from inversionview import InversionView
+
+    iv = InversionView(model)
+    site, position = iv.model.task.default_query
+    iv.query(seed=0)  # warm-up
+    stats = [iv.query(seed=seed).stats for seed in range(repeats)]
+    return {"model": model, "input": iv.model.task.example, "site": site, "position": position,
+            "candidates": stats[0].candidates,
+            "seconds_median": statistics.median(s.seconds for s in stats),
+            "seconds": [s.seconds for s in stats],
+            "seconds_sampling_median": statistics.median(s.seconds_sampling for s in stats),
+            "seconds_scoring_median": statistics.median(s.seconds_scoring for s in stats),
+            "seconds_colouring_median": statistics.median(s.seconds_colouring for s in stats),
+            "in_epsilon_rate": [round(s.in_epsilon_rate, 4) for s in stats]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["lm-kjv", "gpt2-small-random"])
@@ -117,9 +138,12 @@ def main() -> None:
                 row = results[name][processing]
                 print(f"{name} {processing} ({row['backend']}): hf {row['seconds']['hf']:.4f} s; "
                       + ", ".join(f"{k} x{v:.2f}" for k, v in row["ratio_to_hf"].items()))
+    query = time_query("lm-kjv", args.repeats)
+    print(f"full query on lm-kjv ({query['site']} at {query['position']}): median "
+          f"{query['seconds_median']:.2f} s")
     record = {"benchmark": "extraction", "machine": provenance.machine(),
               "commit": provenance.commit(), "command": provenance.command_line(),
-              "threads": torch.get_num_threads(), "results": results}
+              "threads": torch.get_num_threads(), "results": results, "query": query}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "extraction.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
