@@ -103,20 +103,12 @@ def measure(directory: str | Path, batch: int, length: int, repeats: int) -> dic
 
 
 def time_query(model: str, repeats: int) -> dict:
+    """bench/query.py's full-query timing, on a bundled model with its decoder."""
     from inversionview import InversionView
+    from query import time_full_query  # bench/query.py (bench/ is on the path of a script)
 
     iv = InversionView(model)
-    site, position = iv.model.task.default_query
-    iv.query(seed=0)  # warm-up
-    stats = [iv.query(seed=seed).stats for seed in range(repeats)]
-    return {"model": model, "input": iv.model.task.example, "site": site, "position": position,
-            "candidates": stats[0].candidates,
-            "seconds_median": statistics.median(s.seconds for s in stats),
-            "seconds": [s.seconds for s in stats],
-            "seconds_sampling_median": statistics.median(s.seconds_sampling for s in stats),
-            "seconds_scoring_median": statistics.median(s.seconds_scoring for s in stats),
-            "seconds_colouring_median": statistics.median(s.seconds_colouring for s in stats),
-            "in_epsilon_rate": [round(s.in_epsilon_rate, 4) for s in stats]}
+    return {"model": model, **time_full_query(iv.model, iv.decoder, repeats)}
 
 
 def main() -> None:

@@ -38,19 +38,24 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, live_server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+def _open(browser, url: str, **context_options):
+    """A page on ``url`` with the long state timeout; JavaScript errors fail the test."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, **context_options)
     page = context.new_page()
     # Every wait is on a state; on a busy machine a state can take long to come.
     page.set_default_timeout(STATE_TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(live_server)
+    page.goto(url)
     page.wait_for_selector("#model option", state="attached")
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser, live_server):
+    yield from _open(browser, live_server, accept_downloads=True)
 
 
 def screenshot(page, name: str) -> None:
@@ -222,16 +227,7 @@ def test_verify_button_shows_the_output_change(page):
 
 @pytest.fixture
 def text_page(browser, text_live_server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(STATE_TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(text_live_server)
-    page.wait_for_selector("#model option", state="attached")
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    yield from _open(browser, text_live_server)
 
 
 def test_a_language_model_input_is_shown_as_its_tokens_and_a_click_picks_the_position(
