@@ -23,6 +23,7 @@ import torch
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 from inversionview.errors import UserError
+from inversionview.options import DEFAULT_SEARCH
 
 if TYPE_CHECKING:
     import pandas
@@ -97,18 +98,20 @@ class InversionView:
               position: str | int | None = None, *, candidates: int = 1024,
               epsilon: float = 0.1, metric: str = "euclidean", fixed_position: bool = False,
               temperature: float | None = None, noise: float | None = None, shown: int = 100,
-              all_samples: bool = False, seed: int = 0, verify: bool = False
-              ) -> PreimageResult:
+              all_samples: bool = False, seed: int = 0, verify: bool = False,
+              search: int = DEFAULT_SEARCH) -> PreimageResult:
         """Sample, score and colour the ε-preimage of ``site`` at ``position`` of ``text``
         (the task's default query for what is left out); ``verify`` also patches the query's
-        activation with samples' (see ``verify``). The same seed gives the same result."""
+        activation with samples' (see ``verify``); ``search`` is the local search's budget
+        (inputs scored beyond the decoder's candidates; 0: the paper's decoder-only sampling).
+        The same seed gives the same result."""
         from inversionview import options
         from inversionview.preimage.query import query_config, run_query
 
         task = self.model.task
         default_site, default_position = task.default_query
         config = query_config(options.CANDIDATES.check(candidates), epsilon, metric,
-                              fixed_position, temperature, noise, all_samples, shown)
+                              fixed_position, temperature, noise, all_samples, shown, search)
         result = run_query(self.model, self.decoder, task.example if text is None else text,
                            default_site if site is None else site,
                            default_position if position is None else position, config,
@@ -129,7 +132,8 @@ class InversionView:
              candidates: int = 256, epsilon: float = 0.1, metric: str = "euclidean",
              seed: int = 0) -> pandas.DataFrame:
         """Every site at one input and position: in-ε rate, distinct in-ε samples, valid
-        rate and the attribute that agrees most with the query, one row per site."""
+        rate and the attribute that agrees most with the query, one row per site (the
+        decoder's draws only, as the paper: an overview, not a search per site)."""
         import pandas
 
         task = self.model.task
@@ -138,7 +142,7 @@ class InversionView:
         rows = []
         for site in self.sites:
             result = self.query(text, site, position, candidates=candidates, epsilon=epsilon,
-                                metric=metric, shown=1, seed=seed)
+                                metric=metric, shown=1, seed=seed, search=0)
             top = result.attribute_agreement[0] if result.attribute_agreement else {}
             rows.append({"site": site, "in_epsilon_rate": result.stats.in_epsilon_rate,
                          "in_epsilon_distinct": result.stats.in_epsilon_distinct,

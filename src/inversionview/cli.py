@@ -57,6 +57,10 @@ DecoderOpt = Annotated[Optional[Path], typer.Option("--decoder", help="Decoder d
 CandidatesOpt = Annotated[int, typer.Option("--candidates", help="Candidates to draw, in rounds of "
                                             f"64 ({options.CANDIDATES.describe()}).",
                                             callback=options.CANDIDATES.callback)]
+SearchOpt = Annotated[int, typer.Option(
+    "--search", help="Inputs the local search around the decoder's candidates may score, to find "
+    "the members of the preimage the decoder missed (0: the paper's decoder-only sampling; "
+    f"{options.SEARCH_EVALUATIONS.describe()}).", callback=options.SEARCH_EVALUATIONS.callback)]
 EpsilonOpt = Annotated[float, typer.Option("--epsilon", help="Radius of the preimage.",
                                            callback=options.EPSILON.callback)]
 
@@ -438,6 +442,7 @@ def query(
     temperature: TemperatureOpt = None, noise: NoiseOpt = None, seed: SeedOpt = 0,
     epsilon: EpsilonOpt = 0.1, metric: MetricOpt = Metric.euclidean, fixed_position: FixedOpt = False,
     all_samples: Annotated[bool, _flag("--all", "Show every distinct candidate.")] = False,
+    search: SearchOpt = options.DEFAULT_SEARCH,
     html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write the view as one "
                                                       "self-contained HTML page.")] = None,
     force: ForceOpt = False,
@@ -454,7 +459,7 @@ def query(
         options.check_output_file(html_file, "--html", force=force)
     _apply_threads(threads)
     config = query_config(candidates, epsilon, metric.value, fixed_position, temperature, noise,
-                          all_samples)
+                          all_samples, search=search)
     probed, the_decoder, name, text, site, position = _query_setup(
         model, task, raw, decoder, input_text, site, position)
     result = run_query(probed, the_decoder, text, site, position, config, seed=seed,

@@ -214,7 +214,9 @@ class Decoder(nn.Module):
     def sample(self, activation: torch.Tensor, site_id: torch.Tensor, bos_id: int, eos_id: int,
                pad_id: int, temperature: float | torch.Tensor = 1.0,
                generator: torch.Generator | None = None, max_length: int | None = None,
-               on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+               on_step: Callable[[int, int], None] | None = None,
+               log_probs_at: tuple[float, ...] | None = None,
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Ancestral sampling with a KV cache from BOS until EOS or ``max_length`` (default
         n_ctx): ``[b, max_length]`` tokens, PAD after each EOS (and nowhere else).
         ``temperature`` is a float or a ``[b]`` tensor (one per sample). ``on_step(position,
@@ -223,6 +225,10 @@ class Decoder(nn.Module):
         Finished rows leave the batch, so a long sample does not make the short ones pay.
         Each step draws one uniform number per row of the whole batch and inverts the CDF of
         the rows still running, so the result does not depend on when rows leave.
+
+        With ``log_probs_at`` (temperatures), also returns ``[b, len(log_probs_at)]``: the
+        log-probability of each drawn row under the decoder at each of those temperatures
+        (the completeness estimate weighs draws by it; preimage/estimate.py).
         """
         max_length = max_length or self.config.n_ctx
         batch = activation.shape[0]
@@ -234,6 +240,8 @@ class Decoder(nn.Module):
         tokens = torch.full((batch, max_length), pad_id, dtype=torch.long, device=device)
         tokens[:, 0] = bos_id
         rows = torch.arange(batch, device=device)  # the rows still running
+        scored_at = tuple(log_probs_at or ())
+        log_probs = torch.zeros(batch, len(scored_at), device=device)
         for position in range(1, max_length):
             logits = self._logits(tokens[rows, position - 1:position], conditions, position - 1,
                                   caches)[:, -1].float()
@@ -245,6 +253,9 @@ class Decoder(nn.Module):
             drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
             drawn = drawn.squeeze(1).clamp(max=cdf.shape[1] - 1)
             tokens[rows, position] = drawn
+            for column, scored_temperature in enumerate(scored_at):
+                log_probs[rows, column] += torch.log_softmax(logits / scored_temperature, dim=-1
+                                                             ).gather(1, drawn[:, None]).squeeze(1)
             running = drawn != eos_id
             if not running.all():
                 rows, conditions, temperature = rows[running], conditions[running], temperature[running]
@@ -254,7 +265,7 @@ class Decoder(nn.Module):
                     break
             if on_step is not None:
                 on_step(position, max_length)
-        return tokens
+        return (tokens, log_probs) if log_probs_at is not None else tokens
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -99,7 +99,7 @@ def completeness(model: ProbedModel, decoder: Decoder, text: str, site, position
     distances = exact_distances(model, site, query_activation, universe, config.metric, fixed)
     true_in = distances <= config.epsilon
 
-    tokens = draw_candidates(decoder, query, config, task.vocab, seed)
+    tokens = draw_candidates(decoder, query, config, task.vocab, seed).tokens
     distinct = torch.unique(tokens, dim=0)
     universe_keys = _row_keys(universe, task.vocab.size)
     order = torch.argsort(universe_keys)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -23,13 +23,19 @@ from inversionview.errors import OptionError, echo
 from inversionview.preimage.agreement import attribute_agreement
 from inversionview.preimage.colour import delta_p, sequence_log_probability
 from inversionview.preimage.distance import Metric, candidate_distances
-from inversionview.preimage.result import (PreimageResult, QueryInput, QueryStats, Sample,
-                                           _finite_or_none)
-from inversionview.preimage.sample import (PAPER_SETTINGS, ROUND_SIZE, SamplingRound,
+from inversionview.preimage.estimate import importance_size
+from inversionview.preimage.result import (Completeness, PreimageResult, QueryInput, QueryStats,
+                                           Sample, _finite_or_none)
+from inversionview.preimage.sample import (PAPER_SETTINGS, ROUND_SIZE, Draws, SamplingRound,
                                            make_schedule, sample_candidates)
+from inversionview.preimage.search import SearchConfig, SearchOutcome, local_search
 from inversionview.probed.model import ProbedModel
 from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks.base import Task, TaskInputError
+
+
+#: The local search's default budget: inputs scored beyond the decoder's candidates.
+DEFAULT_SEARCH = options.DEFAULT_SEARCH
 
 
 @dataclass
@@ -45,6 +51,10 @@ class QueryConfig:
     shown: int = 100  # samples displayed (the paper shows 100)
     shown_inside_fraction: float = 0.7  # the paper shows about 60-80 % inside ε
     all_samples: bool = False  # show every distinct candidate
+    # Inputs the local search around the decoder's candidates may score (0: the paper's
+    # decoder-only sampling); it stops sooner when ``candidates`` members are found.
+    search: int = DEFAULT_SEARCH
+    search_settings: SearchConfig | None = None  # the search's other settings (its defaults)
 
     def __post_init__(self) -> None:
         if self.metric not in ("euclidean", "cosine"):
@@ -52,6 +62,7 @@ class QueryConfig:
         self.candidates = options.CANDIDATES.check(self.candidates)
         self.epsilon = options.EPSILON.check(self.epsilon)
         self.shown = options.SHOWN.check(self.shown)
+        self.search = options.SEARCH_EVALUATIONS.check(self.search)
 
     @property
     def schedule(self) -> tuple[SamplingRound, ...]:
@@ -61,14 +72,15 @@ class QueryConfig:
 def query_config(candidates: int = 1024, epsilon: float = 0.1, metric: str = "euclidean",
                  fixed_position: bool = False, temperature: float | None = None,
                  noise: float | None = None, all_samples: bool = False, shown: int = 100,
-                 ) -> QueryConfig:
+                 search: int = DEFAULT_SEARCH) -> QueryConfig:
     """A QueryConfig from the query command's options: one ``temperature`` and/or ``noise``
     replaces the paper's schedule by that single setting (T 1 and noise 0 where unsaid)."""
     settings = PAPER_SETTINGS
     if temperature is not None or noise is not None:
         settings = ((1.0 if temperature is None else temperature, 0.0 if noise is None else noise),)
     return QueryConfig(candidates=candidates, settings=settings, epsilon=epsilon, metric=metric,
-                       fixed_position=fixed_position, shown=shown, all_samples=all_samples)
+                       fixed_position=fixed_position, shown=shown, all_samples=all_samples,
+                       search=search)
 
 
 def decoder_site_id(model: ProbedModel, decoder: Decoder, site: Site) -> int:
@@ -160,13 +172,35 @@ def resolve_query(model: ProbedModel, decoder: Decoder, text: str, site: str | S
 
 
 def draw_candidates(decoder: Decoder, query: ResolvedQuery, config: QueryConfig, vocab,
-                    seed: int, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """``[n, n_ctx]`` candidates of ``config``'s schedule; the same seed, the same tokens."""
+                    seed: int, on_step: Callable[[int, int], None] | None = None) -> Draws:
+    """The candidates of ``config``'s schedule (``Draws``); the same seed, the same tokens."""
     device = next(decoder.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    tokens, _ = sample_candidates(decoder, query.activation, query.site_id, config.schedule,
-                                  vocab, generator, on_step)
-    return tokens
+    return sample_candidates(decoder, query.activation, query.site_id, config.schedule,
+                             vocab, generator, on_step)
+
+
+def in_task_space(task: Task, tokens: torch.Tensor) -> torch.Tensor:
+    """``[n]`` bool: rows the task's sampler could draw (``complete`` leaves them as they are)."""
+    completed, ok = task.complete(tokens)
+    return ok & (completed == tokens).all(dim=1)
+
+
+def search_preimage(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
+                    position: str | int, seeds: torch.Tensor, seed_distance: torch.Tensor,
+                    on_round: Callable[[int, int], None] | None = None) -> SearchOutcome:
+    """The local search (preimage/search.py) around the decoder's distinct candidates."""
+    task = model.task
+
+    def score(rows: torch.Tensor):
+        fixed = _fixed_positions(task, rows, position) if config.fixed_position else None
+        return candidate_distances(model, query.site, query.activation, rows.to(model.device),
+                                   config.metric, fixed)
+
+    return local_search(decoder, query.activation, query.site_id, task.vocab, task.complete, score,
+                        seeds, seed_distance, config.epsilon, config.candidates,
+                        replace(config.search_settings or SearchConfig(), evaluations=config.search),
+                        on_round)
 
 
 #: ``progress(stage, fraction)``: stage is "sampling", "scoring" or "colouring", fraction the
@@ -200,24 +234,62 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
 
     # 1. Sample.
     schedule = config.schedule
+    sampling_share = _SAMPLING_SHARE * (0.5 if config.search else 1.0)
     report("sampling", 0.0)
-    tokens = draw_candidates(decoder, resolved, config, vocab, seed,
-                             lambda step, steps: report("sampling", _SAMPLING_SHARE * step / steps))
+    draws = draw_candidates(decoder, resolved, config, vocab, seed,
+                            lambda step, steps: report("sampling", sampling_share * step / steps))
     sampled = time.perf_counter()
-    report("scoring", _SAMPLING_SHARE)
+    report("scoring", sampling_share)
 
     # 2. Merge identical candidates, then score each distinct one once.
-    distinct, multiplicity = torch.unique(tokens, dim=0, return_counts=True)
+    full, inverse, multiplicity = torch.unique(draws.tokens, dim=0, return_inverse=True,
+                                               return_counts=True)
     # Columns that are PAD in every candidate change nothing (causal, and PAD is excluded).
-    distinct = distinct[:, : int(task.lengths(distinct).max())]
-    texts = task.decode_batch(distinct)
+    distinct = full[:, : int(task.lengths(full).max())]
     fixed = _fixed_positions(task, distinct, position) if config.fixed_position else None
     distance, best, per_position = candidate_distances(model, site, query_activation, distinct.to(model.device),
                                                        config.metric, fixed)
     distance, best, per_position = distance.cpu(), best.cpu(), per_position.cpu()
-    order = sorted(range(len(texts)), key=lambda i: (distance[i].item(), texts[i]))
-    samples = [_sample(task, texts[i], distinct[i], distance[i].item(), int(best[i]),
-                       per_position[i], int(multiplicity[i]), config.epsilon) for i in order]
+    in_space = in_task_space(task, full)
+    searched = decoder_scored = time.perf_counter()
+
+    # 3. Search the ball around them for the members the decoder missed.
+    outcome = query_scored = None
+    if config.search:
+        report("searching", sampling_share)
+        # The query is the first member of its own preimage: the search starts there too.
+        seeds, seed_distance = full, distance
+        query_ids = model.tokens(text).cpu()
+        if int(task.lengths(query_ids)[0]) <= full.shape[1]:  # it fits the decoder's inputs
+            query_row = _padded(query_ids, full.shape[1], vocab.pad_id)
+            if not (full == query_row).all(dim=1).any():
+                query_scored = [t.cpu() for t in candidate_distances(
+                    model, site, query_activation, query_row.to(model.device), config.metric,
+                    _fixed_positions(task, query_row, position) if config.fixed_position else None)]
+                seeds = torch.cat([full, query_row])
+                seed_distance = torch.cat([distance, query_scored[0]])
+        outcome = search_preimage(
+            model, decoder, resolved, config, position, seeds, seed_distance,
+            lambda done, budget: report("searching", sampling_share + (_SAMPLING_SHARE - sampling_share)
+                                        * min(done / budget, 1.0)))
+        searched = time.perf_counter()
+        report("scoring", _SAMPLING_SHARE)
+    pool = [(distinct[i], distance[i].item(), int(best[i]), per_position[i], int(multiplicity[i]),
+             "decoder") for i in range(len(distinct))]
+    search_found = 0
+    if query_scored is not None and in_task_space(task, query_row)[0] and query_scored[0][0] <= config.epsilon:
+        pool.append((query_row[0], query_scored[0][0].item(), int(query_scored[1][0]), query_scored[2][0],
+                     0, "query"))
+        search_found += 1
+    if outcome is not None:
+        for i in torch.nonzero(outcome.distance <= config.epsilon).flatten().tolist():
+            pool.append((outcome.tokens[i], outcome.distance[i].item(), int(outcome.best_position[i]),
+                         outcome.per_position[i], 0, f"search {int(outcome.round[i])}"))
+            search_found += 1
+    texts = task.decode_batch(torch.stack([row[0][: full.shape[1]] for row in pool]))
+    order = sorted(range(len(pool)), key=lambda i: (pool[i][1], texts[i]))
+    samples = [_sample(task, texts[i], *pool[i][:-1], config.epsilon, found_by=pool[i][-1])
+               for i in order]
     scored = time.perf_counter()
     report("colouring", _SAMPLING_SHARE + _SCORING_SHARE)
 
@@ -229,7 +301,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
                                      config.shown_inside_fraction)
     shown = [samples[i] for i in shown_indices]
     if shown:
-        shown_tokens = torch.stack([distinct[order[i]] for i in shown_indices])
+        shown_tokens = torch.stack([pool[order[i]][0][: full.shape[1]] for i in shown_indices])
         changes, with_query = delta_p(decoder, shown_tokens, query_activation, bos_activation,
                                       site_id, vocab.pad_id)
         log_probs = sequence_log_probability(with_query)
@@ -243,13 +315,23 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
     in_count = int(multiplicity[distance <= config.epsilon].sum())
     valid_count = sum(s.multiplicity for s in samples if s.valid)
     stats = QueryStats(
-        candidates=int(multiplicity.sum()), distinct=len(samples), in_epsilon=in_count,
+        candidates=int(multiplicity.sum()), distinct=len(distinct), in_epsilon=in_count,
         in_epsilon_rate=in_count / int(multiplicity.sum()),
-        in_epsilon_distinct=sum(s.in_epsilon for s in samples),
+        in_epsilon_distinct=int((distance <= config.epsilon).sum()),
         valid_rate=valid_count / int(multiplicity.sum()), shown=len(shown),
         shown_in_epsilon=sum(s.in_epsilon for s in shown),
         seconds=round(coloured - started, 4), seconds_sampling=round(sampled - started, 4),
-        seconds_scoring=round(scored - sampled, 4), seconds_colouring=round(coloured - scored, 4))
+        seconds_scoring=round(decoder_scored - sampled + scored - searched, 4),
+        seconds_colouring=round(coloured - scored, 4),
+        seconds_search=round(searched - decoder_scored, 4))
+    members = (distance <= config.epsilon) & in_space
+    estimate = importance_size(draws.log_probs, draws.scored_temperatures, draws.temperature,
+                               draws.noise == 0, members[inverse])
+    completeness = Completeness.of(
+        found_by_decoder=int(members.sum()), found_by_search=search_found, estimate=estimate,
+        search=None if outcome is None else {
+            "evaluations": outcome.evaluations, "budget": config.search, "rounds": outcome.rounds,
+            "stop": outcome.stop, "members_wanted": config.candidates})
     return PreimageResult(
         model=model.source, task=task.name, decoder=decoder_name, site=site.short, hook=site.hook,
         position=index, position_label=task.position_label(text, index), metric=config.metric,
@@ -261,11 +343,19 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
         stats=stats,
         histogram=distance_histogram(distance, multiplicity, config.epsilon),
         attribute_agreement=attribute_agreement(task.attribute_names, query_attributes, samples),
-        samples=shown, all_samples=config.all_samples)
+        samples=shown, all_samples=config.all_samples, completeness=completeness)
+
+
+def _padded(tokens: torch.Tensor, width: int, pad_id: int) -> torch.Tensor:
+    """``tokens`` ``[1, n]`` right-padded (or cut) to ``width``."""
+    row = torch.full((1, width), pad_id, dtype=torch.long)
+    row[0, :min(width, tokens.shape[1])] = tokens[0, :width]
+    return row
 
 
 def _sample(task: Task, text: str, ids: torch.Tensor, distance: float, best: int,
-            per_position: torch.Tensor, multiplicity: int, epsilon: float) -> Sample:
+            per_position: torch.Tensor, multiplicity: int, epsilon: float,
+            found_by: str = "decoder") -> Sample:
     validity = task.validate(text)
     tokens = task.token_strings(ids)
     return Sample(
@@ -273,7 +363,8 @@ def _sample(task: Task, text: str, ids: torch.Tensor, distance: float, best: int
         best_position_label=_label(task, text, best), in_epsilon=distance <= epsilon,
         valid=validity.well_formed and validity.in_distribution, correct=validity.correct,
         reason=validity.reason, attributes=task.attributes(text), multiplicity=multiplicity,
-        position_distances=_finite_or_none(per_position[:len(tokens)].tolist()))
+        position_distances=_finite_or_none(per_position[:len(tokens)].tolist()),
+        found_by=found_by)
 
 
 def _label(task: Task, text: str, index: int) -> str:

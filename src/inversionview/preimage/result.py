@@ -34,6 +34,10 @@ class Sample:
     position_distances: list[float | None]
     delta_p: list[float | None] | None = None  # computed for the shown samples
     log_probability: float | None = None  # decoder log P(input | z_q), shown samples
+    # "decoder" (drawn by the decoder), "search N" (an edit scored in round N of the local
+    # search; multiplicity 0) or "query" (the query itself, where the decoder did not draw it
+    # and the search started from it)
+    found_by: str = "decoder"
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
@@ -71,6 +75,78 @@ class QueryStats:
     seconds_sampling: float
     seconds_scoring: float
     seconds_colouring: float
+    seconds_search: float = 0.0
+
+
+@dataclass
+class Completeness:
+    """How much of the ε-preimage a query has seen (issue 14). Members are inputs of the
+    task's space (what its sampler could draw) inside ε; for free text, any text."""
+
+    found: int  # distinct members found (decoder + search)
+    found_by_decoder: int
+    found_by_search: int  # the query itself (when not drawn) and the search's finds
+    # Importance-sampling estimate of the preimage's size from the decoder's noise-free draws
+    # (preimage/estimate.py), its standard error, and the draws it rests on
+    estimate: float | None
+    estimate_stderr: float | None
+    estimate_draws: int
+    estimated_size: float | None  # max(found, estimate): the preimage has at least ``found``
+    coverage: float | None  # found / estimated_size
+    search: dict[str, Any] | None = None  # evaluations, budget, rounds, stop, members_wanted
+
+    @classmethod
+    def of(cls, found_by_decoder: int, found_by_search: int, estimate, search=None) -> "Completeness":
+        found = found_by_decoder + found_by_search
+        size = None if estimate.size is None else max(float(found), estimate.size)
+        return cls(found=found, found_by_decoder=found_by_decoder, found_by_search=found_by_search,
+                   estimate=_rounded(estimate.size), estimate_stderr=_rounded(estimate.stderr),
+                   estimate_draws=estimate.draws, estimated_size=_rounded(size),
+                   coverage=None if not size else round(found / size, 6), search=search)
+
+    @property
+    def saturated(self) -> bool:
+        """The search stopped because no edit of a member found a new one."""
+        return bool(self.search) and self.search.get("stop") == "saturated"
+
+    def describe(self) -> str:
+        """One line for people: found, the estimate, how the search ended."""
+        parts = [f"{self.found:,} distinct inputs found in ε"]
+        if self.search is not None:
+            parts[0] += f" ({self.found_by_decoder:,} drawn by the decoder, {self.found_by_search:,} by the search)"
+        if self.estimate is not None:
+            parts.append(f"estimated preimage {_approximate(self.estimated_size)} "
+                         f"(± {_approximate(self.estimate_stderr)}), coverage {_percent(self.coverage)}")
+        if self.search is not None:
+            stop = {"saturated": "no edit of a member found a new one",
+                    "members": "enough members found", "evaluations": "search budget spent",
+                    "no-closer": "nothing inside ε and no edit got closer",
+                    }.get(self.search["stop"], self.search["stop"])
+            parts.append(f"search: {self.search['evaluations']:,} inputs scored in "
+                         f"{self.search['rounds']} rounds, stopped: {stop}")
+        return "; ".join(parts)
+
+
+def _rounded(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.6g}")
+
+
+def _approximate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1e6:
+        return f"{value:,.0f}"
+    return f"{value:.2g}"
+
+
+def _percent(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 0.001:
+        return f"{value:.1%}"
+    return f"{value:.1e}"
 
 
 @dataclass
@@ -99,11 +175,14 @@ class PreimageResult:
     all_samples: bool = False
     # The readout checked by patching (verify/readout.py), when asked for (query --verify).
     verification: dict[str, Any] | None = None
+    completeness: Completeness | None = None
 
     def to_record(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in fields(self)}
         record["query"] = asdict(self.query)
         record["stats"] = asdict(self.stats)
+        record["completeness"] = None if self.completeness is None else {
+            **asdict(self.completeness), "description": self.completeness.describe()}
         record["samples"] = [sample.to_dict() for sample in self.samples]
         return record
 
@@ -112,6 +191,9 @@ class PreimageResult:
         values = dict(record)
         values["query"] = QueryInput(**record["query"])
         values["stats"] = QueryStats(**record["stats"])
+        if record.get("completeness") is not None:
+            values["completeness"] = Completeness(**{
+                k: v for k, v in record["completeness"].items() if k != "description"})
         values["samples"] = [Sample.from_dict(s) for s in record["samples"]]
         return cls(**values)
 

@@ -54,28 +54,42 @@ def make_schedule(candidates: int = 1024,
     return tuple(rounds)
 
 
+@dataclass
+class Draws:
+    """A schedule's candidates and how they were drawn."""
+
+    tokens: torch.Tensor  # [n, n_ctx] on the CPU, BOS ... EOS then PAD
+    round_index: torch.Tensor  # [n] the schedule round of each
+    temperature: torch.Tensor  # [n]
+    noise: torch.Tensor  # [n]
+    # [n, len(scored_temperatures)] log-probability of each candidate under the decoder at
+    # each of the schedule's noise-free temperatures (given the query activation)
+    log_probs: torch.Tensor
+    scored_temperatures: tuple[float, ...]
+
+
 @torch.no_grad()
 def sample_candidates(decoder: Decoder, query_activation: torch.Tensor, site_id: int,
                       schedule: tuple[SamplingRound, ...], vocab: Vocabulary,
                       generator: torch.Generator,
-                      on_step: Callable[[int, int], None] | None = None,
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      on_step: Callable[[int, int], None] | None = None) -> Draws:
     """Draw every round's candidates for ``query_activation`` ``[d]`` of site ``site_id``.
 
-    Returns (tokens ``[n, n_ctx]`` on the CPU, BOS ... EOS then PAD; round index ``[n]``).
     ``generator`` must live on the decoder's device; the same seed gives the same tokens.
     ``on_step`` is passed to ``Decoder.sample`` (progress over positions).
     """
     device = next(decoder.parameters()).device
     query = query_activation.to(device, torch.float32)
     round_index = torch.cat([torch.full((r.candidates,), i) for i, r in enumerate(schedule)])
-    temperature = torch.tensor([schedule[i].temperature for i in round_index.tolist()], device=device)
-    noise = torch.tensor([schedule[i].noise for i in round_index.tolist()], device=device)
+    temperature = torch.tensor([schedule[i].temperature for i in round_index.tolist()])
+    noise = torch.tensor([schedule[i].noise for i in round_index.tolist()])
     n = round_index.numel()
-    scale = query.std() * noise  # [n]
+    scale = query.std() * noise.to(device)  # [n]
     draws = torch.randn(n, query.numel(), generator=generator, device=device)
     activation = query.expand(n, -1) + draws * scale[:, None]
     site_ids = torch.full((n,), site_id, dtype=torch.long, device=device)
-    tokens = decoder.sample(activation, site_ids, vocab.bos_id, vocab.eos_id, vocab.pad_id,
-                            temperature, generator, on_step=on_step)
-    return tokens.cpu(), round_index
+    scored = tuple(sorted({r.temperature for r in schedule if r.noise == 0}))
+    tokens, log_probs = decoder.sample(activation, site_ids, vocab.bos_id, vocab.eos_id,
+                                       vocab.pad_id, temperature.to(device), generator,
+                                       on_step=on_step, log_probs_at=scored)
+    return Draws(tokens.cpu(), round_index, temperature, noise, log_probs.cpu(), scored)

@@ -76,6 +76,25 @@ class AdditionTask(Task):
         b = operands.repeat(N_OPERANDS)
         return self.tokens_of(a, b)
 
+    def complete(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows whose operand slots hold two operands in 100..999 get their sum written anew
+        (3 or 4 digits, then E); any other row is not an input (ok False)."""
+        n, width = tokens.shape
+        ok = torch.zeros(n, dtype=torch.bool)
+        if width < 9:
+            return tokens, ok
+        digits = tokens[:, [1, 2, 3, 5, 6, 7]]
+        ok = ((tokens[:, 0] == self.vocab.bos_id) & (tokens[:, 4] == self.vocab.id_of("+"))
+              & (tokens[:, 8] == self.vocab.id_of("=")) & (digits <= 9).all(dim=1)
+              & (digits[:, 0] > 0) & (digits[:, 3] > 0))
+        powers = torch.tensor([100, 10, 1])
+        a = (digits[:, :3].clamp(max=9) * powers).sum(dim=1).clamp(OPERAND_MIN, OPERAND_MAX)
+        b = (digits[:, 3:].clamp(max=9) * powers).sum(dim=1).clamp(OPERAND_MIN, OPERAND_MAX)
+        written = torch.full((n, max(width, self.n_ctx)), self.vocab.pad_id, dtype=torch.long)
+        written[:, :self.n_ctx] = self.tokens_of(a, b)
+        ok &= (written[:, width:] == self.vocab.pad_id).all(dim=1)  # the sum fits the width
+        return torch.where(ok[:, None], written[:, :width], tokens), ok
+
     # ----- positions ------------------------------------------------------------------
 
     def named_positions(self, text: str) -> dict[str, int]:

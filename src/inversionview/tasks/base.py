@@ -193,6 +193,17 @@ class Task(ABC):
         """Every input of the task distribution, ``[N, n_ctx]``, for tasks small enough."""
         raise TaskInputError(f"the {self.name} task's input space is too large to enumerate")
 
+    def complete(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Make edited inputs ``[n, width]`` proper inputs of the task where they can be.
+
+        Returns (tokens, ok ``[n]``): each row with its derived part rewritten from the rest
+        (the answer of a toy task is a function of its question), and whether the row is then
+        an input the task's sampler could draw. The local search of a query (preimage/search.py)
+        edits a question and lets the task write the answer. Default: free text, every row as it
+        is (a row must still end in EOS then PAD, which the search keeps).
+        """
+        return tokens, torch.ones(tokens.shape[0], dtype=torch.bool)
+
     def lengths(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[batch]`` number of non-PAD tokens of each row."""
         return (tokens != self.vocab.pad_id).sum(dim=1)

@@ -88,6 +88,31 @@ class CountingTask(Task):
         tokens.scatter_(1, tail_positions, tail)
         return tokens
 
+    def complete(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``B`` + context + ``|`` + query letter whose context is three distinct letters,
+        each 1..9 times, with the query letter among them, get ``:`` + its count + ``E``
+        written anew; any other row is not an input (ok False)."""
+        n, width = tokens.shape
+        positions = torch.arange(width).expand(n, -1)
+        is_bar = tokens == self._bar
+        bar = torch.where(is_bar.any(dim=1), is_bar.float().argmax(dim=1), torch.full((n,), width))
+        context = (positions >= 1) & (positions < bar[:, None])
+        is_letter = tokens < len(LETTERS)
+        counts = torch.zeros(n, len(LETTERS), dtype=torch.long)
+        counts.scatter_add_(1, tokens.clamp(max=len(LETTERS) - 1), (context & is_letter).long())
+        query = tokens.gather(1, (bar + 1).clamp(max=width - 1)[:, None]).squeeze(1)
+        query_count = counts.gather(1, query.clamp(max=len(LETTERS) - 1)[:, None]).squeeze(1)
+        ok = ((tokens[:, 0] == self.vocab.bos_id) & (bar + 4 < width)
+              & (~context | is_letter).all(dim=1) & ((counts > 0).sum(dim=1) == N_LETTERS)
+              & (counts.max(dim=1).values <= MAX_COUNT) & (query < len(LETTERS)) & (query_count > 0))
+        written = torch.where(positions <= (bar + 1)[:, None], tokens,
+                              torch.full_like(tokens, self.vocab.pad_id))
+        tail = torch.stack([torch.full((n,), self._colon), self._first_digit + query_count - 1,
+                            torch.full((n,), self.vocab.eos_id)], dim=1)
+        at = (bar[:, None] + 2 + torch.arange(3)).clamp(max=width - 1)
+        written.scatter_(1, at, tail)
+        return torch.where(ok[:, None], written, tokens), ok
+
     # ----- positions ------------------------------------------------------------------
 
     def named_positions(self, text: str) -> dict[str, int]:

@@ -62,6 +62,8 @@ def render_fragment(result: PreimageResult) -> str:
         f"{stats.in_epsilon} in ε ({stats.in_epsilon_rate:.1%}), {stats.in_epsilon_distinct} "
         f"distinct in ε, {stats.valid_rate:.0%} valid; {stats.seconds:.2f} s. Showing "
         f"{stats.shown} ({stats.shown_in_epsilon} in ε).</p>",
+        *([f"<p class='meta completeness'>Completeness: "
+           f"{html.escape(result.completeness.describe())}.</p>"] if result.completeness else []),
         "<p class='legend'>token colour = ΔP: <span style='background:rgb(64,64,255)'>raised"
         "</span><span style='background:rgb(255,64,64)'>lowered</span> by the query activation "
         "(against z<sub>BOS</sub>)</p>",

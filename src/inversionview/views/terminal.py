@@ -77,6 +77,7 @@ def render_result(result: PreimageResult) -> str:
         f"{stats.candidates} candidates, {stats.distinct} distinct, {stats.in_epsilon} in ε "
         f"({stats.in_epsilon_rate:.1%}), {stats.in_epsilon_distinct} distinct in ε, "
         f"{stats.valid_rate:.0%} valid; {stats.seconds:.2f} s",
+        *([f"completeness: {result.completeness.describe()}"] if result.completeness else []),
         "",
     ]
     widths = [max(len(name), 5) for name in attributes]
@@ -125,6 +126,7 @@ def _sample_row(sample: Sample, attributes: list[str], widths: list[int], width:
         cells.append(f"\x1b[1m{text}{RESET}" if same else text)
     flag = "" if sample.valid else f"  invalid: {sample.reason}"
     count = f"  {sample.multiplicity}" if sample.multiplicity > 1 else ""
+    count += "  (search)" if sample.found_by != "decoder" else ""
     return (f"{_bar(sample.distance, scale)} {distance:>6} "
             f"{_coloured_tokens(sample.tokens, sample.delta_p, width)} "
             f"{'(' + sample.best_position_label + ')':<8} " + " ".join(cells) + count + flag)

@@ -13,7 +13,7 @@ from pydantic import (BaseModel, ConfigDict, Field, create_model, field_validato
                       model_validator)
 from pydantic_core import PydanticCustomError
 
-from inversionview.options import (EPSILON, GRID_CANDIDATES, LAYERS, NOISE, SEED,
+from inversionview.options import (DEFAULT_SEARCH, SERVER_SEARCH_EVALUATIONS, EPSILON, GRID_CANDIDATES, LAYERS, NOISE, SEED,
                                    SERVER_CANDIDATES, SHOWN, TEMPERATURE, Range)
 
 MAX_INPUT_CHARACTERS = 512  # the task's own n_ctx check gives the exact limit below this
@@ -72,6 +72,9 @@ class QueryRequest(_Request):
                                  "candidate instead of the minimum over positions.")
     shown: int = Field(100, **SHOWN.bounds, description="Samples shown.")
     all: bool = Field(False, description="Show every distinct candidate (at most `candidates`).")
+    search: int = Field(DEFAULT_SEARCH, **SERVER_SEARCH_EVALUATIONS.bounds,
+                        description="Inputs the local search may score beyond the decoder's "
+                                    "candidates (0: decoder-only sampling, as in the paper).")
 
 
 class GridRequest(_Request):
@@ -172,6 +175,7 @@ class SampleRecord(BaseModel):
     position_distances: list[float | None]
     delta_p: list[float | None] | None
     log_probability: float | None
+    found_by: str = "decoder"
 
 
 class QueryInputRecord(BaseModel):
@@ -195,6 +199,24 @@ class QueryStatsRecord(BaseModel):
     seconds_sampling: float
     seconds_scoring: float
     seconds_colouring: float
+    seconds_search: float = 0.0
+
+
+class CompletenessRecord(BaseModel):
+    """How much of the ε-preimage the query has seen (``PreimageResult.completeness``)."""
+
+    found: int = Field(description="Distinct inputs of the task's space found inside ε.")
+    found_by_decoder: int
+    found_by_search: int
+    estimate: float | None = Field(description="Importance-sampling estimate of the preimage's "
+                                               "size from the decoder's noise-free draws.")
+    estimate_stderr: float | None
+    estimate_draws: int
+    estimated_size: float | None = Field(description="max(found, estimate).")
+    coverage: float | None = Field(description="found / estimated_size.")
+    search: dict[str, Any] | None = Field(description="The local search: evaluations, budget, "
+                                                      "rounds, stop, members_wanted.")
+    description: str = Field(description="One line for people.")
 
 
 class AgreementRow(BaseModel):
@@ -243,6 +265,7 @@ class QueryResult(BaseModel):
         None, description="For a head site: the head's attention weights from the query "
                           "position over the query's tokens (web UI only).")
     verification: "VerifyResult | None" = Field(None, description="Set by `query --verify`.")
+    completeness: CompletenessRecord | None = None
 
 
 class GridRow(BaseModel):

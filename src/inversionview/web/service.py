@@ -293,7 +293,7 @@ class QueryService:
         position = request.position if request.position is not None else default_position
         config = query_config(request.candidates, request.epsilon, request.metric,
                               request.fixed_position, request.temperature, request.noise,
-                              request.all, request.shown)
+                              request.all, request.shown, request.search)
         result = run_query(loaded.probed, loaded.decoder, text, site, position, config,
                            seed=request.seed, decoder_name=loaded.decoder_name, progress=report)
         record = result.to_record()
@@ -318,7 +318,8 @@ class QueryService:
         task = loaded.probed.task
         text = request.input if request.input is not None else task.example
         position = request.position if request.position is not None else task.default_query[1]
-        config = query_config(request.candidates, request.epsilon, request.metric, shown=1)
+        # An overview: the decoder's draws only (a search per site would cost a query each).
+        config = query_config(request.candidates, request.epsilon, request.metric, shown=1, search=0)
         sites = [site.short for site in loaded.probed.sites]
         rows, result = [], None
         for index, site in enumerate(sites):

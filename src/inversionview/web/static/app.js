@@ -287,7 +287,8 @@ function renderQuery(container, record, options = {}) {
       el("td", {}, `(${sample.best_position_label})`),
       attributes.map((a) => el("td", { class: same(sample.attributes[a], query.attributes[a]) ? "same" : null },
                                formatValue(sample.attributes[a]))),
-      el("td", {}, sample.multiplicity > 1 ? sample.multiplicity : "")));
+      el("td", { title: sample.found_by === "decoder" ? null : `found by the local search (${sample.found_by})` },
+         sample.found_by && sample.found_by !== "decoder" ? "search" : (sample.multiplicity > 1 ? sample.multiplicity : ""))));
   }
   const meta = [
     el("p", { class: "meta" }, `${record.model} · decoder ${record.decoder} · site ${record.site} (${record.hook}) · `
@@ -298,7 +299,11 @@ function renderQuery(container, record, options = {}) {
        + `(${(100 * stats.in_epsilon_rate).toFixed(1)} %), ${stats.in_epsilon_distinct} distinct in ε, `
        + `${Math.round(100 * stats.valid_rate)} % valid; ${stats.seconds.toFixed(2)} s. `
        + `Showing ${stats.shown} (${stats.shown_in_epsilon} in ε).`),
-  ];
+    record.completeness
+      ? el("p", { class: "meta", id: options.compact ? null : "completeness" },
+           `Completeness: ${record.completeness.description}.`)
+      : null,
+  ].filter(Boolean);
   const samples = el("table", { class: "samples" }, rows);
   const agreement = record.attribute_agreement.length
     ? [el("h3", {}, "Attribute agreement with the query"), agreementTable(record)] : [];
