@@ -91,6 +91,7 @@ def run_modes(model, decoder, text: str, site: str, position: str, seed: int, mo
         every = run_query(model, decoder, text, site, position,
                           QueryConfig(**{**config.__dict__, "all_samples": True}), seed=seed)
         out[mode] = (timed, every)
+        assert timed.completeness == every.completeness  # the same query, only shown differently
     return out
 
 
@@ -170,7 +171,16 @@ def bench_enumerable(model, decoder, args, modes: dict) -> tuple[list[dict], dic
     candidates = [next(stream) for _ in range(args.candidates)]
     sizes, member_masks = [None] * len(candidates), {}
     started = time.perf_counter()
-    for site in sorted({c[1] for c in candidates}):
+    cache = None
+    if args.exact_cache is not None:  # the exact preimages of this stream, computed once
+        cache = args.exact_cache / f"{Path(args.model).name}-seed{args.seed}-{args.candidates}.safetensors"
+        if cache.exists():
+            from safetensors.torch import load_file
+
+            masks = load_file(str(cache))["members"].bool()
+            sizes = masks.sum(dim=1).tolist()
+            member_masks = dict(enumerate(masks))
+    for site in sorted({c[1] for c in candidates}) if not member_masks else []:
         activations = site_activations(model, model.site(site), universe)
         for number, (text, s, position) in enumerate(candidates):
             if s != site:
@@ -182,6 +192,12 @@ def bench_enumerable(model, decoder, args, modes: dict) -> tuple[list[dict], dic
             member_masks[number] = inside
         del activations
         print(f"  exact preimages at {site}: done ({time.perf_counter() - started:.0f} s)", flush=True)
+    if cache is not None and not cache.exists():
+        from safetensors.torch import save_file
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"members": torch.stack([member_masks[i] for i in range(len(candidates))]).to(torch.uint8)},
+                  str(cache))
     chosen, per_stratum = [], Counter()
     for number, size in enumerate(sizes):
         stratum = stratum_of(size)
@@ -299,11 +315,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default=None, help="results file suffix (default: the model's name)")
+    parser.add_argument("--exact-cache", type=Path, default=None,
+                        help="a directory to keep the exact preimages of the triple stream in")
+    parser.add_argument("--settings", default=None,
+                        help='search settings to try, JSON (e.g. {"per_position": 8})')
+    parser.add_argument("--decoder-only", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the decoder-only reference row")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_probed(args.model, args.task)
     decoder, _ = load_decoder(find_decoder(model), model)
-    modes = {"decoder_only": QueryConfig(search=0), "default": QueryConfig()}
+    modes = {"decoder_only": QueryConfig(search=0)} if args.decoder_only else {}
+    modes["default"] = QueryConfig()
+    if args.settings:
+        from inversionview.preimage.search import SearchConfig
+
+        modes["default"] = QueryConfig(search_settings=SearchConfig(**json.loads(args.settings)))
     name = args.name or (Path(args.model).name if "/" in args.model else f"bundled-{args.model}")
     if model.task.name == "addition":
         rows, selection = bench_enumerable(model, decoder, args, modes)
@@ -315,7 +342,9 @@ def main() -> None:
               "epsilon": EPSILON, "budget": BUDGET, "threads": torch.get_num_threads(),
               "machine": provenance.machine(), "commit": provenance.commit(),
               "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "modes": {mode: {"search": config.search} for mode, config in modes.items()},
+              "modes": {mode: {"search": config.search, "settings": (config.search_settings.__dict__
+                                                                      if config.search_settings else "default")}
+                        for mode, config in modes.items()},
               "selection": selection, "summary": summary, "triples": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"completeness-{name}.json"

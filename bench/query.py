@@ -5,10 +5,12 @@
 1. Time to a full query (the paper's 1,024 candidates, scoring, ΔP colouring of the ~100
    shown samples) on the task's default query: median of --repeats runs after one warm-up.
 2. For --queries queries whose preimage is rare (fewer than 1 in 2,000 inputs of the task
-   distribution lie in ε, measured on a seeded pool of 20,000), the sampler's distinct in-ε
-   inputs against brute force given the same wall time: draw inputs from the task
-   distribution in batches, score them at the site (min over positions, ε 0.1) and count
-   the distinct ones in ε. Reports both counts and their ratio per query.
+   distribution lie in ε, measured on a seeded pool of 20,000), the query's distinct in-ε
+   inputs of the task's space against brute force given the same wall time: draw inputs from
+   the task distribution in batches, score them at the site (min over positions, ε 0.1) and
+   count the distinct ones in ε. Twice per query: the paper's decoder-only sampling
+   (--search 0) and the default query (with the local search), each against brute force
+   given its own wall time. Reports the counts and their ratios per query and in total.
 
 Writes bench/results/query-<model>.json with the machine, the commit and the command.
 """
@@ -117,36 +119,40 @@ def main() -> None:
     comparisons = []
     for number, (text, site, position, fraction) in enumerate(rare_queries(model, args.queries, args.seed)):
         decoder_site_id(model, decoder, model.site(site))
-        result = run_query(model, decoder, text, site, position, QueryConfig(), seed=args.seed + number)
-        seconds = result.stats.seconds
-        brute = brute_force(model, text, site, position, seconds, seed=args.seed + number)
-        ratio = (result.stats.in_epsilon_distinct / brute["distinct_in_epsilon"]
-                 if brute["distinct_in_epsilon"] else None)
-        comparisons.append({
-            "input": text, "site": site, "position": position, "pool_in_epsilon_fraction": fraction,
-            "seconds": seconds, "sampler_distinct_in_epsilon": result.stats.in_epsilon_distinct,
-            "brute_force_drawn": brute["drawn"],
-            "brute_force_distinct_in_epsilon": brute["distinct_in_epsilon"], "ratio": ratio})
-        print(f"  {text} {site} at {position!r} (pool rate {fraction:.5f}): sampler "
-              f"{result.stats.in_epsilon_distinct} distinct in eps in {seconds:.2f} s; brute force "
-              f"{brute['distinct_in_epsilon']} from {brute['drawn']} draws"
-              + (f"; ratio {ratio:.1f}" if ratio is not None else ""))
-    sampler_total = sum(c["sampler_distinct_in_epsilon"] for c in comparisons)
-    brute_total = sum(c["brute_force_distinct_in_epsilon"] for c in comparisons)
+        row = {"input": text, "site": site, "position": position, "pool_in_epsilon_fraction": fraction}
+        for mode, config in (("decoder_only", QueryConfig(search=0)), ("default", QueryConfig())):
+            result = run_query(model, decoder, text, site, position, config, seed=args.seed + number)
+            seconds = result.stats.seconds
+            # distinct inputs of the task's space inside ε (as brute force counts them)
+            found = result.completeness.found
+            brute = brute_force(model, text, site, position, seconds, seed=args.seed + number)
+            row[mode] = {"seconds": seconds, "sampler_distinct_in_epsilon": found,
+                         "brute_force_drawn": brute["drawn"],
+                         "brute_force_distinct_in_epsilon": brute["distinct_in_epsilon"],
+                         "ratio": found / brute["distinct_in_epsilon"] if brute["distinct_in_epsilon"] else None}
+            print(f"  {text} {site} at {position!r} (pool rate {fraction:.5f}), {mode}: sampler "
+                  f"{found} distinct in eps in {seconds:.2f} s; brute force "
+                  f"{brute['distinct_in_epsilon']} from {brute['drawn']} draws", flush=True)
+        comparisons.append(row)
+    totals = {mode: {"sampler": sum(c[mode]["sampler_distinct_in_epsilon"] for c in comparisons),
+                     "brute_force": sum(c[mode]["brute_force_distinct_in_epsilon"] for c in comparisons)}
+              for mode in ("decoder_only", "default")}
+    for total in totals.values():
+        total["ratio_of_totals"] = total["sampler"] / total["brute_force"] if total["brute_force"] else None
+    sampler_total, brute_total = totals["default"]["sampler"], totals["default"]["brute_force"]
     record = {
         "benchmark": "query", "model": args.model, "task": model.task.name, "decoder": str(directory),
         "threads": torch.get_num_threads(), "machine": provenance.machine(),
         "commit": provenance.commit(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "full_query": full, "rare_queries": comparisons,
-        "sampler_distinct_in_epsilon_total": sampler_total,
-        "brute_force_distinct_in_epsilon_total": brute_total,
-        "ratio_of_totals": sampler_total / brute_total if brute_total else None,
+        "totals": totals,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"query-{name}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     ratio = "n/a (brute force found none)" if not brute_total else f"{sampler_total / brute_total:.1f}"
-    print(f"total distinct in eps: sampler {sampler_total}, brute force {brute_total}; ratio {ratio} -> {path}")
+    print(f"total distinct in eps (default query): sampler {sampler_total}, brute force {brute_total}; "
+          f"ratio {ratio}; decoder only: {totals['decoder_only']} -> {path}")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,10 @@ def saved(request, tmp_path_factory):
 
 SAMPLE_KEYS = {"text", "tokens", "distance", "best_position", "best_position_label", "in_epsilon",
                "valid", "correct", "reason", "attributes", "multiplicity", "delta_p",
-               "position_distances", "log_probability"}
+               "position_distances", "log_probability", "found_by"}
 TOP_KEYS = {"site", "hook", "position", "position_label", "metric", "epsilon", "query", "stats",
             "samples", "attribute_agreement", "histogram", "schedule", "seed", "model", "decoder",
-            "task", "fixed_position", "all_samples", "verification"}
+            "task", "fixed_position", "all_samples", "verification", "completeness"}
 
 
 def test_query_json_schema(saved):
@@ -40,6 +40,10 @@ def test_query_json_schema(saved):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert set(record) == TOP_KEYS
+    completeness = record["completeness"]  # how much of the preimage the query has seen
+    assert completeness["found"] == completeness["found_by_decoder"] + completeness["found_by_search"]
+    assert completeness["found"] >= record["stats"]["in_epsilon_distinct"] > 0 or completeness["found"] > 0
+    assert completeness["search"]["evaluations"] <= completeness["search"]["budget"]
     assert record["site"] == {"counting": "a1.0", "addition": "x0.mid"}[task]  # the task's default
     assert record["position_label"] == {"counting": ":", "addition": "="}[task]
     assert {"text", "tokens", "attributes", "valid", "reason"} <= set(record["query"])

@@ -2,6 +2,7 @@
 display selection, ΔP, the attribute agreement table and the exact preimage."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -201,7 +202,8 @@ def test_recall_and_precision_on_a_small_enumerated_case(addition, monkeypatch):
     found_inside = sorted(true_in)[:2]
     drawn = torch.cat([universe[found_inside + [found_inside[0], outside_in_space]],
                        task.encode_batch(["B1+1=2E"])])  # a repeat, one outside the space
-    monkeypatch.setattr(query_module, "sample_candidates", lambda *args, **kwargs: (drawn, None))
+    monkeypatch.setattr(query_module, "sample_candidates",
+                        lambda *args, **kwargs: SimpleNamespace(tokens=drawn))
     report = exact.completeness(model, decoder, query_text, "x0.post", "=",
                                 QueryConfig(epsilon=epsilon), universe=universe)
     assert report.true_in_epsilon == 3 and report.found_in_epsilon == 2

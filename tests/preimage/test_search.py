@@ -224,3 +224,17 @@ def test_query_with_search_is_deterministic(addition):
     for record in (first, again):
         record["stats"] = {k: v for k, v in record["stats"].items() if not k.startswith("seconds")}
     assert first == again
+
+
+def test_shown_inside_takes_the_decoders_draws_first_then_the_searchs():
+    from inversionview.preimage.query import select_shown
+
+    distances = [0.01 * i for i in range(10)] + [0.5] * 50  # 10 inside, 50 outside
+    drawn = [i % 2 == 0 for i in range(10)] + [True] * 50  # 5 inside drawn, 5 found
+    shown = select_shown(distances, 0.1, 20, 0.7, drawn)
+    inside = [i for i in shown if distances[i] <= 0.1]
+    assert inside == list(range(10))  # 14 wanted: all 10
+    few = select_shown(distances, 0.1, 8, 0.75, drawn)
+    inside = [i for i in few if distances[i] <= 0.1]
+    assert len(inside) == 6 and {0, 2, 4, 6, 8} <= set(inside)  # the 5 draws, then 1 found
+    assert all(drawn[i] for i in few if distances[i] > 0.1)

@@ -14,7 +14,7 @@ from inversionview.web.schemas import QueryResult
 
 MAX_CANDIDATES, MAX_SHOWN = SERVER_CANDIDATES.high, SHOWN.high
 
-TIMING = ("seconds", "seconds_sampling", "seconds_scoring", "seconds_colouring")
+TIMING = ("seconds", "seconds_sampling", "seconds_scoring", "seconds_colouring", "seconds_search")
 
 
 def without_timing(record: dict) -> dict:

@@ -107,18 +107,27 @@ def _fixed_positions(task: Task, rows: torch.Tensor, position: str | int) -> tor
 
 
 def select_shown(distances: list[float], epsilon: float, shown: int,
-                 inside_fraction: float) -> list[int]:
+                 inside_fraction: float, drawn: list[bool] | None = None) -> list[int]:
     """Indices (into ``distances``, sorted ascending) of the samples to display: about
     ``shown`` of them with about ``inside_fraction`` inside ε, each side spread evenly over
-    its distance ranks, so the view spans the ball and what lies just beyond it."""
-    inside = [i for i, d in enumerate(distances) if d <= epsilon]
-    outside = [i for i, d in enumerate(distances) if d > epsilon and math.isfinite(d)]
-    n_inside = min(len(inside), round(shown * inside_fraction))
+    its distance ranks, so the view spans the ball and what lies just beyond it.
+
+    With ``drawn`` (True for the decoder's draws), the inside side takes the decoder's draws
+    first and fills up with the search's finds, and the outside side is the decoder's: the
+    search's members cluster around where it started, the draws do not."""
+    drawn = drawn or [True] * len(distances)
+    inside = [i for i, d in enumerate(distances) if d <= epsilon and drawn[i]]
+    found = [i for i, d in enumerate(distances) if d <= epsilon and not drawn[i]]
+    outside = [i for i, d in enumerate(distances) if d > epsilon and math.isfinite(d) and drawn[i]]
+    n_members = len(inside) + len(found)
+    n_inside = min(n_members, round(shown * inside_fraction))
     n_outside = min(len(outside), shown - n_inside)
     if n_inside > 0:  # keep about inside_fraction inside even when few are
         n_outside = min(n_outside, max(math.ceil(n_inside * (1 - inside_fraction) / inside_fraction), 10))
-    n_inside = min(len(inside), shown - n_outside)  # fill up from inside if outside ran out
-    return sorted(_spread(inside, n_inside) + _spread(outside, n_outside))
+    n_inside = min(n_members, shown - n_outside)  # fill up from inside if outside ran out
+    from_drawn = min(len(inside), n_inside)
+    return sorted(_spread(inside, from_drawn) + _spread(found, n_inside - from_drawn)
+                  + _spread(outside, n_outside))
 
 
 def _spread(indices: list[int], k: int) -> list[int]:
@@ -274,7 +283,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
                                         * min(done / budget, 1.0)))
         searched = time.perf_counter()
         report("scoring", _SAMPLING_SHARE)
-    pool = [(distinct[i], distance[i].item(), int(best[i]), per_position[i], int(multiplicity[i]),
+    pool = [(full[i], distance[i].item(), int(best[i]), per_position[i], int(multiplicity[i]),
              "decoder") for i in range(len(distinct))]
     search_found = 0
     if query_scored is not None and in_task_space(task, query_row)[0] and query_scored[0][0] <= config.epsilon:
@@ -286,7 +295,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
             pool.append((outcome.tokens[i], outcome.distance[i].item(), int(outcome.best_position[i]),
                          outcome.per_position[i], 0, f"search {int(outcome.round[i])}"))
             search_found += 1
-    texts = task.decode_batch(torch.stack([row[0][: full.shape[1]] for row in pool]))
+    texts = task.decode_batch(torch.stack([row[0] for row in pool]))
     order = sorted(range(len(pool)), key=lambda i: (pool[i][1], texts[i]))
     samples = [_sample(task, texts[i], *pool[i][:-1], config.epsilon, found_by=pool[i][-1])
                for i in order]
@@ -298,10 +307,12 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
         shown_indices = [i for i, s in enumerate(samples) if math.isfinite(s.distance)]
     else:
         shown_indices = select_shown([s.distance for s in samples], config.epsilon, config.shown,
-                                     config.shown_inside_fraction)
+                                     config.shown_inside_fraction,
+                                     [s.found_by == "decoder" for s in samples])
     shown = [samples[i] for i in shown_indices]
     if shown:
-        shown_tokens = torch.stack([pool[order[i]][0][: full.shape[1]] for i in shown_indices])
+        shown_tokens = torch.stack([pool[order[i]][0] for i in shown_indices])
+        shown_tokens = shown_tokens[:, : int(task.lengths(shown_tokens).max())]
         changes, with_query = delta_p(decoder, shown_tokens, query_activation, bos_activation,
                                       site_id, vocab.pad_id)
         log_probs = sequence_log_probability(with_query)
@@ -342,7 +353,10 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
                          reason=query_validity.reason),
         stats=stats,
         histogram=distance_histogram(distance, multiplicity, config.epsilon),
-        attribute_agreement=attribute_agreement(task.attribute_names, query_attributes, samples),
+        # Over the decoder's draws, as the paper: the search's finds are neighbours of where it
+        # started and would overstate what inputs inside ε share.
+        attribute_agreement=attribute_agreement(task.attribute_names, query_attributes,
+                                                [s for s in samples if s.found_by == "decoder"]),
         samples=shown, all_samples=config.all_samples, completeness=completeness)
 
 

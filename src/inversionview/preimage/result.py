@@ -153,7 +153,8 @@ def _percent(value: float | None) -> str:
 class PreimageResult:
     """Everything one query produced. ``samples`` holds the shown samples (the display
     selection, or every distinct candidate with ``all_samples``), sorted by distance;
-    ``histogram`` and ``attribute_agreement`` are over every distinct candidate."""
+    ``histogram`` and ``attribute_agreement`` are over the decoder's draws (as the paper);
+    ``completeness`` counts the search's finds too."""
 
     model: str
     task: str

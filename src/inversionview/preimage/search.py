@@ -39,10 +39,10 @@ from inversionview.errors import OptionError
 @dataclass
 class SearchConfig:
     evaluations: int = 16384  # inputs scored on the probed model at most
-    per_position: int = 4  # the decoder's likeliest tokens proposed at each position
+    per_position: int = 8  # the decoder's likeliest tokens proposed at each position
     frontier: int = 64  # inputs expanded per round
     round_size: int = 2048  # edits scored per round at most (likeliest first)
-    margin: float = 1.5  # expand inputs up to margin x ε too (bridges between members)
+    margin: float = 2.0  # expand inputs up to margin x ε too (bridges between members)
     beam: int = 16  # inputs expanded per round while no member is known
     patience: int = 2  # climbing rounds without getting closer before giving up
 

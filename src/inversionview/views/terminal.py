@@ -99,7 +99,7 @@ def render_result(result: PreimageResult) -> str:
     lines.append(f"showing {stats.shown} of {stats.distinct} distinct "
                  f"({stats.shown_in_epsilon} in ε); colours: ΔP (blue up, red down)")
     if result.attribute_agreement:
-        lines += ["", "attribute agreement with the query (distinct well-formed samples):",
+        lines += ["", "attribute agreement with the query (the decoder's distinct well-formed samples):",
                   f"{'attribute':<14} {'query':>10} {'inside':>7} {'outside':>8} {'contrast':>9}"]
     for row in result.attribute_agreement:
         contrast = "      -" if row["contrast"] is None else f"{row['contrast']:+9.2f}"
