@@ -23,7 +23,6 @@ import torch
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 from inversionview.errors import UserError
-from inversionview.options import DEFAULT_SEARCH
 
 if TYPE_CHECKING:
     import pandas
@@ -99,11 +98,12 @@ class InversionView:
               epsilon: float = 0.1, metric: str = "euclidean", fixed_position: bool = False,
               temperature: float | None = None, noise: float | None = None, shown: int = 100,
               all_samples: bool = False, seed: int = 0, verify: bool = False,
-              search: int = DEFAULT_SEARCH) -> PreimageResult:
+              search: int | None = None) -> PreimageResult:
         """Sample, score and colour the ε-preimage of ``site`` at ``position`` of ``text``
         (the task's default query for what is left out); ``verify`` also patches the query's
         activation with samples' (see ``verify``); ``search`` is the local search's budget
-        (inputs scored beyond the decoder's candidates; 0: the paper's decoder-only sampling).
+        (inputs scored beyond the decoder's candidates; 0: the paper's decoder-only sampling;
+        None: the task's default, 16,384 on the toy tasks and 0 on free text).
         The same seed gives the same result."""
         from inversionview import options
         from inversionview.preimage.query import query_config, run_query

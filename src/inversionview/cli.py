@@ -57,10 +57,11 @@ DecoderOpt = Annotated[Optional[Path], typer.Option("--decoder", help="Decoder d
 CandidatesOpt = Annotated[int, typer.Option("--candidates", help="Candidates to draw, in rounds of "
                                             f"64 ({options.CANDIDATES.describe()}).",
                                             callback=options.CANDIDATES.callback)]
-SearchOpt = Annotated[int, typer.Option(
+SearchOpt = Annotated[Optional[int], typer.Option(
     "--search", help="Inputs the local search around the decoder's candidates may score, to find "
     "the members of the preimage the decoder missed (0: the paper's decoder-only sampling; "
-    f"{options.SEARCH_EVALUATIONS.describe()}).", callback=options.SEARCH_EVALUATIONS.callback)]
+    f"{options.SEARCH_EVALUATIONS.describe()}; default: 16,384 on the toy tasks, 0 on free text).",
+    callback=options.SEARCH_EVALUATIONS.callback)]
 EpsilonOpt = Annotated[float, typer.Option("--epsilon", help="Radius of the preimage.",
                                            callback=options.EPSILON.callback)]
 
@@ -442,7 +443,7 @@ def query(
     temperature: TemperatureOpt = None, noise: NoiseOpt = None, seed: SeedOpt = 0,
     epsilon: EpsilonOpt = 0.1, metric: MetricOpt = Metric.euclidean, fixed_position: FixedOpt = False,
     all_samples: Annotated[bool, _flag("--all", "Show every distinct candidate.")] = False,
-    search: SearchOpt = options.DEFAULT_SEARCH,
+    search: SearchOpt = None,
     html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write the view as one "
                                                       "self-contained HTML page.")] = None,
     force: ForceOpt = False,

@@ -53,7 +53,7 @@ class QueryConfig:
     all_samples: bool = False  # show every distinct candidate
     # Inputs the local search around the decoder's candidates may score (0: the paper's
     # decoder-only sampling); it stops sooner when ``candidates`` members are found.
-    search: int = DEFAULT_SEARCH
+    search: int | None = None  # None: the task's default (Task.default_search)
     search_settings: SearchConfig | None = None  # the search's other settings (its defaults)
 
     def __post_init__(self) -> None:
@@ -62,7 +62,8 @@ class QueryConfig:
         self.candidates = options.CANDIDATES.check(self.candidates)
         self.epsilon = options.EPSILON.check(self.epsilon)
         self.shown = options.SHOWN.check(self.shown)
-        self.search = options.SEARCH_EVALUATIONS.check(self.search)
+        if self.search is not None:
+            self.search = options.SEARCH_EVALUATIONS.check(self.search)
 
     @property
     def schedule(self) -> tuple[SamplingRound, ...]:
@@ -72,7 +73,7 @@ class QueryConfig:
 def query_config(candidates: int = 1024, epsilon: float = 0.1, metric: str = "euclidean",
                  fixed_position: bool = False, temperature: float | None = None,
                  noise: float | None = None, all_samples: bool = False, shown: int = 100,
-                 search: int = DEFAULT_SEARCH) -> QueryConfig:
+                 search: int | None = None) -> QueryConfig:
     """A QueryConfig from the query command's options: one ``temperature`` and/or ``noise``
     replaces the paper's schedule by that single setting (T 1 and noise 0 where unsaid)."""
     settings = PAPER_SETTINGS
@@ -232,6 +233,8 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
     ``text``. Bad input (characters, site, position) raises TaskInputError or SiteError.
     ``progress`` is told how far the query is (see ``Progress``)."""
     config = config or QueryConfig()
+    if config.search is None:
+        config = replace(config, search=model.task.default_search)
     seed = options.SEED.check(seed)
     report = progress or (lambda stage, fraction: None)
     started = time.perf_counter()

@@ -193,6 +193,10 @@ class Task(ABC):
         """Every input of the task distribution, ``[N, n_ctx]``, for tasks small enough."""
         raise TaskInputError(f"the {self.name} task's input space is too large to enumerate")
 
+    #: The local search's budget when a query does not say (``query --search``): inputs scored
+    #: beyond the decoder's candidates; 0 keeps the paper's decoder-only sampling.
+    default_search: int = 16_384
+
     def complete(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Make edited inputs ``[n, width]`` proper inputs of the task where they can be.
 

@@ -33,6 +33,9 @@ class TextTask(Task):
     position_names = ("last",)
     attribute_names = ()
     sites = None  # derived from the probed model's shape (ProbedModel.sites)
+    # The search is not yet measured on language models (scoring is far dearer than on the
+    # toy tasks): decoder-only unless a query asks for it (--search N).
+    default_search = 0
     example_text = "The quick brown fox jumps over the lazy dog"
 
     def __init__(self, tokenizer: HFTokenizer, context: int, source: CorpusSource | None = None,

@@ -13,7 +13,7 @@ from pydantic import (BaseModel, ConfigDict, Field, create_model, field_validato
                       model_validator)
 from pydantic_core import PydanticCustomError
 
-from inversionview.options import (DEFAULT_SEARCH, SERVER_SEARCH_EVALUATIONS, EPSILON, GRID_CANDIDATES, LAYERS, NOISE, SEED,
+from inversionview.options import (SERVER_SEARCH_EVALUATIONS, EPSILON, GRID_CANDIDATES, LAYERS, NOISE, SEED,
                                    SERVER_CANDIDATES, SHOWN, TEMPERATURE, Range)
 
 MAX_INPUT_CHARACTERS = 512  # the task's own n_ctx check gives the exact limit below this
@@ -72,9 +72,10 @@ class QueryRequest(_Request):
                                  "candidate instead of the minimum over positions.")
     shown: int = Field(100, **SHOWN.bounds, description="Samples shown.")
     all: bool = Field(False, description="Show every distinct candidate (at most `candidates`).")
-    search: int = Field(DEFAULT_SEARCH, **SERVER_SEARCH_EVALUATIONS.bounds,
-                        description="Inputs the local search may score beyond the decoder's "
-                                    "candidates (0: decoder-only sampling, as in the paper).")
+    search: int | None = Field(None, **SERVER_SEARCH_EVALUATIONS.bounds,
+                               description="Inputs the local search may score beyond the decoder's "
+                                           "candidates (0: decoder-only sampling, as in the paper; "
+                                           "default: 16,384 on the toy tasks, 0 on free text).")
 
 
 class GridRequest(_Request):
