@@ -72,6 +72,22 @@ def exact_distances(activations: torch.Tensor, scorable: torch.Tensor, query: to
     return torch.cat(out)
 
 
+def members_by_site(model, candidates: list[tuple[str, str, str]], space: torch.Tensor):
+    """(index into ``candidates``, ``[N]`` bool: the rows of ``space`` inside the triple's ε)
+    for every triple, one site at a time (each site's activations over the space computed once)."""
+    scorable = scorable_positions(model, space)
+    started = time.perf_counter()
+    for site in sorted({c[1] for c in candidates}):
+        activations = site_activations(model, model.site(site), space)
+        for number, (text, s, position) in enumerate(candidates):
+            if s == site:
+                index = model.task.resolve_position(text, position)
+                query = model.activations(model.tokens(text), site)[0, index]
+                yield number, exact_distances(activations, scorable, query) <= EPSILON
+        del activations
+        print(f"  exact preimages at {site}: done ({time.perf_counter() - started:.0f} s)", flush=True)
+
+
 def triple_stream(model, generator: torch.Generator, positions: tuple[str, ...]):
     task = model.task
     sites = [s.short for s in model.sites]
@@ -165,12 +181,10 @@ def bench_enumerable(model, decoder, args, modes: dict) -> tuple[list[dict], dic
     task = model.task
     universe = task.enumerate_tokens()
     index_of = {key: i for i, key in enumerate(row_keys(universe))}
-    scorable = scorable_positions(model, universe)
     generator = torch.Generator().manual_seed(args.seed)
     stream = triple_stream(model, generator, POSITIONS)
     candidates = [next(stream) for _ in range(args.candidates)]
     sizes, member_masks = [None] * len(candidates), {}
-    started = time.perf_counter()
     cache = None
     if args.exact_cache is not None:  # the exact preimages of this stream, computed once
         cache = args.exact_cache / f"{Path(args.model).name}-seed{args.seed}-{args.candidates}.safetensors"
@@ -180,18 +194,9 @@ def bench_enumerable(model, decoder, args, modes: dict) -> tuple[list[dict], dic
             masks = load_file(str(cache))["members"].bool()
             sizes = masks.sum(dim=1).tolist()
             member_masks = dict(enumerate(masks))
-    for site in sorted({c[1] for c in candidates}) if not member_masks else []:
-        activations = site_activations(model, model.site(site), universe)
-        for number, (text, s, position) in enumerate(candidates):
-            if s != site:
-                continue
-            index = task.resolve_position(text, position)
-            query = model.activations(model.tokens(text), site)[0, index]
-            inside = exact_distances(activations, scorable, query) <= EPSILON
-            sizes[number] = int(inside.sum())
-            member_masks[number] = inside
-        del activations
-        print(f"  exact preimages at {site}: done ({time.perf_counter() - started:.0f} s)", flush=True)
+    for number, inside in members_by_site(model, candidates, universe) if not member_masks else ():
+        sizes[number] = int(inside.sum())
+        member_masks[number] = inside
     if cache is not None and not cache.exists():
         from safetensors.torch import save_file
 
@@ -242,44 +247,36 @@ def bench_pool(model, decoder, args, modes: dict) -> tuple[list[dict], dict]:
     task = model.task
     pool = torch.unique(task.sample_tokens(args.pool, torch.Generator().manual_seed(args.seed + 1)), dim=0)
     index_of = {key: i for i, key in enumerate(row_keys(pool))}
-    scorable = scorable_positions(model, pool)
     weights = torch.exp(-counting_log_probability(task, pool))  # 1 / p(x)
     generator = torch.Generator().manual_seed(args.seed)
     stream = triple_stream(model, generator, task.position_names)
     candidates = [next(stream) for _ in range(args.triples)]
     rows = []
-    for site in sorted({c[1] for c in candidates}):
-        activations = site_activations(model, model.site(site), pool)
-        for number, (text, s, position) in enumerate(candidates):
-            if s != site:
-                continue
-            index = task.resolve_position(text, position)
-            query = model.activations(model.tokens(text), site)[0, index]
-            members = exact_distances(activations, scorable, query) <= EPSILON
-            # Horvitz-Thompson over the pool's draws (unique rows: weight by draw count ~ 1)
-            size = float(weights[members].sum()) / args.pool
-            results = run_modes(model, decoder, text, site, position, args.seed + number, modes)
-            row = {"query": text, "site": site, "position": position, "seed": args.seed + number,
-                   "pool_members": int(members.sum()), "estimated_size": size,
-                   "stratum": stratum_of(size) if members.any() else "none in pool"}
-            for mode, (timed, every) in results.items():
-                found_set, distinct_in = members_reported(every, index_of, task)
-                found_pool = sum(1 for i in found_set if members[i])
-                completeness = timed.completeness
-                row[mode] = {
-                    "distinct_in_epsilon": distinct_in,
-                    "pool_recall": found_pool / int(members.sum()) if members.any() else None,
-                    "recall_at_budget": (min(distinct_in, BUDGET) / min(size, BUDGET)
-                                         if members.any() else None),
-                    "seconds": timed.stats.seconds,
-                    "query_estimated_size": completeness.estimated_size if completeness else None,
-                    "search": completeness.search if completeness else None}
-            rows.append(row)
-            print(f"{text} {site} at {position!r}: pool members {int(members.sum())}, est size {size:.3g}; "
-                  + "; ".join(f"{mode}: {row[mode]['distinct_in_epsilon']} in eps, pool recall "
-                              f"{row[mode]['pool_recall']}, {row[mode]['seconds']:.2f} s" for mode in modes),
-                  flush=True)
-        del activations
+    for number, members in members_by_site(model, candidates, pool):
+        text, site, position = candidates[number]
+        # Horvitz-Thompson over the pool's draws (unique rows: weight by draw count ~ 1)
+        size = float(weights[members].sum()) / args.pool
+        results = run_modes(model, decoder, text, site, position, args.seed + number, modes)
+        row = {"query": text, "site": site, "position": position, "seed": args.seed + number,
+               "pool_members": int(members.sum()), "estimated_size": size,
+               "stratum": stratum_of(size) if members.any() else "none in pool"}
+        for mode, (timed, every) in results.items():
+            found_set, distinct_in = members_reported(every, index_of, task)
+            found_pool = sum(1 for i in found_set if members[i])
+            completeness = timed.completeness
+            row[mode] = {
+                "distinct_in_epsilon": distinct_in,
+                "pool_recall": found_pool / int(members.sum()) if members.any() else None,
+                "recall_at_budget": (min(distinct_in, BUDGET) / min(size, BUDGET)
+                                     if members.any() else None),
+                "seconds": timed.stats.seconds,
+                "query_estimated_size": completeness.estimated_size if completeness else None,
+                "search": completeness.search if completeness else None}
+        rows.append(row)
+        print(f"{text} {site} at {position!r}: pool members {int(members.sum())}, est size {size:.3g}; "
+              + "; ".join(f"{mode}: {row[mode]['distinct_in_epsilon']} in eps, pool recall "
+                          f"{row[mode]['pool_recall']}, {row[mode]['seconds']:.2f} s" for mode in modes),
+              flush=True)
     return rows, {"pool": args.pool, "pool_distinct": len(pool)}
 
 

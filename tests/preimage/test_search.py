@@ -119,7 +119,7 @@ def test_search_finds_a_whole_small_ball_from_one_member(addition):
     # F1 6, F2 1, S1 8, S2 6: 10 x 10 = 100 inputs (F3 and S3 free).
     score = _digit_distance(task, {1: 6, 2: 1, 5: 8, 6: 6})
     seed = task.encode_batch(["B613+864=1477E"])
-    outcome = local_search(decoder, torch.randn(model.d_model), 0, task.vocab, task.complete, score,
+    outcome = local_search(decoder, torch.randn(model.d_model), 0, task, score,
                            seed, score(seed)[0], 0.1, members_wanted=10_000,
                            config=SearchConfig(per_position=12, margin=1.0))
     inside = {task.decode(row) for row in outcome.tokens[outcome.distance <= 0.1]}
@@ -134,12 +134,12 @@ def test_search_climbs_to_the_ball_from_outside_and_stops_at_its_budgets(additio
     task = model.task
     score = _digit_distance(task, {1: 6, 2: 1, 5: 8, 6: 6, 3: 2, 7: 0})  # one input: B612+860=1472E
     seed = task.encode_batch(["B100+100=200E"])  # six digits away
-    outcome = local_search(decoder, torch.randn(model.d_model), 0, task.vocab, task.complete, score,
+    outcome = local_search(decoder, torch.randn(model.d_model), 0, task, score,
                            seed, score(seed)[0], 0.1, members_wanted=1,
                            config=SearchConfig(per_position=12, beam=4))
     found = [task.decode(row) for row in outcome.tokens[outcome.distance <= 0.1]]
     assert found == ["B612+860=1472E"] and outcome.stop == "members"
-    limited = local_search(decoder, torch.randn(model.d_model), 0, task.vocab, task.complete, score,
+    limited = local_search(decoder, torch.randn(model.d_model), 0, task, score,
                            seed, score(seed)[0], 0.1, members_wanted=1,
                            config=SearchConfig(per_position=12, beam=4, evaluations=50, round_size=20))
     assert limited.evaluations <= 50 and limited.stop in ("evaluations", "members")

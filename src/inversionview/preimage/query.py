@@ -190,24 +190,22 @@ def draw_candidates(decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
                              vocab, generator, on_step)
 
 
-def in_task_space(task: Task, tokens: torch.Tensor) -> torch.Tensor:
-    """``[n]`` bool: rows the task's sampler could draw (``complete`` leaves them as they are)."""
-    completed, ok = task.complete(tokens)
-    return ok & (completed == tokens).all(dim=1)
+def score_rows(model: ProbedModel, query: ResolvedQuery, config: QueryConfig, position: str | int,
+               rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``candidate_distances`` of ``rows`` to the query as ``config`` reads them (at the
+    query's named position in each row with ``fixed_position``), on the CPU."""
+    fixed = _fixed_positions(model.task, rows, position) if config.fixed_position else None
+    scored = candidate_distances(model, query.site, query.activation, rows.to(model.device),
+                                 config.metric, fixed)
+    return tuple(t.cpu() for t in scored)
 
 
 def search_preimage(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
                     position: str | int, seeds: torch.Tensor, seed_distance: torch.Tensor,
                     on_round: Callable[[int, int], None] | None = None) -> SearchOutcome:
     """The local search (preimage/search.py) around the decoder's distinct candidates."""
-    task = model.task
-
-    def score(rows: torch.Tensor):
-        fixed = _fixed_positions(task, rows, position) if config.fixed_position else None
-        return candidate_distances(model, query.site, query.activation, rows.to(model.device),
-                                   config.metric, fixed)
-
-    return local_search(decoder, query.activation, query.site_id, task.vocab, task.complete, score,
+    return local_search(decoder, query.activation, query.site_id, model.task,
+                        lambda rows: score_rows(model, query, config, position, rows),
                         seeds, seed_distance, config.epsilon, config.candidates,
                         replace(config.search_settings or SearchConfig(), evaluations=config.search),
                         on_round)
@@ -258,11 +256,8 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
                                                return_counts=True)
     # Columns that are PAD in every candidate change nothing (causal, and PAD is excluded).
     distinct = full[:, : int(task.lengths(full).max())]
-    fixed = _fixed_positions(task, distinct, position) if config.fixed_position else None
-    distance, best, per_position = candidate_distances(model, site, query_activation, distinct.to(model.device),
-                                                       config.metric, fixed)
-    distance, best, per_position = distance.cpu(), best.cpu(), per_position.cpu()
-    in_space = in_task_space(task, full)
+    distance, best, per_position = score_rows(model, resolved, config, position, distinct)
+    in_space = task.in_space(full)
     searched = decoder_scored = time.perf_counter()
 
     # 3. Search the ball around them for the members the decoder missed.
@@ -275,9 +270,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
         if int(task.lengths(query_ids)[0]) <= full.shape[1]:  # it fits the decoder's inputs
             query_row = _padded(query_ids, full.shape[1], vocab.pad_id)
             if not (full == query_row).all(dim=1).any():
-                query_scored = [t.cpu() for t in candidate_distances(
-                    model, site, query_activation, query_row.to(model.device), config.metric,
-                    _fixed_positions(task, query_row, position) if config.fixed_position else None)]
+                query_scored = score_rows(model, resolved, config, position, query_row)
                 seeds = torch.cat([full, query_row])
                 seed_distance = torch.cat([distance, query_scored[0]])
         outcome = search_preimage(
@@ -289,7 +282,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
     pool = [(full[i], distance[i].item(), int(best[i]), per_position[i], int(multiplicity[i]),
              "decoder") for i in range(len(distinct))]
     search_found = 0
-    if query_scored is not None and in_task_space(task, query_row)[0] and query_scored[0][0] <= config.epsilon:
+    if query_scored is not None and task.in_space(query_row)[0] and query_scored[0][0] <= config.epsilon:
         pool.append((query_row[0], query_scored[0][0].item(), int(query_scored[1][0]), query_scored[2][0],
                      0, "query"))
         search_found += 1

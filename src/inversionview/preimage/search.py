@@ -34,6 +34,7 @@ import torch
 from inversionview import options
 from inversionview.decoder.model import Decoder
 from inversionview.errors import OptionError
+from inversionview.tasks.base import Task
 
 
 @dataclass
@@ -70,7 +71,7 @@ class SearchOutcome:
     round: torch.Tensor  # [m] the round (1, 2, ...) that scored each
     evaluations: int
     rounds: int
-    stop: str  # why it stopped: saturated, members, evaluations, no-closer, no-edits
+    stop: str  # why it stopped: saturated, members, evaluations, no-closer
     log: list[dict] = field(default_factory=list)  # per round: expanded, scored, new members, best
 
 
@@ -156,31 +157,28 @@ def _pick(keep: torch.Tensor, values: torch.Tensor, tokens: torch.Tensor):
 
 
 @torch.no_grad()
-def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, vocab,
-                 complete: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, task: Task,
                  score: Score, seeds: torch.Tensor, seed_distance: torch.Tensor, epsilon: float,
                  members_wanted: int, config: SearchConfig | None = None,
                  on_round: Callable[[int, int], None] | None = None) -> SearchOutcome:
     """Search around ``seeds`` ``[n, W]`` (the decoder's distinct candidates, their distances
     ``[n]``) for more inputs within ``epsilon`` (see the module's docstring).
 
-    ``complete`` is the task's ``complete``; ``score`` scores rows on the probed model. A
-    member counts towards ``members_wanted`` when it is an input of the task (``complete``
-    leaves it as it is). ``on_round(evaluations, budget)`` is told the progress.
+    ``task.complete`` makes edits inputs; ``score`` scores rows on the probed model. A member
+    counts towards ``members_wanted`` when it is an input of the task (``Task.in_space``).
+    ``on_round(evaluations, budget)`` is told the progress.
     """
     config = config or SearchConfig()
+    vocab = task.vocab
     width = seeds.shape[1]
     seen = set(row_keys(seeds))
-    completed, ok = complete(seeds)
-    in_space = ok & (completed == seeds).all(dim=1)
-
+    # Everything scored so far: the seeds, then each round's batch (what the outcome returns).
     pool_tokens = [seeds]
     pool_distance = [seed_distance.float().cpu()]
-    pool_in_space = [in_space]
     expanded = torch.zeros(len(seeds), dtype=torch.bool)
-    members = int(((seed_distance <= epsilon) & in_space).sum())
+    members = int(((seed_distance <= epsilon) & task.in_space(seeds)).sum())
 
-    found_tokens, found_distance, found_best, found_per_position, found_round = [], [], [], [], []
+    found_best, found_per_position, found_round = [], [], []
     evaluations, rounds, best, stale, stop = 0, 0, float(seed_distance.min()) if len(seeds) else math.inf, 0, ""
     log: list[dict] = []
     while True:
@@ -209,10 +207,10 @@ def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, vocab
 
         rows, priority = edit_proposals(decoder, tokens[chosen], activation, site_id, vocab.bos_id,
                                         vocab.eos_id, vocab.pad_id, config.per_position)
-        rows, ok = complete(rows)
+        rows, ok = task.complete(rows)
         rows, priority = rows[ok], priority[ok]
         order = torch.argsort(priority, descending=True, stable=True)
-        fresh, kept = [], []
+        fresh = []
         for index, key in zip(order.tolist(), row_keys(rows[order])):
             if key not in seen:
                 seen.add(key)
@@ -236,8 +234,6 @@ def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, vocab
         members += new_members
         pool_tokens.append(batch)
         pool_distance.append(distance_new)
-        found_tokens.append(batch)
-        found_distance.append(distance_new)
         found_best.append(best_new.cpu())
         found_per_position.append(per_position_new.cpu())
         found_round.append(torch.full((len(batch),), rounds))
@@ -253,8 +249,8 @@ def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, vocab
             stop = "no-closer"
             break
 
-    if found_tokens:
-        return SearchOutcome(torch.cat(found_tokens), torch.cat(found_distance), torch.cat(found_best),
+    if found_round:
+        return SearchOutcome(torch.cat(pool_tokens[1:]), torch.cat(pool_distance[1:]), torch.cat(found_best),
                              torch.cat(found_per_position), torch.cat(found_round), evaluations,
                              rounds, stop, log)
     empty = seeds.new_zeros((0, width))

@@ -208,6 +208,11 @@ class Task(ABC):
         """
         return tokens, torch.ones(tokens.shape[0], dtype=torch.bool)
 
+    def in_space(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[n]`` bool: rows the task's sampler could draw (``complete`` leaves them as they are)."""
+        completed, ok = self.complete(tokens)
+        return ok & (completed == tokens).all(dim=1)
+
     def lengths(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[batch]`` number of non-PAD tokens of each row."""
         return (tokens != self.vocab.pad_id).sum(dim=1)
