@@ -187,7 +187,9 @@ def bench_enumerable(model, decoder, args, modes: dict) -> tuple[list[dict], dic
     sizes, member_masks = [None] * len(candidates), {}
     cache = None
     if args.exact_cache is not None:  # the exact preimages of this stream, computed once
-        cache = args.exact_cache / f"{Path(args.model).name}-seed{args.seed}-{args.candidates}.safetensors"
+        # named by the probed weights: the bundled "addition" and the authors' .../addition differ
+        cache = args.exact_cache / (f"{task.name}-{model.weights_hash()[:12]}-seed{args.seed}-"
+                                    f"{args.candidates}.safetensors")
         if cache.exists():
             from safetensors.torch import load_file
 

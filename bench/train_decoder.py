@@ -64,16 +64,20 @@ def main() -> None:
     parser.add_argument("--eval-every", type=float, default=120.0, help="seconds of training")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"))
     parser.add_argument("--resume", action="store_true", help="continue a killed run")
+    parser.add_argument("--continue-from", default=None,
+                        help="a trained decoder of MODEL to train for longer (fresh optimizer "
+                             "and schedule); the label gets '+continued'")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     probed = load_probed(args.model, args.task)
     # a directory is named by its folder (the authors' models), a bundled artifact "bundled-NAME"
     name = Path(args.model).name if "/" in args.model else f"bundled-{args.model}"
-    label = f"{name}-{args.variant}-{args.minutes:g}min"
+    label = f"{name}-{args.variant}{'+continued' * bool(args.continue_from)}-{args.minutes:g}min"
     out = args.runs / label
     config = DecoderTrainingConfig(out=out, minutes=args.minutes, seed=args.seed,
-                                   eval_every_seconds=args.eval_every, **VARIANTS[args.variant])
+                                   eval_every_seconds=args.eval_every,
+                                   continue_from=args.continue_from, **VARIANTS[args.variant])
     started = time.perf_counter()
     train_decoder(probed, config, resume=args.resume)
     wall = time.perf_counter() - started
@@ -82,6 +86,8 @@ def main() -> None:
     record = {
         "benchmark": "train_decoder", "model": args.model, "task": probed.task.name,
         "variant": args.variant, "settings": VARIANTS[args.variant],
+        "continued_from": args.continue_from and json.loads(
+            (out / "decoder.json").read_text()).get("continued_from"),
         "minutes": args.minutes, "threads": torch.get_num_threads(),
         "machine": provenance.machine(), "commit": provenance.commit(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

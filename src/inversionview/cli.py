@@ -308,6 +308,10 @@ def train_decoder_command(
         "--init-from", help="A local GPT-2 directory (config.json + model.safetensors) with "
         "the probed model's tokenizer: the decoder takes its shape and starts from its "
         "weights (the conditioning starts fresh).")] = None,
+    continue_from: Annotated[Optional[Path], typer.Option(
+        "--continue-from", help="A trained decoder of this model (a run directory or an "
+        "exported decoder, e.g. artifacts/decoder-counting): the run starts from its shape and "
+        "weights with a fresh optimizer and schedule, to train it for longer.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a decoder on a probed model's activations (fresh data every step).
@@ -316,6 +320,7 @@ def train_decoder_command(
 
     from inversionview.checkpoint import check_run_directory
     from inversionview.decoder.pretrained import read_pretrained
+    from inversionview.decoder.store import read_manifest
     from inversionview.decoder.train import DecoderTrainingConfig, resolve_device, train_decoder
 
     _apply_threads(threads)
@@ -330,7 +335,9 @@ def train_decoder_command(
                  ("--max-tokens", "max_tokens", max_tokens, "max_tokens"),
                  ("--positions", "positions", positions, "positions"),
                  ("--init-from", "init_from", None if init_from is None else str(init_from),
-                  "init_from")]
+                  "init_from"),
+                 ("--continue-from", "continue_from",
+                  None if continue_from is None else str(continue_from), "continue_from")]
         fixed = _explicit(ctx, given)
         explicit_device = ctx.get_parameter_source("device").name not in ("DEFAULT", "DEFAULT_MAP")
         config = DecoderTrainingConfig.resumed(
@@ -344,10 +351,13 @@ def train_decoder_command(
                                        seed=seed, rebalance=rebalance, device=device,
                                        precision=precision, corpus=corpus, field=text_field,
                                        max_tokens=max_tokens, positions=positions,
-                                       init_from=init_from, **interval)
+                                       init_from=init_from, continue_from=continue_from,
+                                       **interval)
         check_run_directory(out, resume=False)  # before the model loads
         if init_from is not None:
             read_pretrained(init_from)  # its config: a wrong directory fails before the model loads
+        if continue_from is not None:
+            read_manifest(continue_from)  # not a decoder: fails before the model loads
     probed = _load(model, task, raw)
     train_decoder(probed, config, resume=resume, show_progress=not as_json)
     if int(os.environ.get("RANK", 0)) != 0:

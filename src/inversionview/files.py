@@ -7,6 +7,7 @@ file and says what it should hold; writers replace a file only once the new one 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -18,6 +19,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from inversionview.errors import UserError
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes (what ``sha256sum`` prints), read in 16 MB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -288,3 +288,49 @@ def test_the_held_out_loss_in_chunks_is_the_loss_of_the_whole_batch():
         whole = decoder_loss(decoder, batch.tokens, batch.activation, batch.site_id, pad).item()
         assert chunked_loss(decoder, batch, pad, rows=64) == pytest.approx(whole, rel=1e-5)
         assert chunked_loss(decoder, batch, pad, rows=7) == pytest.approx(whole, rel=1e-5)
+
+
+def test_continue_from_a_trained_decoder(tmp_path, monkeypatch, capsys):
+    """--continue-from starts a new run from a trained decoder of the same model: its shape
+    and weights (the first evaluation reads the decoder it started from), a manifest that
+    names it with the examples it had reached, totals over a chain; a decoder of another
+    model, a directory that is no decoder and --init-from beside it are refused in one line."""
+    monkeypatch.chdir(tmp_path)
+    probed = _probed()
+    probed.save(tmp_path / "probed")
+    first = train_decoder(probed, _config(tmp_path / "first", 64, rebalance=0.0),
+                          show_progress=False)
+    code, stdout, err = _cli(capsys, monkeypatch, "probed", "--out", "second", "--examples",
+                             "32", "--continue-from", "first", "--json")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "second" / "decoder.json").read_text())
+    before = json.loads((tmp_path / "first" / "decoder.json").read_text())
+    assert manifest["config"] == before["config"]  # the shape came from the decoder (tiny)
+    continued = manifest["continued_from"]
+    assert continued["path"] == "first" and continued["examples"] == 64
+    assert len(continued["weights_sha256"]) == 64 and "total_examples" not in continued
+    # its weights, not a fresh start: without any step the decoder is the one it continued
+    config = _config(tmp_path / "zero", 16, rebalance=0.0, continue_from=tmp_path / "first",
+                     lr=1e-12)
+    again = train_decoder(probed, config, show_progress=False)
+    for name, value in first.state_dict().items():
+        assert torch.allclose(value, again.state_dict()[name], atol=1e-6), name
+    code, _, err = _cli(capsys, monkeypatch, "probed", "--out", "third", "--examples", "16",
+                        "--continue-from", "second")
+    assert code == 0, err
+    chained = json.loads((tmp_path / "third" / "decoder.json").read_text())["continued_from"]
+    assert chained["total_examples"] == 64 + manifest["examples"]  # whole steps of 64
+
+    other = build_probed("addition", seed=1, n_embd=16, n_head=4, n_inner=32)
+    other.save(tmp_path / "other")
+    for args, message in [
+        (["other", "--out", "x", "--examples", "16", "--continue-from", "first"],
+         "trained on other probed weights"),
+        (["probed", "--out", "x", "--examples", "16", "--continue-from", "probed"],
+         "is not a decoder directory"),
+        (["probed", "--out", "x", "--examples", "16", "--continue-from", "first",
+          "--init-from", "first"], "at most one of --init-from"),
+    ]:
+        code, _, err = _cli(capsys, monkeypatch, *args)
+        assert code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x" / "decoder.json").exists()

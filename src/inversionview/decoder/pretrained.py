@@ -29,7 +29,6 @@ The run records the path as given and the sha256 of model.safetensors
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 from inversionview.decoder.model import Decoder
 from inversionview.errors import UserError, echo
-from inversionview.files import positive_int, read_json_object, read_safetensors
+from inversionview.files import positive_int, read_json_object, read_safetensors, sha256_file
 from inversionview.probed.model import ProbedModel
 from inversionview.text.tokenizer import TOKENIZER_FILES, HFTokenizer
 
@@ -75,11 +74,7 @@ class PretrainedLM:
     @cached_property
     def weights_sha256(self) -> str:
         """sha256 of model.safetensors (what ``sha256sum`` prints)."""
-        digest = hashlib.sha256()
-        with open(self.weights_path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return sha256_file(self.weights_path)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The weights under GPT2Model's names (``transformer.`` dropped where present)."""

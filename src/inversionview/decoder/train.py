@@ -28,9 +28,10 @@ from inversionview.decoder.data import ActivationStream, DecoderBatch, site_prob
 from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates
 from inversionview.decoder.plot import plot_curves
 from inversionview.decoder.pretrained import initialise_from, start_from
-from inversionview.decoder.store import save_decoder
+from inversionview.decoder.store import DecoderLoadError, save_decoder
 from inversionview.decoder.model import Decoder, DecoderConfig
 from inversionview.errors import OptionError, UserError
+from inversionview.files import sha256_file
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, EPSILON, EXAMPLES,
                                    LEARNING_RATE, MAX_TOKENS, MINUTES, POSITIONS, REBALANCE, SEED)
 from inversionview.probed.model import ProbedModel
@@ -96,6 +97,11 @@ class DecoderTrainingConfig:
     # and the sha256 of its model.safetensors, filled in when the run starts.
     init_from: str | None = None
     init_from_sha256: str | None = None
+    # A trained decoder of this probed model (a run directory or an exported decoder) that a
+    # new run continues: its shape and weights, a fresh optimizer and learning-rate schedule;
+    # the sha256 of its weights, filled in when the run starts.
+    continue_from: str | None = None
+    continue_from_sha256: str | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -103,6 +109,11 @@ class DecoderTrainingConfig:
             self.corpus = str(self.corpus)
         if self.init_from is not None:
             self.init_from = str(self.init_from)
+        if self.continue_from is not None:
+            self.continue_from = str(self.continue_from)
+            if self.init_from is not None:
+                raise OptionError("give at most one of --init-from (a pretrained language "
+                                  "model) and --continue-from (a trained decoder)")
         MAX_TOKENS.check(self.max_tokens)
         POSITIONS.check(self.positions)
         if self.preset not in PRESETS:
@@ -162,6 +173,43 @@ def attach_corpus(model: ProbedModel, corpus: str | None, max_tokens: int = 32,
                         f"language models read as free text")
     model.task = model.task.with_source(CorpusSource.from_path(
         corpus, model.task.vocab, max_tokens, field))
+
+
+def continued_decoder(directory: str, model: ProbedModel
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    """The weights (float32), the shape (``decoder_overrides``) and the weights' sha256 of a
+    trained decoder of ``model`` that a new run continues. A directory that is no decoder of
+    this model raises DecoderLoadError naming what does not fit."""
+    from inversionview.decoder.store import WEIGHTS, load_decoder
+
+    decoder, manifest = load_decoder(Path(directory), model)
+    shape = {key: value for key, value in manifest["config"].items()
+             if key not in ("vocab_size", "n_ctx", "activation_dim", "n_sites")}
+    if decoder.config.n_ctx != model.task.n_ctx:
+        raise DecoderLoadError(f"{directory}: the decoder reads {decoder.config.n_ctx} positions "
+                               f"but the model's task has {model.task.n_ctx}; continue only a "
+                               f"decoder trained on this model")
+    return decoder.state_dict(), shape, sha256_file(Path(directory) / WEIGHTS)
+
+
+def continued_record(directory: str, digest: str | None) -> dict[str, Any]:
+    """What a continued run's manifest says of the decoder it started from: its path and
+    weights' sha256, and the examples, seconds and in-ε mean it had reached (so the two
+    runs' budgets add up)."""
+    from inversionview.decoder.store import read_manifest
+
+    try:
+        before = read_manifest(Path(directory))
+    except UserError:  # moved or deleted since the run started: the path and hash remain
+        before = {}
+    record = {"path": directory, "weights_sha256": digest}
+    for key in ("examples", "wall_seconds", "in_epsilon_mean", "command"):
+        if key in before:
+            record[key] = before[key]
+    if "continued_from" in before:  # a chain of continuations: the total so far
+        record["total_examples"] = before["continued_from"].get(
+            "total_examples", before["continued_from"].get("examples", 0)) + before.get("examples", 0)
+    return record
 
 
 def build_decoder(model: ProbedModel, seed: int, **overrides: Any) -> Decoder:
@@ -252,15 +300,21 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     evaluate, when to checkpoint, when to stop and the learning rate. A new run with
     ``config.init_from`` starts the decoder's transformer from that pretrained GPT-2
     (``pretrained.py``); its shape and weights' sha256 go into the run's config, so a resume
-    rebuilds the same decoder without the directory."""
+    rebuilds the same decoder without the directory. ``config.continue_from`` starts a new
+    run from a trained decoder of the same model (its shape and weights; the optimizer and
+    the schedule start fresh): training a shipped decoder for longer."""
     check_run_directory(config.out, resume)
     attach_corpus(model, config.corpus, config.max_tokens, config.field)
     pretrained = None  # a resumed run's weights come from its checkpoint
+    previous = None
     if config.init_from is not None and not resume:
         pretrained, shape = start_from(config.init_from, model, config.decoder_overrides,
                                        config.init_from_sha256)
         config = replace(config, decoder_overrides={**config.decoder_overrides, **shape},
                          init_from_sha256=pretrained.weights_sha256)
+    if config.continue_from is not None and not resume:
+        previous, shape, digest = continued_decoder(config.continue_from, model)
+        config = replace(config, decoder_overrides=shape, continue_from_sha256=digest)
     device = resolve_device(config.device)
     world = distributed.setup()
     rank, lead = world.rank, world.rank == 0
@@ -285,6 +339,8 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     means, stds = ActivationStream(model, 1, torch.Generator().manual_seed(config.seed)
                                    ).site_statistics()
     decoder.conditioning.init_site_embedding(means, stds, torch.Generator().manual_seed(config.seed))
+    if previous is not None:
+        decoder.load_state_dict(previous)
     decoder.to(device)
     trained = world.wrap(decoder, device)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.lr,
@@ -417,6 +473,9 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
         if config.init_from is not None:
             manifest["init_from"] = {"path": config.init_from,
                                      "weights_sha256": config.init_from_sha256}
+        if config.continue_from is not None:
+            manifest["continued_from"] = continued_record(config.continue_from,
+                                                          config.continue_from_sha256)
         # Without decoder.json the directory is no decoder: a kill between the two writes
         # leaves no manifest that describes other weights, and --resume writes both again.
         (config.out / "decoder.json").unlink(missing_ok=True)
