@@ -488,19 +488,27 @@ def query(
           + (f"\nwrote {html_file}" if html_file is not None else ""))
 
 
+def _estimate_text(report) -> str:
+    if report.estimate is None:
+        return "- (the decoder drew no member)"
+    return f"{report.estimate:,.0f} (true {report.true_in_epsilon:,}; ratio {report.estimate_ratio:.2f})"
+
+
 @app.command()
 def completeness(
     model: ModelArg, task: TaskOpt = None, raw: RawOpt = False, decoder: DecoderOpt = None,
     input_text: InputOpt = None, site: SiteOpt = None, position: PositionOpt = None,
     candidates: CandidatesOpt = 1024, seed: SeedOpt = 0, epsilon: EpsilonOpt = 0.1,
     metric: MetricOpt = Metric.euclidean, fixed_position: FixedOpt = False,
+    search: SearchOpt = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw distance against the "
                                                  "decoder's log-probability (.png, .pdf or .svg).")] = None,
     force: ForceOpt = False,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare the sampler with the exact preimage over every input (addition: 810,000)."""
+    """Compare the query's sampler (the decoder and the search) with the exact preimage over
+    every input (addition: 810,000), and its size estimate with the true size."""
     import time
 
     from inversionview.preimage.exact import completeness as measure, plot_completeness
@@ -510,7 +518,8 @@ def completeness(
     if plot is not None:
         options.check_output_file(plot, "--plot", options.PLOT_SUFFIXES, force)
     _apply_threads(threads)
-    config = query_config(candidates, epsilon, metric.value, fixed_position, None, None)
+    config = query_config(candidates, epsilon, metric.value, fixed_position, None, None,
+                          search=search)
     probed, the_decoder, _, text, site, position = _query_setup(
         model, task, raw, decoder, input_text, site, position)
     universe = probed.task.enumerate_tokens()
@@ -526,11 +535,16 @@ def completeness(
     human = (f"{report.query}  site {report.site}  position {report.position_label!r} "
              f"(index {report.position}), epsilon {report.epsilon:g}\n"
              f"true preimage: {report.true_in_epsilon} of {report.universe} inputs in epsilon\n"
-             f"sampler: {report.candidates} candidates, {report.distinct} distinct "
-             f"({report.outside_universe} outside the input space), {report.found_in_epsilon} "
-             f"of the true in-epsilon inputs found\nrecall {recall} (at this budget "
-             f"{'-' if report.recall_at_budget is None else f'{report.recall_at_budget:.3f}'}), "
-             f"precision {precision} "
+             f"decoder: {report.candidates} candidates, {report.distinct} distinct "
+             f"({report.outside_universe} outside the input space), {report.found_by_decoder} "
+             f"of the true in-epsilon inputs (precision {precision})\n"
+             + (f"search: {report.search['evaluations']:,} inputs scored in "
+                f"{report.search['rounds']} rounds ({report.search['stop']}), "
+                f"{report.found_by_search:,} more found, {report.reported_outside} reported "
+                f"wrongly\n" if report.search else "search: off (--search 0)\n")
+             + f"recall {recall} ({report.found_in_epsilon:,} found; at this budget "
+             f"{'-' if report.recall_at_budget is None else f'{report.recall_at_budget:.3f}'}); "
+             f"estimated size {_estimate_text(report)} "
              f"({report.seconds:.1f} s in all)" + (f"\nwrote {report.plot}" if report.plot else ""))
     _emit(report.to_record(), as_json, human)
 

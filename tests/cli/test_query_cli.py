@@ -120,3 +120,11 @@ def test_completeness_end_to_end_on_addition(saved, tmp_path):
     # share it exactly, and only they lie within ε of it
     assert record["true_in_epsilon"] >= 90_000
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the task's default search ran; what it reports inside ε is inside, by the exact scores
+    assert record["search"]["budget"] == 16_384 and record["reported_outside"] == 0
+    assert record["found_in_epsilon"] == record["found_by_decoder"] + record["found_by_search"]
+    alone = invoke(args + ["--search", "0", "--position", "="])
+    assert alone.exit_code == 0, alone.output
+    alone = json.loads(alone.stdout)
+    assert alone["search"] is None and alone["found_by_search"] == 0
+    assert alone["found_in_epsilon"] == alone["found_by_decoder"]

@@ -16,7 +16,7 @@ from inversionview.preimage.colour import delta_p, token_log_probabilities
 from inversionview.preimage.distance import candidate_distances
 from inversionview.preimage.query import QueryConfig, run_query, select_shown
 from inversionview.preimage.result import PreimageResult, Sample
-from inversionview.preimage.sample import make_schedule
+from inversionview.preimage.sample import Draws, make_schedule
 from inversionview.probed import build_probed
 from inversionview.probed.sites import SiteError
 from inversionview.tasks import TaskInputError
@@ -202,11 +202,17 @@ def test_recall_and_precision_on_a_small_enumerated_case(addition, monkeypatch):
     found_inside = sorted(true_in)[:2]
     drawn = torch.cat([universe[found_inside + [found_inside[0], outside_in_space]],
                        task.encode_batch(["B1+1=2E"])])  # a repeat, one outside the space
-    monkeypatch.setattr(query_module, "sample_candidates",
-                        lambda *args, **kwargs: SimpleNamespace(tokens=drawn))
+    n = len(drawn)  # drawn at T 1 without noise, each with probability 1 (log 0)
+    monkeypatch.setattr(query_module, "sample_candidates", lambda *args, **kwargs: Draws(
+        drawn, torch.zeros(n, dtype=torch.long), torch.ones(n), torch.zeros(n),
+        torch.zeros(n, 1), (1.0,)))
     report = exact.completeness(model, decoder, query_text, "x0.post", "=",
-                                QueryConfig(epsilon=epsilon), universe=universe)
+                                QueryConfig(epsilon=epsilon, search=0), universe=universe)
     assert report.true_in_epsilon == 3 and report.found_in_epsilon == 2
+    assert report.found_by_decoder == 2 and report.found_by_search == 0 and report.search is None
+    # the size estimate: the mean of 1/P over the draws that are members (3 of 5, P = 1)
+    assert report.estimate == pytest.approx(3 / 5)
+    assert report.estimate_ratio == pytest.approx(3 / 5 / 3)
     assert report.candidates == 5 and report.distinct == 4 and report.outside_universe == 1
     assert report.recall == pytest.approx(2 / 3) and report.precision == pytest.approx(2 / 3)
     assert report.recall_at_budget == pytest.approx(2 / 3)  # 5 candidates could find all 3

@@ -12,7 +12,7 @@ space (malformed, or out of distribution) are counted separately.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -20,8 +20,9 @@ import torch
 from inversionview.decoder.model import Decoder
 from inversionview.preimage.colour import sequence_log_probability, token_log_probabilities
 from inversionview.preimage.distance import candidate_distances
+from inversionview.preimage.estimate import importance_size
 from inversionview.preimage.query import (QueryConfig, _fixed_positions, draw_candidates,
-                                          resolve_query)
+                                          resolve_query, score_rows, search_around)
 from inversionview.probed.model import ProbedModel
 
 
@@ -46,6 +47,12 @@ class CompletenessReport:
     recall_at_budget: float | None
     seed: int
     seconds: float
+    found_by_decoder: int = 0  # true members among the decoder's draws
+    found_by_search: int = 0  # true members only the search found
+    reported_outside: int = 0  # inputs the search reported inside ε that are not (should be 0)
+    search: dict | None = None  # evaluations, budget, rounds, stop; None without a search
+    estimate: float | None = None  # the query's size estimate (decoder draws, importance sampling)
+    estimate_ratio: float | None = None  # estimate / true_in_epsilon
     plot: str | None = None
     # Arrays for the plot (not in the JSON record): distance of every input, and the
     # decoder's log-probability of the plotted ones.
@@ -55,8 +62,10 @@ class CompletenessReport:
     def to_record(self) -> dict:
         return {name: getattr(self, name) for name in (
             "site", "position", "position_label", "query", "epsilon", "metric", "universe",
-            "true_in_epsilon", "found_in_epsilon", "recall", "recall_at_budget", "precision", "candidates",
-            "distinct", "outside_universe", "seed", "seconds", "plot")}
+            "true_in_epsilon", "found_in_epsilon", "found_by_decoder", "found_by_search",
+            "reported_outside", "recall", "recall_at_budget", "precision", "estimate",
+            "estimate_ratio", "candidates", "distinct", "outside_universe", "search", "seed",
+            "seconds", "plot")}
 
 
 @torch.no_grad()
@@ -86,9 +95,13 @@ def _row_keys(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
 def completeness(model: ProbedModel, decoder: Decoder, text: str, site, position: str | int,
                  config: QueryConfig | None = None, seed: int = 0,
                  universe: torch.Tensor | None = None) -> CompletenessReport:
-    """Draw the query's candidates (the ``query`` schedule and seed) and compare them with
-    the true ε-preimage over ``universe`` (default: the task's enumeration)."""
+    """Run the query's sampler (its schedule, seed and search budget: ``config.search``, None
+    for the task's default, 0 for the decoder alone) and compare what it finds with the true
+    ε-preimage over ``universe`` (default: the task's enumeration); also the query's size
+    estimate against the true size."""
     config = config or QueryConfig()
+    if config.search is None:
+        config = replace(config, search=model.task.default_search)
     started = time.perf_counter()
     task = model.task
     query = resolve_query(model, decoder, text, site, position)
@@ -98,28 +111,72 @@ def completeness(model: ProbedModel, decoder: Decoder, text: str, site, position
              if config.fixed_position else None)
     distances = exact_distances(model, site, query_activation, universe, config.metric, fixed)
     true_in = distances <= config.epsilon
+    locate = _Locator(universe, task.vocab.size, task.vocab.pad_id)
 
-    tokens = draw_candidates(decoder, query, config, task.vocab, seed).tokens
-    distinct = torch.unique(tokens, dim=0)
-    universe_keys = _row_keys(universe, task.vocab.size)
-    order = torch.argsort(universe_keys)
-    sorted_keys = universe_keys[order]
-    keys = _row_keys(distinct, task.vocab.size)
-    slot = torch.searchsorted(sorted_keys, keys).clamp(max=len(sorted_keys) - 1)
-    in_space = sorted_keys[slot] == keys
+    draws = draw_candidates(decoder, query, config, task.vocab, seed)
+    full, inverse = torch.unique(draws.tokens, dim=0, return_inverse=True)
+    slot, in_space = locate(full)
     found = torch.zeros(universe.shape[0], dtype=torch.bool)
-    found[order[slot[in_space]]] = True
-    found_in = int((found & true_in).sum())
+    found[slot[in_space]] = True
+    # the draws that are true members (the exact distance of what the query would re-score)
+    member = torch.zeros(len(full), dtype=torch.bool)
+    member[in_space] = true_in[slot[in_space]]
+    estimate = importance_size(draws.log_probs, draws.scored_temperatures, draws.temperature,
+                               draws.noise == 0, member[inverse])
+    searched = torch.zeros_like(found)
+    search, wrong = None, 0
+    if config.search:
+        rows = full[:, : int(task.lengths(full).max())]
+        distance = score_rows(model, query, config, position, rows)[0]
+        outcome, query_row, query_scored = search_around(model, decoder, query, config, position,
+                                                         full, distance)
+        reported = [outcome.tokens[outcome.distance <= config.epsilon]]
+        if query_row is not None and query_scored[0][0] <= config.epsilon:
+            reported.append(query_row)
+        reported = torch.cat(reported)
+        where, inside = locate(reported)
+        searched[where[inside]] = True
+        wrong = int((~true_in[where[inside]]).sum())
+        search = {"evaluations": outcome.evaluations, "budget": config.search,
+                  "rounds": outcome.rounds, "stop": outcome.stop}
+    found_decoder = int((found & true_in).sum())
+    found_in = int(((found | searched) & true_in).sum())
     n_true, n_space = int(true_in.sum()), int(in_space.sum())
     return CompletenessReport(
         site=site.short, position=index, position_label=task.position_label(text, index),
         query=text, epsilon=config.epsilon, metric=config.metric, universe=universe.shape[0],
-        true_in_epsilon=n_true, candidates=tokens.shape[0], distinct=distinct.shape[0],
-        outside_universe=distinct.shape[0] - n_space, found_in_epsilon=found_in,
+        true_in_epsilon=n_true, candidates=draws.tokens.shape[0], distinct=full.shape[0],
+        outside_universe=full.shape[0] - n_space, found_in_epsilon=found_in,
         recall=found_in / n_true if n_true else None,
-        recall_at_budget=found_in / min(n_true, tokens.shape[0]) if n_true else None,
-        precision=found_in / n_space if n_space else None, seed=seed,
-        seconds=round(time.perf_counter() - started, 3), distances=distances, found=found)
+        recall_at_budget=(min(found_in, config.candidates) / min(n_true, config.candidates)
+                          if n_true else None),
+        precision=found_decoder / n_space if n_space else None, seed=seed,
+        seconds=round(time.perf_counter() - started, 3), distances=distances,
+        found=found | searched, found_by_decoder=found_decoder,
+        found_by_search=int((searched & ~found & true_in).sum()), reported_outside=wrong,
+        search=search, estimate=estimate.size,
+        estimate_ratio=estimate.size / n_true if estimate.size and n_true else None)
+
+
+class _Locator:
+    """Rows of the universe by content: ``locate(rows)`` gives each row's index in the
+    universe and whether it is there at all (rows of another width are right-padded or cut;
+    a cut row that had tokens beyond the universe's width is not there)."""
+
+    def __init__(self, universe: torch.Tensor, vocab_size: int, pad_id: int):
+        self.width, self.vocab_size, self.pad_id = universe.shape[1], vocab_size, pad_id
+        keys = _row_keys(universe, vocab_size)
+        self.order = torch.argsort(keys)
+        self.sorted = keys[self.order]
+
+    def __call__(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fits = (rows[:, self.width:] == self.pad_id).all(dim=1)
+        rows = rows[:, : self.width]
+        if rows.shape[1] < self.width:
+            rows = torch.nn.functional.pad(rows, (0, self.width - rows.shape[1]), value=self.pad_id)
+        keys = _row_keys(rows, self.vocab_size)
+        slot = torch.searchsorted(self.sorted, keys).clamp(max=len(self.sorted) - 1)
+        return self.order[slot], (self.sorted[slot] == keys) & fits
 
 
 @torch.no_grad()

@@ -211,6 +211,28 @@ def search_preimage(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, 
                         on_round)
 
 
+def search_around(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
+                  position: str | int, candidates: torch.Tensor, distance: torch.Tensor,
+                  on_round: Callable[[int, int], None] | None = None
+                  ) -> tuple[SearchOutcome, torch.Tensor | None, tuple | None]:
+    """The search seeded by the decoder's distinct ``candidates`` (scored: ``distance``) and
+    by the query itself, the first member of its own preimage. Returns the outcome, and the
+    query's row and ``score_rows`` triple when it was added as a seed (not among the
+    candidates, and short enough for the decoder's inputs), else None twice."""
+    task = model.task
+    seeds, seed_distance = candidates, distance
+    query_row = query_scored = None
+    query_ids = model.tokens(query.text).cpu()
+    if int(task.lengths(query_ids)[0]) <= candidates.shape[1]:
+        row = _padded(query_ids, candidates.shape[1], task.vocab.pad_id)
+        if not (candidates == row).all(dim=1).any():
+            query_row, query_scored = row, score_rows(model, query, config, position, row)
+            seeds = torch.cat([candidates, query_row])
+            seed_distance = torch.cat([distance, query_scored[0]])
+    outcome = search_preimage(model, decoder, query, config, position, seeds, seed_distance, on_round)
+    return outcome, query_row, query_scored
+
+
 #: ``progress(stage, fraction)``: stage is "sampling", "scoring" or "colouring", fraction the
 #: share of the whole query done (0..1). It may raise (e.g. QueryCancelled) to stop the query.
 Progress = Callable[[str, float], None]
@@ -261,20 +283,11 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
     searched = decoder_scored = time.perf_counter()
 
     # 3. Search the ball around them for the members the decoder missed.
-    outcome = query_scored = None
+    outcome = query_row = query_scored = None
     if config.search:
         report("searching", sampling_share)
-        # The query is the first member of its own preimage: the search starts there too.
-        seeds, seed_distance = full, distance
-        query_ids = model.tokens(text).cpu()
-        if int(task.lengths(query_ids)[0]) <= full.shape[1]:  # it fits the decoder's inputs
-            query_row = _padded(query_ids, full.shape[1], vocab.pad_id)
-            if not (full == query_row).all(dim=1).any():
-                query_scored = score_rows(model, resolved, config, position, query_row)
-                seeds = torch.cat([full, query_row])
-                seed_distance = torch.cat([distance, query_scored[0]])
-        outcome = search_preimage(
-            model, decoder, resolved, config, position, seeds, seed_distance,
+        outcome, query_row, query_scored = search_around(
+            model, decoder, resolved, config, position, full, distance,
             lambda done, budget: report("searching", sampling_share + (_SAMPLING_SHARE - sampling_share)
                                         * min(done / budget, 1.0)))
         searched = time.perf_counter()
