@@ -69,7 +69,7 @@ def test_counting_completes_only_inputs_of_its_distribution(text, expected):
 # ----- edits ---------------------------------------------------------------------------------
 
 
-def test_every_proposal_is_one_substitution_insertion_or_deletion(addition):
+def test_every_proposal_is_one_substitution_insertion_deletion_or_transposition(addition):
     model, decoder = addition
     task = model.task
     rows = task.encode_batch(["B615+861=1476E", "B100+100=200E"])
@@ -85,12 +85,25 @@ def test_every_proposal_is_one_substitution_insertion_or_deletion(addition):
         kind = min((_edit_kind(original, text) for original in originals), key=lambda k: k is None)
         assert kind is not None, text
         kinds.add(kind)
-    assert kinds == {"substitute", "insert", "delete"}
+    assert kinds == {"substitute", "insert", "delete", "transpose"}
+    # every transposition of two different tokens between BOS and EOS is there
+    swapped = {task.decode(row) for row in edited}
+    text = originals[0]
+    body = len(text) - 1  # EOS stays where it is
+    pairs = [(i, j) for i in range(1, body) for j in range(i + 1, body) if text[i] != text[j]]
+    assert len(pairs) > 50
+    for i, j in pairs:
+        assert text[:i] + text[j] + text[i + 1:j] + text[i] + text[j + 1:] in swapped
 
 
 def _edit_kind(original: str, edited: str) -> str | None:
     if len(edited) == len(original):
-        return "substitute" if sum(a != b for a, b in zip(original, edited)) == 1 else None
+        differ = [i for i, (a, b) in enumerate(zip(original, edited)) if a != b]
+        if len(differ) == 1:
+            return "substitute"
+        if len(differ) == 2 and (original[differ[0]], original[differ[1]]) == (edited[differ[1]], edited[differ[0]]):
+            return "transpose"
+        return None
     if len(edited) == len(original) + 1:
         return "insert" if any(edited[:i] + edited[i + 1:] == original for i in range(len(edited))) else None
     if len(edited) == len(original) - 1:
@@ -127,6 +140,33 @@ def test_search_finds_a_whole_small_ball_from_one_member(addition):
     assert all(t[1:3] == "61" and t[5:7] == "86" and task.validate(t).correct for t in inside)
     assert outcome.stop == "saturated"
     assert len(set(row_keys(outcome.tokens))) == len(outcome.tokens)  # nothing scored twice
+
+
+def test_transpositions_reach_members_that_single_edits_cannot(addition):
+    """The paper's addition finding as a ball: the digits at each place as an unordered pair.
+    From B574+243=817E every other member trades digits between the operands, and every
+    single edit lands far outside (no bridge), so only transpositions reach them."""
+    model, decoder = addition
+    task = model.task
+
+    def score(rows: torch.Tensor):
+        pairs = [((1, 5), {5, 2}), ((2, 6), {7, 4}), ((3, 7), {4, 3})]
+        mismatches = sum(torch.tensor([{int(row[i]), int(row[j])} != {task.vocab.id_of(str(d)) for d in want}
+                                       for row in rows]).long() for (i, j), want in pairs)
+        distance = 0.05 + 1.0 * mismatches.float()
+        return distance, torch.zeros(len(rows), dtype=torch.long), distance[:, None].expand(-1, rows.shape[1])
+
+    seed = task.encode_batch(["B574+243=817E"])
+    outcome = local_search(decoder, torch.randn(model.d_model), 0, task, score,
+                           seed, score(seed)[0], 0.1, members_wanted=10_000)
+    inside = {task.decode(row) for row in outcome.tokens[outcome.distance <= 0.1]}
+    assert len(inside) == 7  # 2 x 2 x 2 orders of the three places, less the seed
+    assert all(task.validate(t).correct and t.endswith("=817E") for t in inside)
+    assert outcome.stop == "saturated"
+    alone = local_search(decoder, torch.randn(model.d_model), 0, task, score, seed,
+                         score(seed)[0], 0.1, members_wanted=10_000,
+                         config=SearchConfig(transpositions=False))
+    assert not bool((alone.distance <= 0.1).any()) and alone.stop == "saturated"
 
 
 def test_search_climbs_to_the_ball_from_outside_and_stops_at_its_budgets(addition):

@@ -12,7 +12,10 @@ token of a member and the activation often stays inside ε. The search walks tho
    ``patience``).
 2. The decoder, conditioned on the query activation and reading each input teacher-forced,
    proposes the edits: at every position, its ``per_position`` likeliest tokens there
-   replace the token, or are inserted before it; and the token is deleted. The task writes
+   replace the token, or are inserted before it; and the token is deleted; and any two
+   different tokens trade places (a member's operands' digits at one place, a count's
+   letters in another order: inputs two substitutions apart that a single edit cannot
+   reach without leaving the ball). The task writes
    what follows from the rest (``Task.complete``: an addition's sum, a count) and drops rows
    that are no input of it; rows already scored are dropped.
 3. The ``round_size`` likeliest edits (by the decoder's log-probability of the new token)
@@ -46,6 +49,7 @@ class SearchConfig:
     margin: float = 2.0  # expand inputs up to margin x ε too (bridges between members)
     beam: int = 16  # inputs expanded per round while no member is known
     patience: int = 2  # climbing rounds without getting closer before giving up
+    transpositions: bool = True  # also propose two tokens trading places
 
     def __post_init__(self) -> None:
         self.evaluations = options.SEARCH_EVALUATIONS.check(self.evaluations)
@@ -84,8 +88,9 @@ def row_keys(tokens: torch.Tensor) -> list[bytes]:
 @torch.no_grad()
 def edit_proposals(decoder: Decoder, rows: torch.Tensor, activation: torch.Tensor, site_id: int,
                    bos_id: int, eos_id: int, pad_id: int, per_position: int,
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every single-token edit of ``rows`` ``[F, W]`` that the decoder proposes.
+                   transpositions: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every single-token edit of ``rows`` ``[F, W]`` that the decoder proposes, and every
+    transposition of two different tokens.
 
     Returns (edited rows ``[P, W]``, priority ``[P]`` = the decoder's log-probability of the
     token that the edit puts in place, given the prefix and the query activation). Rows keep
@@ -145,6 +150,18 @@ def edit_proposals(decoder: Decoder, rows: torch.Tensor, activation: torch.Tenso
         row = row.masked_fill(source >= width, pad_id)
         edited.append(row)
         priority.append(moved_up[delete_f, delete_j - 1])
+    # Transpositions of two different tokens at 1 <= i < j < end; priority: the less likely
+    # of the two tokens in its new place (as the decoder reads the unswapped prefix).
+    first, second = torch.triu_indices(width - 1, width - 1, offset=1) + 1  # [pairs] each
+    swap_f, pair = torch.nonzero((second[None, :] < end[:, None])
+                                 & (rows[:, first] != rows[:, second]), as_tuple=True)
+    if transpositions and swap_f.numel():
+        i, j = first[pair], second[pair]
+        row = rows[swap_f].clone()
+        at_i, at_j = row[torch.arange(len(swap_f)), i], row[torch.arange(len(swap_f)), j]
+        row[torch.arange(len(swap_f)), i], row[torch.arange(len(swap_f)), j] = at_j, at_i
+        edited.append(row)
+        priority.append(torch.minimum(log_probs[swap_f, i - 1, at_j], log_probs[swap_f, j - 1, at_i]))
     if not edited:
         return rows.new_zeros((0, width)), torch.zeros(0)
     return torch.cat(edited), torch.cat(priority)
@@ -206,7 +223,8 @@ def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, task:
         expanded[chosen] = True
 
         rows, priority = edit_proposals(decoder, tokens[chosen], activation, site_id, vocab.bos_id,
-                                        vocab.eos_id, vocab.pad_id, config.per_position)
+                                        vocab.eos_id, vocab.pad_id, config.per_position,
+                                        config.transpositions)
         rows, ok = task.complete(rows)
         rows, priority = rows[ok], priority[ok]
         order = torch.argsort(priority, descending=True, stable=True)
