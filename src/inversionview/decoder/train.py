@@ -314,6 +314,9 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
                          init_from_sha256=pretrained.weights_sha256)
     if config.continue_from is not None and not resume:
         previous, shape, digest = continued_decoder(config.continue_from, model)
+        # the decoder's shape; dropout is a training setting, the preset's (or the run's)
+        if "dropout" in config.decoder_overrides:
+            shape["dropout"] = config.decoder_overrides["dropout"]
         config = replace(config, decoder_overrides=shape, continue_from_sha256=digest)
     device = resolve_device(config.device)
     world = distributed.setup()
