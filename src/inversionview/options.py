@@ -119,7 +119,6 @@ SERVER_CANDIDATES = Range("candidates", 1, 8_192)  # one request must not hold a
 GRID_CANDIDATES = Range("candidates", 1, 2_048)
 # Inputs the local search scores beyond the decoder's candidates (0: decoder only).
 SEARCH_EVALUATIONS = Range("search", 0, 1_000_000)
-DEFAULT_SEARCH = 16_384  # the query's default (bench/completeness.py)
 SERVER_SEARCH_EVALUATIONS = Range("search", 0, 65_536)
 SHOWN = Range("shown", 1, 1_000)
 TEMPERATURE = Range("temperature", 0, 100, integer=False, low_open=True)

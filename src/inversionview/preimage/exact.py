@@ -12,7 +12,7 @@ space (malformed, or out of distribution) are counted separately.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -99,9 +99,7 @@ def completeness(model: ProbedModel, decoder: Decoder, text: str, site, position
     for the task's default, 0 for the decoder alone) and compare what it finds with the true
     ε-preimage over ``universe`` (default: the task's enumeration); also the query's size
     estimate against the true size."""
-    config = config or QueryConfig()
-    if config.search is None:
-        config = replace(config, search=model.task.default_search)
+    config = (config or QueryConfig()).for_task(model.task)
     started = time.perf_counter()
     task = model.task
     query = resolve_query(model, decoder, text, site, position)

@@ -34,9 +34,6 @@ from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks.base import Task, TaskInputError
 
 
-#: The local search's default budget: inputs scored beyond the decoder's candidates.
-DEFAULT_SEARCH = options.DEFAULT_SEARCH
-
 
 @dataclass
 class QueryConfig:
@@ -68,6 +65,10 @@ class QueryConfig:
     @property
     def schedule(self) -> tuple[SamplingRound, ...]:
         return make_schedule(self.candidates, self.settings, self.round_size)
+
+    def for_task(self, task: Task) -> "QueryConfig":
+        """This config with the task's search budget where it leaves it unsaid (None)."""
+        return self if self.search is not None else replace(self, search=task.default_search)
 
 
 def query_config(candidates: int = 1024, epsilon: float = 0.1, metric: str = "euclidean",
@@ -252,9 +253,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
     """Sample, score and colour the ε-preimage of ``site``'s activation at ``position`` of
     ``text``. Bad input (characters, site, position) raises TaskInputError or SiteError.
     ``progress`` is told how far the query is (see ``Progress``)."""
-    config = config or QueryConfig()
-    if config.search is None:
-        config = replace(config, search=model.task.default_search)
+    config = (config or QueryConfig()).for_task(model.task)
     seed = options.SEED.check(seed)
     report = progress or (lambda stage, fraction: None)
     started = time.perf_counter()

@@ -156,10 +156,10 @@ def edit_proposals(decoder: Decoder, rows: torch.Tensor, activation: torch.Tenso
     swap_f, pair = torch.nonzero((second[None, :] < end[:, None])
                                  & (rows[:, first] != rows[:, second]), as_tuple=True)
     if transpositions and swap_f.numel():
-        i, j = first[pair], second[pair]
+        i, j, each = first[pair], second[pair], torch.arange(len(swap_f))
         row = rows[swap_f].clone()
-        at_i, at_j = row[torch.arange(len(swap_f)), i], row[torch.arange(len(swap_f)), j]
-        row[torch.arange(len(swap_f)), i], row[torch.arange(len(swap_f)), j] = at_j, at_i
+        at_i, at_j = row[each, i], row[each, j]
+        row[each, i], row[each, j] = at_j, at_i
         edited.append(row)
         priority.append(torch.minimum(log_probs[swap_f, i - 1, at_j], log_probs[swap_f, j - 1, at_i]))
     if not edited:

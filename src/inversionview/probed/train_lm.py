@@ -43,7 +43,7 @@ from inversionview import provenance
 from inversionview.checkpoint import (CheckpointError, CheckpointSchedule, RunLog,
                                       check_run_directory, resumed_config)
 from inversionview.errors import OptionError, UserError
-from inversionview.files import read_json_object, read_safetensors
+from inversionview.files import read_json_object, read_safetensors, sha256_file
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, HEADS, LAYERS, LEARNING_RATE,
                                    MINUTES, SEED, STEPS, WIDTH, Range)
 from inversionview.probed.model import ProbedModel
@@ -230,17 +230,16 @@ def held_out_loss(hf_model: GPT2LMHeadModel, task: TextTask, tokens: torch.Tenso
 
 
 def _corpus_record(config: LMTrainingConfig, texts: list[str]) -> dict[str, Any]:
-    digest = hashlib.sha256()
     if config.corpus.is_file():
-        digest.update(config.corpus.read_bytes())
-        hashed = "the file's bytes"
+        sha256, hashed = sha256_file(config.corpus), "the file's bytes"
     else:
+        digest = hashlib.sha256()
         for text in texts:
             digest.update(text.encode("utf-8", "surrogatepass") + b"\n")
-        hashed = "its texts, each followed by a newline"
+        sha256, hashed = digest.hexdigest(), "its texts, each followed by a newline"
     return {"name": config.corpus_name or config.corpus.stem,
             "path": provenance.portable_path(config.corpus), "field": config.field,
-            "texts": len(texts), "sha256": digest.hexdigest(), "sha256_of": hashed,
+            "texts": len(texts), "sha256": sha256, "sha256_of": hashed,
             "licence": config.corpus_licence or "not stated"}
 
 
