@@ -42,6 +42,21 @@ def tiny_model(request):
                         resid_pdrop=0.0, embd_pdrop=0.0)
 
 
+@pytest.fixture(scope="session")
+def ioi_lm_dir(tmp_path_factory) -> Path:
+    """A tiny random GPT-2 whose BPE keeps every IOI name whole (manifest task ioi)."""
+    from tiny_lms import make_ioi_lm
+
+    return make_ioi_lm(tmp_path_factory.mktemp("ioi-lm"))
+
+
+@pytest.fixture(scope="session")
+def ioi_tokenizer(ioi_lm_dir):
+    from inversionview.text.tokenizer import HFTokenizer
+
+    return HFTokenizer.from_directory(ioi_lm_dir, 10**6)
+
+
 def pytest_terminal_summary(terminalreporter):
     """The number of generated fuzz cases this run tried (tests/fuzz_counter.py)."""
     from fuzz_counter import CASES

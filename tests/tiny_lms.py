@@ -153,3 +153,26 @@ def make_tiny_text_model(root: str | Path, architecture: str = "gpt2") -> tuple[
         torch.manual_seed(0)
         train_decoder(load_probed(directory), config, show_progress=False)
     return directory, corpus, root / "decoder"
+
+
+IOI_VOCAB = 700  # the IOI tokenizer: every one of the project's names is one token
+
+
+def make_ioi_lm(directory: Path, n_layer: int = 2, n_head: int = 4, n_embd: int = 32,
+                seed: int = 0, task: str | None = "ioi") -> Path:
+    """A random GPT-2 with a BPE trained on the IOI mixture (names are single tokens)."""
+    from inversionview.ioi.corpus import mixture_lines
+    from inversionview.text.bpe import train_bpe
+    from inversionview.text.tokenizer import HFTokenizer
+
+    train_bpe(mixture_lines(1_500, seed=3), IOI_VOCAB, directory)
+    size = len(HFTokenizer.from_directory(directory, 10**6).hf)
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=size, n_positions=48, n_embd=n_embd, n_layer=n_layer,
+                        n_head=n_head, n_inner=4 * n_embd, bos_token_id=0, eos_token_id=0,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    if task is not None:
+        (directory / "inversionview.json").write_text(json.dumps(
+            {"kind": "probed-model", "task": task}))
+    return directory

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from inversionview import cli_train_lm, options
+from inversionview import cli_ioi, cli_train_lm, options
 from inversionview.errors import MAX_ECHO, UserError, echo
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -658,9 +658,6 @@ def patch(
     if pairs_file is not None:
         pairs = given_pairs(probed.task, read_pairs(pairs_file), pairs_file.name)
         contrast = pairs_file.name
-    elif probed.task.name == "text":
-        raise UserError("a language model needs your contrast pairs: --pairs FILE.jsonl with "
-                        "original, contrast, answer and contrast_answer on each line")
     else:
         kind, places = _contrast_option(contrast)
         pairs = contrast_pairs(probed.task, n, kind, target, seed, places, filter_expression)
@@ -797,6 +794,7 @@ def ablate(
 
 
 cli_train_lm.register(app)
+cli_ioi.register(app)
 
 
 def run(argv: list[str] | None = None) -> int:

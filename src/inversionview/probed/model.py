@@ -43,10 +43,13 @@ from inversionview.files import (atomic_path, first_line, positive_int, read_jso
                                 read_safetensors, weights_mismatch, write_json_atomic)
 from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks import TASKS, Task, TaskInputError, get_task
+from inversionview.tasks.ioi import IOITask
 from inversionview.tasks.text import TextTask
 from inversionview.text.tokenizer import TOKENIZER_FILES, HFTokenizer
 
 TEXT = TextTask.name
+#: Tasks over a language model's own tokenizer: any LM may be read as any of them.
+TEXT_TASKS: dict[str, type[TextTask]] = {TextTask.name: TextTask, IOITask.name: IOITask}
 
 MANIFEST = "inversionview.json"
 _TIED_OR_BUFFERS = ("lm_head.weight", ".attn.bias", ".attn.masked_bias")
@@ -318,7 +321,8 @@ def load_probed(model: str | Path, task: str | None = None, device: str = "cpu",
         return _load_from_hub_cache(str(model), task, device)
     manifest_path, config_path = directory / MANIFEST, directory / "config.json"
     manifest = _read_manifest(manifest_path, task) if manifest_path.exists() else {}
-    if manifest.get("task") and task and task != manifest["task"]:
+    if manifest.get("task") and task and task != manifest["task"] and not (
+            task in TEXT_TASKS and manifest["task"] in TEXT_TASKS):
         raise ModelLoadError(f"{directory} was trained on {manifest['task']!r}, not {task!r}")
     if not config_path.exists():
         decoder = (directory / "decoder.json").exists()
@@ -326,8 +330,8 @@ def load_probed(model: str | Path, task: str | None = None, device: str = "cpu",
                              + " (it holds a decoder: pass it with --decoder)" * decoder)
     wanted = task or manifest.get("task")
     has_tokenizer = any((directory / name).exists() for name in TOKENIZER_FILES)
-    if wanted == TEXT or (wanted is None and (has_tokenizer or not _is_gpt2(config_path))):
-        return _load_language_model(directory, manifest, device, processing)
+    if wanted in TEXT_TASKS or (wanted is None and (has_tokenizer or not _is_gpt2(config_path))):
+        return _load_language_model(directory, manifest, device, processing, wanted or TEXT)
     settings = _read_config(config_path)
     the_task = _choose_task(settings["vocab_size"], settings["n_positions"], config_path, wanted)
     hf_model = _build_model(settings, config_path)
@@ -344,7 +348,7 @@ def _is_gpt2(config_path: Path) -> bool:
 
 
 def _load_language_model(directory: Path, manifest: dict[str, Any], device: str,
-                         processing: str) -> ProbedModel:
+                         processing: str, task_name: str = TEXT) -> ProbedModel:
     """A causal LM of any supported architecture with the tokenizer in its directory."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as transformers_logging
@@ -377,8 +381,10 @@ def _load_language_model(directory: Path, manifest: dict[str, Any], device: str,
                              f"({first_line(error)})") from None
     context = _context_length(config)
     settings = manifest.get("default_query") or {}
-    task = TextTask(tokenizer, context, example=settings.get("input", TextTask.example_text),
-                    default_query=(settings.get("site", "a0.0"), str(settings.get("position", "last"))))
+    task_type = TEXT_TASKS[task_name]
+    task = task_type(tokenizer, context, example=settings.get("input", task_type.example_text),
+                     default_query=(settings.get("site", "a0.0"),
+                                    str(settings.get("position", task_type.position_names[-1]))))
     return ProbedModel(task=task, hf_model=hf_model.to(device).eval(), source=str(directory),
                        manifest=manifest, processing=processing)
 
@@ -453,14 +459,14 @@ def _read_manifest(path: Path, task: str | None) -> dict[str, Any]:
     """inversionview.json: a JSON object whose ``task`` names a known task."""
     manifest = read_json_object(path, ModelLoadError, 'a JSON object naming the model\'s task, '
                                                       'e.g. {"kind": "probed-model", "task": "counting"}')
-    known = ", ".join([*TASKS, TEXT])
+    known = ", ".join([*TASKS, *TEXT_TASKS])
     if manifest.get("kind", "probed-model") != "probed-model":
         raise ModelLoadError(f"{path} is not a probed-model manifest: kind is "
                              f"{echo(manifest['kind'])}; expected 'probed-model'")
     if "task" not in manifest and task is None:
         raise ModelLoadError(f"{path} has no task field; expected the task the model was trained "
                              f"on ({known}), or give it with --task")
-    if "task" in manifest and not (isinstance(manifest["task"], str) and manifest["task"] in (*TASKS, TEXT)):
+    if "task" in manifest and not (isinstance(manifest["task"], str) and manifest["task"] in (*TASKS, *TEXT_TASKS)):
         raise ModelLoadError(f"{path}: task is {echo(manifest['task'])}; expected one of {known}")
     return manifest
 

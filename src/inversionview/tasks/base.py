@@ -288,6 +288,8 @@ class Task(ABC):
 
     #: Answer tokens a patching experiment can target; the first is the default.
     targets: tuple[str, ...] = ()
+    #: Inputs are a language model's free text (its tokenizer's pieces, not characters).
+    free_text: bool = False
     #: Contrast kinds besides "random" (see ``make_contrast``).
     contrast_kinds: tuple[str, ...] = ()
 

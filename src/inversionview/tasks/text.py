@@ -36,6 +36,7 @@ class TextTask(Task):
     # The search is not yet measured on language models (scoring is far dearer than on the
     # toy tasks): decoder-only unless a query asks for it (--search N).
     default_search = 0
+    free_text = True
     example_text = "The quick brown fox jumps over the lazy dog"
 
     def __init__(self, tokenizer: HFTokenizer, context: int, source: CorpusSource | None = None,
@@ -171,6 +172,13 @@ class TextTask(Task):
                 "n_embd": 256, "n_layer": 4, "n_head": 4, "n_inner": 1024,
                 "bos_token_id": self.vocab.bos_id, "eos_token_id": self.vocab.bos_id,
                 "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+
+    def answer_pairs(self, n: int, kind: str, seed: int = 0) -> dict[str, list]:
+        """``n`` (original, contrast) pairs with the two answer tokens whose logit difference
+        is read after each text (keys ``original``, ``contrast``, ``answer``,
+        ``contrast_answer``); free text has none of its own."""
+        raise TaskInputError("a language model needs your contrast pairs: --pairs FILE.jsonl "
+                             "with original, contrast, answer and contrast_answer on each line")
 
     def _random_contrast(self, text, generator, target, tries: int = 256):
         raise TaskInputError("free text has no answer to contrast at random; give the contrast "

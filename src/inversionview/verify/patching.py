@@ -49,7 +49,7 @@ def parse_components(model: ProbedModel, spec: str) -> list[Component]:
     """``"a0.0@query,a1.0@:"`` -> components, checked against the model and the task. On
     free text a position is anything a query takes (``last``, ``-2``, ``'last " John"'``),
     resolved in each text; a comma inside quotes does not split."""
-    free_text = model.task.name == "text"
+    free_text = model.task.free_text
     allowed = (f"{', '.join(model.task.position_names)}, an index (negative from the end) or "
                f"a quoted token such as '\"the\"'" if free_text
                else f"{', '.join(model.task.position_names)} or an index")
@@ -129,7 +129,7 @@ def given_pairs(task: Task, rows: list[dict[str, Any]], name: str = "given") -> 
     if not rows:
         raise TaskInputError("no pairs given; each pair needs original and contrast texts")
     answered = [all(key in row for key in ("answer", "contrast_answer")) for row in rows]
-    if task.name == "text" and not all(answered):
+    if task.free_text and not all(answered):
         raise TaskInputError(f"pair {answered.index(False) + 1} has no answer and "
                              f"contrast_answer; on free text each pair names the two tokens "
                              f"whose logit difference is read (e.g. \" Mary\" and \" John\")")
@@ -204,6 +204,11 @@ def contrast_pairs(task: Task, n: int, kind: str, target: str | None = None, see
     """``n`` (original, contrast) pairs: originals from the task sampler (seeded) that pass
     ``filter``, each with a contrast of ``kind`` whose ``target`` answer token differs."""
     n, seed = options.PAIRS.check(n), options.SEED.check(seed)
+    if task.free_text:
+        drawn = task.answer_pairs(n, kind, seed)
+        pairs = given_pairs(task, [dict(zip(drawn, row)) for row in zip(*drawn.values())], kind)
+        pairs.kind = kind
+        return pairs
     if not task.targets:
         raise TaskInputError(f"the {task.name} task draws no contrast pairs itself; give your "
                              f"own (a pairs file: {', '.join(PAIR_FIELDS)} per line)")

@@ -1,0 +1,87 @@
+"""The training mixture of the bundled IOI model (issue 15).
+
+A small LM trained on IOI prompts alone could learn "copy the name that occurs once" at the
+last token and nothing else. The mixture gives the circuit's parts a reason to form and the
+shortcut a reason to fail:
+
+    ioi       IOI prompts of the train templates with their answer (" Anna.")
+    abc       no repeated name (S2 is a third person): the answer is one of the two first
+              people at random, so the answer is only certain when a name repeats
+    back      the IO is named again and gives something back: the answer is the repeated S,
+              not the name mentioned once since the start of the sentence
+    repeat    a random run of words, then the same run again (induction heads: the second
+              half is predictable only by copying)
+    text      general text (a corpus' lines), so that the model is a language model
+
+Lines are written one text per line (``inversionview train-lm --corpus FILE.txt`` reads
+them). The held-out templates (``split="eval"``) never appear.
+
+    lines = mixture_lines(200_000, seed=0, text_lines=kjv_lines)
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from inversionview.errors import OptionError
+from inversionview.ioi.prompts import NAMES, OBJECTS, ORDERS, PLACES, TEMPLATES, Template
+
+#: Shares of the mixture (sum 1); ``text`` falls back to ``repeat`` without text lines.
+MIXTURE = {"ioi": 0.40, "abc": 0.10, "back": 0.10, "repeat": 0.15, "text": 0.25}
+REPEAT_WORDS = (4, 12)  # the length of a repeated run, in words
+
+
+def mixture_lines(n: int, seed: int = 0, text_lines: Sequence[str] = (),
+                  shares: dict[str, float] | None = None,
+                  templates: Sequence[Template] = TEMPLATES) -> list[str]:
+    """``n`` training texts drawn from the mixture (same seed, same lines)."""
+    shares = dict(MIXTURE if shares is None else shares)
+    if set(shares) - set(MIXTURE) or abs(sum(shares.values()) - 1) > 1e-6:
+        raise OptionError(f"mixture shares must be over {', '.join(MIXTURE)} and sum to 1")
+    text_lines = [line.strip() for line in text_lines if line.strip()]
+    if not text_lines:
+        shares["repeat"] = shares.get("repeat", 0) + shares.pop("text", 0)
+    train = [t for t in templates if t.split == "train"]
+    if not train:
+        raise OptionError("no train templates: the mixture never shows held-out templates")
+    vocabulary = _words(text_lines) or list(NAMES + PLACES + OBJECTS)
+    rng = random.Random(seed)
+    kinds, weights = zip(*shares.items())
+    lines = []
+    for kind in rng.choices(kinds, weights, k=n):
+        if kind == "text":
+            lines.append(rng.choice(text_lines))
+        elif kind == "repeat":
+            run = rng.choices(vocabulary, k=rng.randint(*REPEAT_WORDS))
+            lines.append(" ".join(run + run))
+        else:
+            lines.append(_prompt_line(kind, rng, train))
+    return lines
+
+
+def _prompt_line(kind: str, rng: random.Random, templates: Sequence[Template]) -> str:
+    template = rng.choice(templates)
+    io, s, third = rng.sample(NAMES, 3)
+    order = rng.choice(ORDERS)
+    first, second = (io, s) if order == "ABBA" else (s, io)
+    place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
+    if kind == "abc":
+        return f"{template.fill(first, second, third, place, obj)} {rng.choice((io, s))}."
+    prompt = template.fill(first, second, s, place, obj)
+    if kind == "back":
+        return f"{prompt} {io}, who gave it back to {s}."
+    return f"{prompt} {io}."
+
+
+def _words(lines: Sequence[str], limit: int = 2_000) -> list[str]:
+    """The corpus' most frequent alphabetic words (ties by first appearance)."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        for word in line.split():
+            if word.isalpha():
+                counts[word] = counts.get(word, 0) + 1
+    return sorted(counts, key=lambda word: -counts[word])[:limit]
+
+
+__all__ = ["MIXTURE", "mixture_lines"]
