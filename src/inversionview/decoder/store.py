@@ -269,7 +269,7 @@ def export_decoder(run_dir: Path, destination: Path, model: ProbedModel, seed: i
 
     decoder, manifest = load_decoder(run_dir, model)
     training = manifest.get("training", {})
-    if model.task.sites is None and getattr(model.task, "source", None) is None:
+    if getattr(model.task, "needs_corpus", False):
         _attach_training_corpus(model, training, run_dir)
     save_decoder(decoder, model, destination, {}, dtype=dtype)
     exported, _ = load_decoder(destination, model)

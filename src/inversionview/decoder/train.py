@@ -163,7 +163,7 @@ def attach_corpus(model: ProbedModel, corpus: str | None, max_tokens: int = 32,
     from inversionview.text.sources import CorpusSource
 
     if corpus is None:
-        if model.task.sites is None and getattr(model.task, "source", None) is None:
+        if getattr(model.task, "needs_corpus", False):
             raise UserError(f"{model.source} is a language model: give the text its decoder "
                             f"trains on with --corpus FILE (.txt lines, .jsonl or a datasets "
                             f"directory)")

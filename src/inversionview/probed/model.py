@@ -110,7 +110,9 @@ class ProbedModel:
         """The sites a decoder reads, in order (index = site id): the task's list for a toy
         task, every site of the model's shape otherwise (``model_sites``)."""
         if self.task.sites is None:
-            return model_sites(self.n_layers, self.n_heads)
+            kinds = getattr(self.task, "site_kinds", None)
+            return [site for site in model_sites(self.n_layers, self.n_heads)
+                    if kinds is None or site.kind in kinds]
         return [self.site(name) for name in self.task.sites]
 
     def site(self, name: str | Site) -> Site:

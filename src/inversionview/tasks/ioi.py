@@ -34,6 +34,9 @@ class IOITask(TextTask):
     attribute_names = ("io", "s", "order", "template", "place", "object", "io_position",
                        "s1_position", "s2_position")
     example_text = EXAMPLE
+    # The paper's IOI sites: the embeddings, every head's output, every MLP's output.
+    site_kinds = ("resid_pre", "head", "mlp_out")
+    needs_corpus = False  # IOI prompts are drawn by the task itself
 
     def __init__(self, tokenizer: HFTokenizer, context: int, source: CorpusSource | None = None,
                  example: str = EXAMPLE, default_query: tuple[str, str] = ("a0.0", "END")):

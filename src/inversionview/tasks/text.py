@@ -37,6 +37,8 @@ class TextTask(Task):
     # toy tasks): decoder-only unless a query asks for it (--search N).
     default_search = 0
     free_text = True
+    #: The kinds of site a decoder reads (None: every site of the model, ``model_sites``).
+    site_kinds: tuple[str, ...] | None = None
     example_text = "The quick brown fox jumps over the lazy dog"
 
     def __init__(self, tokenizer: HFTokenizer, context: int, source: CorpusSource | None = None,
@@ -56,6 +58,12 @@ class TextTask(Task):
             raise TaskInputError(f"pieces of {source.max_tokens} tokens (+ BOS and EOS) do not fit "
                                  f"the model's context of {self.context}; lower --max-tokens")
         return type(self)(self.vocab, self.context, source, self.example, self.default_query)
+
+    @property
+    def needs_corpus(self) -> bool:
+        """Whether inputs can only come from a corpus the user gives (free text has no
+        sampler of its own)."""
+        return self.source is None
 
     def describe_vocabulary(self) -> str:
         return self.vocab.describe()

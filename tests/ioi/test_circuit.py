@@ -1,0 +1,160 @@
+"""The IOI circuit finder on a GPT-2 built by hand, whose heads' roles are known, and the
+evaluation and patching on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from inversionview.ioi.circuit import (classify, copying_scores, evaluate_ioi, head_scores,
+                                       patching_effects)
+from inversionview.probed import load_probed
+from inversionview.text.tokenizer import HFTokenizer
+
+TOKEN, POSITION, PREVIOUS = slice(0, 64), 64, slice(112, 176)  # residual stream layout
+D_MODEL, N_HEADS, D_HEAD, N_POSITIONS = 256, 4, 64, 48
+SHARP = 2.0  # query/key weight: attention logits of ~20 on a match
+
+
+def constructed_model(directory, tokenizer_dir, seed: int = 0):
+    """Layer 0: head 0 attends to the previous token and writes its identity into PREVIOUS;
+    head 1 attends to earlier copies of the current token (duplicate token). Layer 1: head 0
+    attends to the token after an earlier copy of the current token (induction, through
+    head 0.0's output); head 1 copies the tokens it reads to the logits (a copying OV).
+    Heads 2 and 3 of each layer write nothing. MLPs write nothing; embeddings are tied."""
+    import shutil
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, directory / name)
+    vocab = len(HFTokenizer.from_directory(tokenizer_dir, 10**6).hf)
+    config = GPT2Config(vocab_size=vocab, n_positions=N_POSITIONS, n_embd=D_MODEL, n_layer=2,
+                        n_head=N_HEADS, n_inner=4 * D_MODEL, bos_token_id=0, eos_token_id=0,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        for block in model.transformer.h:
+            block.ln_1.weight.fill_(1.0)
+            block.ln_2.weight.fill_(1.0)
+        model.transformer.ln_f.weight.fill_(1.0)
+        tokens = torch.randn(vocab, 64, generator=generator)
+        model.transformer.wte.weight[:, TOKEN] = tokens / tokens.norm(dim=1, keepdim=True)
+        model.transformer.wpe.weight[:, POSITION:POSITION + N_POSITIONS] = torch.eye(N_POSITIONS)
+        eye = torch.eye(64)
+
+        def qkv(layer: int, head: int):
+            weight = model.transformer.h[layer].attn.c_attn.weight  # [d, 3d]: x @ W
+            start = head * D_HEAD
+            return (weight[:, start:start + D_HEAD],
+                    weight[:, D_MODEL + start:D_MODEL + start + D_HEAD],
+                    weight[:, 2 * D_MODEL + start:2 * D_MODEL + start + D_HEAD])
+
+        def write(layer: int, head: int, into: slice, scale: float):
+            out = model.transformer.h[layer].attn.c_proj.weight  # [d, d]: z @ W
+            out[head * D_HEAD:head * D_HEAD + 64, into] = scale * eye
+
+        # a0.0: previous token; writes the previous token's identity (about unit norm)
+        q, k, v = qkv(0, 0)
+        for p in range(N_POSITIONS - 1):
+            q[POSITION + p + 1, p] = SHARP
+            k[POSITION + p, p] = SHARP
+        v[TOKEN, :64] = eye
+        write(0, 0, PREVIOUS, 1 / 9.0)
+        # a0.1: duplicate token (the same token earlier, or itself)
+        q, k, _ = qkv(0, 1)
+        q[TOKEN, :64] = SHARP * eye
+        k[TOKEN, :64] = SHARP * eye
+        # a1.0: induction: this token against each position's previous token
+        q, k, _ = qkv(1, 0)
+        q[TOKEN, :64] = SHARP * eye
+        k[PREVIOUS, :64] = SHARP * eye
+        # a1.1: copying: reads tokens, writes them to the token subspace (the unembedding)
+        _, _, v = qkv(1, 1)
+        v[TOKEN, :64] = eye
+        write(1, 1, TOKEN, 1.0)
+    model.save_pretrained(directory)
+    (directory / "inversionview.json").write_text(json.dumps({"kind": "probed-model",
+                                                              "task": "ioi"}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def constructed(ioi_lm_dir, tmp_path_factory):
+    return load_probed(constructed_model(tmp_path_factory.mktemp("constructed"), ioi_lm_dir))
+
+
+@pytest.fixture(scope="module")
+def constructed_scores(constructed):
+    return head_scores(constructed, n=40, seed=1)
+
+
+def score(scores, name):
+    return next(h for h in scores["heads"] if h.name == name)
+
+
+def test_the_finder_names_the_roles_built_in(constructed_scores):
+    roles = classify(constructed_scores["heads"])
+    assert roles["previous token"] == ["a0.0"]
+    assert roles["duplicate token"] == ["a0.1"]
+    assert roles["induction"] == ["a1.0"]
+    previous, duplicate = score(constructed_scores, "a0.0"), score(constructed_scores, "a0.1")
+    induction = score(constructed_scores, "a1.0")
+    assert previous.previous > 0.95
+    # a repeated token sees two copies of itself: its first copy and itself
+    assert 0.45 < duplicate.duplicate < 0.55
+    assert induction.induction > 0.9
+    # on IOI prompts: at S2 the induction head reads S1+1, the duplicate head S1 (and S2)
+    assert induction.attn_s2_s1_next > 0.9 and 0.45 < duplicate.attn_s2_s1 < 0.55
+    # heads with no query/key weights attend uniformly: no role
+    uniform = score(constructed_scores, "a0.2")
+    assert uniform.previous < 0.3 and uniform.duplicate < 0.2 and uniform.induction < 0.2
+
+
+def test_copying_score_finds_the_copying_head(constructed, constructed_scores):
+    copying, negative = copying_scores(constructed, sorted(constructed.task.prompts.name_ids.values()))
+    assert copying[1, 1] == 1.0 and negative[1, 1] == 0.0
+    assert score(constructed_scores, "a1.1").copying == 1.0
+    # heads that write nothing copy nothing (all logits equal: no name is singled out)
+    assert copying[1, 2] < 0.2 and copying[0, 3] < 0.2
+
+
+def test_patching_effects_follow_what_each_head_writes(constructed_scores):
+    for name in ("a0.2", "a0.3", "a1.2", "a1.3", "a1.0"):  # they write nothing
+        head = score(constructed_scores, name)
+        assert head.patch_all == 0.0 and head.patch_end == 0.0
+    # the copying head alone reaches the logits, and reads every name it sees: the repeated
+    # S gets more of it than IO (LD < 0), and ABC's third name takes that away
+    assert constructed_scores["clean_logit_difference"] < -1
+    copying = score(constructed_scores, "a1.1")
+    assert copying.patch_all == pytest.approx(1.0, abs=1e-4)
+    assert copying.patch_end == pytest.approx(1.0, abs=1e-4)
+
+
+def test_patching_fractions_on_a_tiny_model(ioi_lm_dir):
+    model = load_probed(ioi_lm_dir)
+    prompts = model.task.prompts.prompts(16, seed=2)
+    first = patching_effects(model, prompts, seed=3)
+    assert first["patch_all"].shape == (model.n_layers, model.n_heads)
+    again = patching_effects(model, prompts, seed=3)
+    assert torch.equal(first["patch_all"], again["patch_all"])
+    assert math.isfinite(first["clean_logit_difference"])
+
+
+def test_evaluation_reads_io_and_s_logits(ioi_lm_dir):
+    model = load_probed(ioi_lm_dir)
+    report = evaluate_ioi(model, n=40, seed=0, split="eval")
+    assert report["n"] == 40 and set(report["by_order"]) <= {"ABBA", "BABA"}
+    assert sum(row["n"] for row in report["by_template"].values()) == 40
+    prompts = model.task.prompts.prompts(40, 0, "eval")
+    logits = model.processed_logits(model.tokens([prompts[0].text]))[0]
+    end = prompts[0].positions["END"]
+    io, s = (model.task.prompts.name_ids[n] for n in (prompts[0].io, prompts[0].s))
+    difference = float(logits[end, io] - logits[end, s])
+    again = evaluate_ioi(model, n=1, seed=0, split="eval")
+    assert again["logit_difference"] == pytest.approx(difference, abs=1e-5)
