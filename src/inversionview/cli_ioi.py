@@ -87,6 +87,10 @@ def register(app: typer.Typer) -> None:
         plot: Annotated[Optional[Path], typer.Option(
             "--plot", help="Write the per-head map (patching effect, attention, copying) to "
             "this PNG.")] = None,
+        patching: Annotated[str, typer.Option(
+            "--patching", help="activation (exact: a patched run per head) or attribution "
+            "(a first-order estimate from one backward pass; for GPT-2-sized models on a "
+            "CPU).")] = "activation",
         threads: ThreadsOpt = None,
         force: ForceOpt = False,
         as_json: JsonOpt = False,
@@ -94,13 +98,17 @@ def register(app: typer.Typer) -> None:
         """Find the IOI circuit: every head's attention (END to IO/S, S2 to S1/S1+1), duplicate
         / induction / previous-token scores, copying score and ABC patching effect, and the
         heads classified by role."""
-        from inversionview.ioi.circuit import ROLE_RULES, classify, head_scores
+        from inversionview.ioi.circuit import PATCHING_METHODS, ROLE_RULES, classify, head_scores
+        from inversionview.ioi.prompts import IOIError
 
+        if patching not in PATCHING_METHODS:
+            raise IOIError(f"unknown --patching {patching!r}; use one of "
+                           f"{', '.join(PATCHING_METHODS)}")
         if plot is not None:
             options.check_output_file(plot, "--plot", (".png",), force)
         _apply_threads(threads)
         probed = _load(model, "ioi")
-        scores = head_scores(probed, n, seed)
+        scores = head_scores(probed, n, seed, patching=patching)
         roles = classify(scores["heads"])
         if plot is not None:
             from inversionview.ioi.plot import plot_heads
@@ -119,7 +127,7 @@ def format_heads(scores, roles) -> str:
     def number(value) -> str:
         return "     -" if value is None else f"{value:>6.2f}"
 
-    lines = [f"ABC patching on {scores['n']} prompts: logit difference {scores['clean_logit_difference']:.2f}"
+    lines = [f"ABC {scores['patching']} patching on {scores['n']} prompts: logit difference {scores['clean_logit_difference']:.2f}"
              f" -> {scores['abc_logit_difference']:.2f} with S2 replaced by a third name "
              f"(patch = change of LD as a fraction of that drop's negative; -1: all of it)", "",
              f"{'head':6} {'END>IO':>6} {'END>S2':>6} {'S2>S1':>6} {'dup':>6} {'induct':>6} "

@@ -127,7 +127,8 @@ def test_copying_score_finds_the_copying_head(constructed, constructed_scores):
 def test_patching_effects_follow_what_each_head_writes(constructed_scores):
     for name in ("a0.2", "a0.3", "a1.2", "a1.3", "a1.0"):  # they write nothing
         head = score(constructed_scores, name)
-        assert head.patch_all == 0.0 and head.patch_end == 0.0
+        assert head.patch_all == pytest.approx(0, abs=1e-6)
+        assert head.patch_end == pytest.approx(0, abs=1e-6)
     # the copying head alone reaches the logits, and reads every name it sees: the repeated
     # S gets more of it than IO (LD < 0), and ABC's third name takes that away
     assert constructed_scores["clean_logit_difference"] < -1
@@ -158,3 +159,41 @@ def test_evaluation_reads_io_and_s_logits(ioi_lm_dir):
     difference = float(logits[end, io] - logits[end, s])
     again = evaluate_ioi(model, n=1, seed=0, split="eval")
     assert again["logit_difference"] == pytest.approx(difference, abs=1e-5)
+
+
+def test_the_fast_patching_path_equals_the_whole_patched_run(ioi_lm_dir):
+    """Starting at the head's layer and reading two logits gives the full run's LD."""
+    from inversionview.ioi.circuit import _patched_difference
+    from inversionview.probed.sites import Site
+
+    model = load_probed(ioi_lm_dir)
+    prompts = model.task.prompts.prompts(6, seed=4)
+    tokens = model.tokens([p.text for p in prompts])
+    rows = torch.arange(6)
+    ends = torch.tensor([p.positions["END"] for p in prompts])
+    io = torch.tensor([model.task.prompts.name_ids[p.io] for p in prompts])
+    s = torch.tensor([model.task.prompts.name_ids[p.s] for p in prompts])
+
+    def difference(logits):
+        at = logits[rows, ends]
+        return float((at[rows, io] - at[rows, s]).mean())
+
+    fast = _patched_difference(model, tokens, rows, ends, io, s, difference)
+    noise = torch.randn(*tokens.shape, model.d_model, generator=torch.Generator().manual_seed(0))
+    where = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    for site in (Site(0, "head", 1), Site(1, "head", 3)):
+        slow = difference(model.run_patched(tokens, {site: (where, noise)}))
+        assert fast(site, where, noise) == pytest.approx(slow, abs=1e-4)
+
+
+def test_attribution_patching_estimates_activation_patching(ioi_lm_dir):
+    model = load_probed(ioi_lm_dir)
+    prompts = model.task.prompts.prompts(12, seed=5)
+    exact = patching_effects(model, prompts, seed=6)
+    estimate = patching_effects(model, prompts, seed=6, method="attribution")
+    assert estimate["clean_logit_difference"] == exact["clean_logit_difference"]
+    for key in ("patch_all", "patch_end"):
+        pair = torch.stack([exact[key].flatten(), estimate[key].flatten()])
+        assert torch.corrcoef(pair)[0, 1] > 0.95, pair
+    with pytest.raises(Exception, match="unknown patching method 'path'"):
+        patching_effects(model, prompts, seed=6, method="path")

@@ -213,10 +213,22 @@ def copying_scores(model: ProbedModel, names: list[int], top_k: int = TOP_K
 # ----- patching --------------------------------------------------------------------------------
 
 
+PATCHING_METHODS = ("activation", "attribution")
+
+
 @torch.no_grad()
-def patching_effects(model: ProbedModel, prompts, seed: int) -> dict[str, Any]:
+def patching_effects(model: ProbedModel, prompts, seed: int, method: str = "activation"
+                     ) -> dict[str, Any]:
     """``[layers, heads]`` change of the mean LD when each head's output (at every position,
-    and at END only) comes from the ABC run, as a fraction of (ABC LD - original LD)."""
+    and at END only) comes from the ABC run, as a fraction of (ABC LD - original LD).
+
+    ``activation``: one patched run per head and place (exact; 2 x heads runs).
+    ``attribution``: the first-order estimate from one backward pass of the original runs
+    (Nanda's attribution patching: (ABC output - original output) . dLD/d output); for
+    GPT-2-sized models on a CPU, where exact patching of every head is slow."""
+    if method not in PATCHING_METHODS:
+        raise TaskInputError(f"unknown patching method {method!r}; use one of "
+                             f"{', '.join(PATCHING_METHODS)}")
     task = model.task
     generator = random.Random(seed)
     contrasts = [task.prompts.abc(p, generator.randrange(2**62)) for p in prompts]
@@ -244,25 +256,86 @@ def patching_effects(model: ProbedModel, prompts, seed: int) -> dict[str, Any]:
     at_end[rows, ends] = True
     effects = {"patch_all": torch.zeros(model.n_layers, model.n_heads),
                "patch_end": torch.zeros(model.n_layers, model.n_heads)}
+    if method == "attribution":
+        gradients = _head_gradients(model, original, rows, ends, io, s)
+        clean_values = model.run_sites(original, heads)
+        for site in heads:
+            change = (values[site] - clean_values[site]) * gradients[site]  # [b, p, d]
+            for key, where in (("patch_all", every), ("patch_end", at_end)):
+                estimate = float((change * where[..., None]).sum())  # dLD is of the mean
+                effects[key][site.layer, site.head] = estimate / full if full else 0.0
+        return {"clean_logit_difference": clean, "abc_logit_difference": abc,
+                "method": method, **effects}
+    patched_difference = _patched_difference(model, original, rows, ends, io, s, difference)
     for site in heads:
         for key, where in (("patch_all", every), ("patch_end", at_end)):
-            patched = difference(model.run_patched(original, {site: (where, values[site])}))
+            patched = patched_difference(site, where, values[site])
             effects[key][site.layer, site.head] = (patched - clean) / full if full else 0.0
-    return {"clean_logit_difference": clean, "abc_logit_difference": abc, **effects}
+    return {"clean_logit_difference": clean, "abc_logit_difference": abc, "method": method,
+            **effects}
+
+
+def _head_gradients(model: ProbedModel, original, rows, ends, io, s) -> dict[Site, torch.Tensor]:
+    """d(mean LD)/d(each head's output) ``[b, p, d]`` on the original runs (processed GPT-2)."""
+    from inversionview.probed.processed import ProcessedGPT2, _normalize
+
+    processed = model.processed
+    if not isinstance(processed, ProcessedGPT2):
+        raise TaskInputError("attribution patching reads gradients of the processed GPT-2 "
+                             "forward; use --patching activation for this architecture")
+    outputs = []
+    with torch.enable_grad():
+        resid = processed._embed(model.model_ids(original))
+        for layer in range(model.n_layers):
+            heads = processed._head_outputs(resid, layer, None).detach().requires_grad_(True)
+            outputs.append(heads)
+            resid = resid + heads.sum(dim=2) + processed.b_O[layer]
+            resid = resid + processed._mlp_out(resid, layer)
+        final = _normalize(resid, processed.eps)[rows, ends]
+        direction = processed.W_U.T[io] - processed.W_U.T[s]
+        difference = ((final * direction).sum(dim=1) + processed.b_U[io] - processed.b_U[s]).mean()
+        grads = torch.autograd.grad(difference, outputs)
+    return {Site(layer, "head", head): grads[layer][:, :, head]
+            for layer in range(model.n_layers) for head in range(model.n_heads)}
+
+
+def _patched_difference(model: ProbedModel, original, rows, ends, io, s, difference):
+    """``(site, where, values) -> mean LD`` of the original runs with one head patched. On
+    the processed GPT-2 path it starts at the head's layer from the unpatched residual stream
+    and reads only the two answers' logits at END (GPT-2 small: 50,257 logits at every
+    position of every run would dominate); elsewhere it runs the whole patched model."""
+    from inversionview.probed.processed import ProcessedGPT2
+
+    processed = model.processed
+    if not isinstance(processed, ProcessedGPT2):
+        return lambda site, where, values: difference(
+            model.run_patched(original, {site: (where, values)}))
+    ids = model.model_ids(original)
+    starts = processed.run(ids, [Site(layer, "resid_pre") for layer in range(model.n_layers)])
+    direction = processed.W_U.T[io] - processed.W_U.T[s]  # [n, d]
+    bias = processed.b_U[io] - processed.b_U[s]
+
+    def patched(site: Site, where, values) -> float:
+        final = processed.final_normalized(ids, {site: (where, values)},
+                                           start=(site.layer, starts[Site(site.layer, "resid_pre")]))
+        return float(((final[rows, ends] * direction).sum(dim=1) + bias).mean())
+
+    return patched
 
 
 # ----- together ----------------------------------------------------------------------------------
 
 
-def head_scores(model: ProbedModel, n: int = 200, seed: int = 0, split: str = "all"
-                ) -> dict[str, Any]:
-    """Every head's ``HeadScore`` on ``n`` prompts (and ``n`` repeated runs), seeded."""
+def head_scores(model: ProbedModel, n: int = 200, seed: int = 0, split: str = "all",
+                patching: str = "activation") -> dict[str, Any]:
+    """Every head's ``HeadScore`` on ``n`` prompts (and ``n`` repeated runs), seeded;
+    ``patching``: activation (exact) or attribution (``patching_effects``)."""
     task = _ioi_task(model)
     prompts = task.prompts.prompts(n, seed, split)
     attention = _ioi_attention(model, prompts)
     repeats = _repeat_scores(model, n, seed)
     copying = copying_scores(model, sorted(task.prompts.name_ids.values()))
-    patching = patching_effects(model, prompts, seed)
+    patching = patching_effects(model, prompts, seed, patching)
     heads = []
     for layer in range(model.n_layers):
         for head in range(model.n_heads):
@@ -274,7 +347,7 @@ def head_scores(model: ProbedModel, n: int = 200, seed: int = 0, split: str = "a
                 negative_copying=None if copying is None else float(copying[1][layer, head]),
                 patch_all=float(patching["patch_all"][layer, head]),
                 patch_end=float(patching["patch_end"][layer, head])))
-    return {"n": n, "seed": seed, "split": split,
+    return {"n": n, "seed": seed, "split": split, "patching": patching["method"],
             "clean_logit_difference": patching["clean_logit_difference"],
             "abc_logit_difference": patching["abc_logit_difference"], "heads": heads}
 

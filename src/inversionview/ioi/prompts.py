@@ -134,6 +134,10 @@ TEMPLATES = (
     Template("argued", "On the way to the {PLACE}, {N1} and {N2} argued, so {S} gave the {OBJECT} to"),
     Template("late", "It was late when {N1} and {N2} left the {PLACE}, and {S} tossed the {OBJECT} to"),
     Template("visited", "Today {N1} and {N2} visited the {PLACE}. Then {S} carried the {OBJECT} to"),
+    Template("cooked", "On Friday {N1} and {N2} cooked at the {PLACE}, and {S} saved the {OBJECT} for"),
+    Template("shopped", "While {N1} and {N2} shopped at the {PLACE}, {S} chose the {OBJECT} for"),
+    Template("rested", "Later {N1} and {N2} rested by the {PLACE}, so {S} kept the {OBJECT} for"),
+    Template("shared", "After {N1} and {N2} met at the {PLACE}, {S} shared the {OBJECT} with"),
     # Held out: never in a training mixture (their wording differs from every train template).
     Template("found", "Near the {PLACE}, {N1} and {N2} found a {OBJECT}, and {S} gave it to", "eval"),
     Template("worked", "All day {N1} and {N2} worked at the {PLACE}; in the evening {S} wrote a {OBJECT} for", "eval"),

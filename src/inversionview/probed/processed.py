@@ -201,14 +201,24 @@ class ProcessedGPT2(nn.Module):
         everything downstream is computed from it. A head's result feeds the attention output
         (its sum with the other heads); a residual site replaces the stream itself.
         """
+        return self.final_normalized(tokens, patches) @ self.W_U + self.b_U
+
+    @torch.no_grad()
+    def final_normalized(self, tokens: torch.Tensor,
+                         patches: dict[Site, tuple[torch.Tensor, torch.Tensor]],
+                         start: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """``[batch, pos, d_model]``: the final residual stream after the final LayerNorm's
+        normalisation (its weights are folded into ``W_U``), with ``patches`` as in
+        ``run_patched``. ``start = (layer, resid_pre)`` begins at ``layer`` from a given
+        residual stream (an unpatched run's, reused across many patches of later layers)."""
         def patch(site: Site, activation: torch.Tensor) -> torch.Tensor:
             if site not in patches:
                 return activation
             where, values = patches[site]
             return torch.where(where[..., None], values.to(activation.dtype), activation)
 
-        resid = self._embed(tokens)
-        for layer in range(self.n_layers):
+        first, resid = (0, self._embed(tokens)) if start is None else start
+        for layer in range(first, self.n_layers):
             resid = patch(Site(layer, "resid_pre"), resid)
             heads = self._head_outputs(resid, layer, None)  # [b, p, h, d]
             if any(Site(layer, "head", h) in patches for h in range(self.n_heads)):
@@ -218,7 +228,7 @@ class ProcessedGPT2(nn.Module):
             resid = patch(Site(layer, "resid_mid"), resid + attention_out)
             mlp_out = patch(Site(layer, "mlp_out"), self._mlp_out(resid, layer))
             resid = patch(Site(layer, "resid_post"), resid + mlp_out)
-        return _normalize(resid, self.eps) @ self.W_U + self.b_U
+        return _normalize(resid, self.eps)
 
     @torch.no_grad()
     def attention_pattern(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
