@@ -14,8 +14,9 @@ ioi_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mo
 def register(app: typer.Typer) -> None:
     """Add the ``ioi`` command group to ``app``."""
     from inversionview import options
-    from inversionview.cli import (ForceOpt, JsonOpt, ModelArg, SeedOpt, ThreadsOpt,
-                                   _apply_threads, _emit, _load)
+    from inversionview.cli import (CandidatesOpt, DecoderOpt, ForceOpt, JsonOpt, ModelArg,
+                                   SeedOpt, ThreadsOpt, _apply_threads, _emit, _load)
+    from inversionview.ioi.prompts import IOIError
     from inversionview.options import Range
 
     IOI_LINES = Range("lines", 1, 100_000_000)
@@ -119,7 +120,84 @@ def register(app: typer.Typer) -> None:
                   "rules": ROLE_RULES}
         _emit(record, as_json, format_heads(scores, roles))
 
+    @ioi_app.command("read")
+    def read_command(
+        model: ModelArg,
+        decoder: DecoderOpt = None,
+        heads: Annotated[Optional[str], typer.Option(
+            "--heads", help="Heads to read, comma separated (e.g. a3.1,a2.5; default: every "
+            "head `ioi heads` puts in a role, found on --n prompts).")] = None,
+        queries: Annotated[int, typer.Option("--queries", help="Queries per head and position.",
+                                             callback=options.PAIRS.callback)] = 20,
+        candidates: CandidatesOpt = 256,
+        dla_n: Annotated[int, typer.Option("--dla-n", help="Prompts for the DLA baseline.",
+                                           callback=options.PAIRS.callback)] = 1000,
+        n: Annotated[int, typer.Option("--n", help="Prompts for finding the heads.",
+                                       callback=options.PAIRS.callback)] = 200,
+        seed: SeedOpt = 0,
+        threads: ThreadsOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Read the circuit's heads at S1+1, S2 and END with InversionView (which attributes
+        of the query the in-epsilon samples keep) beside the DLA baseline (the paper's
+        Table 4: is the expected name among the 30 tokens the head promotes or suppresses)."""
+        from inversionview.decoder.store import decoder_for
+        from inversionview.ioi.circuit import classify, head_scores
+        from inversionview.ioi.readings import READ_POSITIONS, dla_table, read_heads
+
+        _apply_threads(threads)
+        probed = _load(model, "ioi")
+        trained, _ = decoder_for(probed, model, decoder)
+        roles: dict[str, list[str]] = {}
+        if heads is None:
+            found = classify(head_scores(probed, n, seed)["heads"])
+            for role, names in found.items():
+                for name in names:
+                    roles.setdefault(name, []).append(role)
+        else:
+            for name in (part.strip() for part in heads.split(",") if part.strip()):
+                site = probed.site(name)
+                if site.kind != "head":
+                    raise IOIError(f"--heads takes heads such as a3.1, not {name!r}")
+                roles[site.short] = []
+        targets = [(head, position) for head in roles for position in READ_POSITIONS]
+        readings = read_heads(probed, trained, targets, queries, seed, candidates)
+        dla = dla_table(probed, [(head, position, "io" if "name mover" in roles[head] else "s")
+                                 for head, position in targets], dla_n, seed)
+        record = {"model": model, "roles": roles, "readings": readings, "dla": dla}
+        _emit(record, as_json, format_readings(record))
+
     app.add_typer(ioi_app, name="ioi")
+
+
+def format_readings(record) -> str:
+    """Per head and position: the in-ε agreement of each attribute (outside in parentheses),
+    then the DLA rates."""
+    from inversionview.ioi.readings import READ_ATTRIBUTES
+
+    def cell(values) -> str:
+        inside, outside = values["inside"], values["outside"]
+        text = "-" if inside is None else f"{inside:.2f}"
+        return f"{text} ({'-' if outside is None else f'{outside:.2f}'})"
+
+    lines = ["InversionView: fraction of in-epsilon samples keeping the query's attribute "
+             "(out of epsilon in parentheses)", "",
+             f"{'head@position':16} {'roles':22} {'in-eps':>7} " + " ".join(
+                 f"{name:>13}" for name in READ_ATTRIBUTES)]
+    for row in record["readings"]:
+        roles = ", ".join(record["roles"].get(row["site"], [])) or "-"
+        lines.append(f"{row['site'] + '@' + row['position']:16} {roles[:22]:22} "
+                     f"{row['distinct_in_epsilon']:>7} " + " ".join(
+                         f"{cell(row['attributes'][name]):>13}" for name in READ_ATTRIBUTES))
+    lines += ["", "DLA (paper's Table 4): expected name among the head's top 30 promoted / "
+              "suppressed tokens (and the first name there)", "",
+              f"{'head@position':16} {'name':>4} {'promoted':>9} {'& first':>8} "
+              f"{'suppressed':>10} {'& first':>8}"]
+    for row in record["dla"]:
+        lines.append(f"{row['site'] + '@' + row['position']:16} {row['expected']:>4} "
+                     f"{row['top30_promoted']:>9.2f} {row['top30_promoted_first_name']:>8.2f} "
+                     f"{row['top30_suppressed']:>10.2f} {row['top30_suppressed_first_name']:>8.2f}")
+    return "\n".join(lines)
 
 
 def format_heads(scores, roles) -> str:

@@ -44,6 +44,7 @@ def constructed_model(directory, tokenizer_dir, seed: int = 0):
             block.ln_2.weight.fill_(1.0)
         model.transformer.ln_f.weight.fill_(1.0)
         tokens = torch.randn(vocab, 64, generator=generator)
+        tokens -= tokens.mean(dim=1, keepdim=True)  # LayerNorm's centring then adds nothing
         model.transformer.wte.weight[:, TOKEN] = tokens / tokens.norm(dim=1, keepdim=True)
         model.transformer.wpe.weight[:, POSITION:POSITION + N_POSITIONS] = torch.eye(N_POSITIONS)
         eye = torch.eye(64)
@@ -197,3 +198,44 @@ def test_attribution_patching_estimates_activation_patching(ioi_lm_dir):
         assert torch.corrcoef(pair)[0, 1] > 0.95, pair
     with pytest.raises(Exception, match="unknown patching method 'path'"):
         patching_effects(model, prompts, seed=6, method="path")
+
+
+def test_dla_table_reads_what_the_copying_head_writes(constructed):
+    """a1.1 copies every token it reads at END (uniform attention), so S, seen twice, is the
+    name it promotes most, mostly: each token's logit also gets the dot products of its
+    random 64-d embedding with the prompt's ~25 other tokens' (sd about 0.6, against S's 2
+    and IO's 1), so another name wins now and then, and IO (1) is often not in the top 30
+    of 700 tokens."""
+    from inversionview.ioi.readings import dla_table
+
+    rows = dla_table(constructed, [("a1.1", "END", "s"), ("a1.1", "END", "io"),
+                                   ("a0.2", "END", "s")], n=60, seed=2)
+    s_row, io_row, silent = rows
+    assert s_row["top30_promoted"] >= 0.9 and s_row["top30_promoted_first_name"] >= 0.75
+    assert io_row["top30_promoted_first_name"] <= 0.1
+    assert io_row["top30_promoted"] < s_row["top30_promoted"]
+    assert s_row["top30_suppressed"] == 0.0
+    assert silent["top30_promoted_first_name"] < 0.2  # writes nothing: no name stands out
+
+
+def test_read_heads_is_seeded_and_counts_its_samples(tmp_path):
+    from tiny_lms import make_ioi_lm
+
+    from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
+    from inversionview.decoder.store import load_decoder
+    from inversionview.ioi.readings import READ_ATTRIBUTES, read_heads
+
+    model = load_probed(make_ioi_lm(tmp_path / "lm"))
+    train_decoder(model, DecoderTrainingConfig(out=tmp_path / "decoder", examples=128,
+                                               eval_every_seconds=10_000),
+                  show_progress=False)
+    decoder, _ = load_decoder(tmp_path / "decoder", model)
+    first = read_heads(model, decoder, [("a1.0", "S2"), ("a0.1", "END")], queries=2,
+                       candidates=16, seed=4)
+    assert first == read_heads(model, decoder, [("a1.0", "S2"), ("a0.1", "END")], queries=2,
+                               candidates=16, seed=4)
+    for row in first:
+        assert set(row["attributes"]) == set(READ_ATTRIBUTES)
+        assert 0 <= row["queries_with_inside"] <= 2
+        for counts in row["attributes"].values():
+            assert counts["n_inside"] <= row["distinct_in_epsilon"]
