@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
     from inversionview.ioi.prompts import IOIError
     from inversionview.options import Range
 
-    IOI_LINES = Range("lines", 1, 100_000_000)
+    IOI_LINES = Range("lines", 1, 10_000_000)
 
     @ioi_app.command("corpus")
     def corpus_command(

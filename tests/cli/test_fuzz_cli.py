@@ -63,6 +63,7 @@ if (AUTHORS_MODELS / "counting" / "config.json").exists():
 MODEL = st.sampled_from(MODELS)
 CHEAP_MODEL = st.sampled_from([m for m in MODELS if m != "addition"])  # completeness: 810k inputs
 TASK = texts("counting", "addition")
+IOI_MODEL = st.sampled_from(["ioi-lm", "counting", "gpt2", "no/such/dir", "adir", "broken-model", ""])
 SITE = texts("a0.0", "a1.0", "x0.pre", "m1", "x1.post", "blocks.0.hook_resid_mid", "a0", "a9.0",
              "a٣.0", "blocks.0.attn.hook_result.9")
 POSITION = texts(":", "query", "|", "=", "A1", "0", "3", "-1", "99", "²", "٣")
@@ -136,6 +137,23 @@ COMMANDS = [
                                      "--max-tokens": ints(1, 32, 5000), "--json": FLAG}),
     Command("export-decoder", DECODER_DIR, {"--out": OUTPUT_DIR, "--model": MODEL, "--task": TASK,
                                             "--seed": SEED, "--force": FLAG, "--json": FLAG}),
+    Command("ioi corpus", None, {"--out": st.sampled_from(["mix.txt", "mix.json", "adir", "afile",
+                                                           "existing.html", "readonly/x.txt", ""]),
+                                 "--lines": st.sampled_from(["1", "50", "0", "-1", "x", "1e3",
+                                                             "99999999999999999999", "٣"]),
+                                 "--text": SOME_PATH, "--seed": SEED, "--force": FLAG,
+                                 "--json": FLAG}),
+    Command("ioi eval", IOI_MODEL, {"--n": ints(1, 8), "--split": texts("eval", "train", "all"),
+                                    "--seed": SEED, "--threads": THREADS, "--json": FLAG}),
+    Command("ioi heads", IOI_MODEL, {"--n": ints(1, 4), "--seed": SEED, "--plot": OUTPUT_FILE,
+                                     "--patching": texts("activation", "attribution"),
+                                     "--force": FLAG, "--threads": THREADS, "--json": FLAG}),
+    Command("ioi read", IOI_MODEL, {"--decoder": st.sampled_from(["ioi-decoder", "adir",
+                                                                  "DECODER_COUNTING", ""]),
+                                    "--heads": texts("a0.0", "a1.1,a0.2", "x0.pre", "a9.0", ","),
+                                    "--queries": ints(1, 2), "--candidates": ints(1, 8),
+                                    "--dla-n": ints(1, 5), "--n": ints(1, 3), "--seed": SEED,
+                                    "--threads": THREADS, "--json": FLAG}),
     Command("serve", st.lists(MODEL, max_size=2).map(lambda names: " ".join(names)),
             {"--task": TASK, "--decoder": texts("counting=DECODER_COUNTING", "x=adir", "=", "counting"),
              "--host": texts("127.0.0.1", "localhost", "0.0.0.0", "::1", "not a host"),
@@ -145,7 +163,7 @@ COMMANDS = [
 
 @st.composite
 def command_lines(draw, command: Command) -> list[str]:
-    argv = [command.name]
+    argv = command.name.split(" ")  # "ioi eval": a command group and its command
     if command.positional is not None and draw(st.booleans()):
         value = draw(command.positional)
         argv += value.split(" ") if command.name == "serve" and value else [value]
@@ -181,6 +199,16 @@ def sandbox(tmp_path_factory):
     broken_decoder = root / "broken-decoder"
     shutil.copytree(find_artifact("decoder-counting"), broken_decoder)
     (broken_decoder / "decoder.json").write_text("{not json")
+    from tiny_lms import make_ioi_lm
+
+    from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
+    from inversionview.probed import load_probed
+
+    ioi = make_ioi_lm(root / "ioi-lm")
+    train_decoder(load_probed(ioi), DecoderTrainingConfig(out=root / "ioi-decoder", examples=32,
+                                                          eval_every_seconds=10_000,
+                                               eval_queries_per_site=1, eval_samples_per_query=2),
+                  show_progress=False)
     (root / "readonly").chmod(0o555)
     yield root
     (root / "readonly").chmod(0o755)
@@ -258,7 +286,8 @@ def run_case(argv: list[str], sandbox: Path) -> None:
 # Cases per command: the cheap ones get more. Together about 750 per suite run.
 BUDGET = {"models": 20, "eval-probed": 50, "activation": 70, "inspect": 50, "decoders": 40,
           "query": 90, "verify": 50, "completeness": 40, "patch": 60, "dla": 60, "ablate": 50,
-          "train-probed": 50, "train-decoder": 40, "export-decoder": 40, "serve": 50}
+          "train-probed": 50, "train-decoder": 40, "export-decoder": 40, "serve": 50,
+          "ioi corpus": 20, "ioi eval": 30, "ioi heads": 20, "ioi read": 20}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)

@@ -227,7 +227,8 @@ def test_read_heads_is_seeded_and_counts_its_samples(tmp_path):
 
     model = load_probed(make_ioi_lm(tmp_path / "lm"))
     train_decoder(model, DecoderTrainingConfig(out=tmp_path / "decoder", examples=128,
-                                               eval_every_seconds=10_000),
+                                               eval_every_seconds=10_000,
+                                               eval_queries_per_site=1, eval_samples_per_query=2),
                   show_progress=False)
     decoder, _ = load_decoder(tmp_path / "decoder", model)
     first = read_heads(model, decoder, [("a1.0", "S2"), ("a0.1", "END")], queries=2,
