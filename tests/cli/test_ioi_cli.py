@@ -73,3 +73,14 @@ def test_read_refuses_sites_that_are_not_heads(ioi_lm_dir, tmp_path):
     refused(base + ["--heads", "a7.0"], "site 'a7.0' is not a site of this model")
     shown = ok(base + ["--heads", "a1.0", "--queries", "1", "--candidates", "8", "--dla-n", "5"])
     assert "a1.0@S2" in shown and "DLA (paper's Table 4)" in shown
+
+
+def test_patch_draws_ioi_pairs_itself(ioi_lm_dir):
+    record = json.loads(ok(["patch", str(ioi_lm_dir), "--components", "a1.0@END,a0.1@S2",
+                            "--contrast", "abc", "--n", "6", "--json"]))
+    assert record["n"] == 6 and record["contrast"] == "abc" and len(record["steps"]) == 3
+    swapped = json.loads(ok(["patch", str(ioi_lm_dir), "--components", "a1.0@END",
+                             "--contrast", "swap", "--n", "6", "--json"]))
+    assert swapped["contrast"] == "swap" and swapped["n"] == 6
+    refused(["patch", str(ioi_lm_dir), "--components", "a1.0@END"],
+            "unknown contrast 'random' for IOI; use one of: abc, swap")

@@ -86,6 +86,9 @@ def test_answer_pairs(model, kind):
             assert model.task.attributes(contrast)["io"] == attributes["s"]
         else:
             assert model.task.attributes(contrast) == {}  # no repeated name
+            # the third name sits where S2 was: patching at S2 lines up
+            assert (model.task.resolve_position(contrast, "S2")
+                    == model.task.resolve_position(original, "S2"))
     with pytest.raises(TaskInputError, match="unknown contrast 'random' for IOI; use one of: abc, swap"):
         model.task.answer_pairs(1, "random")
 

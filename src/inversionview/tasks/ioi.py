@@ -115,6 +115,10 @@ class IOITask(TextTask):
         real = [token for token in ids if token not in (self.vocab.pad_id, self.vocab.eos_id)]
         parsed = self.prompts.parse_ids(real)
         named = {} if parsed is None else dict(parsed["positions"])
+        if parsed is None:  # an ABC prompt: three names once each; the third fills S2's slot
+            mentions = [i for i, token in enumerate(real) if token in self.prompts.names_by_id]
+            if len(mentions) == 3 and len({real[i] for i in mentions}) == 3:
+                named["S2"] = mentions[2]
         named["END"] = len(real) - 1
         return named
 
