@@ -51,6 +51,15 @@ def test_validity_separates_prompts_from_other_text(model):
     assert task.attributes("In the beginning was the word") == {}
 
 
+def test_a_name_the_task_does_not_know_says_which_names_it_reads(model):
+    text = "Yesterday Zephyrine and Paul walked to the market, and Paul handed the key to"
+    assert len(model.task.vocab.encode(" Zephyrine")) > 1  # split: not one of the names
+    with pytest.raises(TaskInputError, match=r"no IO: .* each one token with its leading "
+                                             r"space \(Anna, Paul, .*40 names\)"):
+        model.task.resolve_position(text, "IO")
+    assert not model.task.validate(text).well_formed
+
+
 def test_a_text_without_the_names_has_no_s2(model):
     with pytest.raises(TaskInputError, match="this text has no S2: IO, S1, S1\\+1 and S2 need"):
         model.task.resolve_position("In the beginning was the word", "S2")

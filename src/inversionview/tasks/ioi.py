@@ -125,9 +125,11 @@ class IOITask(TextTask):
     def resolve_in_tokens(self, ids, position: str | int) -> int:
         name = str(position).strip()
         if name in POSITION_NAMES and name not in self.named_positions_in_tokens(ids):
+            known = ", ".join(self.prompts.names[:8])
             raise TaskInputError(
                 f"this text has no {name}: IO, S1, S1+1 and S2 need two of the task's names, "
-                f"one once (IO) and one twice (S), e.g. {self.example!r}")
+                f"one once (IO) and one twice (S), each one token with its leading space "
+                f"({known}, ... {len(self.prompts.names)} names), e.g. {self.example!r}")
         return super().resolve_in_tokens(ids, position)
 
     def position_label(self, text: str, index: int) -> str:
