@@ -40,17 +40,36 @@ def greedy(model: GPT2LMHeadModel, tokenizer: HFTokenizer, prompt: str) -> str:
     return tokenizer.decode(ids[1 + len(tokenizer.encode(prompt)):])
 
 
+def ioi_accuracy(directory: Path) -> dict:
+    """IOI accuracy and logit difference of the model in ``directory`` on 1,000 prompts of
+    the held-out and of the train templates."""
+    from inversionview.ioi.circuit import evaluate_ioi
+    from inversionview.probed import load_probed
+
+    model = load_probed(directory, "ioi")
+    return {split: {k: v for k, v in evaluate_ioi(model, 1000, 0, split).items()
+                    if k != "by_order"} for split in ("eval", "train")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument("--ship", type=Path, default=None, help="copy the model here (float16)")
+    parser.add_argument("--task", default="text", help="text, or ioi: the shipped manifest "
+                        "says so and the IOI accuracy of the shipped weights is recorded")
+    parser.add_argument("--default-query", default=None,
+                        help="SITE@POSITION: the shipped model's default query (on its example)")
     args = parser.parse_args()
     manifest = json.loads((args.run / "inversionview.json").read_text())
     directory = args.run
     files = {}
+    extra = {}
+    if args.default_query:
+        site, _, position = args.default_query.partition("@")
+        extra["default_query"] = {"site": site, "position": position}
     if args.ship is not None:
-        directory = ship_lm(args.run, args.ship)
+        directory = ship_lm(args.run, args.ship, task=args.task, extra=extra)
         files = {path.name: path.stat().st_size for path in sorted(directory.iterdir())}
         too_big = {name: size for name, size in files.items() if size >= MAX_FILE_BYTES}
         if too_big:
@@ -85,10 +104,17 @@ def main() -> None:
         "shipped_files_bytes": files,
         "greedy_float16" if args.ship else "greedy": {
             prompt: greedy(model, tokenizer, prompt) for prompt in PROMPTS},
+        **({"ioi": ioi_accuracy(directory)} if args.task == "ioi" else {}),
         "report_command": provenance.command_line(),
         "report_commit": provenance.commit(),
         "curve": manifest["history"],
     }
+    if args.ship is not None and args.task == "ioi":  # the shipped model says what it reached
+        manifest_path = directory / "inversionview.json"
+        shipped = json.loads(manifest_path.read_text())
+        shipped["ioi_accuracy"] = {"measured_by": "bench/train_lm.py ioi_accuracy: "
+                                   "evaluate_ioi(model, 1000, seed 0, split)", **record["ioi"]}
+        manifest_path.write_text(json.dumps(shipped, indent=1) + "\n")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"train_lm-{args.name}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")

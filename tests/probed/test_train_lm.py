@@ -286,3 +286,23 @@ def test_the_command_needs_one_budget(command, corpus, tmp_path):
                     "--steps")
     _one_line_error(command("--corpus", corpus, "--out", tmp_path / "o", "--steps", "2",
                             "--vocab-size", "12"), "vocab-size")
+
+
+def test_an_lm_trained_on_the_ioi_mixture_ships_as_ioi(tmp_path):
+    from inversionview.ioi.corpus import mixture_lines
+    from inversionview.probed import load_probed
+    from inversionview.tasks.ioi import IOITask
+
+    corpus = tmp_path / "mix.txt"
+    corpus.write_text("\n".join(mixture_lines(1_500, seed=1)) + "\n")
+    train_lm(LMTrainingConfig(corpus=corpus, out=tmp_path / "run", steps=2, vocab_size=700,
+                              max_tokens=40, model_overrides=TINY), show_progress=False)
+    query = {"site": "a1.0", "position": "END"}
+    shipped = ship_lm(tmp_path / "run", tmp_path / "ship", task="ioi",
+                      extra={"default_query": query})
+    manifest = _manifest(shipped)
+    assert manifest["task"] == "ioi" and manifest["default_query"] == query
+    model = load_probed(shipped)
+    assert isinstance(model.task, IOITask) and model.task.default_query == ("a1.0", "END")
+    with pytest.raises(UserError, match="unknown task 'sorting' for a language model"):
+        ship_lm(tmp_path / "run", tmp_path / "ship2", task="sorting")

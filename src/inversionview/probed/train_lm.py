@@ -454,9 +454,14 @@ def remove_run(out: Path) -> None:
 
 
 def ship_lm(run_directory: str | Path, destination: str | Path,
-            dtype: torch.dtype = torch.float16) -> Path:
+            dtype: torch.dtype = torch.float16, task: str = TextTask.name,
+            extra: dict[str, Any] | None = None) -> Path:
     """Copy the trained model in ``run_directory`` to ``destination`` for shipping: weights
-    in ``dtype``, config, tokenizer and manifest; no checkpoint, optimizer or metrics."""
+    in ``dtype``, config, tokenizer and manifest; no checkpoint, optimizer or metrics.
+    ``task``: what the shipped manifest says the model is read as (``text``, ``ioi``);
+    ``extra``: more manifest fields (quality figures, the default query)."""
+    from inversionview.probed.model import TEXT_TASKS
+
     run_directory, destination = Path(run_directory), Path(destination)
     manifest = read_json_object(run_directory / "inversionview.json", UserError,
                                 "the manifest of a model trained by train-lm")
@@ -469,11 +474,14 @@ def ship_lm(run_directory: str | Path, destination: str | Path,
     hf_model.load_state_dict(state, strict=False)
     hf_model.tie_weights()
     tokenizer = HFTokenizer.from_directory(run_directory, model_size=hf_model.config.vocab_size)
-    task = TextTask(tokenizer, hf_model.config.n_positions)
+    if task not in TEXT_TASKS:
+        raise UserError(f"unknown task {task!r} for a language model; use one of "
+                        f"{', '.join(TEXT_TASKS)}")
+    task = TEXT_TASKS[task](tokenizer, hf_model.config.n_positions)
     record = {key: value for key, value in manifest.items()
               if key not in ("kind", "task", "weights_sha256")}
     record.update(weights_dtype=str(dtype).removeprefix("torch."),
-                  shipped_from=provenance.portable_path(run_directory))
+                  shipped_from=provenance.portable_path(run_directory), **(extra or {}))
     destination.mkdir(parents=True, exist_ok=True)
     tokenizer.hf.save_pretrained(str(destination))
     ProbedModel(task=task, hf_model=hf_model.to(dtype)).save(destination, record)
