@@ -126,7 +126,7 @@ def test_a_tokenizer_that_splits_names_is_refused_with_the_names(tmp_path):
 
 def test_unknown_template_order_and_split_are_refused(generator):
     rng = random.Random(0)
-    with pytest.raises(IOIError, match="unknown template 'nope'; known: walked"):
+    with pytest.raises(IOIError, match="unknown template 'nope'; known: walked-handed"):
         generator.prompt(rng, template="nope")
     with pytest.raises(IOIError, match="unknown order 'AABB'"):
         generator.prompt(rng, order="AABB")

@@ -36,7 +36,7 @@ def test_named_positions_and_attributes(model):
     assert task.resolve_position(TEXT, "S2") == named["S2"]
     assert task.position_label(TEXT, named["IO"]) == "IO"
     assert task.attributes(TEXT) == {
-        "io": "Anna", "s": "Paul", "order": "ABBA", "template": "walked", "place": "market",
+        "io": "Anna", "s": "Paul", "order": "ABBA", "template": "walked-handed", "place": "market",
         "object": "key", "io_position": named["IO"], "s1_position": named["S1"],
         "s2_position": named["S2"]}
 

@@ -24,6 +24,7 @@ are this project's own. Templates are split: ``train`` ones may be used to train
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 from typing import Any, Iterable, Sequence
@@ -59,18 +60,22 @@ class Template:
 
     def pattern(self) -> re.Pattern:
         """A regex matching this template's prompts with any single-word fillers."""
-        parts = re.split(r"(\{\w+\})", self.text)
-        regex, seen = "", set()
-        for part in parts:
-            slot = part[1:-1] if part.startswith("{") else None
-            if slot is None:
-                regex += re.escape(part)
-            elif slot in seen:
-                regex += f"(?P={slot})"
-            else:
-                seen.add(slot)
-                regex += f"(?P<{slot}>[^\\s,.]+)" if slot != "S" else r"(?P<S>[^\s,.]+)"
-        return re.compile(regex + r"$")
+        return _pattern(self.text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern(text: str) -> re.Pattern:
+    regex, seen = "", set()
+    for part in re.split(r"(\{\w+\})", text):
+        slot = part[1:-1] if part.startswith("{") else None
+        if slot is None:
+            regex += re.escape(part)
+        elif slot in seen:
+            regex += f"(?P={slot})"
+        else:
+            seen.add(slot)
+            regex += f"(?P<{slot}>[^\\s,.]+)"
+    return re.compile(regex + r"$")
 
 
 def check_template(text: str, where: str = "template") -> None:
@@ -119,31 +124,48 @@ OBJECTS = (
     "book", "letter", "key", "ring", "pear", "basket", "hammer", "lamp", "coin", "map",
     "shirt", "bottle", "ticket", "knife", "cup", "candle", "rope", "box", "bread", "flower",
 )
-TEMPLATES = (
-    Template("walked", "Yesterday {N1} and {N2} walked to the {PLACE}, and {S} handed the {OBJECT} to"),
-    Template("met", "At the {PLACE}, {N1} met {N2}. Later {S} passed the {OBJECT} to"),
-    Template("waiting", "While {N1} and {N2} were waiting at the {PLACE}, {S} offered the {OBJECT} to"),
-    Template("morning", "This morning {N1} and {N2} went to the {PLACE}, where {S} lent the {OBJECT} to"),
-    Template("drove", "After lunch, {N1} and {N2} drove to the {PLACE}. There {S} showed the {OBJECT} to"),
-    Template("reached", "When {N1} and {N2} reached the {PLACE}, {S} threw the {OBJECT} to"),
-    Template("joined", "On Sunday {N1} joined {N2} at the {PLACE}, and {S} sold the {OBJECT} to"),
-    Template("left", "Once {N1} and {N2} had left the {PLACE}, {S} sent the {OBJECT} to"),
-    Template("sat", "In the {PLACE}, {N1} sat next to {N2}, and {S} gave the {OBJECT} to"),
-    Template("opened", "Before {N1} and {N2} opened the {PLACE}, {S} brought the {OBJECT} to"),
-    Template("cleaned", "Last week {N1} and {N2} cleaned the {PLACE}. Afterwards {S} returned the {OBJECT} to"),
-    Template("argued", "On the way to the {PLACE}, {N1} and {N2} argued, so {S} gave the {OBJECT} to"),
-    Template("late", "It was late when {N1} and {N2} left the {PLACE}, and {S} tossed the {OBJECT} to"),
-    Template("visited", "Today {N1} and {N2} visited the {PLACE}. Then {S} carried the {OBJECT} to"),
-    Template("cooked", "On Friday {N1} and {N2} cooked at the {PLACE}, and {S} saved the {OBJECT} for"),
-    Template("shopped", "While {N1} and {N2} shopped at the {PLACE}, {S} chose the {OBJECT} for"),
-    Template("rested", "Later {N1} and {N2} rested by the {PLACE}, so {S} kept the {OBJECT} for"),
-    Template("shared", "After {N1} and {N2} met at the {PLACE}, {S} shared the {OBJECT} with"),
-    # Held out: never in a training mixture (their wording differs from every train template).
+#: Train templates are composed: an opening that names both people and a place, then a
+#: clause in which S gives an object (16 x 18 = 288 wordings), so that a model trained on
+#: them has seen the construction in many wordings rather than a few to memorise.
+OPENINGS = (
+    ("walked", "Yesterday {N1} and {N2} walked to the {PLACE}, and"),
+    ("met", "At the {PLACE}, {N1} met {N2}. Later"),
+    ("waiting", "While {N1} and {N2} were waiting at the {PLACE},"),
+    ("morning", "This morning {N1} and {N2} went to the {PLACE}, where"),
+    ("drove", "After lunch, {N1} and {N2} drove to the {PLACE}. There"),
+    ("reached", "When {N1} and {N2} reached the {PLACE},"),
+    ("joined", "On Sunday {N1} joined {N2} at the {PLACE}, and"),
+    ("left", "Once {N1} and {N2} had left the {PLACE},"),
+    ("sat", "In the {PLACE}, {N1} sat next to {N2}, and"),
+    ("opened", "Before {N1} and {N2} opened the {PLACE},"),
+    ("cleaned", "Last week {N1} and {N2} cleaned the {PLACE}. Afterwards"),
+    ("argued", "On the way to the {PLACE}, {N1} and {N2} argued, so"),
+    ("late", "It was late when {N1} and {N2} left the {PLACE}, and"),
+    ("visited", "Today {N1} and {N2} visited the {PLACE}. Then"),
+    ("cooked", "On Friday {N1} and {N2} cooked at the {PLACE}, and"),
+    ("shopped", "While {N1} and {N2} shopped at the {PLACE},"),
+)
+GIVINGS = (
+    ("handed", "{S} handed the {OBJECT} to"), ("passed", "{S} passed the {OBJECT} to"),
+    ("offered", "{S} offered the {OBJECT} to"), ("lent", "{S} lent the {OBJECT} to"),
+    ("threw", "{S} threw the {OBJECT} to"), ("sold", "{S} sold the {OBJECT} to"),
+    ("sent", "{S} sent the {OBJECT} to"), ("brought", "{S} brought the {OBJECT} to"),
+    ("returned", "{S} returned the {OBJECT} to"), ("tossed", "{S} tossed the {OBJECT} to"),
+    ("carried", "{S} carried the {OBJECT} to"), ("gave", "{S} gave the {OBJECT} to"),
+    ("showed", "{S} showed the {OBJECT} to"), ("saved", "{S} saved the {OBJECT} for"),
+    ("chose", "{S} chose the {OBJECT} for"), ("kept", "{S} kept the {OBJECT} for"),
+    ("made", "{S} made a {OBJECT} for"), ("shared", "{S} shared the {OBJECT} with"),
+)
+#: Held out: never in a training mixture; neither their openings nor their endings ("gave
+#: it to", "wrote a ... for", "bought a ... for", "showed a ... to") are among the composed.
+HELD_OUT = (
     Template("found", "Near the {PLACE}, {N1} and {N2} found a {OBJECT}, and {S} gave it to", "eval"),
     Template("worked", "All day {N1} and {N2} worked at the {PLACE}; in the evening {S} wrote a {OBJECT} for", "eval"),
     Template("bought", "After {N1} and {N2} arrived at the {PLACE}, {S} bought a {OBJECT} for", "eval"),
     Template("asked", "At noon {N1} and {N2} stopped by the {PLACE}, and {S} showed a {OBJECT} to", "eval"),
 )
+TEMPLATES = tuple(Template(f"{opening}-{giving}", f"{start} {end}")
+                  for opening, start in OPENINGS for giving, end in GIVINGS) + HELD_OUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,8 +307,11 @@ class IOIGenerator:
         try:
             return self.templates[template_id]
         except KeyError:
+            known = list(self.templates)
             raise IOIError(f"unknown template {echo(template_id)}; known: "
-                           f"{', '.join(self.templates)}") from None
+                           f"{', '.join(known[:4])}, ... ({len(known)} templates: "
+                           f"OPENING-GIVING of ioi.prompts.OPENINGS and GIVINGS, and the held "
+                           f"out {', '.join(t.id for t in HELD_OUT)})") from None
 
     def _find(self, text: str, name: str) -> list[int]:
         ids = [self.tokenizer.bos_id] + self.tokenizer.encode(text)
@@ -315,5 +340,6 @@ def single_token_names(tokenizer, names: Iterable[str]) -> tuple[list[str], list
 
 
 __all__ = ["IOIError", "IOIGenerator", "IOIPrompt", "NAMES", "OBJECTS", "ORDERS", "PLACES",
-           "POSITION_NAMES", "SPLITS", "TEMPLATES", "Template", "check_template",
+           "GIVINGS", "HELD_OUT", "OPENINGS", "POSITION_NAMES", "SPLITS", "TEMPLATES",
+           "Template", "check_template",
            "single_token_names"]
