@@ -214,7 +214,11 @@ def test_dla_table_reads_what_the_copying_head_writes(constructed):
     assert s_row["top30_promoted"] >= 0.9 and s_row["top30_promoted_first_name"] >= 0.75
     assert io_row["top30_promoted_first_name"] <= 0.1
     assert io_row["top30_promoted"] < s_row["top30_promoted"]
-    assert s_row["top30_suppressed"] == 0.0
+    # the spaced S token gets +2 and is never suppressed; its bare form ("Mary" beside
+    # " Mary"), which counts too, is not in the prompt and gets only the noise, so it falls
+    # among the 30 most suppressed at about the chance rate 30 / vocabulary (4 %)
+    chance = 30 / constructed.hf_model.config.vocab_size
+    assert s_row["top30_suppressed"] <= 3 * chance
     assert silent["top30_promoted_first_name"] < 0.2  # writes nothing: no name stands out
 
 
