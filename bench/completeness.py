@@ -7,8 +7,9 @@ Addition (the whole input space, 810,000 inputs, is scored): draws a seeded stre
 (query, site, position) triples over every site and the positions + = A1 A2 A3, computes each
 one's exact ε-preimage, and keeps the first --per-stratum triples of each stratum of its size
 (under 100, 100-1,000, 1,000-10,000, over 10,000 members). Each kept triple is queried twice
-with the same seed: the paper's decoder-only sampling (--search 0, the reference row) and the
-default query (with the local search). Per triple and mode: the true size, the members found,
+with the same seed: the decoder alone (--search 0) and the default query (with the local
+search), both drawing within the task's grammar; with --free also the decoder alone sampling
+freely, the paper's sampling (the reference row). Per triple and mode: the true size, the members found,
 recall, recall at budget (min(found, B) / min(true, B), B = the query's 1,024 candidates),
 precision (of the members the query reports as inside ε, the share truly inside), distinct
 in-ε inputs, seconds of the default query (shown samples coloured, as a user gets it), and the
@@ -320,11 +321,16 @@ def main() -> None:
                         help='search settings to try, JSON (e.g. {"per_position": 8})')
     parser.add_argument("--decoder-only", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the decoder-only reference row")
+    parser.add_argument("--free", action="store_true",
+                        help="also run the decoder alone sampling freely (the paper's sampling; "
+                             "the other rows draw within the task's grammar)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_probed(args.model, args.task)
     decoder, _ = load_decoder(find_decoder(model), model)
-    modes = {"decoder_only": QueryConfig(search=0)} if args.decoder_only else {}
+    modes = {"decoder_only_free": QueryConfig(search=0, constrain=False)} if args.free else {}
+    if args.decoder_only:
+        modes["decoder_only"] = QueryConfig(search=0)
     modes["default"] = QueryConfig()
     if args.settings:
         from inversionview.preimage.search import SearchConfig
@@ -341,7 +347,8 @@ def main() -> None:
               "epsilon": EPSILON, "budget": BUDGET, "threads": torch.get_num_threads(),
               "machine": provenance.machine(), "commit": provenance.commit(),
               "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "modes": {mode: {"search": config.search, "settings": (config.search_settings.__dict__
+              "modes": {mode: {"search": config.search, "constrain": config.constrain,
+                               "settings": (config.search_settings.__dict__
                                                                       if config.search_settings else "default")}
                         for mode, config in modes.items()},
               "selection": selection, "summary": summary, "triples": rows}

@@ -62,6 +62,10 @@ SearchOpt = Annotated[Optional[int], typer.Option(
     "the members of the preimage the decoder missed (0: the paper's decoder-only sampling; "
     f"{options.SEARCH_EVALUATIONS.describe()}; default: 16,384 on the toy tasks, 0 on free text).",
     callback=options.SEARCH_EVALUATIONS.callback)]
+ConstrainOpt = Annotated[bool, typer.Option(
+    "--constrain/--free", help="Draw only tokens that can lead to an input of the task, where it "
+    "has a grammar (counting, addition), or sample freely as the paper did (malformed candidates "
+    "are drawn, scored and shown as invalid). Free text is always sampled freely.")]
 EpsilonOpt = Annotated[float, typer.Option("--epsilon", help="Radius of the preimage.",
                                            callback=options.EPSILON.callback)]
 
@@ -453,7 +457,7 @@ def query(
     temperature: TemperatureOpt = None, noise: NoiseOpt = None, seed: SeedOpt = 0,
     epsilon: EpsilonOpt = 0.1, metric: MetricOpt = Metric.euclidean, fixed_position: FixedOpt = False,
     all_samples: Annotated[bool, _flag("--all", "Show every distinct candidate.")] = False,
-    search: SearchOpt = None,
+    search: SearchOpt = None, constrain: ConstrainOpt = True,
     html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write the view as one "
                                                       "self-contained HTML page.")] = None,
     force: ForceOpt = False,
@@ -470,7 +474,7 @@ def query(
         options.check_output_file(html_file, "--html", force=force)
     _apply_threads(threads)
     config = query_config(candidates, epsilon, metric.value, fixed_position, temperature, noise,
-                          all_samples, search=search)
+                          all_samples, search=search, constrain=constrain)
     probed, the_decoder, name, text, site, position = _query_setup(
         model, task, raw, decoder, input_text, site, position)
     result = run_query(probed, the_decoder, text, site, position, config, seed=seed,
@@ -500,7 +504,7 @@ def completeness(
     input_text: InputOpt = None, site: SiteOpt = None, position: PositionOpt = None,
     candidates: CandidatesOpt = 1024, seed: SeedOpt = 0, epsilon: EpsilonOpt = 0.1,
     metric: MetricOpt = Metric.euclidean, fixed_position: FixedOpt = False,
-    search: SearchOpt = None,
+    search: SearchOpt = None, constrain: ConstrainOpt = True,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw distance against the "
                                                  "decoder's log-probability (.png, .pdf or .svg).")] = None,
     force: ForceOpt = False,
@@ -519,7 +523,7 @@ def completeness(
         options.check_output_file(plot, "--plot", options.PLOT_SUFFIXES, force)
     _apply_threads(threads)
     config = query_config(candidates, epsilon, metric.value, fixed_position, None, None,
-                          search=search)
+                          search=search, constrain=constrain)
     probed, the_decoder, _, text, site, position = _query_setup(
         model, task, raw, decoder, input_text, site, position)
     universe = probed.task.enumerate_tokens()

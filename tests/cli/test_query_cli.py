@@ -29,7 +29,7 @@ SAMPLE_KEYS = {"text", "tokens", "distance", "best_position", "best_position_lab
                "position_distances", "log_probability", "found_by"}
 TOP_KEYS = {"site", "hook", "position", "position_label", "metric", "epsilon", "query", "stats",
             "samples", "attribute_agreement", "histogram", "schedule", "seed", "model", "decoder",
-            "task", "fixed_position", "all_samples", "verification", "completeness"}
+            "task", "fixed_position", "all_samples", "verification", "completeness", "constrained"}
 
 
 def test_query_json_schema(saved):
@@ -55,6 +55,11 @@ def test_query_json_schema(saved):
         assert len(sample["position_distances"]) == len(sample["tokens"])
     again = json.loads(invoke(args).stdout)
     assert [s["text"] for s in again["samples"]] == [s["text"] for s in record["samples"]]
+    # drawn within the task's grammar by default: every decoder draw is an input of the task
+    assert record["constrained"] and record["stats"]["valid_rate"] == 1.0
+    free = json.loads(invoke([*args, "--free", "--search", "0"]).stdout)
+    assert not free["constrained"]
+    assert all(s["found_by"] == "decoder" for s in free["samples"])
 
 
 def test_query_human_view_and_html(saved, tmp_path):

@@ -103,3 +103,33 @@ def test_site_embedding_initialised_from_statistics():
     normalized.conditioning.init_site_embedding(means, stds, torch.Generator().manual_seed(0))
     assert torch.equal(normalized.conditioning.site_embedding.weight, (means / stds)[:, None] + noise)
     assert torch.equal(normalized.conditioning.activation_scale, stds)
+
+
+def test_constrained_sampling_draws_only_what_the_grammar_allows_and_scores_it():
+    """Addition's vocabulary is the tiny decoder's (15 tokens): with the task's grammar every
+    draw is an input of the task, even from an untrained decoder that writes noise, and the
+    returned log-probability is that of the masked distribution it was drawn from."""
+    from inversionview.tasks import get_task
+
+    task = get_task("addition")
+    decoder = tiny_decoder()
+    n = 64
+    activation = torch.randn(n, 8, generator=torch.Generator().manual_seed(3))
+    site = torch.zeros(n, dtype=torch.long)
+    vocab = task.vocab
+    tokens, log_probs = decoder.sample(activation, site, vocab.bos_id, vocab.eos_id, vocab.pad_id,
+                                       1.0, torch.Generator().manual_seed(4), log_probs_at=(1.0,),
+                                       constraint=task.next_token_mask)
+    assert task.in_space(tokens).all()
+    free = decoder.sample(activation, site, vocab.bos_id, vocab.eos_id, vocab.pad_id, 1.0,
+                          torch.Generator().manual_seed(4))
+    assert not task.in_space(free).all()  # untrained: the constraint did the work
+    logits = decoder(tokens[:, :-1], activation, site)
+    expected = torch.zeros(n)
+    for position in range(1, tokens.shape[1]):
+        prefix = tokens[:, :position]
+        running = (prefix != vocab.eos_id).all(dim=1) & (tokens[:, position] != vocab.pad_id)
+        masked = logits[:, position - 1].masked_fill(~task.next_token_mask(prefix), float("-inf"))
+        step = torch.log_softmax(masked, dim=-1).gather(1, tokens[:, position, None]).squeeze(1)
+        expected += torch.where(running, step, torch.zeros(n))
+    assert torch.allclose(log_probs[:, 0], expected, atol=1e-4)

@@ -183,3 +183,40 @@ def test_validate(task_name, text, well_formed, in_distribution, correct):
     assert (validity.reason == "") == in_distribution
     if not well_formed:
         assert get_task(task_name).attributes(text) == {}
+
+
+@pytest.mark.parametrize("name", ["counting", "addition"])
+def test_the_grammar_allows_every_input_and_only_inputs(name):
+    """``next_token_mask`` admits each token of sampled inputs at every step (no input is
+    excluded), and a walk that draws uniformly among the allowed tokens always ends in an
+    input of the task (nothing else is admitted)."""
+    task = get_task(name)
+    generator = torch.Generator().manual_seed(0)
+    inputs = task.sample_tokens(500, generator)
+    lengths = task.lengths(inputs)
+    for position in range(1, inputs.shape[1]):
+        rows = lengths > position
+        if rows.any():
+            allowed = task.next_token_mask(inputs[rows, :position])
+            assert allowed.gather(1, inputs[rows, position, None]).all()
+    n = 2000
+    walk = torch.full((n, task.n_ctx), task.vocab.pad_id, dtype=torch.long)
+    walk[:, 0] = task.vocab.bos_id
+    running = torch.ones(n, dtype=torch.bool)
+    for position in range(1, task.n_ctx):
+        if not running.any():
+            break
+        allowed = task.next_token_mask(walk[running, :position]).float()
+        assert (allowed.sum(dim=1) > 0).all()
+        walk[running, position] = torch.multinomial(allowed, 1, generator=generator).squeeze(1)
+        running = running & (walk[:, position] != task.vocab.eos_id)
+    assert not running.any()
+    assert task.in_space(walk).all()
+    assert len(torch.unique(walk, dim=0)) > 1900  # and the walks do not stay in a corner
+
+
+def test_free_text_has_no_grammar(ioi_tokenizer):
+    from inversionview.tasks.text import TextTask
+
+    task = TextTask(ioi_tokenizer, context=16)
+    assert task.next_token_mask(torch.zeros(2, 3, dtype=torch.long)) is None

@@ -216,6 +216,7 @@ class Decoder(nn.Module):
                generator: torch.Generator | None = None, max_length: int | None = None,
                on_step: Callable[[int, int], None] | None = None,
                log_probs_at: tuple[float, ...] | None = None,
+               constraint: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Ancestral sampling with a KV cache from BOS until EOS or ``max_length`` (default
         n_ctx): ``[b, max_length]`` tokens, PAD after each EOS (and nowhere else).
@@ -229,6 +230,10 @@ class Decoder(nn.Module):
         With ``log_probs_at`` (temperatures), also returns ``[b, len(log_probs_at)]``: the
         log-probability of each drawn row under the decoder at each of those temperatures
         (the completeness estimate weighs draws by it; preimage/estimate.py).
+
+        ``constraint(prefix [b, t]) -> [b, vocab]`` bool (``Task.next_token_mask``), if given,
+        limits each step to the tokens it allows; the log-probabilities are then those of
+        the constrained distribution, which is what was sampled from.
         """
         max_length = max_length or self.config.n_ctx
         batch = activation.shape[0]
@@ -248,6 +253,14 @@ class Decoder(nn.Module):
             # PAD is never an input token (the decoder is not trained to emit it): drawing it
             # would make a candidate that no text can express.
             logits[:, pad_id] = float("-inf")
+            if constraint is not None:
+                allowed = constraint(tokens[rows, :position].cpu())
+                if allowed is not None:
+                    allowed = allowed.to(device)
+                    # a row the grammar cannot continue (it cannot happen with a sound grammar)
+                    # is left unconstrained rather than made NaN
+                    allowed |= ~allowed.any(dim=1, keepdim=True)
+                    logits = logits.masked_fill(~allowed, float("-inf"))
             cdf = torch.softmax(logits / temperature, dim=-1).cumsum(dim=-1)
             uniform = torch.rand(batch, generator=generator, device=device)[rows]
             drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)

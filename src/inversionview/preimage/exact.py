@@ -111,7 +111,7 @@ def completeness(model: ProbedModel, decoder: Decoder, text: str, site, position
     true_in = distances <= config.epsilon
     locate = _Locator(universe, task.vocab.size, task.vocab.pad_id)
 
-    draws = draw_candidates(decoder, query, config, task.vocab, seed)
+    draws = draw_candidates(decoder, query, config, task, seed)
     full, inverse = torch.unique(draws.tokens, dim=0, return_inverse=True)
     slot, in_space = locate(full)
     found = torch.zeros(universe.shape[0], dtype=torch.bool)

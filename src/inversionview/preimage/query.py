@@ -48,6 +48,10 @@ class QueryConfig:
     shown: int = 100  # samples displayed (the paper shows 100)
     shown_inside_fraction: float = 0.7  # the paper shows about 60-80 % inside ε
     all_samples: bool = False  # show every distinct candidate
+    # Draw only tokens that can lead to an input of the task (Task.next_token_mask) where the
+    # task has a grammar; False: the paper's free sampling, where malformed candidates are drawn
+    # and then scored as they are.
+    constrain: bool = True
     # Inputs the local search around the decoder's candidates may score (0: the paper's
     # decoder-only sampling); it stops sooner when ``candidates`` members are found.
     search: int | None = None  # None: the task's default (Task.default_search)
@@ -74,7 +78,7 @@ class QueryConfig:
 def query_config(candidates: int = 1024, epsilon: float = 0.1, metric: str = "euclidean",
                  fixed_position: bool = False, temperature: float | None = None,
                  noise: float | None = None, all_samples: bool = False, shown: int = 100,
-                 search: int | None = None) -> QueryConfig:
+                 search: int | None = None, constrain: bool = True) -> QueryConfig:
     """A QueryConfig from the query command's options: one ``temperature`` and/or ``noise``
     replaces the paper's schedule by that single setting (T 1 and noise 0 where unsaid)."""
     settings = PAPER_SETTINGS
@@ -82,7 +86,7 @@ def query_config(candidates: int = 1024, epsilon: float = 0.1, metric: str = "eu
         settings = ((1.0 if temperature is None else temperature, 0.0 if noise is None else noise),)
     return QueryConfig(candidates=candidates, settings=settings, epsilon=epsilon, metric=metric,
                        fixed_position=fixed_position, shown=shown, all_samples=all_samples,
-                       search=search)
+                       search=search, constrain=constrain)
 
 
 def decoder_site_id(model: ProbedModel, decoder: Decoder, site: Site) -> int:
@@ -182,13 +186,15 @@ def resolve_query(model: ProbedModel, decoder: Decoder, text: str, site: str | S
     return ResolvedQuery(text, site, site_id, index, model.activations(tokens, site)[0])
 
 
-def draw_candidates(decoder: Decoder, query: ResolvedQuery, config: QueryConfig, vocab,
+def draw_candidates(decoder: Decoder, query: ResolvedQuery, config: QueryConfig, task: Task,
                     seed: int, on_step: Callable[[int, int], None] | None = None) -> Draws:
-    """The candidates of ``config``'s schedule (``Draws``); the same seed, the same tokens."""
+    """The candidates of ``config``'s schedule (``Draws``), constrained to the task's grammar
+    with ``config.constrain``; the same seed, the same tokens."""
     device = next(decoder.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     return sample_candidates(decoder, query.activation, query.site_id, config.schedule,
-                             vocab, generator, on_step)
+                             task.vocab, generator, on_step,
+                             task.next_token_mask if config.constrain else None)
 
 
 def score_rows(model: ProbedModel, query: ResolvedQuery, config: QueryConfig, position: str | int,
@@ -267,7 +273,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
     schedule = config.schedule
     sampling_share = _SAMPLING_SHARE * (0.5 if config.search else 1.0)
     report("sampling", 0.0)
-    draws = draw_candidates(decoder, resolved, config, vocab, seed,
+    draws = draw_candidates(decoder, resolved, config, task, seed,
                             lambda step, steps: report("sampling", sampling_share * step / steps))
     sampled = time.perf_counter()
     report("scoring", sampling_share)
@@ -365,7 +371,9 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
         # started and would overstate what inputs inside ε share.
         attribute_agreement=attribute_agreement(task.attribute_names, query_attributes,
                                                 [s for s in samples if s.found_by == "decoder"]),
-        samples=shown, all_samples=config.all_samples, completeness=completeness)
+        samples=shown, all_samples=config.all_samples, completeness=completeness,
+        constrained=config.constrain and task.next_token_mask(
+            torch.tensor([[vocab.bos_id]])) is not None)
 
 
 def _padded(tokens: torch.Tensor, width: int, pad_id: int) -> torch.Tensor:

@@ -177,6 +177,9 @@ class PreimageResult:
     # The readout checked by patching (verify/readout.py), when asked for (query --verify).
     verification: dict[str, Any] | None = None
     completeness: Completeness | None = None
+    # The draws were constrained to the task's grammar (QueryConfig.constrain, and the task
+    # has one); False: the paper's free sampling.
+    constrained: bool = False
 
     def to_record(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -72,11 +72,14 @@ class Draws:
 def sample_candidates(decoder: Decoder, query_activation: torch.Tensor, site_id: int,
                       schedule: tuple[SamplingRound, ...], vocab: Vocabulary,
                       generator: torch.Generator,
-                      on_step: Callable[[int, int], None] | None = None) -> Draws:
+                      on_step: Callable[[int, int], None] | None = None,
+                      constraint: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
+                      ) -> Draws:
     """Draw every round's candidates for ``query_activation`` ``[d]`` of site ``site_id``.
 
     ``generator`` must live on the decoder's device; the same seed gives the same tokens.
-    ``on_step`` is passed to ``Decoder.sample`` (progress over positions).
+    ``on_step`` is passed to ``Decoder.sample`` (progress over positions), and so is
+    ``constraint`` (``Task.next_token_mask``: draw only tokens that can lead to an input).
     """
     device = next(decoder.parameters()).device
     query = query_activation.to(device, torch.float32)
@@ -91,5 +94,6 @@ def sample_candidates(decoder: Decoder, query_activation: torch.Tensor, site_id:
     scored = tuple(sorted({r.temperature for r in schedule if r.noise == 0}))
     tokens, log_probs = decoder.sample(activation, site_ids, vocab.bos_id, vocab.eos_id,
                                        vocab.pad_id, temperature.to(device), generator,
-                                       on_step=on_step, log_probs_at=scored)
+                                       on_step=on_step, log_probs_at=scored,
+                                       constraint=constraint)
     return Draws(tokens.cpu(), round_index, temperature, noise, log_probs.cpu(), scored)

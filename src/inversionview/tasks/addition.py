@@ -95,6 +95,25 @@ class AdditionTask(Task):
         ok &= (written[:, width:] == self.vocab.pad_id).all(dim=1)  # the sum fits the width
         return torch.where(ok[:, None], written[:, :width], tokens), ok
 
+    def next_token_mask(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Two operands of three digits with no leading zero, ``+`` and ``=`` between and
+        after them, then their sum digit by digit and ``E``."""
+        n, width = prefix.shape
+        allowed = torch.zeros(n, self.vocab.size, dtype=torch.bool)
+        if width in (1, 5):
+            allowed[:, 1:10] = True
+        elif width in (2, 3, 6, 7):
+            allowed[:, :10] = True
+        elif width in (4, 8):
+            allowed[:, self.vocab.id_of("+" if width == 4 else "=")] = True
+        elif width < self.n_ctx:
+            powers = torch.tensor([100, 10, 1])
+            a = (prefix[:, 1:4].clamp(max=9) * powers).sum(dim=1).clamp(OPERAND_MIN, OPERAND_MAX)
+            b = (prefix[:, 5:8].clamp(max=9) * powers).sum(dim=1).clamp(OPERAND_MIN, OPERAND_MAX)
+            following = self.tokens_of(a, b)[:, width]
+            allowed[torch.arange(n), following] = following != self.vocab.pad_id
+        return allowed
+
     # ----- positions ------------------------------------------------------------------
 
     def named_positions(self, text: str) -> dict[str, int]:

@@ -208,6 +208,14 @@ class Task(ABC):
         """
         return tokens, torch.ones(tokens.shape[0], dtype=torch.bool)
 
+    def next_token_mask(self, prefix: torch.Tensor) -> torch.Tensor | None:
+        """``[b, vocab]`` bool: the tokens that can follow each row of ``prefix`` ``[b, t]``
+        (BOS first, no PAD) on the way to an input the task's sampler could draw
+        (``in_space``), EOS included where the row may end there. A query's constrained
+        sampling draws only these (``query --constrain``, the default where a task has one).
+        None: the task has no grammar to enforce (free text), and every token may follow."""
+        return None
+
     def in_space(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[n]`` bool: rows the task's sampler could draw (``complete`` leaves them as they are)."""
         completed, ok = self.complete(tokens)

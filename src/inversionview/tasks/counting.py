@@ -113,6 +113,35 @@ class CountingTask(Task):
         written.scatter_(1, at, tail)
         return torch.where(ok[:, None], written, tokens), ok
 
+    def next_token_mask(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Before ``|``: a letter that keeps the context within three distinct letters, each
+        at most nine times, or ``|`` once there are three; then a letter of the context, ``:``,
+        its count and ``E``."""
+        n, width = prefix.shape
+        positions = torch.arange(width).expand(n, -1)
+        is_bar = prefix == self._bar
+        bar = torch.where(is_bar.any(dim=1), is_bar.float().argmax(dim=1), torch.full((n,), width))
+        context = (positions >= 1) & (positions < bar[:, None]) & (prefix < len(LETTERS))
+        counts = torch.zeros(n, len(LETTERS), dtype=torch.long)
+        counts.scatter_add_(1, prefix.clamp(max=len(LETTERS) - 1), context.long())
+        present = counts > 0
+        full = present.sum(dim=1) == N_LETTERS
+        allowed = torch.zeros(n, self.vocab.size, dtype=torch.bool)
+        after = width - bar  # tokens written since '|' (0: still in the context)
+        in_context = after <= 0
+        # a letter: one already present with room left, or a new one while fewer than three
+        letters = (present & (counts < MAX_COUNT)) | (~present & ~full[:, None])
+        allowed[:, :len(LETTERS)] = letters & in_context[:, None]
+        allowed[:, self._bar] = in_context & full
+        query = prefix.gather(1, (bar + 1).clamp(max=width - 1)[:, None]).squeeze(1)
+        allowed[:, :len(LETTERS)] |= present & (after == 1)[:, None]
+        allowed[:, self._colon] = after == 2
+        query_count = counts.gather(1, query.clamp(max=len(LETTERS) - 1)[:, None]).squeeze(1)
+        rows = torch.nonzero(after == 3).flatten()
+        allowed[rows, self._first_digit + query_count[rows] - 1] = True
+        allowed[:, self.vocab.eos_id] = after == 4
+        return allowed
+
     # ----- positions ------------------------------------------------------------------
 
     def named_positions(self, text: str) -> dict[str, int]:

@@ -8,7 +8,7 @@ import json
 import math
 
 from inversionview.preimage.result import PreimageResult, Sample
-from inversionview.views.terminal import delta_p_rgb, format_value
+from inversionview.views.terminal import CONSTRAINED, delta_p_rgb, format_value
 
 # Every rule is scoped to the view's own box, so that the view sits in a notebook cell
 # without restyling the notebook (the page and the notebook show the same markup).
@@ -60,7 +60,8 @@ def render_fragment(result: PreimageResult) -> str:
         f" · ε {result.epsilon:g} · seed {result.seed}</p>",
         f"<p class='meta'>{stats.candidates} candidates, {stats.distinct} distinct, "
         f"{stats.in_epsilon} in ε ({stats.in_epsilon_rate:.1%}), {stats.in_epsilon_distinct} "
-        f"distinct in ε, {stats.valid_rate:.0%} valid; {stats.seconds:.2f} s. Showing "
+        f"distinct in ε, {stats.valid_rate:.0%} valid"
+        f"{html.escape(CONSTRAINED) if result.constrained else ''}; {stats.seconds:.2f} s. Showing "
         f"{stats.shown} ({stats.shown_in_epsilon} in ε).</p>",
         *([f"<p class='meta completeness'>Completeness: "
            f"{html.escape(result.completeness.describe())}.</p>"] if result.completeness else []),

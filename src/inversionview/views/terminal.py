@@ -60,6 +60,10 @@ def _fraction(value: float | None) -> str:
     return "   -" if value is None else f"{value:4.2f}"
 
 
+#: How the views say that the decoder drew only the task's inputs (QueryConfig.constrain).
+CONSTRAINED = " (drawn within the task's grammar)"
+
+
 def render_result(result: PreimageResult) -> str:
     """The whole terminal view of ``result``."""
     stats = result.stats
@@ -76,7 +80,8 @@ def render_result(result: PreimageResult) -> str:
         f"{result.position}); {metric} distance, {where}, ε {result.epsilon:g}",
         f"{stats.candidates} candidates, {stats.distinct} distinct, {stats.in_epsilon} in ε "
         f"({stats.in_epsilon_rate:.1%}), {stats.in_epsilon_distinct} distinct in ε, "
-        f"{stats.valid_rate:.0%} valid; {stats.seconds:.2f} s",
+        f"{stats.valid_rate:.0%} valid{CONSTRAINED if result.constrained else ''}; "
+        f"{stats.seconds:.2f} s",
         *([f"completeness: {result.completeness.describe()}"] if result.completeness else []),
         "",
     ]

@@ -76,6 +76,9 @@ class QueryRequest(_Request):
                                description="Inputs the local search may score beyond the decoder's "
                                            "candidates (0: decoder-only sampling, as in the paper; "
                                            "default: 16,384 on the toy tasks, 0 on free text).")
+    constrain: bool = Field(True, description="Draw only tokens that can lead to an input of "
+                            "the task, where it has a grammar (counting, addition); false: the "
+                            "paper's free sampling.")
 
 
 class GridRequest(_Request):
@@ -267,6 +270,9 @@ class QueryResult(BaseModel):
                           "position over the query's tokens (web UI only).")
     verification: "VerifyResult | None" = Field(None, description="Set by `query --verify`.")
     completeness: CompletenessRecord | None = None
+    constrained: bool = Field(False, description="The decoder drew only tokens that can lead "
+                              "to an input of the task (its grammar); false: the paper's free "
+                              "sampling.")
 
 
 class GridRow(BaseModel):

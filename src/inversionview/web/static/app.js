@@ -297,7 +297,7 @@ function renderQuery(container, record, options = {}) {
     el("p", { class: "meta", id: options.compact ? null : "stats" },
        `${stats.candidates} candidates, ${stats.distinct} distinct, ${stats.in_epsilon} in ε `
        + `(${(100 * stats.in_epsilon_rate).toFixed(1)} %), ${stats.in_epsilon_distinct} distinct in ε, `
-       + `${Math.round(100 * stats.valid_rate)} % valid; ${stats.seconds.toFixed(2)} s. `
+       + `${Math.round(100 * stats.valid_rate)} % valid${record.constrained ? " (drawn within the task's grammar)" : ""}; ${stats.seconds.toFixed(2)} s. `
        + `Showing ${stats.shown} (${stats.shown_in_epsilon} in ε).`),
     record.completeness
       ? el("p", { class: "meta", id: options.compact ? null : "completeness" },
