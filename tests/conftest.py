@@ -51,6 +51,14 @@ def ioi_lm_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def factual_lm_dir(tmp_path_factory) -> Path:
+    """A tiny random GPT-2 whose BPE was trained on the fact sentences (manifest task factual)."""
+    from tiny_lms import make_factual_lm
+
+    return make_factual_lm(tmp_path_factory.mktemp("factual-lm"))
+
+
+@pytest.fixture(scope="session")
 def ioi_tokenizer(ioi_lm_dir):
     from inversionview.text.tokenizer import HFTokenizer
 

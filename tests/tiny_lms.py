@@ -176,3 +176,26 @@ def make_ioi_lm(directory: Path, n_layer: int = 2, n_head: int = 4, n_embd: int 
         (directory / "inversionview.json").write_text(json.dumps(
             {"kind": "probed-model", "task": task}))
     return directory
+
+
+FACTUAL_VOCAB = 1200  # the factual tokenizer: trained on the fact sentences
+
+
+def make_factual_lm(directory: Path, n_layer: int = 2, n_head: int = 4, n_embd: int = 32,
+                    seed: int = 0) -> Path:
+    """A random GPT-2 with a BPE trained on every fact sentence (manifest task factual)."""
+    from inversionview.factual.knowledge import Knowledge
+    from inversionview.text.bpe import train_bpe
+    from inversionview.text.tokenizer import HFTokenizer
+
+    knowledge = Knowledge.load()
+    train_bpe(knowledge.sentences("all"), FACTUAL_VOCAB, directory)
+    size = len(HFTokenizer.from_directory(directory, 10**6).hf)
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=size, n_positions=32, n_embd=n_embd, n_layer=n_layer,
+                        n_head=n_head, n_inner=4 * n_embd, bos_token_id=0, eos_token_id=0,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    (directory / "inversionview.json").write_text(json.dumps({"kind": "probed-model",
+                                                              "task": "factual"}))
+    return directory

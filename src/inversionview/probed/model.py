@@ -43,13 +43,15 @@ from inversionview.files import (atomic_path, first_line, positive_int, read_jso
                                 read_safetensors, weights_mismatch, write_json_atomic)
 from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks import TASKS, Task, TaskInputError, get_task
+from inversionview.tasks.factual import FactualTask
 from inversionview.tasks.ioi import IOITask
 from inversionview.tasks.text import TextTask
 from inversionview.text.tokenizer import TOKENIZER_FILES, HFTokenizer
 
 TEXT = TextTask.name
 #: Tasks over a language model's own tokenizer: any LM may be read as any of them.
-TEXT_TASKS: dict[str, type[TextTask]] = {TextTask.name: TextTask, IOITask.name: IOITask}
+TEXT_TASKS: dict[str, type[TextTask]] = {TextTask.name: TextTask, IOITask.name: IOITask,
+                                         FactualTask.name: FactualTask}
 
 MANIFEST = "inversionview.json"
 _TIED_OR_BUFFERS = ("lm_head.weight", ".attn.bias", ".attn.masked_bias")
