@@ -137,13 +137,19 @@ def models(as_json: JsonOpt = False) -> None:
                "accuracy": manifest.get("accuracy")}
         for name, (path, manifest) in list_artifacts().items()
     }
+    from inversionview.probed.model import TEXT_TASKS
+
     record = {
         "artifacts": artifacts,
         "tasks": {name: {"sites": list(cls.sites), "positions": list(cls.position_names)}
                   for name, cls in TASKS.items()},
+        "language_model_tasks": {name: {"positions": list(cls.position_names)}
+                                 for name, cls in TEXT_TASKS.items()},
         "model_kinds": ["probed-model directory (inversionview.json names its task)",
                         "HuggingFace GPT-2 directory (the task inferred from its vocabulary, "
-                        "or --task)"],
+                        "or --task)",
+                        "causal LM directory with its tokenizer (any language-model task: "
+                        "--task text, ioi or factual)"],
     }
     lines = ["Bundled artifacts:"]
     for name, info in artifacts.items():
@@ -156,6 +162,11 @@ def models(as_json: JsonOpt = False) -> None:
     for name, info in record["tasks"].items():
         lines.append(f"  {name:<9} sites: {' '.join(info['sites'])}")
         lines.append(f"  {'':<9} positions: {' '.join(info['positions'])} (or an index, 0 = BOS)")
+    lines.append("Language-model tasks (sites: the model's own):")
+    for name, info in record["language_model_tasks"].items():
+        extra = ", ".join(["an index", "a token"] + [p for p in ("last", "bos")
+                                                      if p not in info["positions"]])
+        lines.append(f"  {name:<9} positions: {' '.join(info['positions'])} (or {extra})")
     lines.append("Model kinds: " + "; ".join(record["model_kinds"]))
     _emit(record, as_json, "\n".join(lines))
 

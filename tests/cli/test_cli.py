@@ -25,6 +25,7 @@ def test_models_lists_tasks_and_kinds():
     record = _json(invoke(["models", "--json"]))
     assert set(record["tasks"]) == {"counting", "addition"}
     assert record["tasks"]["addition"]["sites"][1] == "a0.0"
+    assert record["language_model_tasks"]["factual"]["positions"] == ["SUBJ", "END"]
     assert record["model_kinds"]
     human = invoke(["models"])
     assert human.exit_code == 0 and "Bundled artifacts:" in human.stdout

@@ -62,7 +62,7 @@ if (AUTHORS_MODELS / "counting" / "config.json").exists():
     MODELS.append(str(AUTHORS_MODELS / "counting"))
 MODEL = st.sampled_from(MODELS)
 CHEAP_MODEL = st.sampled_from([m for m in MODELS if m != "addition"])  # completeness: 810k inputs
-TASK = texts("counting", "addition")
+TASK = texts("counting", "addition", "ioi", "factual")
 IOI_MODEL = st.sampled_from(["ioi-lm", "counting", "gpt2", "no/such/dir", "adir", "broken-model", ""])
 SITE = texts("a0.0", "a1.0", "x0.pre", "m1", "x1.post", "blocks.0.hook_resid_mid", "a0", "a9.0",
              "a٣.0", "blocks.0.attn.hook_result.9")
