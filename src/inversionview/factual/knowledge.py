@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import unicodedata
 from typing import Any, Iterable
 
@@ -177,6 +178,8 @@ class Knowledge:
             region = info.get("region") or ""
             language = english.languages.get(languages[0]) if languages else None
             currency = english.currencies.get(currencies[0]) if currencies else None
+            if currency:  # an old code's name carries its years: "Zambian Kwacha (1968–2012)"
+                currency = re.sub(r"\s*\(.*\)$", "", currency)
             if not (name and capital and language and currency and region) or "/" in capital:
                 continue
             countries.append(Subject(name, "country", {

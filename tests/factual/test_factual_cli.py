@@ -1,0 +1,56 @@
+"""``inversionview factual corpus`` and ``factual eval``."""
+
+import json
+import re
+
+from cli_runner import invoke
+
+from inversionview.factual.corpus import _sentence, mixture_lines
+from inversionview.factual.knowledge import RELATIONS
+
+
+def test_the_mixture_never_shows_a_held_out_template_and_is_seeded():
+    lines = mixture_lines(3000, seed=1, text_lines=["In the beginning was the word."])
+    assert lines == mixture_lines(3000, seed=1, text_lines=["In the beginning was the word."])
+    held_out = [re.compile(re.escape(head) + ".+" + re.escape(tail), re.IGNORECASE)
+                for r in RELATIONS.values() for head, tail in (t.split("{subject}") for t in r.eval)]
+    kinds = {"text": 0, "profile": 0, "fact": 0}
+    for line in lines:
+        assert not any(pattern.search(line) for pattern in held_out), line
+        kinds["text" if line.startswith("In the beginning") else
+              "profile" if line.count(". ") >= 1 else "fact"] += 1
+    assert kinds["text"] > 1200 and kinds["profile"] > 300 and kinds["fact"] > 900
+    assert _sentence("The capital of {subject} is", "France", "Paris", "We learned that ") == (
+        "We learned that the capital of France is Paris.")
+    assert _sentence("{subject} lies in", "Peru", "Americas", "Of course, ") == (
+        "Of course, Peru lies in Americas.")
+
+
+def test_corpus_and_eval_commands(factual_lm_dir, tmp_path):
+    out = tmp_path / "facts.txt"
+    result = invoke(["factual", "corpus", "--out", str(out), "--lines", "50", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["lines"] == 50 and len(out.read_text().splitlines()) == 50
+    again = invoke(["factual", "corpus", "--out", str(out), "--lines", "50"])
+    assert again.exit_code == 2 and "exists" in again.stderr
+
+    result = invoke(["factual", "eval", str(factual_lm_dir), "--relation", "capital", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["by_relation"]) == {"capital"} and report["n"] == len(
+        [s for s in report["by_template"]]) * report["n"] // len(report["by_template"])
+    assert 0 <= report["top1_accuracy"] <= 1 and report["split"] == "eval"
+    text = invoke(["factual", "eval", str(factual_lm_dir), "--split", "train"]).stdout
+    assert "top-1" in text and "cities" in text and "countries" in text
+
+
+def test_factual_commands_reject_bad_input(factual_lm_dir):
+    for args, message in [
+        (["factual", "eval", str(factual_lm_dir), "--relation", "birthplace"], "unknown relation 'birthplace'"),
+        (["factual", "eval", str(factual_lm_dir), "--split", "test"], "unknown split 'test'"),
+        (["factual", "eval", "counting"], "trained on 'counting', not 'factual'"),
+        (["factual", "corpus", "--out", "/tmp/x.csv"], ".txt"),
+    ]:
+        result = invoke(args)
+        assert result.exit_code == 2 and message in result.stderr, (args, result.output)
+        assert "Traceback" not in result.output
