@@ -18,6 +18,8 @@ def register(app: typer.Typer) -> None:
     from inversionview.options import Range
 
     LINES = Range("lines", 1, 10_000_000)
+    SHARE = Range("threshold", 0.0, 1.0, integer=False, low_open=True)
+    KEEP = Range("keep", 1, 10_000)
 
     @factual_app.command("corpus")
     def corpus_command(
@@ -77,5 +79,47 @@ def register(app: typer.Typer) -> None:
             lines.append(f"{name:17} {row['n']:>5} {row['top1_accuracy']:>6.3f} "
                          f"{row['answer_probability']:>6.3f} {row['median_rank']:>5.0f}")
         _emit({"model": model, **report}, as_json, "\n".join(lines))
+
+    @factual_app.command("heads")
+    def heads_command(
+        model: ModelArg,
+        split: Annotated[str, typer.Option("--split", help="Prompts of these templates: eval, "
+                                           "train or all.")] = "eval",
+        relation: Annotated[Optional[list[str]], typer.Option(
+            "--relation", help="Only this relation (repeatable; default: all).")] = None,
+        threshold: Annotated[float, typer.Option(
+            "--threshold", help="A head is active on a prompt when its norm is at least this "
+            "share of the upper layers' summed norms at END.", callback=SHARE.callback)] = 0.05,
+        keep: Annotated[int, typer.Option("--keep", help="Heads kept: the most often active.",
+                                          callback=KEEP.callback)] = 25,
+        plot: Annotated[Optional[Path], typer.Option(
+            "--plot", help="Write the maps of mean share and active rate to this PNG.")] = None,
+        threads: ThreadsOpt = None,
+        force: ForceOpt = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Find the heads that write most at the last token of factual prompts (the paper's
+        norm-based attribution over the upper half of the layers)."""
+        from inversionview.factual.heads import attribution_heads, plot_attribution
+        from inversionview.factual.knowledge import check_relations, check_split
+
+        check_split(split)
+        check_relations(relation)
+        if plot is not None:
+            options.check_output_file(plot, "--plot", (".png",), force)
+        _apply_threads(threads)
+        probed = _load(model, "factual")
+        prompts = probed.task.knowledge.prompts(split, relation)
+        table = attribution_heads(probed, prompts, threshold, keep)
+        if plot is not None:
+            options.write_output(plot, "--plot", lambda path: plot_attribution(table, path, model))
+        lines = [f"attribution at END over {table['prompts']:,} prompts, layers "
+                 f"{table['layers'][0]}-{table['layers'][-1]}, threshold {threshold:g}: kept "
+                 f"{', '.join(table['kept']) or 'none'}", "",
+                 f"{'head':6} {'share':>6} {'active':>7}  active by relation"]
+        for head in table["heads"][:max(keep, 10)]:
+            by = " ".join(f"{r} {v:.2f}" for r, v in head["by_relation"].items())
+            lines.append(f"{head['name']:6} {head['mean_share']:>6.3f} {head['active_rate']:>7.2f}  {by}")
+        _emit({"model": model, **table}, as_json, "\n".join(lines))
 
     app.add_typer(factual_app, name="factual")
