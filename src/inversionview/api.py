@@ -98,14 +98,18 @@ class InversionView:
               epsilon: float = 0.1, metric: str = "euclidean", fixed_position: bool = False,
               temperature: float | None = None, noise: float | None = None, shown: int = 100,
               all_samples: bool = False, seed: int = 0, verify: bool = False,
-              search: int | None = None, constrain: bool = True) -> PreimageResult:
+              search: int | None = None, constrain: bool = True,
+              noise_cosine: tuple[float, float] | None = None,
+              banned: tuple[int, ...] = ()) -> PreimageResult:
         """Sample, score and colour the ε-preimage of ``site`` at ``position`` of ``text``
         (the task's default query for what is left out); ``verify`` also patches the query's
         activation with samples' (see ``verify``); ``search`` is the local search's budget
         (inputs scored beyond the decoder's candidates; 0: the paper's decoder-only sampling;
         None: the task's default, 16,384 on the toy tasks and 0 on free text); ``constrain``
         draws only tokens that can lead to an input of the task where it has a grammar (False:
-        the paper's free sampling).
+        the paper's free sampling); ``noise_cosine`` (low, high) conditions each candidate on a
+        vector at a cosine drawn from that range to the query (the paper's factual-recall
+        noise), and ``banned`` token ids are never drawn (``preimage.sample.rare_tokens``).
         The same seed gives the same result."""
         from inversionview import options
         from inversionview.preimage.query import query_config, run_query
@@ -114,7 +118,7 @@ class InversionView:
         default_site, default_position = task.default_query
         config = query_config(options.CANDIDATES.check(candidates), epsilon, metric,
                               fixed_position, temperature, noise, all_samples, shown, search,
-                              constrain)
+                              constrain, noise_cosine, tuple(banned))
         result = run_query(self.model, self.decoder, task.example if text is None else text,
                            default_site if site is None else site,
                            default_position if position is None else position, config,

@@ -62,6 +62,16 @@ SearchOpt = Annotated[Optional[int], typer.Option(
     "the members of the preimage the decoder missed (0: the paper's decoder-only sampling; "
     f"{options.SEARCH_EVALUATIONS.describe()}; default: 16,384 on the toy tasks, 0 on free text).",
     callback=options.SEARCH_EVALUATIONS.callback)]
+NoiseCosineOpt = Annotated[Optional[str], typer.Option(
+    "--noise-cosine", help="LOW[:HIGH]: condition each candidate on a vector of the query's norm "
+    "at a cosine drawn from [LOW, HIGH] to it, in a random direction (the paper's factual-recall "
+    "noise, 0.75:0.9; replaces --noise).")]
+BanRareOpt = Annotated[Optional[int], typer.Option(
+    "--ban-rare", help="Never sample tokens seen fewer than this many times in --ban-corpus "
+    "(the paper banned rare tokens for factual recall).", callback=options.BAN_COUNT.callback)]
+BanCorpusOpt = Annotated[Optional[Path], typer.Option(
+    "--ban-corpus", help="The texts whose token counts --ban-rare reads (.txt lines, .jsonl "
+    "or a datasets directory).")]
 ConstrainOpt = Annotated[bool, typer.Option(
     "--constrain/--free", help="Draw only tokens that can lead to an input of the task, where it "
     "has a grammar (counting, addition), or sample freely as the paper did (malformed candidates "
@@ -469,6 +479,8 @@ def query(
     epsilon: EpsilonOpt = 0.1, metric: MetricOpt = Metric.euclidean, fixed_position: FixedOpt = False,
     all_samples: Annotated[bool, _flag("--all", "Show every distinct candidate.")] = False,
     search: SearchOpt = None, constrain: ConstrainOpt = True,
+    noise_cosine: NoiseCosineOpt = None, ban_rare: BanRareOpt = None,
+    ban_corpus: BanCorpusOpt = None,
     html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write the view as one "
                                                       "self-contained HTML page.")] = None,
     force: ForceOpt = False,
@@ -484,10 +496,27 @@ def query(
     if html_file is not None:
         options.check_output_file(html_file, "--html", force=force)
     _apply_threads(threads)
-    config = query_config(candidates, epsilon, metric.value, fixed_position, temperature, noise,
-                          all_samples, search=search, constrain=constrain)
+    cosine_range = options.parse_cosine_range(noise_cosine, "--noise-cosine")
+    if cosine_range is not None and noise is not None:
+        raise UserError("give --noise or --noise-cosine, not both (cosine noise replaces the "
+                        "Gaussian noise)")
+    if (ban_rare is None) != (ban_corpus is None):
+        raise UserError("--ban-rare and --ban-corpus go together: the count and the texts it "
+                        "is counted in")
     probed, the_decoder, name, text, site, position = _query_setup(
         model, task, raw, decoder, input_text, site, position)
+    banned: tuple[int, ...] = ()
+    if ban_rare is not None:
+        from inversionview.preimage.sample import rare_tokens
+        from inversionview.text.sources import read_texts
+
+        if not probed.task.free_text:
+            raise UserError("--ban-rare is for language models; a toy task's vocabulary has "
+                            "no rare tokens")
+        banned = rare_tokens(probed.task.vocab, read_texts(ban_corpus), ban_rare)
+    config = query_config(candidates, epsilon, metric.value, fixed_position, temperature, noise,
+                          all_samples, search=search, constrain=constrain,
+                          noise_cosine=cosine_range, banned=banned)
     result = run_query(probed, the_decoder, text, site, position, config, seed=seed,
                        decoder_name=name)
     if verify_readout:

@@ -123,6 +123,30 @@ SERVER_SEARCH_EVALUATIONS = Range("search", 0, 65_536)
 SHOWN = Range("shown", 1, 1_000)
 TEMPERATURE = Range("temperature", 0, 100, integer=False, low_open=True)
 NOISE = Range("noise", 0, 100, integer=False)
+NOISE_COSINE = Range("noise cosine", 0, 1, integer=False)
+BAN_COUNT = Range("ban-rare", 1, 10**9)
+
+
+def parse_cosine_range(text: str | None, option: str) -> tuple[float, float] | None:
+    """``LOW[:HIGH]`` as (low, high), each in [0, 1] and low <= high; None stays None."""
+    if text is None:
+        return None
+    parts = text.split(":")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(parts) not in (1, 2) or len(values) != len(parts):
+        raise OptionError(f"{option} takes LOW or LOW:HIGH (cosines in [0, 1], e.g. 0.75:0.9); "
+                          f"got {echo(text)}")
+    low, high = values[0], values[-1]
+    for value in (low, high):
+        problem = NOISE_COSINE.problem(value)
+        if problem:
+            raise OptionError(f"{option}: each cosine {problem}")
+    if low > high:
+        raise OptionError(f"{option}: the range {text} is empty; give LOW:HIGH with LOW <= HIGH")
+    return low, high
 EPSILON = Range("epsilon", 0, 100, integer=False, low_open=True)
 SEED = Range("seed", 0, 2**63 - 1)
 PER_SIDE = Range("per-side", 1, 1_000)

@@ -29,7 +29,8 @@ SAMPLE_KEYS = {"text", "tokens", "distance", "best_position", "best_position_lab
                "position_distances", "log_probability", "found_by"}
 TOP_KEYS = {"site", "hook", "position", "position_label", "metric", "epsilon", "query", "stats",
             "samples", "attribute_agreement", "histogram", "schedule", "seed", "model", "decoder",
-            "task", "fixed_position", "all_samples", "verification", "completeness", "constrained"}
+            "task", "fixed_position", "all_samples", "verification", "completeness", "constrained",
+            "noise_cosine", "banned_tokens"}
 
 
 def test_query_json_schema(saved):
@@ -133,3 +134,30 @@ def test_completeness_end_to_end_on_addition(saved, tmp_path):
     alone = json.loads(alone.stdout)
     assert alone["search"] is None and alone["found_by_search"] == 0
     assert alone["found_in_epsilon"] == alone["found_by_decoder"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--noise-cosine", "0.9:0.5"], "is empty"),
+    (["--noise-cosine", "abc"], "takes LOW or LOW:HIGH"),
+    (["--noise-cosine", "1.5"], "each cosine must be"),
+    (["--noise-cosine", "0.8", "--noise", "0.1"], "not both"),
+    (["--ban-rare", "3"], "go together"),
+    (["--ban-rare", "0", "--ban-corpus", "x.txt"], "--ban-rare"),
+])
+def test_query_noise_and_ban_options_are_checked(saved, args, message):
+    task, root = saved
+    result = invoke(["query", str(root / "model"), "--decoder", str(root / "decoder"),
+                     "--candidates", "8", *args])
+    assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+def test_query_with_cosine_noise_on_a_toy_task(saved, tmp_path):
+    task, root = saved
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("x\n")
+    args = ["query", str(root / "model"), "--decoder", str(root / "decoder"), "--candidates",
+            "32", "--search", "0", "--json"]
+    record = json.loads(invoke([*args, "--noise-cosine", "0.8:0.9"]).stdout)
+    assert record["noise_cosine"] == [0.8, 0.9] and record["completeness"]["estimate_draws"] == 0
+    banned = invoke([*args, "--ban-rare", "2", "--ban-corpus", str(corpus)])
+    assert banned.exit_code == 2 and "for language models" in banned.stderr

@@ -204,7 +204,7 @@ def test_recall_and_precision_on_a_small_enumerated_case(addition, monkeypatch):
                        task.encode_batch(["B1+1=2E"])])  # a repeat, one outside the space
     n = len(drawn)  # drawn at T 1 without noise, each with probability 1 (log 0)
     monkeypatch.setattr(query_module, "sample_candidates", lambda *args, **kwargs: Draws(
-        drawn, torch.zeros(n, dtype=torch.long), torch.ones(n), torch.zeros(n),
+        drawn, torch.zeros(n, dtype=torch.long), torch.ones(n), torch.zeros(n), torch.ones(n),
         torch.zeros(n, 1), (1.0,)))
     report = exact.completeness(model, decoder, query_text, "x0.post", "=",
                                 QueryConfig(epsilon=epsilon, search=0), universe=universe)
@@ -227,3 +227,45 @@ def test_fixed_position_follows_a_named_position_that_moves():
     for sample in result.samples:
         named = model.task.named_positions(sample.text)
         assert sample.best_position == named.get(":", -1)
+
+
+def test_cosine_noise_turns_the_query_to_the_drawn_cosine_and_keeps_its_norm():
+    from inversionview.preimage.sample import at_cosine
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(64, generator=generator)
+    cosine = torch.tensor([1.0, 0.9, 0.75, 0.0])
+    turned = at_cosine(query, torch.randn(4, 64, generator=generator), cosine)
+    assert torch.allclose(turned.norm(dim=1), query.norm().expand(4), atol=1e-4)
+    measured = torch.nn.functional.cosine_similarity(turned, query[None], dim=1)
+    assert torch.allclose(measured, cosine, atol=1e-5)
+    assert not torch.allclose(turned[1], turned[2])
+
+
+def test_a_query_with_cosine_noise_and_banned_tokens(ioi_lm_dir, tmp_path):
+    """On a language model: every candidate is drawn at a cosine in the range and no banned
+    token is ever drawn; the size estimate has no noise-free draw to rest on."""
+    from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
+    from inversionview.decoder.store import load_decoder
+    from inversionview.preimage.query import QueryConfig, draw_candidates, resolve_query, run_query
+    from inversionview.preimage.sample import rare_tokens
+    from inversionview.probed import load_probed
+
+    model = load_probed(ioi_lm_dir)
+    train_decoder(model, DecoderTrainingConfig(out=tmp_path / "d", examples=32, eval_every_seconds=10_000,
+                                               eval_queries_per_site=1, eval_samples_per_query=2),
+                  show_progress=False)
+    decoder, _ = load_decoder(tmp_path / "d", model)
+    texts = [p.text for p in model.task.prompts.prompts(50, seed=0)]
+    banned = rare_tokens(model.task.vocab, texts, 1)  # everything the prompts never use
+    assert 0 < len(banned) < model.task.vocab.size and model.task.vocab.eos_id not in banned
+    config = QueryConfig(candidates=64, noise_cosine=(0.75, 0.9), banned=banned, search=0)
+    query = resolve_query(model, decoder, texts[0], "a1.0", "END")
+    draws = draw_candidates(decoder, query, config, model.task, seed=1)
+    assert ((draws.cosine >= 0.75) & (draws.cosine <= 0.9)).all() and (draws.noise == 0).all()
+    assert not torch.isin(draws.tokens, torch.tensor(banned)).any()
+    result = run_query(model, decoder, texts[0], "a1.0", "END", config, seed=1)
+    assert result.noise_cosine == [0.75, 0.9] and result.banned_tokens == len(banned)
+    assert result.completeness.estimate_draws == 0 and result.completeness.estimate is None
+    with pytest.raises(Exception, match="is empty; give LOW:HIGH"):
+        QueryConfig(noise_cosine=(0.9, 0.5))

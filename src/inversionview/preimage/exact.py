@@ -120,7 +120,7 @@ def completeness(model: ProbedModel, decoder: Decoder, text: str, site, position
     member = torch.zeros(len(full), dtype=torch.bool)
     member[in_space] = true_in[slot[in_space]]
     estimate = importance_size(draws.log_probs, draws.scored_temperatures, draws.temperature,
-                               draws.noise == 0, member[inverse])
+                               (draws.noise == 0) & (draws.cosine == 1), member[inverse])
     searched = torch.zeros_like(found)
     search, wrong = None, 0
     if config.search:

@@ -52,6 +52,10 @@ class QueryConfig:
     # task has a grammar; False: the paper's free sampling, where malformed candidates are drawn
     # and then scored as they are.
     constrain: bool = True
+    # The paper's factual-recall noise: condition each candidate on a vector at a cosine to
+    # the query drawn from [low, high] (replaces the Gaussian noise); None: no such noise.
+    noise_cosine: tuple[float, float] | None = None
+    banned: tuple[int, ...] = ()  # token ids never drawn (``rare_tokens``)
     # Inputs the local search around the decoder's candidates may score (0: the paper's
     # decoder-only sampling); it stops sooner when ``candidates`` members are found.
     search: int | None = None  # None: the task's default (Task.default_search)
@@ -65,6 +69,13 @@ class QueryConfig:
         self.shown = options.SHOWN.check(self.shown)
         if self.search is not None:
             self.search = options.SEARCH_EVALUATIONS.check(self.search)
+        if self.noise_cosine is not None:
+            low, high = (options.NOISE_COSINE.check(v) for v in self.noise_cosine)
+            if low > high:
+                raise OptionError(f"the noise cosine range {low:g}:{high:g} is empty; give LOW:HIGH "
+                                  "with LOW <= HIGH")
+            self.noise_cosine = (float(low), float(high))
+        self.banned = tuple(int(i) for i in self.banned)
 
     @property
     def schedule(self) -> tuple[SamplingRound, ...]:
@@ -78,7 +89,9 @@ class QueryConfig:
 def query_config(candidates: int = 1024, epsilon: float = 0.1, metric: str = "euclidean",
                  fixed_position: bool = False, temperature: float | None = None,
                  noise: float | None = None, all_samples: bool = False, shown: int = 100,
-                 search: int | None = None, constrain: bool = True) -> QueryConfig:
+                 search: int | None = None, constrain: bool = True,
+                 noise_cosine: tuple[float, float] | None = None,
+                 banned: tuple[int, ...] = ()) -> QueryConfig:
     """A QueryConfig from the query command's options: one ``temperature`` and/or ``noise``
     replaces the paper's schedule by that single setting (T 1 and noise 0 where unsaid)."""
     settings = PAPER_SETTINGS
@@ -86,7 +99,8 @@ def query_config(candidates: int = 1024, epsilon: float = 0.1, metric: str = "eu
         settings = ((1.0 if temperature is None else temperature, 0.0 if noise is None else noise),)
     return QueryConfig(candidates=candidates, settings=settings, epsilon=epsilon, metric=metric,
                        fixed_position=fixed_position, shown=shown, all_samples=all_samples,
-                       search=search, constrain=constrain)
+                       search=search, constrain=constrain, noise_cosine=noise_cosine,
+                       banned=banned)
 
 
 def decoder_site_id(model: ProbedModel, decoder: Decoder, site: Site) -> int:
@@ -194,7 +208,8 @@ def draw_candidates(decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
     generator = torch.Generator(device=device).manual_seed(seed)
     return sample_candidates(decoder, query.activation, query.site_id, config.schedule,
                              task.vocab, generator, on_step,
-                             task.next_token_mask if config.constrain else None)
+                             task.next_token_mask if config.constrain else None,
+                             config.noise_cosine, config.banned)
 
 
 def score_rows(model: ProbedModel, query: ResolvedQuery, config: QueryConfig, position: str | int,
@@ -351,7 +366,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
         seconds_search=round(searched - decoder_scored, 4))
     members = (distance <= config.epsilon) & in_space
     estimate = importance_size(draws.log_probs, draws.scored_temperatures, draws.temperature,
-                               draws.noise == 0, members[inverse])
+                               (draws.noise == 0) & (draws.cosine == 1), members[inverse])
     completeness = Completeness.of(
         found_by_decoder=int(members.sum()), found_by_search=search_found, estimate=estimate,
         search=None if outcome is None else {
@@ -373,7 +388,9 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
                                                 [s for s in samples if s.found_by == "decoder"]),
         samples=shown, all_samples=config.all_samples, completeness=completeness,
         constrained=config.constrain and task.next_token_mask(
-            torch.tensor([[vocab.bos_id]])) is not None)
+            torch.tensor([[vocab.bos_id]])) is not None,
+        noise_cosine=None if config.noise_cosine is None else list(config.noise_cosine),
+        banned_tokens=len(config.banned))
 
 
 def _padded(tokens: torch.Tensor, width: int, pad_id: int) -> torch.Tensor:

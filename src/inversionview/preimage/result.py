@@ -180,6 +180,8 @@ class PreimageResult:
     # The draws were constrained to the task's grammar (QueryConfig.constrain, and the task
     # has one); False: the paper's free sampling.
     constrained: bool = False
+    noise_cosine: list[float] | None = None  # [low, high] of the cosine noise, if any
+    banned_tokens: int = 0  # how many token ids the sampler never drew (rare tokens)
 
     def to_record(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -47,6 +47,9 @@ class _Request(BaseModel):
         return value
 
 
+Cosine = Annotated[float, Field(ge=0, le=1)]
+
+
 class QueryRequest(_Request):
     """The query command's parameters; what is left out takes the command's default."""
 
@@ -76,6 +79,10 @@ class QueryRequest(_Request):
                                description="Inputs the local search may score beyond the decoder's "
                                            "candidates (0: decoder-only sampling, as in the paper; "
                                            "default: 16,384 on the toy tasks, 0 on free text).")
+    noise_cosine: tuple[Cosine, Cosine] | None = Field(
+        None, description="[low, high]: condition each candidate on a vector of the query's norm "
+        "at a cosine drawn from [low, high] to it (the paper's factual-recall noise, e.g. "
+        "[0.75, 0.9]); replaces noise.")
     constrain: bool = Field(True, description="Draw only tokens that can lead to an input of "
                             "the task, where it has a grammar (counting, addition); false: the "
                             "paper's free sampling.")
@@ -273,6 +280,8 @@ class QueryResult(BaseModel):
     constrained: bool = Field(False, description="The decoder drew only tokens that can lead "
                               "to an input of the task (its grammar); false: the paper's free "
                               "sampling.")
+    noise_cosine: list[float] | None = Field(None, description="The cosine noise's range, if any.")
+    banned_tokens: int = Field(0, description="Token ids the sampler never drew.")
 
 
 class GridRow(BaseModel):
