@@ -326,8 +326,10 @@ def train_decoder_command(
                                             callback=options.MAX_TOKENS.callback)] = 32,
     positions: Annotated[str, typer.Option(
         "--positions", help="Where each activation is read: uniform (any queryable position), "
-        "last (each input's last one) or low-bos-attention (for a head, the half of the "
-        "positions where it attends least to BOS; other sites: uniform); 1 % at BOS.",
+        "last (each input's last one), low-bos-attention (for a head, the half of the "
+        "positions where it attends least to BOS; other sites: uniform) or last-or-least-bos "
+        "(the paper's factual policy: for a head, the last position or the one where it attends "
+        "least to BOS, half and half, inputs where it attends only to BOS redrawn); 1 % at BOS.",
         callback=options.POSITIONS.callback)] = "uniform",
     init_from: Annotated[Optional[Path], typer.Option(
         "--init-from", help="A local GPT-2 directory (config.json + model.safetensors) with "

@@ -177,7 +177,7 @@ HEADS = Range("n-heads", 1, 1_024)
 LAYERS = Range("n-layers", 1, 1_024)
 MAX_TOKENS = Range("max-tokens", 1, 4_096)  # the longest corpus piece a decoder trains on
 # Where a decoder's training activations are read (decoder/positions.py).
-POSITIONS = Choice("positions", ("uniform", "last", "low-bos-attention"))
+POSITIONS = Choice("positions", ("uniform", "last", "low-bos-attention", "last-or-least-bos"))
 
 
 # ----- output paths ----------------------------------------------------------------------

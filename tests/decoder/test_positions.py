@@ -107,6 +107,42 @@ def test_low_bos_attention_in_the_stream(model):
     assert upper > 0.3 * (lower + upper)  # non-head sites: uniform, not the lower half
 
 
+def test_last_or_least_bos_reads_a_head_at_the_end_or_where_it_attends_least_to_bos(model):
+    """The paper's factual policy: a head's example is read at the last real token or at its
+    argmin of attention to BOS (half and half over the stream); other sites anywhere."""
+    from inversionview.decoder.positions import FILTER_BOS_ATTENTION
+
+    batch = stream(model, "last-or-least-bos", batch=600, seed=9).next_batch()
+    sites = model.sites
+    at_last = at_least = 0
+    for row in range(600):
+        site, position = sites[batch.site_id[row]], int(batch.position[row])
+        if position == 0 or site.kind != "head":
+            continue
+        text = model.task.decode(batch.tokens[row])
+        n = int(last_real_index(model, batch.tokens[row:row + 1]))
+        to_bos = model.attention_pattern(text, site.layer)[site.head, 1:n + 1, 0]
+        least = int(to_bos.argmin()) + 1
+        assert position in (n, least), (site, position, n, least)
+        assert min(to_bos[n - 1], to_bos[least - 1]) <= FILTER_BOS_ATTENTION
+        at_last += position == n and least != n
+        at_least += position == least and least != n
+    assert at_last > 0.35 * (at_last + at_least) and at_least > 0.35 * (at_last + at_least)
+
+
+def test_last_or_least_bos_filters_inputs_where_the_head_only_attends_to_bos(model, monkeypatch):
+    """With the filter at 0 every head row is dropped: the stream redraws, then reads BOS."""
+    from inversionview.decoder import positions
+
+    monkeypatch.setattr(positions, "FILTER_BOS_ATTENTION", -1.0)
+    tokens = model.task.encode_batch(TEXTS[:8])
+    heads = torch.tensor([i for i, site in enumerate(model.sites) if site.kind == "head"][:8])
+    assert not allowed_positions(model, tokens, heads, "last-or-least-bos").any()
+    batch = stream(model, "last-or-least-bos", batch=200, seed=2).next_batch()
+    is_head = torch.tensor([model.sites[i].kind == "head" for i in batch.site_id.tolist()])
+    assert (batch.position[is_head] == 0).all() and (batch.position[~is_head] > 0).any()
+
+
 def test_lowest_half_ties_and_empty_rows():
     values = torch.tensor([[0.5, 0.1, 0.1, 0.9, 0.0], [0.3, 0.3, 0.3, 0.3, 0.3],
                            [0.0, 0.0, 0.0, 0.0, 0.0]])
@@ -138,7 +174,8 @@ def test_held_out_queries_follow_the_policy(model, tmp_path):
 
 
 def test_an_unknown_policy_is_refused_with_the_allowed_ones(model):
-    message = "positions must be one of uniform, last, low-bos-attention; got 'median'"
+    message = ("positions must be one of uniform, last, low-bos-attention, last-or-least-bos; "
+               "got 'median'")
     with pytest.raises(OptionError, match=message):
         stream(model, "median")
     with pytest.raises(OptionError, match=message):

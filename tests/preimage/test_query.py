@@ -2,7 +2,6 @@
 display selection, ΔP, the attribute agreement table and the exact preimage."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch

@@ -99,6 +99,22 @@ class ActivationStream:
         to_bos = torch.rand(tokens.shape[0], generator=self.generator) < self.bos_fraction
         return positions.masked_fill(to_bos, 0)
 
+    def _redraw_filtered(self, tokens: torch.Tensor, site_id: torch.Tensor,
+                         position: torch.Tensor, tries: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows the policy allows no position in (filtered out) get fresh inputs, up to
+        ``tries`` times; what is still filtered then is read at BOS, as any such row."""
+        for _ in range(tries):
+            dropped = ~allowed_positions(self.model, tokens, site_id, self.positions).any(dim=1).cpu()
+            if not dropped.any():
+                break
+            rows = torch.nonzero(dropped).flatten()
+            fresh = self._inputs(len(rows))
+            width = max(tokens.shape[1], fresh.shape[1])
+            tokens = _widen(tokens, width, self.task.vocab.pad_id)
+            tokens[rows] = _widen(fresh, width, self.task.vocab.pad_id)
+            position[rows] = self._positions(tokens[rows], site_id[rows])
+        return tokens, position
+
     def next_batch(self) -> DecoderBatch:
         if self._pool_cursor == len(self._pool):
             self._draw_pool()
@@ -143,6 +159,8 @@ class ActivationStream:
         site_id = torch.multinomial(self.site_probs, tokens.shape[0], replacement=True,
                                     generator=self.generator)
         position = self._positions(tokens, site_id)
+        if self.positions == "last-or-least-bos":  # a filtering policy: redraw what it drops
+            tokens, position = self._redraw_filtered(tokens, site_id, position)
         activation = torch.empty(tokens.shape[0], self.model.d_model)
         for rows in self._row_chunks(tokens, len(set(site_id.tolist()))):
             ids, chunk_sites, at = tokens[rows], site_id[rows], position[rows]
@@ -195,3 +213,11 @@ class ActivationStream:
         means = total / count
         stds = ((squares - count * means.square()) / (count - 1)).clamp_min(0).sqrt()
         return means.float(), stds.float()
+
+
+def _widen(tokens: torch.Tensor, width: int, pad_id: int) -> torch.Tensor:
+    """``tokens`` padded on the right to ``width`` columns."""
+    if tokens.shape[1] >= width:
+        return tokens
+    padding = torch.full((tokens.shape[0], width - tokens.shape[1]), pad_id, dtype=tokens.dtype)
+    return torch.cat([tokens, padding], dim=1)

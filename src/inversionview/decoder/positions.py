@@ -18,6 +18,12 @@ token colouring compares against the BOS activation, so the decoder must know it
                        among them. Any other site (residual stream, MLP, a whole layer's
                        attention) has no single attention pattern: it falls back to uniform.
 
+    last-or-least-bos  the paper's factual-recall policy, for a head site aL.H: the last
+                       queryable position or the one where head H attends least to BOS,
+                       half and half; an input where the head attends to BOS with more than
+                       FILTER_BOS_ATTENTION at both is filtered out (the stream draws another
+                       input in its place). Any other site: every queryable position.
+
 Why low-bos-attention: the paper's factual-recall decoder (GPT-2 XL, upper-layer heads) was
 trained at positions where the head attends little to BOS, because a head that attends to
 BOS (its no-op, an attention sink) moves almost nothing and its output there says little
@@ -48,7 +54,39 @@ def allowed_positions(model: ProbedModel, tokens: torch.Tensor, site_id: torch.T
         return last_position(queryable)
     if policy == "low-bos-attention":
         return low_bos_attention(model, tokens, site_id, queryable)
+    if policy == "last-or-least-bos":
+        return last_or_least_bos(model, tokens, site_id, queryable)
     return queryable
+
+
+#: last-or-least-bos drops an input whose head attends to BOS above this at both of its
+#: positions (this project's choice: the paper filtered by BOS attention without a number).
+FILTER_BOS_ATTENTION = 0.95
+
+
+@torch.no_grad()
+def last_or_least_bos(model: ProbedModel, tokens: torch.Tensor, site_id: torch.Tensor,
+                      queryable: torch.Tensor) -> torch.Tensor:
+    """``[batch, pos]``: for a head site, the last queryable position and the queryable one
+    where the head attends least to BOS (one position when they coincide), or none when the
+    head attends to BOS above FILTER_BOS_ATTENTION at both; other sites: every queryable one."""
+    heads = [(site.layer, site.head) if site.kind == "head" else (-1, 0) for site in model.sites]
+    layer, head = torch.tensor(heads)[site_id.cpu()].unbind(dim=1)
+    allowed = queryable.clone()
+    last = last_position(queryable)
+    for each_layer in layer.unique().tolist():
+        if each_layer < 0:
+            continue
+        rows = torch.nonzero(layer == each_layer).flatten()
+        pattern = model.attention_patterns(tokens[rows], each_layer).cpu()  # [r, head, q, k]
+        to_bos = pattern[torch.arange(len(rows)), head[rows], :, 0]  # [r, q]
+        mask = queryable[rows].cpu()
+        least = to_bos.masked_fill(~mask, float("inf")).argmin(dim=1)
+        chosen = last[rows].cpu().clone()
+        chosen[torch.arange(len(rows)), least] |= mask.any(dim=1)
+        busy = (to_bos.masked_fill(~chosen, float("inf")) <= FILTER_BOS_ATTENTION).any(dim=1)
+        allowed[rows] = (chosen & busy[:, None]).to(allowed.device)
+    return allowed
 
 
 def last_position(queryable: torch.Tensor) -> torch.Tensor:
