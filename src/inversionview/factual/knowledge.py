@@ -12,7 +12,10 @@ city (Singapore), or two cities (Kingston), is left out, so every prompt has one
 
 Relations read one attribute of a subject through templates of this project's own; each
 relation has ``train`` templates (a model may be trained on them) and ``eval`` templates
-(never trained on), so held-out accuracy measures recall rather than a memory of wordings:
+(never trained on), so held-out accuracy measures recall rather than a memory of wordings.
+An eval template is a new wording made of words the train templates use ("{subject}'s
+capital city is" beside "The capital city of {subject} is"): a small model trained here
+cannot be asked to understand words it never saw.
 
     knowledge = Knowledge.load()
     prompts = knowledge.prompts("eval")            # every (subject, relation, eval template)
@@ -73,11 +76,11 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
     Relation("capital", "capital", ("country",),
              train=("The capital of {subject} is", "{subject} has its capital in",
                     "The capital city of {subject} is"),
-             eval=("The government of {subject} sits in",)),
+             eval=("{subject}'s capital city is",)),
     Relation("country", "country", ("city",),
              train=("{subject} is the capital of", "{subject} is a city in",
                     "The city of {subject} is in"),
-             eval=("{subject} serves as the capital of",)),
+             eval=("{subject} is the capital city of",)),
     Relation("language", "language", SUBJECT_KINDS,
              train=("The official language of {subject} is", "People in {subject} speak",
                     "In {subject} the language is"),
@@ -85,10 +88,10 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
     Relation("currency", "currency", SUBJECT_KINDS,
              train=("The currency of {subject} is the", "In {subject} people pay with the",
                     "{subject} uses the currency"),
-             eval=("Shops in {subject} take payment in the",)),
+             eval=("People in {subject} pay with the",)),
     Relation("region", "region", SUBJECT_KINDS,
              train=("{subject} is part of", "{subject} lies in", "{subject} is found in"),
-             eval=("{subject} is a place in",)),
+             eval=("{subject} lies in the region of",)),
 )}
 
 #: The attributes every subject has (a country's own country is itself).
