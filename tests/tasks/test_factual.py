@@ -82,3 +82,28 @@ def test_a_decoder_trains_and_a_query_runs_at_subj(model, tmp_path):
                        QueryConfig(candidates=32), seed=0)
     assert result.position_label == "SUBJ" and result.query.attributes["capital"] == "Paris"
     assert not result.constrained  # free text has no grammar
+
+
+def test_readings_pool_the_agreement_per_head_position_and_relation(model, tmp_path):
+    from inversionview.decoder.store import load_decoder
+    from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
+    from inversionview.factual.readings import READ_ATTRIBUTES, read_factual
+
+    train_decoder(model, DecoderTrainingConfig(out=tmp_path / "d", examples=64,
+                                               eval_every_seconds=10_000, eval_queries_per_site=1,
+                                               eval_samples_per_query=2), show_progress=False)
+    decoder, _ = load_decoder(tmp_path / "d", model)
+    rows = read_factual(model, decoder, ["a1.0"], relations=["capital", "language"], queries=2,
+                        candidates=16, epsilon=2.0)  # everything is inside: counts to check
+    assert [(r["site"], r["position"], r["relation"]) for r in rows] == [
+        ("a1.0", "SUBJ", "capital"), ("a1.0", "END", "capital"),
+        ("a1.0", "SUBJ", "language"), ("a1.0", "END", "language")]
+    for row in rows:
+        assert row["queries"] == 2 and set(row["attributes"]) == set(READ_ATTRIBUTES)
+        # read at the query's named position in each sample: every sample has an END, and
+        # an untrained decoder's samples seldom hold a known subject, so seldom a SUBJ
+        if row["position"] == "END":
+            assert row["queries_with_inside"] == 2 and row["distinct_in_epsilon"] > 0
+    again = read_factual(model, decoder, ["a1.0"], relations=["capital", "language"], queries=2,
+                         candidates=16, epsilon=2.0)
+    assert again == rows

@@ -36,38 +36,15 @@ def read_heads(model: ProbedModel, decoder: Decoder, targets: Sequence[tuple[str
     """Per (site, position): the pooled inside / outside agreement of each attribute over
     ``queries`` prompts (``fixed_position``: distance at the query's named position in each
     sample, as the paper's Fig. 4b), and how many queries had a sample in ε."""
-    from inversionview.preimage.query import query_config, run_query
+    from inversionview.preimage.pooled import pooled_agreement
+    from inversionview.preimage.query import query_config
 
     config = query_config(candidates=candidates, epsilon=epsilon, fixed_position=fixed_position,
                           search=0)
-    rows = []
-    for index, (site, position) in enumerate(targets):
-        prompts = model.task.prompts.prompts(queries, seed * 1_000 + index)
-        counts = {name: [0, 0, 0, 0] for name in READ_ATTRIBUTES}  # in agree, in n, out agree, out n
-        with_inside, in_epsilon = 0, 0
-        for number, prompt in enumerate(prompts):
-            result = run_query(model, decoder, prompt.text, site, position, config,
-                               seed=seed + number)
-            rows_of = {row["attribute"]: row for row in result.attribute_agreement}
-            with_inside += result.stats.in_epsilon_distinct > 0
-            in_epsilon += result.stats.in_epsilon_distinct
-            for name in READ_ATTRIBUTES:
-                row = rows_of.get(name)
-                if row is None:
-                    continue
-                if row["inside"] is not None:
-                    counts[name][0] += round(row["inside"] * row["n_inside"])
-                    counts[name][1] += row["n_inside"]
-                if row["outside"] is not None:
-                    counts[name][2] += round(row["outside"] * row["n_outside"])
-                    counts[name][3] += row["n_outside"]
-        rows.append({
-            "site": site, "position": position, "queries": queries,
-            "queries_with_inside": with_inside, "distinct_in_epsilon": in_epsilon,
-            "attributes": {name: {"inside": c[0] / c[1] if c[1] else None, "n_inside": c[1],
-                                  "outside": c[2] / c[3] if c[3] else None, "n_outside": c[3]}
-                           for name, c in counts.items()}})
-    return rows
+    return pooled_agreement(
+        model, decoder, targets,
+        lambda index: [p.text for p in model.task.prompts.prompts(queries, seed * 1_000 + index)],
+        READ_ATTRIBUTES, config, seed)
 
 
 def name_token_ids(model: ProbedModel) -> dict[str, list[int]]:
