@@ -13,8 +13,8 @@ factual_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_marku
 def register(app: typer.Typer) -> None:
     """Add the ``factual`` command group to ``app``."""
     from inversionview import options
-    from inversionview.cli import (ForceOpt, JsonOpt, ModelArg, SeedOpt, ThreadsOpt,
-                                   _apply_threads, _emit, _load)
+    from inversionview.cli import (CandidatesOpt, DecoderOpt, ForceOpt, JsonOpt, ModelArg,
+                                   SeedOpt, ThreadsOpt, _apply_threads, _emit, _load)
     from inversionview.options import Range
 
     LINES = Range("lines", 1, 10_000_000)
@@ -121,5 +121,67 @@ def register(app: typer.Typer) -> None:
             by = " ".join(f"{r} {v:.2f}" for r, v in head["by_relation"].items())
             lines.append(f"{head['name']:6} {head['mean_share']:>6.3f} {head['active_rate']:>7.2f}  {by}")
         _emit({"model": model, **table}, as_json, "\n".join(lines))
+
+    @factual_app.command("read")
+    def read_command(
+        model: ModelArg,
+        decoder: DecoderOpt = None,
+        heads: Annotated[Optional[str], typer.Option(
+            "--heads", help="Heads to read, comma separated (e.g. a3.1,a2.5; default: the "
+            "heads `factual heads` keeps with --threshold and --keep).")] = None,
+        relation: Annotated[Optional[list[str]], typer.Option(
+            "--relation", help="Relations asked (repeatable; default: all).")] = None,
+        queries: Annotated[int, typer.Option("--queries", help="Held-out prompts per head, "
+                                             "position and relation.",
+                                             callback=options.PAIRS.callback)] = 10,
+        candidates: CandidatesOpt = 256,
+        threshold: Annotated[float, typer.Option("--threshold", callback=SHARE.callback,
+                                                 help="Attribution threshold (without --heads).")] = 0.05,
+        keep: Annotated[int, typer.Option("--keep", callback=KEEP.callback,
+                                          help="Heads kept (without --heads).")] = 8,
+        seed: SeedOpt = 0,
+        threads: ThreadsOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Read heads at SUBJ and END per relation asked: how often the in-epsilon samples keep
+        the query's subject and each of its attributes (the paper's recipe: cosine epsilon
+        0.25, noise at a cosine of 0.75-0.9 to the query)."""
+        from inversionview.decoder.store import decoder_for
+        from inversionview.factual.heads import attribution_heads
+        from inversionview.factual.knowledge import FactError, check_relations
+        from inversionview.factual.readings import READ_ATTRIBUTES, read_factual
+
+        check_relations(relation)
+        _apply_threads(threads)
+        probed = _load(model, "factual")
+        trained, _ = decoder_for(probed, model, decoder)
+        if heads is None:
+            names = attribution_heads(probed, probed.task.knowledge.prompts("eval"), threshold,
+                                      keep)["kept"]
+        else:
+            names = []
+            for name in (part.strip() for part in heads.split(",") if part.strip()):
+                site = probed.site(name)
+                if site.kind != "head":
+                    raise FactError(f"--heads takes heads such as a3.1, not {name!r}")
+                names.append(site.short)
+        if not names:
+            raise FactError("no heads to read: give --heads, or lower --threshold")
+        rows = read_factual(probed, trained, names, relations=relation, queries=queries,
+                            seed=seed, candidates=candidates)
+        lines = ["fraction of in-epsilon samples keeping the query's attribute (out of epsilon "
+                 "in parentheses)", "",
+                 f"{'head@position':14} {'asked':9} {'in-eps':>6} " + " ".join(
+                     f"{name:>13}" for name in READ_ATTRIBUTES)]
+        for row in rows:
+            cells = []
+            for name in READ_ATTRIBUTES:
+                values = row["attributes"][name]
+                inside = "-" if values["inside"] is None else f"{values['inside']:.2f}"
+                outside = "-" if values["outside"] is None else f"{values['outside']:.2f}"
+                cells.append(f"{inside + ' (' + outside + ')':>13}")
+            lines.append(f"{row['site'] + '@' + row['position']:14} {row['relation']:9} "
+                         f"{row['distinct_in_epsilon']:>6} " + " ".join(cells))
+        _emit({"model": model, "heads": names, "readings": rows}, as_json, "\n".join(lines))
 
     app.add_typer(factual_app, name="factual")

@@ -64,6 +64,7 @@ MODEL = st.sampled_from(MODELS)
 CHEAP_MODEL = st.sampled_from([m for m in MODELS if m != "addition"])  # completeness: 810k inputs
 TASK = texts("counting", "addition", "ioi", "factual")
 IOI_MODEL = st.sampled_from(["ioi-lm", "counting", "gpt2", "no/such/dir", "adir", "broken-model", ""])
+FACTUAL_MODEL = st.sampled_from(["factual-lm", "ioi-lm", "counting", "no/such/dir", "adir", ""])
 SITE = texts("a0.0", "a1.0", "x0.pre", "m1", "x1.post", "blocks.0.hook_resid_mid", "a0", "a9.0",
              "a٣.0", "blocks.0.attn.hook_result.9")
 POSITION = texts(":", "query", "|", "=", "A1", "0", "3", "-1", "99", "²", "٣")
@@ -156,6 +157,26 @@ COMMANDS = [
                                     "--queries": ints(1, 2), "--candidates": ints(1, 8),
                                     "--dla-n": ints(1, 5), "--n": ints(1, 3), "--seed": SEED,
                                     "--threads": THREADS, "--json": FLAG}),
+    Command("factual corpus", None, {"--out": st.sampled_from(["facts.txt", "facts.json", "adir",
+                                                                "afile", "readonly/x.txt", ""]),
+                                     "--lines": st.sampled_from(["1", "40", "0", "x", "1e3"]),
+                                     "--text": SOME_PATH, "--seed": SEED, "--force": FLAG,
+                                     "--json": FLAG}),
+    Command("factual eval", FACTUAL_MODEL, {"--split": texts("eval", "train", "all"),
+                                            "--relation": texts("capital", "region", "birthplace"),
+                                            "--threads": THREADS, "--json": FLAG}),
+    Command("factual heads", FACTUAL_MODEL, {"--split": texts("eval", "train"),
+                                             "--relation": texts("capital", "language", ""),
+                                             "--threshold": floats(0.05, 0.5, 1),
+                                             "--keep": ints(1, 3), "--plot": OUTPUT_FILE,
+                                             "--force": FLAG, "--threads": THREADS, "--json": FLAG}),
+    Command("factual read", FACTUAL_MODEL, {"--decoder": st.sampled_from(["factual-decoder", "adir",
+                                                                          "DECODER_COUNTING", ""]),
+                                            "--heads": texts("a1.0", "a1.1,a0.2", "m0", "a9.0", ","),
+                                            "--relation": texts("capital", "country", "x"),
+                                            "--queries": ints(1, 2), "--candidates": ints(1, 8),
+                                            "--threshold": floats(0.05, 0.5), "--keep": ints(1, 2),
+                                            "--seed": SEED, "--threads": THREADS, "--json": FLAG}),
     Command("serve", st.lists(MODEL, max_size=2).map(lambda names: " ".join(names)),
             {"--task": TASK, "--decoder": texts("counting=DECODER_COUNTING", "x=adir", "=", "counting"),
              "--host": texts("127.0.0.1", "localhost", "0.0.0.0", "::1", "not a host"),
@@ -201,7 +222,7 @@ def sandbox(tmp_path_factory):
     broken_decoder = root / "broken-decoder"
     shutil.copytree(find_artifact("decoder-counting"), broken_decoder)
     (broken_decoder / "decoder.json").write_text("{not json")
-    from tiny_lms import make_ioi_lm
+    from tiny_lms import make_factual_lm, make_ioi_lm
 
     from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
     from inversionview.probed import load_probed
@@ -211,6 +232,10 @@ def sandbox(tmp_path_factory):
                                                           eval_every_seconds=10_000,
                                                eval_queries_per_site=1, eval_samples_per_query=2),
                   show_progress=False)
+    factual = make_factual_lm(root / "factual-lm")
+    train_decoder(load_probed(factual), DecoderTrainingConfig(
+        out=root / "factual-decoder", examples=32, eval_every_seconds=10_000,
+        eval_queries_per_site=1, eval_samples_per_query=2), show_progress=False)
     (root / "readonly").chmod(0o555)
     yield root
     (root / "readonly").chmod(0o755)
@@ -289,7 +314,8 @@ def run_case(argv: list[str], sandbox: Path) -> None:
 BUDGET = {"models": 20, "eval-probed": 50, "activation": 70, "inspect": 50, "decoders": 40,
           "query": 90, "verify": 50, "completeness": 40, "patch": 60, "dla": 60, "ablate": 50,
           "train-probed": 50, "train-decoder": 40, "export-decoder": 40, "serve": 50,
-          "ioi corpus": 20, "ioi eval": 30, "ioi heads": 20, "ioi read": 20}
+          "ioi corpus": 20, "ioi eval": 30, "ioi heads": 20, "ioi read": 20,
+          "factual corpus": 15, "factual eval": 20, "factual heads": 20, "factual read": 15}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)

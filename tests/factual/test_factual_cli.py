@@ -54,3 +54,24 @@ def test_factual_commands_reject_bad_input(factual_lm_dir):
         result = invoke(args)
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_read_command_on_a_tiny_model(factual_lm_dir, tmp_path):
+    from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
+    from inversionview.probed import load_probed
+
+    train_decoder(load_probed(factual_lm_dir), DecoderTrainingConfig(
+        out=tmp_path / "decoder", examples=32, eval_every_seconds=10_000,
+        eval_queries_per_site=1, eval_samples_per_query=2), show_progress=False)
+    args = ["factual", "read", str(factual_lm_dir), "--decoder", str(tmp_path / "decoder"),
+            "--relation", "region", "--queries", "1", "--candidates", "8"]
+    result = invoke([*args, "--heads", "a1.0,a0.3", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["heads"] == ["a1.0", "a0.3"]
+    assert [(r["site"], r["position"]) for r in record["readings"]] == [
+        ("a1.0", "SUBJ"), ("a1.0", "END"), ("a0.3", "SUBJ"), ("a0.3", "END")]
+    found = invoke([*args, "--keep", "1"])  # the heads attribution keeps
+    assert found.exit_code == 0 and "region" in found.stdout, found.output
+    bad = invoke([*args, "--heads", "m0"])
+    assert bad.exit_code == 2 and "--heads takes heads such as a3.1" in bad.stderr
