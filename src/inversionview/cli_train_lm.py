@@ -31,6 +31,9 @@ def register(app: typer.Typer) -> None:
                                           "directory with its tokenizer).")],
         field: Annotated[str, typer.Option("--field", help="The text field of a .jsonl file "
                                            "or datasets directory.")] = "text",
+        init_from: Annotated[Optional[Path], typer.Option(
+            "--init-from", help="Start from this GPT-2 model directory (its weights, shape and "
+            "tokenizer) instead of a random model: train it on a new corpus.")] = None,
         tokenizer: Annotated[Optional[Path], typer.Option(
             "--tokenizer", help="A tokenizer directory to use (default: train a byte-level "
             "BPE of --vocab-size on the corpus).")] = None,
@@ -107,6 +110,7 @@ def register(app: typer.Typer) -> None:
                 max_tokens=max_tokens, minutes=minutes, steps=steps, seed=seed,
                 batch_size=batch_size, lr=lr, model_overrides=overrides,
                 save_dtype="float16" if fp16 else "float32", corpus_licence=corpus_licence,
+                init_from=init_from,
                 **{name: value for name, value in changes.items() if value is not None})
             options.check_output_directory(out, "--out")
             if force:

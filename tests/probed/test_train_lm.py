@@ -306,3 +306,33 @@ def test_an_lm_trained_on_the_ioi_mixture_ships_as_ioi(tmp_path):
     assert isinstance(model.task, IOITask) and model.task.default_query == ("a1.0", "END")
     with pytest.raises(UserError, match="unknown task 'sorting' for a language model"):
         ship_lm(tmp_path / "run", tmp_path / "ship2", task="sorting")
+
+
+def test_init_from_starts_from_a_models_weights_and_tokenizer(tmp_path):
+    """A second corpus trained from the first run's model: its tokenizer and shape are kept,
+    the manifest names where it started, and a model that does not fit is refused."""
+    from inversionview.checkpoint import CheckpointError
+    from inversionview.ioi.corpus import mixture_lines
+
+    corpus = tmp_path / "mix.txt"
+    corpus.write_text("\n".join(mixture_lines(1_500, seed=1)) + "\n")
+    first = train_lm(LMTrainingConfig(corpus=corpus, out=tmp_path / "first", steps=2,
+                                      vocab_size=700, max_tokens=40, model_overrides=TINY),
+                     show_progress=False)
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(mixture_lines(500, seed=2)) + "\n")
+    second = train_lm(LMTrainingConfig(corpus=other, out=tmp_path / "second", steps=1, lr=1e-12,
+                                       max_tokens=40, init_from=tmp_path / "first", warmup_steps=1),
+                      show_progress=False)
+    before, after = first.hf_model.state_dict(), second.hf_model.state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)  # lr ~ 0
+    manifest = _manifest(tmp_path / "second")
+    assert manifest["init_from"]["path"].endswith("first") and manifest["init_from"]["weights_sha256"]
+    assert manifest["tokenizer"]["fingerprint"] == _manifest(tmp_path / "first")["tokenizer"]["fingerprint"]
+    with pytest.raises(CheckpointError, match="reads 42 positions; pieces of --max-tokens 64 need 66"):
+        train_lm(LMTrainingConfig(corpus=other, out=tmp_path / "third", steps=1,
+                                  init_from=tmp_path / "first"), show_progress=False)
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        train_lm(LMTrainingConfig(corpus=other, out=tmp_path / "fourth", steps=1,
+                                  init_from=tmp_path, tokenizer=tmp_path / "first"),
+                 show_progress=False)

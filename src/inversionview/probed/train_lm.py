@@ -97,9 +97,16 @@ class LMTrainingConfig:
     save_dtype: str = "float32"  # of the final model.safetensors ("float16" to ship)
     corpus_name: str | None = None  # default: the corpus file's stem
     corpus_licence: str | None = None  # recorded in the manifest
+    # Start from this GPT-2 model directory's weights (its shape and, unless ``tokenizer``
+    # says otherwise, its tokenizer) instead of a random model: training on a new corpus.
+    init_from: Path | None = None
 
     def __post_init__(self) -> None:
         self.corpus, self.out = Path(self.corpus), Path(self.out)
+        if self.init_from is not None:
+            self.init_from = Path(self.init_from)
+            if self.tokenizer is None:
+                self.tokenizer = self.init_from
         if self.tokenizer is not None:
             self.tokenizer = Path(self.tokenizer)
         if (self.minutes is None) == (self.steps is None):
@@ -259,12 +266,36 @@ def _tokenizer(config: LMTrainingConfig, texts: list[str], resume: bool) -> HFTo
 
 
 def _build_model(task: TextTask, config: LMTrainingConfig) -> GPT2LMHeadModel:
+    if config.init_from is not None:
+        return _initial_model(task, config)
     settings = {**task.probed_config(), **config.model_overrides}
     gpt2_config = GPT2Config(**settings)
     gpt2_config.tie_word_embeddings = True
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return GPT2LMHeadModel(gpt2_config)
+
+
+def _initial_model(task: TextTask, config: LMTrainingConfig) -> GPT2LMHeadModel:
+    """The model in ``config.init_from``, checked against the run's tokenizer and pieces."""
+    directory = config.init_from
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"--init-from {directory} has no config.json; give a GPT-2 model "
+                              "directory")
+    try:
+        model = GPT2LMHeadModel.from_pretrained(str(directory), local_files_only=True,
+                                                torch_dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"--init-from {directory} cannot be read as a GPT-2 model "
+                              f"({str(error).splitlines()[0]})") from None
+    if model.config.vocab_size < task.vocab.model_size:
+        raise CheckpointError(f"--init-from {directory} has {model.config.vocab_size} token "
+                              f"embeddings but the tokenizer has {task.vocab.model_size} tokens")
+    if model.config.n_positions < config.context:
+        raise CheckpointError(f"--init-from {directory} reads {model.config.n_positions} "
+                              f"positions; pieces of --max-tokens {config.max_tokens} need "
+                              f"{config.context}")
+    return model
 
 
 def _optimizer(model: GPT2LMHeadModel, config: LMTrainingConfig) -> torch.optim.AdamW:
@@ -394,6 +425,9 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
         "tokenizer": {"kind": "byte-level BPE (trained on the whole corpus, held-out pieces "
                               "included)" if config.tokenizer is None else "given",
                       "vocab_size": len(tokenizer.hf), "fingerprint": tokenizer.fingerprint()},
+        "init_from": None if config.init_from is None else {
+            "path": provenance.portable_path(config.init_from),
+            "weights_sha256": _sha256_or_none(config.init_from / "model.safetensors")},
         "parameters": sum(p.numel() for p in hf_model.parameters()),
         "weights_dtype": config.save_dtype,
         "training": _jsonable(config),
@@ -434,7 +468,7 @@ def _save(model: ProbedModel, directory: Path, manifest: dict[str, Any],
 
 def _jsonable(config: LMTrainingConfig) -> dict[str, Any]:
     record = dataclasses.asdict(config)
-    for name in ("corpus", "out", "tokenizer"):
+    for name in ("corpus", "out", "tokenizer", "init_from"):
         if record[name] is not None:
             record[name] = provenance.portable_path(record[name])
     return record
@@ -490,3 +524,15 @@ def ship_lm(run_directory: str | Path, destination: str | Path,
 
 __all__ = ["LMTrainingConfig", "LengthGroupedBatches", "held_out_loss", "held_out_tokens",
            "remove_run", "ship_lm", "token_losses", "train_lm"]
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    import hashlib
+
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
