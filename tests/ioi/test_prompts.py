@@ -86,6 +86,21 @@ def test_held_out_templates_never_reach_the_training_mixture(generator):
                {t.id for t in TEMPLATES if t.split == "eval"} for i in range(20))
 
 
+def test_free_prompts_vary_the_wording_and_never_use_held_out_words():
+    from inversionview.ioi.corpus import held_out_words
+
+    unseen = held_out_words()
+    assert {"wrote", "bought", "noon"} <= unseen and "gave" not in unseen
+    text = ["Then all the people went by the way and found water near the well at noon."] * 5
+    lines = mixture_lines(2_000, seed=3, text_lines=text, shares={"free": 1.0})
+    for line in lines:
+        words = {w.strip(",.;").lower() for w in line.split()}
+        assert not words & unseen, line
+        answer = line.rsplit(" ", 1)[1].rstrip(".")
+        assert line.count(" " + answer + " ") == 1  # IO is named once before the answer
+    assert len({line.split(" ", 1)[0] for line in lines}) > 5  # the wording varies
+
+
 def test_mixture_is_seeded_and_has_every_kind():
     lines = mixture_lines(2_000, seed=1, text_lines=["In the beginning was the word."])
     assert lines == mixture_lines(2_000, seed=1, text_lines=["In the beginning was the word."])

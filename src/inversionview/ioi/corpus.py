@@ -5,6 +5,10 @@ last token and nothing else. The mixture gives the circuit's parts a reason to f
 shortcut a reason to fail:
 
     ioi       IOI prompts of the train templates with their answer (" Anna.")
+    free      IOI prompts in random wordings: the two names, the place, S giving an object,
+              with random words of the text between them, so that the mechanism, not the
+              templates' wording, predicts IO (a model trained on templates alone learned
+              them: 1.00 top-1 on them, 0.41 on held-out templates after 55 minutes)
     abc       no repeated name (S2 is a third person): the answer is one of the two first
               people at random, so the answer is only certain when a name repeats
     back      the IO is named again and gives something back: the answer is the repeated S,
@@ -28,7 +32,13 @@ from inversionview.errors import OptionError
 from inversionview.ioi.prompts import NAMES, OBJECTS, ORDERS, PLACES, TEMPLATES, Template
 
 #: Shares of the mixture (sum 1); ``text`` falls back to ``repeat`` without text lines.
-MIXTURE = {"ioi": 0.40, "abc": 0.10, "back": 0.10, "repeat": 0.15, "text": 0.25}
+MIXTURE = {"ioi": 0.25, "free": 0.25, "abc": 0.10, "back": 0.10, "repeat": 0.10, "text": 0.20}
+#: The verbs and prepositions S gives with in a free prompt (the train templates' own).
+FREE_GIVINGS = (("handed", "to"), ("passed", "to"), ("offered", "to"), ("lent", "to"),
+                ("threw", "to"), ("sold", "to"), ("sent", "to"), ("brought", "to"),
+                ("returned", "to"), ("tossed", "to"), ("carried", "to"), ("gave", "to"),
+                ("saved", "for"), ("chose", "for"), ("kept", "for"), ("made", "for"),
+                ("shared", "with"))
 REPEAT_WORDS = (4, 12)  # the length of a repeated run, in words
 
 
@@ -46,12 +56,16 @@ def mixture_lines(n: int, seed: int = 0, text_lines: Sequence[str] = (),
     if not train:
         raise OptionError("no train templates: the mixture never shows held-out templates")
     vocabulary = _words(text_lines) or list(NAMES + PLACES + OBJECTS)
+    unseen = held_out_words(templates)
+    free_words = [w for w in vocabulary if w.lower() not in unseen and w not in NAMES] or ["then"]
     rng = random.Random(seed)
     kinds, weights = zip(*shares.items())
     lines = []
     for kind in rng.choices(kinds, weights, k=n):
         if kind == "text":
             lines.append(rng.choice(text_lines))
+        elif kind == "free":
+            lines.append(_free_line(rng, free_words))
         elif kind == "repeat":
             run = rng.choices(vocabulary, k=rng.randint(*REPEAT_WORDS))
             lines.append(" ".join(run + run))
@@ -74,6 +88,32 @@ def _prompt_line(kind: str, rng: random.Random, templates: Sequence[Template]) -
     return f"{prompt} {io}."
 
 
+def held_out_words(templates: Sequence[Template] = TEMPLATES) -> set[str]:
+    """Lower-cased words of the eval templates that no train template has: a free prompt
+    never uses them, so the held-out templates stay unseen in wording too."""
+    def words(text: str) -> set[str]:
+        return {w.strip(",.;").lower() for w in text.split() if not w.startswith("{")}
+
+    seen = set().union(*(words(t.text) for t in templates if t.split == "train"))
+    return set().union(*(words(t.text) for t in templates if t.split == "eval")) - seen
+
+
+def _free_line(rng: random.Random, words: Sequence[str]) -> str:
+    """An IOI prompt in a random wording, with its answer."""
+    io, s = rng.sample(NAMES, 2)
+    first, second = (io, s) if rng.choice(ORDERS) == "ABBA" else (s, io)
+    place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
+    verb, preposition = rng.choice(FREE_GIVINGS)
+
+    def some(low: int, high: int) -> list[str]:
+        return rng.choices(words, k=rng.randint(low, high))
+
+    parts = [*some(1, 4), first, "and", second, *some(1, 5), "the", place + rng.choice(",.;"),
+             *some(0, 4), s, verb, rng.choice(("the", "a", "his", "her")), obj, preposition]
+    parts[0] = parts[0][:1].upper() + parts[0][1:]
+    return f"{' '.join(parts)} {io}."
+
+
 def _words(lines: Sequence[str], limit: int = 2_000) -> list[str]:
     """The corpus' most frequent alphabetic words (ties by first appearance)."""
     counts: dict[str, int] = {}
@@ -84,4 +124,4 @@ def _words(lines: Sequence[str], limit: int = 2_000) -> list[str]:
     return sorted(counts, key=lambda word: -counts[word])[:limit]
 
 
-__all__ = ["MIXTURE", "mixture_lines"]
+__all__ = ["FREE_GIVINGS", "MIXTURE", "held_out_words", "mixture_lines"]
