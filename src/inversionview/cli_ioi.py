@@ -207,7 +207,7 @@ def format_heads(scores, roles) -> str:
 
     lines = [f"ABC {scores['patching']} patching on {scores['n']} prompts: logit difference {scores['clean_logit_difference']:.2f}"
              f" -> {scores['abc_logit_difference']:.2f} with S2 replaced by a third name "
-             f"(patch = change of LD as a fraction of that drop's negative; -1: all of it)", "",
+             f"(patch = change of LD as a fraction of that drop: 1, this head alone makes all of it; negative, it works against it)", "",
              f"{'head':6} {'END>IO':>6} {'END>S2':>6} {'S2>S1':>6} {'dup':>6} {'induct':>6} "
              f"{'prev':>6} {'copy':>6} {'-copy':>6} {'patch':>6} {'@END':>6}  roles"]
     role_of = {}

@@ -244,3 +244,25 @@ def test_read_heads_is_seeded_and_counts_its_samples(tmp_path):
         assert 0 <= row["queries_with_inside"] <= 2
         for counts in row["attributes"].values():
             assert counts["n_inside"] <= row["distinct_in_epsilon"]
+
+
+def test_roles_read_the_patching_sign_the_scores_use(constructed_scores):
+    """A patching score of 1 is a head that alone moves the logit difference as far as the ABC
+    run (the copying head above); a name mover must carry part of that drop, a negative name
+    mover work against it."""
+    from inversionview.ioi.circuit import HeadScore
+
+    def head(index, **scores):
+        base = dict(attn_end_io=0.0, attn_end_s1=0.0, attn_end_s2=0.0, attn_s2_s1=0.0,
+                    attn_s2_s1_next=0.0, duplicate=0.0, induction=0.0, previous=0.0,
+                    copying=0.0, negative_copying=0.0, patch_all=0.0, patch_end=0.0)
+        return HeadScore(3, index, **{**base, **scores})
+
+    heads = [head(0, attn_end_io=0.6, copying=0.9, patch_end=0.4, patch_all=0.4),
+             head(1, attn_end_io=0.5, negative_copying=0.8, patch_end=-0.2, patch_all=-0.2),
+             head(2, attn_end_s2=0.7, patch_all=0.3),
+             head(3, attn_end_io=0.6, copying=0.9, patch_end=-0.4)]  # works against: no mover
+    roles = classify(heads)
+    assert roles["name mover"] == ["a3.0"] and roles["negative name mover"] == ["a3.1"]
+    assert roles["s-inhibition"] == ["a3.2"]
+    assert score(constructed_scores, "a1.1").patch_all > 0.99  # the same sign, measured

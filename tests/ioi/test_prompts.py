@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from inversionview.ioi.corpus import mixture_lines
+from inversionview.ioi.corpus import LATE_PHRASES, mixture_lines
 from inversionview.ioi.prompts import (NAMES, TEMPLATES, IOIError, IOIGenerator, Template,
                                        check_template)
 
@@ -105,6 +105,12 @@ def test_mixture_is_seeded_and_has_every_kind():
     lines = mixture_lines(2_000, seed=1, text_lines=["In the beginning was the word."])
     assert lines == mixture_lines(2_000, seed=1, text_lines=["In the beginning was the word."])
     assert any(", who gave it back to" in line for line in lines)
+    late = [line for line in lines if any(f" {phrase} " in line for phrase in LATE_PHRASES)]
+    assert late  # a third name just before the end, the answer still IO
+    for line in late:
+        words = [w.strip(",.;") for w in line.split()]
+        answer, third = words[-1], words[-3]
+        assert words.count(answer) == 2 and words.count(third) == 1 and third != answer
     assert "In the beginning was the word." in lines
     repeats = [line.split() for line in lines if not line.endswith(".")]
     assert repeats and all(words[: len(words) // 2] == words[len(words) // 2:] for words in repeats)

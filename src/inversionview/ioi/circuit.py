@@ -37,12 +37,14 @@ from inversionview.probed.sites import Site
 from inversionview.tasks.base import TaskInputError
 
 #: A head is in a role when every one of its scores passes (a fraction of the full ABC
-#: effect for the patching scores; attention and copying scores are fractions too).
+#: effect for the patching scores: 1 when patching the head alone moves the logit difference
+#: as far as the whole ABC run does, negative when it moves it the other way; attention and
+#: copying scores are fractions too).
 ROLE_RULES: dict[str, dict[str, tuple[str, float]]] = {
-    "name mover": {"attn_end_io": (">=", 0.3), "copying": (">=", 0.5), "patch_end": ("<=", -0.05)},
+    "name mover": {"attn_end_io": (">=", 0.3), "copying": (">=", 0.5), "patch_end": (">=", 0.05)},
     "negative name mover": {"attn_end_io": (">=", 0.3), "negative_copying": (">=", 0.5),
-                            "patch_end": (">=", 0.05)},
-    "s-inhibition": {"attn_end_s2": (">=", 0.3), "patch_all": ("<=", -0.05)},
+                            "patch_end": ("<=", -0.05)},
+    "s-inhibition": {"attn_end_s2": (">=", 0.3), "patch_all": (">=", 0.05)},
     "induction": {"induction": (">=", 0.3)},
     "duplicate token": {"duplicate": (">=", 0.3)},
     "previous token": {"previous": (">=", 0.4)},

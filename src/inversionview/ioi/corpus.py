@@ -5,6 +5,11 @@ last token and nothing else. The mixture gives the circuit's parts a reason to f
 shortcut a reason to fail:
 
     ioi       IOI prompts of the train templates with their answer (" Anna.")
+    late      an IOI prompt with a third name, mentioned once, just before the end ("Paul
+              handed the key they got from Mary to" -> " Anna"): the last name before the
+              end is then not S, so "avoid the most recent name" fails and only "avoid the
+              repeated name" answers (the composed-template model took the shortcut: it had
+              no duplicate-token or induction heads)
     free      IOI prompts in random wordings: the two names, the place, S giving an object,
               with random words of the text between them, so that the mechanism, not the
               templates' wording, predicts IO (a model trained on templates alone learned
@@ -32,7 +37,10 @@ from inversionview.errors import OptionError
 from inversionview.ioi.prompts import NAMES, OBJECTS, ORDERS, PLACES, TEMPLATES, Template
 
 #: Shares of the mixture (sum 1); ``text`` falls back to ``repeat`` without text lines.
-MIXTURE = {"ioi": 0.25, "free": 0.25, "abc": 0.10, "back": 0.10, "repeat": 0.10, "text": 0.20}
+MIXTURE = {"ioi": 0.20, "free": 0.20, "late": 0.15, "abc": 0.10, "back": 0.05, "repeat": 0.15,
+           "text": 0.15}
+#: Said of a third name just before the last word of a "late" prompt.
+LATE_PHRASES = ("they got from", "that came from", "borrowed from", "sent by")
 #: The verbs and prepositions S gives with in a free prompt (the train templates' own).
 FREE_GIVINGS = (("handed", "to"), ("passed", "to"), ("offered", "to"), ("lent", "to"),
                 ("threw", "to"), ("sold", "to"), ("sent", "to"), ("brought", "to"),
@@ -66,6 +74,12 @@ def mixture_lines(n: int, seed: int = 0, text_lines: Sequence[str] = (),
             lines.append(rng.choice(text_lines))
         elif kind == "free":
             lines.append(_free_line(rng, free_words))
+        elif kind == "late" and rng.random() < 0.5:
+            head, answer = _free_line(rng, free_words).rsplit(" ", 1)
+            head, last = head.rsplit(" ", 1)
+            names = [w.strip(",.;") for w in head.split() if w.strip(",.;") in NAMES]
+            third = rng.choice([n for n in NAMES if n not in names])
+            lines.append(f"{head} {rng.choice(LATE_PHRASES)} {third} {last} {answer}")
         elif kind == "repeat":
             run = rng.choices(vocabulary, k=rng.randint(*REPEAT_WORDS))
             lines.append(" ".join(run + run))
@@ -83,6 +97,9 @@ def _prompt_line(kind: str, rng: random.Random, templates: Sequence[Template]) -
     if kind == "abc":
         return f"{template.fill(first, second, third, place, obj)} {rng.choice((io, s))}."
     prompt = template.fill(first, second, s, place, obj)
+    if kind == "late":
+        head, last = prompt.rsplit(" ", 1)
+        return f"{head} {rng.choice(LATE_PHRASES)} {third} {last} {io}."
     if kind == "back":
         return f"{prompt} {io}, who gave it back to {s}."
     return f"{prompt} {io}."
@@ -124,4 +141,4 @@ def _words(lines: Sequence[str], limit: int = 2_000) -> list[str]:
     return sorted(counts, key=lambda word: -counts[word])[:limit]
 
 
-__all__ = ["FREE_GIVINGS", "MIXTURE", "held_out_words", "mixture_lines"]
+__all__ = ["FREE_GIVINGS", "LATE_PHRASES", "MIXTURE", "held_out_words", "mixture_lines"]
