@@ -59,6 +59,7 @@ def main() -> None:
     started = time.perf_counter()
     record["eval"] = {split: evaluate_ioi(model, args.eval_n, args.seed, split)
                       for split in ("eval", "train")}
+    record["eval"]["eval_late"] = evaluate_ioi(model, args.eval_n, args.seed, "eval", "late")
     record["seconds"]["eval"] = round(time.perf_counter() - started, 1)
     held_out = record["eval"]["eval"]
     print(f"held-out templates: top-1 {held_out['top1_accuracy']:.3f}, IO over S "

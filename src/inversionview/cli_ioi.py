@@ -55,6 +55,9 @@ def register(app: typer.Typer) -> None:
         n: Annotated[int, typer.Option("--n", help="Prompts.", callback=options.PAIRS.callback)] = 500,
         split: Annotated[str, typer.Option("--split", help="Templates: eval (held out from "
                                            "training), train or all.")] = "eval",
+        kind: Annotated[str, typer.Option("--kind", help="ioi, or late: a third name just "
+                                          "before the end (the answer is still IO; a model "
+                                          "that avoids the most recent name fails).")] = "ioi",
         seed: SeedOpt = 0,
         threads: ThreadsOpt = None,
         as_json: JsonOpt = False,
@@ -68,8 +71,9 @@ def register(app: typer.Typer) -> None:
             raise IOIError(f"unknown --split {split!r}; use one of {', '.join(SPLITS)}")
         _apply_threads(threads)
         probed = _load(model, "ioi")
-        report = evaluate_ioi(probed, n, seed, split)
-        lines = [f"IOI on {n} prompts of the {split} templates (seed {seed}): top-1 accuracy "
+        report = evaluate_ioi(probed, n, seed, split, kind)
+        lines = [f"IOI on {n} {'late-name ' if kind == 'late' else ''}prompts of the {split} "
+                 f"templates (seed {seed}): top-1 accuracy "
                  f"{report['top1_accuracy']:.3f}, IO over S {report['io_over_s']:.3f}, logit "
                  f"difference IO - S {report['logit_difference']:.2f} "
                  f"(sd {report['logit_difference_std']:.2f})", "",

@@ -153,3 +153,14 @@ def test_unknown_template_order_and_split_are_refused(generator):
         generator.prompt(rng, order="AABB")
     with pytest.raises(IOIError, match="unknown template split"):
         generator.prompts(1, split="test")
+
+
+def test_late_prompts_add_a_third_name_before_the_end(generator):
+    prompt = generator.prompts(1, seed=4)[0]
+    late = generator.late(prompt, seed=1)
+    assert late.kind == "late" and late.io == prompt.io and late.s == prompt.s
+    third = late.text.rsplit(" ", 2)[1]
+    assert third in generator.names and third not in (prompt.io, prompt.s)
+    assert late.positions["S2"] == prompt.positions["S2"]
+    assert late.positions["END"] > prompt.positions["END"]
+    assert generator.late(prompt, seed=1) == late

@@ -49,6 +49,7 @@ ROLE_RULES: dict[str, dict[str, tuple[str, float]]] = {
     "duplicate token": {"duplicate": (">=", 0.3)},
     "previous token": {"previous": (">=", 0.4)},
 }
+EVAL_KINDS = ("ioi", "late")
 TOP_K = 5  # the copying score's "among the most raised tokens"
 REPEAT_LENGTH = 10  # tokens in each half of a repeated random run
 
@@ -99,12 +100,18 @@ def answer_logits(model: ProbedModel, texts: list[str], batch: int = 128) -> tor
 
 
 @torch.no_grad()
-def evaluate_ioi(model: ProbedModel, n: int = 500, seed: int = 0, split: str = "eval"
-                 ) -> dict[str, Any]:
+def evaluate_ioi(model: ProbedModel, n: int = 500, seed: int = 0, split: str = "eval",
+                 kind: str = "ioi") -> dict[str, Any]:
     """Top-1 accuracy (IO is the most likely next token), IO-over-S accuracy and the logit
-    difference IO - S on ``n`` prompts of the ``split`` templates; per template and order."""
+    difference IO - S on ``n`` prompts of the ``split`` templates; per template and order.
+    ``kind`` "late" adds a third name just before the end (``IOIGenerator.late``): it tells
+    a model that avoids the repeated name from one that avoids the most recent one."""
+    if kind not in EVAL_KINDS:
+        raise TaskInputError(f"unknown prompt kind {kind!r}; use one of {', '.join(EVAL_KINDS)}")
     task = _ioi_task(model)
     prompts = task.prompts.prompts(n, seed, split)
+    if kind == "late":
+        prompts = [task.prompts.late(p, seed * 1_000_003 + i) for i, p in enumerate(prompts)]
     logits = answer_logits(model, [p.text for p in prompts])
     io = torch.tensor([task.prompts.name_ids[p.io] for p in prompts])
     s = torch.tensor([task.prompts.name_ids[p.s] for p in prompts])
@@ -121,7 +128,7 @@ def evaluate_ioi(model: ProbedModel, n: int = 500, seed: int = 0, split: str = "
                    for t in sorted({p.template for p in prompts})}
     by_order = {o: summary(torch.tensor([p.order == o for p in prompts]))
                 for o in sorted({p.order for p in prompts})}
-    return {"split": split, "seed": seed, **summary(torch.ones(n, dtype=torch.bool)),
+    return {"split": split, "kind": kind, "seed": seed, **summary(torch.ones(n, dtype=torch.bool)),
             "logit_difference_std": float(difference.std()) if n > 1 else 0.0,
             "by_template": by_template, "by_order": by_order}
 

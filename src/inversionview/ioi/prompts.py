@@ -268,6 +268,20 @@ class IOIGenerator:
         positions["S2"] = self._find(text, third)[0]
         return dataclasses.replace(prompt, text=text, positions=positions, kind="abc")
 
+    def late(self, prompt: IOIPrompt, seed: int = 0) -> IOIPrompt:
+        """A third name, mentioned once, just before the last word ("... handed the key they
+        got from Mary to"): the answer is still IO, but the last name before the end is no
+        longer S, so a model that avoids the most recent name instead of the repeated one
+        fails here."""
+        from inversionview.ioi.corpus import LATE_PHRASES
+
+        rng = random.Random(seed)
+        third = rng.choice([n for n in self.names if n not in (prompt.io, prompt.s)])
+        head, last = prompt.text.rsplit(" ", 1)
+        text = f"{head} {rng.choice(LATE_PHRASES)} {third} {last}"
+        return dataclasses.replace(prompt, text=text, positions=self._positions(text, prompt.io, prompt.s),
+                                   kind="late")
+
     def swap(self, prompt: IOIPrompt) -> IOIPrompt:
         """IO and S trade places everywhere: the same sentence whose answer is the old S."""
         return dataclasses.replace(
