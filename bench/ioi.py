@@ -2,6 +2,7 @@
 
     python bench/ioi.py MODEL [--decoder DIR] [--eval-n 1000] [--heads-n 200] [--queries 20]
                               [--dla-n 1000] [--patching activation] [--skip-readings]
+                              [--extra-heads a0.1]
 
 1. IOI accuracy and logit difference on held-out templates (and on the train templates);
 2. every head's scores, the roles they give (``ioi.circuit``) and the per-head map
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-readings", action="store_true")
+    parser.add_argument("--extra-heads", default="",
+                        help="heads to read beside those in a role, comma separated (e.g. a0.1)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,6 +86,8 @@ def main() -> None:
         for role, heads in roles.items():
             for head in heads:
                 role_of.setdefault(head, []).append(role)
+        for head in filter(None, (h.strip() for h in args.extra_heads.split(","))):
+            role_of.setdefault(model.site(head).short, [])
         targets = [(head, position) for head in role_of for position in READ_POSITIONS]
         started = time.perf_counter()
         record["readings"] = read_heads(model, decoder, targets, args.queries, args.seed,
