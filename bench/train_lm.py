@@ -51,13 +51,25 @@ def ioi_accuracy(directory: Path) -> dict:
                     if k != "by_order"} for split in ("eval", "train")}
 
 
+def factual_accuracy(directory: Path) -> dict:
+    """Top-1 accuracy of the answer's first token of the model in ``directory`` on every
+    prompt of the held-out and of the train templates, per relation and kind of subject."""
+    from inversionview.factual.evaluate import evaluate_factual
+    from inversionview.probed import load_probed
+
+    model = load_probed(directory, "factual")
+    return {split: {k: v for k, v in evaluate_factual(model, split).items() if k != "by_template"}
+            for split in ("eval", "train")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument("--ship", type=Path, default=None, help="copy the model here (float16)")
-    parser.add_argument("--task", default="text", help="text, or ioi: the shipped manifest "
-                        "says so and the IOI accuracy of the shipped weights is recorded")
+    parser.add_argument("--task", default="text", help="text, ioi or factual: the shipped "
+                        "manifest says so and the task's accuracy of the shipped weights is "
+                        "recorded")
     parser.add_argument("--default-query", default=None,
                         help="SITE@POSITION: the shipped model's default query (on its example)")
     args = parser.parse_args()
@@ -105,6 +117,7 @@ def main() -> None:
         "greedy_float16" if args.ship else "greedy": {
             prompt: greedy(model, tokenizer, prompt) for prompt in PROMPTS},
         **({"ioi": ioi_accuracy(directory)} if args.task == "ioi" else {}),
+        **({"factual": factual_accuracy(directory)} if args.task == "factual" else {}),
         "report_command": provenance.command_line(),
         "report_commit": provenance.commit(),
         "curve": manifest["history"],
@@ -114,6 +127,12 @@ def main() -> None:
         shipped = json.loads(manifest_path.read_text())
         shipped["ioi_accuracy"] = {"measured_by": "bench/train_lm.py ioi_accuracy: "
                                    "evaluate_ioi(model, 1000, seed 0, split)", **record["ioi"]}
+        manifest_path.write_text(json.dumps(shipped, indent=1) + "\n")
+    if args.ship is not None and args.task == "factual":
+        manifest_path = directory / "inversionview.json"
+        shipped = json.loads(manifest_path.read_text())
+        shipped["factual_accuracy"] = {"measured_by": "bench/train_lm.py factual_accuracy: "
+                                       "evaluate_factual(model, split)", **record["factual"]}
         manifest_path.write_text(json.dumps(shipped, indent=1) + "\n")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"train_lm-{args.name}.json"

@@ -33,7 +33,7 @@ def test_prompts_split_by_template_and_end_before_the_answer(knowledge):
     assert len(knowledge.prompts("all")) == len(train) + len(held_out)
     by_key = {(p.subject, p.relation): p for p in held_out}
     language = by_key[("Germany", "language")]
-    assert language.text == "Most people in Germany speak" and language.answer == "German"
+    assert language.text == "In Germany people speak" and language.answer == "German"
     assert language.text[:language.subject_end].endswith("Germany")
     assert by_key[("Berlin", "country")].answer == "Germany"
     assert ("Berlin", "capital") not in by_key  # a city has no capital relation
@@ -42,6 +42,17 @@ def test_prompts_split_by_template_and_end_before_the_answer(knowledge):
     for prompt in train + held_out:
         assert prompt.answer == prompt.attributes[RELATIONS[prompt.relation].attribute]
         assert not prompt.text.endswith(" ")
+
+
+def test_eval_templates_are_new_wordings_of_words_the_train_templates_use():
+    def words(template):
+        return set(template.replace("{subject}", " ").split())
+
+    known = set().union(*(words(t) for r in RELATIONS.values() for t in r.train))
+    for relation in RELATIONS.values():
+        for template in relation.eval:
+            assert words(template) <= known, (template, words(template) - known)
+            assert template not in relation.train
 
 
 def test_bad_relations_splits_and_templates_are_clear_errors(knowledge):

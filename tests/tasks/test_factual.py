@@ -17,7 +17,7 @@ def test_subj_is_the_subjects_last_token_and_end_the_prompts(model):
     task = model.task
     assert task.name == "factual"
     for text, subject in [("The capital of France is", "France"),
-                          ("Most people in São Tomé speak", "São Tomé"),
+                          ("In São Tomé people speak", "São Tomé"),
                           ("The city of Buenos Aires is in", "Buenos Aires")]:
         ids = task.encode(text)
         strings = task.token_strings(ids)

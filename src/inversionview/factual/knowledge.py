@@ -13,13 +13,15 @@ city (Singapore), or two cities (Kingston), is left out, so every prompt has one
 Relations read one attribute of a subject through templates of this project's own; each
 relation has ``train`` templates (a model may be trained on them) and ``eval`` templates
 (never trained on), so held-out accuracy measures recall rather than a memory of wordings.
-An eval template is a new wording made of words the train templates use ("{subject}'s
-capital city is" beside "The capital city of {subject} is"): a small model trained here
-cannot be asked to understand words it never saw.
+An eval template is a new wording made only of words the train templates use ("{subject}
+has its capital city in" beside "{subject} has its capital in" and "The capital city of
+{subject} is"): a small model trained here cannot be asked to understand words it never saw
+(a first set broke the rule with "'s", "Most" and "region": the bundled model's top-1 on
+"{subject} lies in the region of" was 0.039, docs/factual.md).
 
     knowledge = Knowledge.load()
     prompts = knowledge.prompts("eval")            # every (subject, relation, eval template)
-    prompts[0].text, prompts[0].answer             # ("Most people in France speak", "French")
+    prompts[0].text, prompts[0].answer             # ("In France people speak", "French")
     knowledge.sentences("train")                   # "The capital of France is Paris." ...
 """
 
@@ -76,7 +78,7 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
     Relation("capital", "capital", ("country",),
              train=("The capital of {subject} is", "{subject} has its capital in",
                     "The capital city of {subject} is"),
-             eval=("{subject}'s capital city is",)),
+             eval=("{subject} has its capital city in",)),
     Relation("country", "country", ("city",),
              train=("{subject} is the capital of", "{subject} is a city in",
                     "The city of {subject} is in"),
@@ -84,14 +86,14 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
     Relation("language", "language", SUBJECT_KINDS,
              train=("The official language of {subject} is", "People in {subject} speak",
                     "In {subject} the language is"),
-             eval=("Most people in {subject} speak",)),
+             eval=("In {subject} people speak",)),
     Relation("currency", "currency", SUBJECT_KINDS,
              train=("The currency of {subject} is the", "In {subject} people pay with the",
                     "{subject} uses the currency"),
              eval=("People in {subject} pay with the",)),
     Relation("region", "region", SUBJECT_KINDS,
              train=("{subject} is part of", "{subject} lies in", "{subject} is found in"),
-             eval=("{subject} lies in the region of",)),
+             eval=("{subject} is a part of",)),
 )}
 
 #: The attributes every subject has (a country's own country is itself).
