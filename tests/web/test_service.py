@@ -21,7 +21,8 @@ from tests.conftest import authors_model_dir
 
 
 def test_bundled_models_are_the_probed_artifacts():
-    assert set(bundled_model_names()) == {"counting", "addition", "lm-kjv"}  # not the decoders
+    # not the decoders
+    assert set(bundled_model_names()) == {"counting", "addition", "lm-factual", "lm-ioi", "lm-kjv"}
 
 
 def test_authors_model_loads_with_its_task_inferred_and_its_decoder_found():
@@ -79,6 +80,9 @@ def test_serve_command_starts_the_server_on_localhost():
         process.terminate()
         output = process.communicate(timeout=20)[0]
     assert f"serving counting, addition, lm-kjv at http://127.0.0.1:{port}" in output
+    # a bundled model without a bundled decoder is skipped with the reason
+    assert "skipping bundled model lm-factual: no bundled decoder" in output
+    assert "skipping bundled model lm-ioi: no bundled decoder" in output
 
 
 @pytest.mark.parametrize("arguments, message", [
