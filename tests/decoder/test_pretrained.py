@@ -226,7 +226,8 @@ def test_cli_init_from_and_its_refusals(lms, tmp_path, monkeypatch):
     for args, message in [(["--init-from", "nowhere"], "--init-from 'nowhere' does not exist"),
                           (["--init-from", corpus], "is a file, not a directory"),
                           (["--positions", "median"], "must be one of uniform, last, "
-                                                      "low-bos-attention; got 'median'")]:
+                                                      "low-bos-attention, last-or-least-bos; "
+                                                      "got 'median'")]:
         result = invoke([*base, "--out", "new", *args])
         assert result.exit_code == 2, result.output
         lines = result.stderr.strip().splitlines()
