@@ -106,3 +106,22 @@ def test_shipped_manifests_hold_no_absolute_paths():
     for name, (_, manifest) in list_artifacts().items():
         absolute = [s for s in strings(manifest) if s.startswith("/") or "/work/" in s]
         assert not absolute, f"{name}: {absolute}"
+
+
+def test_the_case_study_models_reach_their_targets():
+    """The bundled IOI and factual models, as shipped (fp16): held-out IOI top-1 >= 0.95 with
+    a mean logit difference >= 3, and factual top-1 >= 0.8 on the held-out templates, the
+    figure the manifest records."""
+    from inversionview.factual.evaluate import evaluate_factual
+    from inversionview.ioi.circuit import evaluate_ioi
+
+    ioi = load_probed("lm-ioi")
+    assert ioi.task.name == "ioi" and ioi.weights_hash() == list_artifacts()["lm-ioi"][1]["weights_sha256"]
+    held_out = evaluate_ioi(ioi, 300, seed=5, split="eval")
+    assert held_out["top1_accuracy"] >= 0.95 and held_out["logit_difference"] >= 3
+    factual = load_probed("lm-factual")
+    manifest = list_artifacts()["lm-factual"][1]
+    report = evaluate_factual(factual, "eval")
+    assert report["top1_accuracy"] >= 0.8
+    assert report["top1_accuracy"] == pytest.approx(
+        manifest["factual_accuracy"]["eval"]["top1_accuracy"], abs=1e-6)
