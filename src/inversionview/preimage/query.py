@@ -208,8 +208,14 @@ def draw_candidates(decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
     generator = torch.Generator(device=device).manual_seed(seed)
     return sample_candidates(decoder, query.activation, query.site_id, config.schedule,
                              task.vocab, generator, on_step,
-                             task.next_token_mask if config.constrain else None,
+                             task.next_token_mask if constrained(task, config) else None,
                              config.noise_cosine, config.banned)
+
+
+def constrained(task: Task, config: QueryConfig) -> bool:
+    """Whether ``config`` constrains the draws and ``task`` has a grammar to do it with."""
+    return config.constrain and task.next_token_mask(
+        torch.tensor([[task.vocab.bos_id]])) is not None
 
 
 def score_rows(model: ProbedModel, query: ResolvedQuery, config: QueryConfig, position: str | int,
@@ -387,8 +393,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
         attribute_agreement=attribute_agreement(task.attribute_names, query_attributes,
                                                 [s for s in samples if s.found_by == "decoder"]),
         samples=shown, all_samples=config.all_samples, completeness=completeness,
-        constrained=config.constrain and task.next_token_mask(
-            torch.tensor([[vocab.bos_id]])) is not None,
+        constrained=constrained(task, config),
         noise_cosine=None if config.noise_cosine is None else list(config.noise_cosine),
         banned_tokens=len(config.banned))
 
