@@ -376,3 +376,17 @@ def test_a_full_queue_answers_429_with_retry_after(loaded_models):
         assert client.post("/api/query", json={"model": "counting", "candidates": 4}).status_code == 200
     finally:
         service.close()
+
+
+def test_query_takes_the_constraint_and_cosine_noise(client):
+    free = client.post("/api/query", json={"model": "counting", "candidates": 32, "search": 0,
+                                           "constrain": False}).json()
+    assert free["constrained"] is False
+    record = client.post("/api/query", json={"model": "counting", "candidates": 32, "search": 0,
+                                             "noise_cosine": [0.8, 0.9]}).json()
+    assert record["constrained"] is True and record["noise_cosine"] == [0.8, 0.9]
+    assert record["stats"]["valid_rate"] == 1.0
+    empty = client.post("/api/query", json={"model": "counting", "noise_cosine": [0.9, 0.5]})
+    assert empty.status_code in (400, 422) and "LOW <= HIGH" in empty.json()["detail"]
+    wrong = client.post("/api/query", json={"model": "counting", "noise_cosine": [0.9]})
+    assert wrong.status_code == 422

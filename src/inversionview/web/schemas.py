@@ -79,8 +79,8 @@ class QueryRequest(_Request):
                                description="Inputs the local search may score beyond the decoder's "
                                            "candidates (0: decoder-only sampling, as in the paper; "
                                            "default: 16,384 on the toy tasks, 0 on free text).")
-    noise_cosine: tuple[Cosine, Cosine] | None = Field(
-        None, description="[low, high]: condition each candidate on a vector of the query's norm "
+    noise_cosine: list[Cosine] | None = Field(
+        None, min_length=2, max_length=2, description="[low, high]: condition each candidate on a vector of the query's norm "
         "at a cosine drawn from [low, high] to it (the paper's factual-recall noise, e.g. "
         "[0.75, 0.9]); replaces noise.")
     constrain: bool = Field(True, description="Draw only tokens that can lead to an input of "

@@ -294,7 +294,7 @@ class QueryService:
         config = query_config(request.candidates, request.epsilon, request.metric,
                               request.fixed_position, request.temperature, request.noise,
                               request.all, request.shown, request.search, request.constrain,
-                              request.noise_cosine)
+                              None if request.noise_cosine is None else tuple(request.noise_cosine))
         result = run_query(loaded.probed, loaded.decoder, text, site, position, config,
                            seed=request.seed, decoder_name=loaded.decoder_name, progress=report)
         record = result.to_record()
