@@ -72,17 +72,16 @@ def test_serve_command_starts_the_server_on_localhost():
                 assert process.poll() is None, process.stdout.read()
                 assert time.monotonic() < deadline, "the server did not answer in 60 s"
                 time.sleep(0.2)
-        assert [m["name"] for m in models] == ["counting", "addition", "lm-kjv"]
+        assert [m["name"] for m in models] == ["counting", "addition", "lm-ioi", "lm-kjv"]
         record = httpx.post(f"http://127.0.0.1:{port}/api/query", timeout=60,
                             json={"model": "counting", "candidates": 32}).json()
         assert record["site"] == "a1.0"
     finally:
         process.terminate()
         output = process.communicate(timeout=20)[0]
-    assert f"serving counting, addition, lm-kjv at http://127.0.0.1:{port}" in output
+    assert f"serving counting, addition, lm-ioi, lm-kjv at http://127.0.0.1:{port}" in output
     # a bundled model without a bundled decoder is skipped with the reason
     assert "skipping bundled model lm-factual: no bundled decoder" in output
-    assert "skipping bundled model lm-ioi: no bundled decoder" in output
 
 
 @pytest.mark.parametrize("arguments, message", [
