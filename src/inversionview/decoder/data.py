@@ -92,27 +92,31 @@ class ActivationStream:
             rows.append(self._texts[take])
         return torch.cat(rows)
 
-    def _positions(self, tokens: torch.Tensor, site_id: torch.Tensor) -> torch.Tensor:
+    def _positions(self, tokens: torch.Tensor, site_id: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each example's position, and which rows the policy allowed none in (read at BOS)."""
         allowed = allowed_positions(self.model, tokens, site_id, self.positions)
         scores = torch.rand(tokens.shape, generator=self.generator).masked_fill(~allowed, -1.0)
         positions = scores.argmax(dim=1)  # uniform among the allowed positions (BOS if none)
         to_bos = torch.rand(tokens.shape[0], generator=self.generator) < self.bos_fraction
-        return positions.masked_fill(to_bos, 0)
+        return positions.masked_fill(to_bos, 0), ~allowed.any(dim=1).cpu()
 
     def _redraw_filtered(self, tokens: torch.Tensor, site_id: torch.Tensor,
-                         position: torch.Tensor, tries: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows the policy allows no position in (filtered out) get fresh inputs, up to
-        ``tries`` times; what is still filtered then is read at BOS, as any such row."""
+                         position: torch.Tensor, dropped: torch.Tensor, tries: int = 4
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows the policy allows no position in (``dropped``, filtered out) get fresh inputs,
+        up to ``tries`` times; what is still filtered then is read at BOS, as any such row.
+        Only the redrawn rows are read again."""
+        rows = torch.nonzero(dropped).flatten()
         for _ in range(tries):
-            dropped = ~allowed_positions(self.model, tokens, site_id, self.positions).any(dim=1).cpu()
-            if not dropped.any():
+            if not len(rows):
                 break
-            rows = torch.nonzero(dropped).flatten()
             fresh = self._inputs(len(rows))
             width = max(tokens.shape[1], fresh.shape[1])
             tokens = _widen(tokens, width, self.task.vocab.pad_id)
             tokens[rows] = _widen(fresh, width, self.task.vocab.pad_id)
-            position[rows] = self._positions(tokens[rows], site_id[rows])
+            position[rows], still = self._positions(tokens[rows], site_id[rows])
+            rows = rows[still]
         return tokens, position
 
     def next_batch(self) -> DecoderBatch:
@@ -158,9 +162,9 @@ class ActivationStream:
         tokens = self._inputs(n)
         site_id = torch.multinomial(self.site_probs, tokens.shape[0], replacement=True,
                                     generator=self.generator)
-        position = self._positions(tokens, site_id)
+        position, dropped = self._positions(tokens, site_id)
         if self.positions == "last-or-least-bos":  # a filtering policy: redraw what it drops
-            tokens, position = self._redraw_filtered(tokens, site_id, position)
+            tokens, position = self._redraw_filtered(tokens, site_id, position, dropped)
         activation = torch.empty(tokens.shape[0], self.model.d_model)
         for rows in self._row_chunks(tokens, len(set(site_id.tolist()))):
             ids, chunk_sites, at = tokens[rows], site_id[rows], position[rows]

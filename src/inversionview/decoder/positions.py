@@ -70,23 +70,16 @@ def last_or_least_bos(model: ProbedModel, tokens: torch.Tensor, site_id: torch.T
     """``[batch, pos]``: for a head site, the last queryable position and the queryable one
     where the head attends least to BOS (one position when they coincide), or none when the
     head attends to BOS above FILTER_BOS_ATTENTION at both; other sites: every queryable one."""
-    heads = [(site.layer, site.head) if site.kind == "head" else (-1, 0) for site in model.sites]
-    layer, head = torch.tensor(heads)[site_id.cpu()].unbind(dim=1)
-    allowed = queryable.clone()
     last = last_position(queryable)
-    for each_layer in layer.unique().tolist():
-        if each_layer < 0:
-            continue
-        rows = torch.nonzero(layer == each_layer).flatten()
-        pattern = model.attention_patterns(tokens[rows], each_layer).cpu()  # [r, head, q, k]
-        to_bos = pattern[torch.arange(len(rows)), head[rows], :, 0]  # [r, q]
-        mask = queryable[rows].cpu()
+
+    def choose(to_bos: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         least = to_bos.masked_fill(~mask, float("inf")).argmin(dim=1)
         chosen = last[rows].cpu().clone()
         chosen[torch.arange(len(rows)), least] |= mask.any(dim=1)
         busy = (to_bos.masked_fill(~chosen, float("inf")) <= FILTER_BOS_ATTENTION).any(dim=1)
-        allowed[rows] = (chosen & busy[:, None]).to(allowed.device)
-    return allowed
+        return chosen & busy[:, None]
+
+    return _by_head_attention_to_bos(model, tokens, site_id, queryable, choose)
 
 
 def last_position(queryable: torch.Tensor) -> torch.Tensor:
@@ -104,6 +97,16 @@ def low_bos_attention(model: ProbedModel, tokens: torch.Tensor, site_id: torch.T
     """``[batch, pos]``: for a head site, the queryable positions of the lower half by the
     head's attention to BOS; for any other site, every queryable position. One forward per
     layer that holds a drawn head, over the rows of that layer's heads."""
+    return _by_head_attention_to_bos(model, tokens, site_id, queryable,
+                                     lambda to_bos, mask, rows: lowest_half(to_bos, mask))
+
+
+def _by_head_attention_to_bos(model: ProbedModel, tokens: torch.Tensor, site_id: torch.Tensor,
+                              queryable: torch.Tensor, choose) -> torch.Tensor:
+    """``queryable`` with each head example's row replaced by ``choose(to_bos [r, q],
+    queryable [r, q], rows [r])``, its head's attention to BOS from every position; rows of
+    other sites keep every queryable position. One forward per layer that holds a drawn head,
+    over the rows of that layer's heads."""
     heads = [(site.layer, site.head) if site.kind == "head" else (-1, 0) for site in model.sites]
     layer, head = torch.tensor(heads)[site_id.cpu()].unbind(dim=1)
     allowed = queryable.clone()
@@ -113,7 +116,7 @@ def low_bos_attention(model: ProbedModel, tokens: torch.Tensor, site_id: torch.T
         rows = torch.nonzero(layer == each_layer).flatten()
         pattern = model.attention_patterns(tokens[rows], each_layer).cpu()  # [r, head, q, k]
         to_bos = pattern[torch.arange(len(rows)), head[rows], :, 0]  # [r, q]
-        allowed[rows] = lowest_half(to_bos, queryable[rows].cpu()).to(allowed.device)
+        allowed[rows] = choose(to_bos, queryable[rows].cpu(), rows).to(allowed.device)
     return allowed
 
 
