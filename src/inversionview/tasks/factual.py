@@ -60,12 +60,6 @@ class FactualTask(TextTask):
             longest = max(len(self.vocab.encode(p.text)) for p in self._train + self._eval)
             self.n_ctx = min(longest + 2, context)
 
-    def with_source(self, source: CorpusSource) -> "FactualTask":
-        if source.n_ctx > self.context:
-            raise TaskInputError(f"pieces of {source.max_tokens} tokens (+ BOS and EOS) do not fit "
-                                 f"the model's context of {self.context}; lower --max-tokens")
-        return type(self)(self.vocab, self.context, source, self.example, self.default_query)
-
     # ----- sampling ---------------------------------------------------------------------
 
     def sample_prompts(self, n: int, generator: torch.Generator, held_out: bool = False
@@ -126,12 +120,6 @@ class FactualTask(TextTask):
                 f"{len(self.knowledge)} known) in one of the relation templates, e.g. "
                 f"{self.example!r}")
         return super().resolve_in_tokens(ids, position)
-
-    def position_label(self, text: str, index: int) -> str:
-        for name, at in self.named_positions(text).items():
-            if at == index:
-                return name
-        return str(index)
 
     # ----- reading and checking -----------------------------------------------------------
 

@@ -48,12 +48,6 @@ class IOITask(TextTask):
         if source is None:
             self.n_ctx = min(self._longest_prompt() + 2, context)
 
-    def with_source(self, source: CorpusSource) -> "IOITask":
-        if source.n_ctx > self.context:
-            raise TaskInputError(f"pieces of {source.max_tokens} tokens (+ BOS and EOS) do not fit "
-                                 f"the model's context of {self.context}; lower --max-tokens")
-        return type(self)(self.vocab, self.context, source, self.example, self.default_query)
-
     def _longest_prompt(self) -> int:
         """Tokens of the longest prompt the generator can make (names are one token each)."""
         longest = 0
@@ -131,12 +125,6 @@ class IOITask(TextTask):
                 f"one once (IO) and one twice (S), each one token with its leading space "
                 f"({known}, ... {len(self.prompts.names)} names), e.g. {self.example!r}")
         return super().resolve_in_tokens(ids, position)
-
-    def position_label(self, text: str, index: int) -> str:
-        for name, at in self.named_positions(text).items():
-            if at == index:
-                return name
-        return str(index)
 
     # ----- reading and checking -----------------------------------------------------------
 

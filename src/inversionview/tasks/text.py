@@ -147,6 +147,10 @@ class TextTask(Task):
         return token == self.vocab.eos_id
 
     def position_label(self, text: str, index: int) -> str:
+        """A subclass's name for the position (IOI's END, ...), else the index."""
+        for name, at in self.named_positions(text).items():
+            if at == index:
+                return name
         return str(index)
 
     def query_position_mask(self, tokens: torch.Tensor) -> torch.Tensor:
