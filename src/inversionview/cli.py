@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from inversionview import cli_factual, cli_ioi, cli_train_lm, options
+from inversionview import cli_factual, cli_interpret, cli_ioi, cli_train_lm, options
 from inversionview.errors import MAX_ECHO, UserError, echo
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -842,6 +842,7 @@ def ablate(
 cli_train_lm.register(app)
 cli_ioi.register(app)
 cli_factual.register(app)
+cli_interpret.register(app)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -150,6 +150,8 @@ def parse_cosine_range(text: str | None, option: str) -> tuple[float, float] | N
 EPSILON = Range("epsilon", 0, 100, integer=False, low_open=True)
 SEED = Range("seed", 0, 2**63 - 1)
 PER_SIDE = Range("per-side", 1, 1_000)
+SUMMARY_QUERIES = Range("queries", 1, 10_000)  # queries per (site, position) of a summary
+LLM_TIMEOUT = Range("timeout", 0, 3_600, integer=False, low_open=True)  # seconds
 
 # ----- machines ------------------------------------------------------------------------
 

@@ -38,9 +38,28 @@ class AdditionTask(Task):
     example = "B615+861=1476E"
     # After layer-0 attention at '=': the hundreds digits combined with the tens' carry.
     default_query = ("x0.mid", "=")
+    fuzzy_attributes = ("F1", "F2", "F3", "S1", "S2", "S3", "A1", "A2", "A3")
 
     targets = _ANSWER_NAMES  # A4 is the 'E' of a 3-digit sum
     contrast_kinds = ("resample",)
+
+    def derived_features(self) -> list:
+        """Per place (1 hundreds, 2 tens, 3 ones): its two digits in either order
+        (``{F1,S1}``, the paper's commutativity), their sum (``F1+S1``) and the sum within
+        one (the fuzzy carry)."""
+        from inversionview.interpret.features import derived
+
+        features = []
+        for place in "123":
+            first, second = f"F{place}", f"S{place}"
+            features.append(derived(f"{{{first},{second}}}",
+                                    lambda a, f=first, s=second: tuple(sorted((a[f], a[s])))))
+        for place in "123":
+            first, second = f"F{place}", f"S{place}"
+            total = (lambda a, f=first, s=second: a[f] + a[s])
+            features.append(derived(f"{first}+{second}", total))
+            features.append(derived(f"{first}+{second}", total, fuzzy=True))
+        return features
 
     def describe_vocabulary(self) -> str:
         return "0-9, +, =, B (BOS), E (EOS), P (PAD)"

@@ -106,6 +106,14 @@ class Task(ABC):
     example: str
     #: The (site, position) a query reads when none is given: a reading the paper made.
     default_query: tuple[str, str]
+    #: Numeric attributes whose "within one of the query's" a per-site summary counts too
+    #: (the paper's numerically close digits; ``interpret/features.py``).
+    fuzzy_attributes: tuple[str, ...] = ()
+
+    def derived_features(self) -> list:
+        """Relations between attributes a per-site summary counts besides the attributes
+        themselves (``interpret.features.derived``); none by default."""
+        return []
 
     # ----- encoding -------------------------------------------------------------------
 

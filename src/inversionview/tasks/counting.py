@@ -35,6 +35,7 @@ class CountingTask(Task):
     example = "Bvvzccvczvvvzvcvc|v:8E"
     # a1.0 at ':' attends to the query letter's occurrences: it carries the count, not the letter.
     default_query = ("a1.0", ":")
+    fuzzy_attributes = ("count",)
 
     targets = ("count",)  # the count digit, predicted at ':'
     contrast_kinds = ("flip",)

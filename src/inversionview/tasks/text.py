@@ -32,6 +32,8 @@ class TextTask(Task):
     name = "text"
     position_names = ("last",)
     attribute_names = ()
+    # A per-site summary mines shared tokens from the samples (interpret/features.py).
+    mines_tokens = True
     sites = None  # derived from the probed model's shape (ProbedModel.sites)
     # The search is not yet measured on language models (scoring is far dearer than on the
     # toy tasks): decoder-only unless a query asks for it (--search N).

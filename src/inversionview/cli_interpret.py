@@ -1,0 +1,204 @@
+"""``inversionview summarize`` and ``inversionview interpret``: what every site encodes, read
+from many queries (issue 17, items 2 and 3)."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def _names(value: str | None, option: str) -> list[str] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        from inversionview.errors import UserError
+
+        raise UserError(f"{option} is empty; give comma-separated names, e.g. a0.0,x0.mid")
+    return names
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``summarize`` and ``interpret`` to ``app``."""
+    from inversionview import options
+    from inversionview.cli import (CandidatesOpt, DecoderOpt, EpsilonOpt, ForceOpt, JsonOpt,
+                                   Metric, MetricOpt, ModelArg, RawOpt, SeedOpt, TaskOpt,
+                                   ThreadsOpt, _apply_threads, _emit, _query_setup)
+
+    SitesOpt = Annotated[Optional[str], typer.Option(
+        "--sites", help="Comma-separated sites (default: every site the decoder reads).")]
+    PositionsOpt = Annotated[Optional[str], typer.Option(
+        "--positions", help="Comma-separated named positions (default: every named position "
+        "of the task).")]
+    QueriesOpt = Annotated[int, typer.Option(
+        "--queries", help=f"Queries per (site, position) ({options.SUMMARY_QUERIES.describe()}).",
+        callback=options.SUMMARY_QUERIES.callback)]
+
+    @app.command()
+    def summarize(
+        model: ModelArg, task: TaskOpt = None, raw: RawOpt = False, decoder: DecoderOpt = None,
+        sites: SitesOpt = None, positions: PositionsOpt = None, queries: QueriesOpt = 10,
+        candidates: CandidatesOpt = 256, epsilon: EpsilonOpt = 0.1,
+        metric: MetricOpt = Metric.euclidean, seed: SeedOpt = 0,
+        out: Annotated[Optional[Path], typer.Option(
+            "--out", help="Also write the summary here: DIR/summary.json, summary.html and "
+            "summary.png (the heat map).")] = None,
+        force: ForceOpt = False, threads: ThreadsOpt = None, as_json: JsonOpt = False,
+    ) -> None:
+        """What the in-epsilon samples of many queries keep, per site and position (the
+        paper's Table 3 in form): task attributes, numerically close values, relations such
+        as a place's two digits in either order, and for free text shared tokens."""
+        import base64
+        import json
+        import sys
+
+        from inversionview.interpret.summary import (html_table, plot_summary, summarize as run,
+                                                     summary_config, terminal_table)
+
+        if out is not None:
+            options.check_output_directory(out, "--out", force, marker="summary.json")
+        _apply_threads(threads)
+        probed, the_decoder, name, _, _, _ = _query_setup(model, task, raw, decoder, None, None, None)
+        config = summary_config(candidates, epsilon, metric.value)
+
+        def progress(done: int, total: int, cell: str) -> None:
+            if not as_json and sys.stderr.isatty():
+                print(f"\r{done}/{total} cells ({cell})    ", end="", file=sys.stderr, flush=True)
+
+        summary = run(probed, the_decoder, _names(sites, "--sites"),
+                      _names(positions, "--positions"), queries, seed, config,
+                      model_name=model, decoder_name=name, progress=progress)
+        record = summary.to_record()
+        written = ""
+        if out is not None:
+            def write(directory: Path) -> None:
+                directory.mkdir(parents=True, exist_ok=True)
+                picture = plot_summary(summary, directory / "summary.png")
+                inline = "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode()
+                (directory / "summary.html").write_text(html_table(summary, inline), encoding="utf-8")
+                (directory / "summary.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+            options.write_output(out, "--out", write)
+            record["out"] = str(out)
+            written = f"\nwrote {out}/summary.json, summary.html, summary.png"
+        _emit(record, as_json, terminal_table(summary) + written)
+
+    @app.command()
+    def reproduce(
+        quick: Annotated[bool, typer.Option("--quick", help="Fewer queries and pairs (about "
+                                            "15 minutes on a 2-core CPU).", metavar="")] = False,
+        out: Annotated[Path, typer.Option("--out", help="Where report.html, report.json and "
+                                          "the figures go.")] = Path("reproduce"),
+        authors: Annotated[Optional[Path], typer.Option(
+            "--authors", help="The folder holding the authors' probed models (counting/, "
+            "addition/); default: the bundled toy models.")] = None,
+        ioi_model: Annotated[str, typer.Option("--ioi-model", help="The IOI case study's "
+                                               "model.")] = "lm-ioi",
+        factual_model: Annotated[str, typer.Option("--factual-model", help="The factual-recall "
+                                                   "case study's model.")] = "lm-factual",
+        studies: Annotated[Optional[str], typer.Option(
+            "--studies", help="Comma-separated: counting, addition, ioi, factual (default: "
+            "all).")] = None,
+        seed: SeedOpt = 0, force: ForceOpt = False, threads: ThreadsOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Run the paper's findings as claims, each with its criterion, the figure measured
+        here, pass or fail, and a figure; write one self-contained HTML report and its JSON."""
+        import sys
+
+        from inversionview.reproduce.report import STUDIES, reproduce as run, terminal
+
+        chosen = tuple(_names(studies, "--studies") or STUDIES)
+        options.check_output_directory(out, "--out", force, marker="report.json")
+        _apply_threads(threads)
+
+        def say(message: str) -> None:
+            if not as_json:
+                print(message, file=sys.stderr, flush=True)
+
+        record = run(out, quick, seed, authors, ioi_model, factual_model, chosen, say)
+        _emit(record, as_json, terminal(record) + f"\nwrote {out}/report.html and report.json")
+
+    @app.command()
+    def interpret(
+        model: ModelArg, task: TaskOpt = None, raw: RawOpt = False, decoder: DecoderOpt = None,
+        site: Annotated[Optional[str], typer.Option("--site", help="Site (default: the "
+                                                    "task's).")] = None,
+        position: Annotated[Optional[str], typer.Option("--position", help="Position (default: "
+                                                        "the task's).")] = None,
+        queries: Annotated[int, typer.Option("--queries", help="Queries shown to the LLM (the "
+                                             "paper: 5).", callback=options.SUMMARY_QUERIES.callback)] = 5,
+        candidates: CandidatesOpt = 256, epsilon: EpsilonOpt = 0.1,
+        metric: MetricOpt = Metric.euclidean, seed: SeedOpt = 0,
+        ask: Annotated[bool, typer.Option("--ask", help="Send the prompt to the LLM named by "
+                                          "INVERSIONVIEW_LLM_URL and INVERSIONVIEW_LLM_MODEL "
+                                          "(key: INVERSIONVIEW_LLM_KEY); without it nothing is "
+                                          "sent and the prompt is shown.", metavar="")] = False,
+        timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the LLM.",
+                                               callback=options.LLM_TIMEOUT.callback)] = 120.0,
+        out: Annotated[Optional[Path], typer.Option(
+            "--out", help="Write DIR/interpretation.json (summary, prompt, then the answer) "
+            "before and after asking.")] = None,
+        force: ForceOpt = False, threads: ThreadsOpt = None, as_json: JsonOpt = False,
+    ) -> None:
+        """Describe one site and position from several queries' in-epsilon samples: the
+        deterministic summary, the paper's LLM prompt, and (with --ask) the LLM's answer
+        stored beside it."""
+        import json
+
+        from inversionview.interpret.features import task_features
+        from inversionview.interpret.llm import Endpoint, ask as send, build_messages
+        from inversionview.interpret.summary import (cell_from_results, query_texts,
+                                                     summary_config)
+        from inversionview.preimage.query import run_query
+
+        if out is not None:
+            options.check_output_directory(out, "--out", force, marker="interpretation.json")
+        endpoint = Endpoint.from_environment(timeout) if ask else None  # before the long work
+        _apply_threads(threads)
+        probed, the_decoder, name, _, site, position = _query_setup(
+            model, task, raw, decoder, None, site, position)
+        config = summary_config(candidates, epsilon, metric.value)
+        texts = query_texts(probed.task, position, queries, seed)
+        results = [run_query(probed, the_decoder, text, site, position, config, seed=seed + i,
+                             decoder_name=name) for i, text in enumerate(texts)]
+        cell = cell_from_results(results[0].site, position, results, task_features(probed.task),
+                                 not probed.task.attribute_names)
+        messages = build_messages(probed.task, results)
+        record = {"model": model, "decoder": name, "site": results[0].site, "position": position,
+                  "queries": texts, "seed": seed, "summary": cell.to_dict(),
+                  "messages": messages, "llm": None, "answer": None}
+
+        def save() -> None:
+            if out is not None:
+                def write(directory: Path) -> None:
+                    directory.mkdir(parents=True, exist_ok=True)
+                    (directory / "interpretation.json").write_text(
+                        json.dumps(record, indent=1), encoding="utf-8")
+                options.write_output(out, "--out", write)
+
+        save()  # the summary and the prompt are kept whatever the LLM does
+        if endpoint is not None:
+            try:
+                reply = send(endpoint, messages)
+            except Exception as error:
+                if out is not None:
+                    raise type(error)(f"{error} (the summary and the prompt are in "
+                                      f"{out}/interpretation.json)") from None
+                raise
+            record["llm"] = {"url": endpoint.url, "model": endpoint.model,
+                             "answered_by": reply["model"], "finish_reason": reply["finish_reason"],
+                             "usage": reply["usage"]}
+            record["answer"] = reply["answer"]
+            save()
+        kept = ", ".join(f"{r.name} {r.inside:.2f}/{r.outside:.2f}" for r in cell.kept) or "nothing"
+        human = [f"{record['site']} at {position!r}, {len(texts)} queries: the in-eps samples keep "
+                 f"{kept} (in/out)"]
+        if record["answer"] is None:
+            human += ["", "the prompt (nothing sent; --ask sends it):", ""]
+            human += [f"--- {m['role']} ---\n{m['content']}" for m in messages]
+        else:
+            human += ["", f"the LLM ({endpoint.describe()}) says:", "", record["answer"]]
+        if out is not None:
+            human.append(f"\nwrote {out}/interpretation.json")
+        _emit(record, as_json, "\n".join(human))

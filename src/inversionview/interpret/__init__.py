@@ -1,0 +1,1 @@
+"""Reading what sites encode at scale: per-site summaries and the optional LLM reading."""

@@ -1,0 +1,203 @@
+"""The paper's automated interpretation (method.md §11), optional: an LLM reads in-ε samples
+and says what the activation encodes. Offline by default: the prompt is built here and shown;
+it is sent only when the user asks (``interpret --ask``), to an OpenAI-compatible chat
+endpoint the user runs or has, named by the environment:
+
+    INVERSIONVIEW_LLM_URL    base URL, e.g. http://localhost:8000/v1 (POST {URL}/chat/completions)
+    INVERSIONVIEW_LLM_MODEL  the model name the endpoint expects
+    INVERSIONVIEW_LLM_KEY    sent as "Authorization: Bearer KEY" (optional)
+
+The prompt follows the paper's: the task's description (digits tagged by place and carries
+defined for addition), then 5 queries, each with up to 20 in-ε samples cut after their best
+position, the query position marked; then the request for a per-example analysis and a
+summary. The answer is stored beside the deterministic summary (``interpret/summary.py``) of
+the same queries, so the two can be compared. The paper found such answers informative but
+inconsistent between runs; the summary is the reproducible reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from inversionview.errors import UserError, echo
+
+ENV_URL, ENV_MODEL, ENV_KEY = "INVERSIONVIEW_LLM_URL", "INVERSIONVIEW_LLM_MODEL", "INVERSIONVIEW_LLM_KEY"
+SAMPLES_PER_QUERY = 20
+
+
+class LLMError(UserError):
+    """The endpoint could not be reached or did not give a usable answer."""
+
+    status_code = 502
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str  # base URL; the request goes to {url}/chat/completions
+    model: str
+    key: str | None = None
+    timeout: float = 120.0
+
+    @classmethod
+    def from_environment(cls, timeout: float = 120.0) -> "Endpoint":
+        url, model = os.environ.get(ENV_URL, "").strip(), os.environ.get(ENV_MODEL, "").strip()
+        missing = [name for name, value in ((ENV_URL, url), (ENV_MODEL, model)) if not value]
+        if missing:
+            raise LLMError(f"set {' and '.join(missing)} to ask an LLM (an OpenAI-compatible chat "
+                           f"endpoint, e.g. {ENV_URL}=http://localhost:8000/v1); without --ask "
+                           "the prompt is only shown")
+        if not url.startswith(("http://", "https://")):
+            raise LLMError(f"{ENV_URL} must be an http:// or https:// URL, not {echo(url)}")
+        return cls(url.rstrip("/"), model, os.environ.get(ENV_KEY) or None, timeout)
+
+    def describe(self) -> str:
+        return f"{self.model} at {self.url}"
+
+
+# ----- the prompt -------------------------------------------------------------------------
+
+TASK_DESCRIPTIONS = {
+    "counting": (
+        "Inputs of the counting task look like 'Baabbc|b:2E': B starts the input, then a context "
+        "of letters (three distinct letters), '|', the query letter, ':', the number of times "
+        "the query letter occurs in the context (the answer, 1-9), and E. The model reads the "
+        "input left to right and predicts the count after ':'."),
+    "addition": (
+        "Inputs of the addition task look like 'B615+861=1476E': two 3-digit operands and their "
+        "sum. Digits are tagged by place: F1 F2 F3 are the first operand's hundreds, tens and "
+        "ones, S1 S2 S3 the second's, A1 A2 A3 (A4) the answer's digits from the left. C2 is "
+        "the carry from the tens (F2+S2 >= 10) and C3 the carry from the ones (F3+S3 >= 10). "
+        "The model predicts the answer digit by digit after '='."),
+    "ioi": (
+        "Inputs are indirect-object-identification prompts: two names are introduced (the "
+        "indirect object IO and the subject S), S is repeated (S2), and the model should end "
+        "with the IO name. Positions: IO, S1 (first S), S1+1, S2, END (the last token)."),
+    "factual": (
+        "Inputs are factual prompts about a subject (a country or a city): 'The capital of "
+        "France is'. SUBJ is the subject's last token and END the last token; the model should "
+        "continue with the attribute asked (capital, country, language, currency, region)."),
+}
+GENERIC_DESCRIPTION = ("Inputs are texts read by a language model, one token at a time; a "
+                       "token is shown in quotes with its spaces.")
+
+SYSTEM_PROMPT = """You help interpret activations inside a transformer. For one activation
+site and query position, each example gives a query input and samples: other inputs whose
+activation at their best position is within a small distance of the query's (the activation
+cannot tell them apart from the query). Inputs are cut after that position, which is marked
+with [brackets]; tokens after it cannot influence the activation. Information the query and
+all its samples share is what the activation encodes; what varies among the samples is not
+encoded. Some information is fuzzy: numerically close values instead of equal ones.
+
+{task}
+
+First analyse each example in one or two sentences: what do the samples share with the query?
+Then give a summary: the information the activation encodes, across the examples, as a short
+list. Say when examples disagree."""
+
+
+def tagged_tokens(task, sample_text: str, tokens: list[str], position: int) -> str:
+    """``tokens`` up to and including ``position`` (BOS left out), the position's token in
+    brackets, each token tagged with the task's name for its position where it has one
+    (addition: 6(F1) 1(F2) ...)."""
+    try:
+        names = {index: name for name, index in task.named_positions(sample_text).items()}
+    except Exception:  # a malformed sample has no named positions: shown untagged
+        names = {}
+    free_text = getattr(task, "free_text", False)
+    shown = []
+    for index in range(1, min(position, len(tokens) - 1) + 1):
+        token = repr(tokens[index]) if free_text else tokens[index]
+        if index in names and not names[index].startswith(("+", "=", "|", ":")):
+            token = f"{token}({names[index]})"
+        shown.append(f"[{token}]" if index == position else token)
+    return " ".join(shown)
+
+
+def build_messages(task, results: list, samples_per_query: int = SAMPLES_PER_QUERY
+                   ) -> list[dict[str, str]]:
+    """The chat messages for ``results`` (PreimageResults of one site and position, each run
+    with every distinct candidate kept): the system prompt with the task's description, and
+    one user message with every example."""
+    if not results:
+        raise UserError("no queries to describe to the LLM")
+    site, label = results[0].site, results[0].position_label
+    parts = [f"Site {site} at position {label!r}, {len(results)} examples."]
+    for number, result in enumerate(results, 1):
+        query_line = tagged_tokens(task, result.query.text, result.query.tokens, result.position)
+        inside = [s for s in result.samples if s.in_epsilon and s.text != result.query.text]
+        inside = sorted(inside, key=lambda s: s.distance)[:samples_per_query]
+        lines = [f"Example {number}. Query: {query_line}"]
+        if not inside:
+            lines.append("  (no sample was found within the distance)")
+        for sample in inside:
+            lines.append("  - " + tagged_tokens(task, sample.text, sample.tokens,
+                                                sample.best_position))
+        parts.append("\n".join(lines))
+    description = TASK_DESCRIPTIONS.get(task.name, GENERIC_DESCRIPTION)
+    return [{"role": "system", "content": SYSTEM_PROMPT.format(task=description)},
+            {"role": "user", "content": "\n\n".join(parts)}]
+
+
+# ----- the request ------------------------------------------------------------------------
+
+def ask(endpoint: Endpoint, messages: list[dict[str, str]], temperature: float = 0.0) -> dict[str, Any]:
+    """POST the chat request; returns {"answer", "model", "finish_reason", "usage"}. Every
+    failure (no connection, timeout, an HTTP error, a refusal, a reply that is not a chat
+    completion) raises LLMError with one line saying which."""
+    body = json.dumps({"model": endpoint.model, "messages": messages,
+                       "temperature": temperature}).encode()
+    headers = {"Content-Type": "application/json"}
+    if endpoint.key:
+        headers["Authorization"] = f"Bearer {endpoint.key}"
+    request = urllib.request.Request(f"{endpoint.url}/chat/completions", data=body,
+                                     headers=headers, method="POST")
+    where = endpoint.describe()
+    try:
+        with urllib.request.urlopen(request, timeout=endpoint.timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as error:
+        detail = error.read()[:300].decode("utf-8", "replace")
+        raise LLMError(f"the LLM endpoint ({where}) answered HTTP {error.code}: "
+                       f"{echo(detail) or error.reason}") from None
+    except (socket.timeout, TimeoutError):
+        raise LLMError(f"the LLM endpoint ({where}) did not answer within "
+                       f"{endpoint.timeout:g} s") from None
+    except urllib.error.URLError as error:
+        reason = error.reason
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            raise LLMError(f"the LLM endpoint ({where}) did not answer within "
+                           f"{endpoint.timeout:g} s") from None
+        raise LLMError(f"cannot reach the LLM endpoint ({where}): {reason}") from None
+    except OSError as error:
+        raise LLMError(f"cannot reach the LLM endpoint ({where}): {error}") from None
+    return parse_completion(raw, where)
+
+
+def parse_completion(raw: bytes, where: str = "the endpoint") -> dict[str, Any]:
+    try:
+        reply = json.loads(raw)
+        choice = reply["choices"][0]
+        message = choice["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise LLMError(f"the LLM endpoint ({where}) answered something that is not a chat "
+                       f"completion: {echo(raw[:200].decode('utf-8', 'replace'))}") from None
+    refusal = message.get("refusal") if isinstance(message, dict) else None
+    finish = choice.get("finish_reason")
+    if refusal or finish == "content_filter":
+        raise LLMError(f"the LLM ({where}) declined to answer: "
+                       f"{echo(str(refusal or 'content filter'))}")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str) or not content.strip():
+        raise LLMError(f"the LLM endpoint ({where}) answered with no text")
+    return {"answer": content, "model": reply.get("model"), "finish_reason": finish,
+            "usage": reply.get("usage")}
+
+
+__all__ = ["ENV_KEY", "ENV_MODEL", "ENV_URL", "Endpoint", "LLMError", "ask", "build_messages",
+           "parse_completion", "tagged_tokens"]

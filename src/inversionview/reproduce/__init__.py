@@ -1,0 +1,1 @@
+"""The paper's findings as automatic checks (``inversionview reproduce``)."""

@@ -1,0 +1,180 @@
+"""The paper's IOI and factual-recall findings (method.md §10) as claims, measured on a
+language model and its decoder with the case studies' own machinery (``ioi``, ``factual``).
+
+On the bundled models these are this toolkit's small LMs trained here, not GPT-2: a claim
+says which model it ran on, and a head the decoder cannot read (no query with a sample in ε)
+is reported as such rather than counted either way.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from inversionview.reproduce.claims import Claim, fmt
+
+#: A name or attribute the in-ε samples "keep": inside rate and contrast at least these.
+KEEP_INSIDE, KEEP_CONTRAST = 0.5, 0.2
+#: DLA "fails" on a head when the expected name is among its 30 most promoted or suppressed
+#: tokens in fewer than this share of the prompts.
+DLA_FAILS = 0.5
+#: An attribute moved "beyond the subject": kept by this much more of the in-ε samples than
+#: the subject itself is.
+BEYOND_SUBJECT = 0.2
+
+
+def kept(values: dict[str, Any] | None) -> bool:
+    return (values is not None and values.get("inside") is not None
+            and values.get("outside") is not None and values["inside"] >= KEEP_INSIDE
+            and values["inside"] - values["outside"] >= KEEP_CONTRAST)
+
+
+# ----- IOI --------------------------------------------------------------------------------
+
+EXPECTED = {"name mover": "io", "negative name mover": "io", "s-inhibition": "s",
+            "induction": "s", "duplicate token": "s"}
+
+
+def judge_ioi_roles(readings: list[dict[str, Any]]) -> tuple[bool, str]:
+    """``readings``: per classified head, its role's expected name and the pooled agreement
+    at END (``attributes``) with ``queries_with_inside``. Passes when every head the decoder
+    can read keeps its expected name, and at least one could be read."""
+    read = [r for r in readings if r["queries_with_inside"] > 0]
+    if not read:
+        return False, "the decoder found no in-ε sample for any of the heads"
+    keeping = [r for r in read if kept(r["attributes"].get(r["expected"]))]
+    parts = [f"{r['head']} {r['expected'].upper()} {fmt(r['attributes'][r['expected']]['inside'])}/"
+             f"{fmt(r['attributes'][r['expected']]['outside'])}" for r in read]
+    unread = [r["head"] for r in readings if r["queries_with_inside"] == 0]
+    return len(keeping) == len(read), (
+        f"{len(keeping)} of {len(read)} readable heads keep their role's name at END (in/out: "
+        f"{', '.join(parts)})" + (f"; no in-ε sample: {', '.join(unread)}" if unread else ""))
+
+
+def judge_dla_gap(rows: list[dict[str, Any]]) -> tuple[bool, str]:
+    """``rows``: per head at END, ``dla`` (the larger of the promoted / suppressed top-30
+    rates of the expected name) and ``inversionview`` (its agreement row). Passes when some
+    head's name is missed by DLA (< DLA_FAILS) and kept by the in-ε samples."""
+    gaps = [r for r in rows if r["dla"] < DLA_FAILS and kept(r["inversionview"])]
+    described = ", ".join(f"{r['head']} DLA {r['dla']:.2f} / InversionView "
+                          f"{fmt((r['inversionview'] or {}).get('inside'))}" for r in rows)
+    return bool(gaps), (f"{len(gaps)} head(s) where DLA misses the name and InversionView "
+                        f"reads it ({described})")
+
+
+def ioi_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed: int
+               ) -> list[Claim]:
+    from inversionview.ioi.circuit import classify, head_scores
+    from inversionview.ioi.readings import dla_table, read_heads
+
+    n, queries, dla_n = (100, 6, 300) if quick else (200, 20, 1000)
+    started = time.perf_counter()
+    roles = classify(head_scores(model, n, seed)["heads"])
+    role_of: dict[str, str] = {}
+    for role, heads in roles.items():
+        for head in heads:
+            if role in EXPECTED:
+                role_of.setdefault(head, role)
+    statement = ("The circuit's heads encode the name their role predicts: name movers the "
+                 "IO name at END; S-inhibition, induction and duplicate-token heads the S name.")
+    criterion = (f"Heads classified by `ioi heads` ({n} prompts); at END each readable head's "
+                 f"in-ε samples keep the expected name (inside >= {KEEP_INSIDE}, contrast >= "
+                 f"{KEEP_CONTRAST}; {queries} queries).")
+    roles_claim = Claim("ioi.heads-read-their-names", "ioi", statement, criterion, label,
+                        decoder_label)
+    dla_claim = Claim("ioi.dla-misses-inversionview-reads", "ioi",
+                      "Direct logit attribution misses the name on heads not directly "
+                      "connected to the output, where InversionView still reads it (Table 4).",
+                      f"Some classified head has the expected name among its 30 most promoted "
+                      f"or suppressed tokens in < {DLA_FAILS:.0%} of {dla_n} prompts, while its "
+                      "in-ε samples at END keep that name.", label, decoder_label)
+    if not role_of:
+        reason = "the circuit finder put no head in a role this claim reads"
+        return [roles_claim.skip(reason), dla_claim.skip(reason)]
+    heads = sorted(role_of)
+    readings = read_heads(model, decoder, [(h, "END") for h in heads], queries, seed)
+    dla = dla_table(model, [(h, "END", EXPECTED[role_of[h]]) for h in heads], dla_n, seed)
+    rows, dla_rows = [], []
+    for head, reading, baseline in zip(heads, readings, dla):
+        expected = EXPECTED[role_of[head]]
+        rows.append({"head": head, "role": role_of[head], "expected": expected,
+                     "queries_with_inside": reading["queries_with_inside"],
+                     "attributes": reading["attributes"]})
+        rate = max(baseline["top30_promoted"], baseline["top30_suppressed"])
+        dla_rows.append({"head": head, "expected": expected, "dla": rate,
+                         "inversionview": reading["attributes"].get(expected)
+                         if reading["queries_with_inside"] else None})
+    spent = (time.perf_counter() - started) / 2
+    roles_claim.seconds = dla_claim.seconds = spent
+    roles_claim.decide(*judge_ioi_roles(rows), {"roles": roles, "readings": rows})
+    dla_claim.decide(*judge_dla_gap(dla_rows), {"rows": dla_rows, "dla": dla})
+    return [roles_claim, dla_claim]
+
+
+# ----- factual recall ---------------------------------------------------------------------
+
+def judge_attributes_beyond_subject(rows: list[dict[str, Any]], asked_of: dict[str, str]
+                                    ) -> tuple[bool, str, list[dict[str, Any]]]:
+    """``rows``: read_factual's rows (head, position, relation, attributes). An attribute is
+    moved beyond the subject in a row when it is kept and kept by at least BEYOND_SUBJECT more
+    of the in-ε samples than the subject is. Passes when some (head, position) moves an
+    attribute that the relation asked does not ask for."""
+    found = []
+    for row in rows:
+        attributes = row["attributes"]
+        subject = attributes.get("subject", {}).get("inside")
+        for name, values in attributes.items():
+            if name in ("subject", "kind") or not kept(values):
+                continue
+            if subject is not None and values["inside"] - subject < BEYOND_SUBJECT:
+                continue
+            found.append({"head": row["site"], "position": row["position"],
+                          "relation": row["relation"], "attribute": name,
+                          "asked": asked_of.get(row["relation"]) == name,
+                          "inside": values["inside"], "outside": values["outside"],
+                          "subject_inside": subject})
+    unasked = [f for f in found if not f["asked"]]
+    shown = ", ".join(f"{f['head']}@{f['position']} keeps {f['attribute']} when asked "
+                      f"{f['relation']} ({fmt(f['inside'])}/{fmt(f['outside'])}, subject "
+                      f"{fmt(f['subject_inside'])})" for f in unasked[:4])
+    readable = sum(row["queries_with_inside"] > 0 for row in rows)
+    return bool(unasked), (f"{len(unasked)} (head, position, relation) readings move an "
+                           f"attribute the relation does not ask for, beyond the subject; "
+                           f"{readable} of {len(rows)} readings had in-ε samples"
+                           + (f": {shown}" if shown else "")), found
+
+
+def factual_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed: int,
+                   heads: list[str] | None = None) -> list[Claim]:
+    from inversionview.factual.evaluate import factual_task
+    from inversionview.factual.heads import attribution_heads
+    from inversionview.factual.knowledge import RELATIONS
+    from inversionview.factual.readings import read_factual
+
+    top, queries = (3, 4) if quick else (6, 10)
+    started = time.perf_counter()
+    task = factual_task(model)
+    if heads is None:
+        import random
+
+        prompts = task.knowledge.prompts("eval")
+        prompts = random.Random(seed).sample(prompts, min(len(prompts), 300 if quick else 1000))
+        heads = attribution_heads(model, prompts)["kept"][:top]
+    rows = read_factual(model, decoder, heads, queries=queries, seed=seed)
+    asked_of = {name: relation.attribute for name, relation in RELATIONS.items()}
+    claim = Claim("factual.heads-move-attributes", "factual",
+                  "Upper-layer heads at the subject's last token and at the end move "
+                  "attributes of the subject, often whatever relation was asked.",
+                  f"The {len(heads)} heads with the largest attribution share ({', '.join(heads)}), "
+                  f"read at SUBJ and END on {queries} held-out prompts per relation (cosine ε "
+                  f"0.25, noise at cosine 0.75-0.9): some reading keeps an attribute the "
+                  f"relation does not ask for (inside >= {KEEP_INSIDE}, contrast >= "
+                  f"{KEEP_CONTRAST}) in at least {BEYOND_SUBJECT} more of the in-ε samples "
+                  "than keep the subject itself.", label, decoder_label,
+                  seconds=time.perf_counter() - started)
+    passed, figure, found = judge_attributes_beyond_subject(rows, asked_of)
+    return [claim.decide(passed, figure, {"heads": heads, "found": found, "readings": rows})]
+
+
+__all__ = ["factual_claims", "ioi_claims", "judge_attributes_beyond_subject", "judge_dla_gap",
+           "judge_ioi_roles"]

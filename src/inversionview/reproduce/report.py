@@ -1,0 +1,188 @@
+"""``inversionview reproduce``: run the paper's findings as claims and write one
+self-contained HTML report (figures inlined, no network) with its JSON beside it.
+
+    record = reproduce(Path("reproduce"), quick=True)
+
+The toy-task claims run on the authors' probed models when ``authors`` names the folder that
+holds them (``counting/``, ``addition/``), else on the bundled models; the IOI and factual
+claims on the bundled case-study models (or the ones named). Each study is independent: one
+that cannot run (a model or decoder missing) is reported with the reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from html import escape
+from pathlib import Path
+from typing import Any, Callable
+
+from inversionview.errors import UserError
+from inversionview.reproduce.claims import FAIL, NOT_MEASURED, PASS, Claim
+
+STUDIES = ("counting", "addition", "ioi", "factual")
+
+
+def _load(model: str, task: str | None):
+    from inversionview.artifacts import shown_name
+    from inversionview.decoder.store import decoder_for
+    from inversionview.probed import load_probed
+
+    probed = load_probed(model, task)
+    decoder, directory = decoder_for(probed, model, None)
+    return probed, decoder, shown_name(str(directory))
+
+
+def _toy_source(authors: Path | None, task: str) -> tuple[str, str]:
+    """(model argument, label) for a toy task: the authors' checkpoint when given."""
+    if authors is not None:
+        path = Path(authors) / task
+        if not path.is_dir():
+            raise UserError(f"--authors {authors}: no {task}/ folder in it (the authors' probed "
+                            "models: counting/ and addition/, HuggingFace GPT-2 format)")
+        return str(path), f"the authors' {task} model ({path})"
+    return task, f"the bundled {task} model (trained here)"
+
+
+def reproduce(out: Path, quick: bool = False, seed: int = 0, authors: Path | None = None,
+              ioi_model: str = "lm-ioi", factual_model: str = "lm-factual",
+              studies: tuple[str, ...] = STUDIES,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``studies`` and write ``out``/report.html and report.json; returns the record."""
+    from inversionview import provenance
+    from inversionview.reproduce.case_studies import factual_claims, ioi_claims
+    from inversionview.reproduce.toy import addition_claims, completeness_claim, counting_claims
+
+    unknown = [s for s in studies if s not in STUDIES]
+    if unknown:
+        raise UserError(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDIES)}")
+    say = progress or (lambda message: None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    claims: list[Claim] = []
+    problems: dict[str, str] = {}
+    summaries: dict[str, Any] = {}
+    for study in studies:
+        say(f"{study} ...")
+        try:
+            if study in ("counting", "addition"):
+                source, label = _toy_source(authors, study)
+                model, decoder, decoder_label = _load(source, study)
+                if study == "counting":
+                    found, summary = counting_claims(model, decoder, label, decoder_label, quick,
+                                                     seed, out)
+                else:
+                    found, summary = addition_claims(model, decoder, label, decoder_label, quick,
+                                                     seed, out)
+                    found.append(completeness_claim(model, decoder, label, decoder_label, quick,
+                                                    seed))
+                summaries[study] = summary.to_record()
+            elif study == "ioi":
+                model, decoder, decoder_label = _load(ioi_model, "ioi")
+                found = ioi_claims(model, decoder, _lm_label(ioi_model), decoder_label, quick, seed)
+            else:
+                model, decoder, decoder_label = _load(factual_model, "factual")
+                found = factual_claims(model, decoder, _lm_label(factual_model), decoder_label,
+                                       quick, seed)
+        except UserError as error:
+            problems[study] = str(error)
+            say(f"{study}: not run ({error})")
+            continue
+        claims.extend(found)
+        for claim in found:
+            say(f"  {claim.status:<12} {claim.id}: {claim.figure or claim.reason}")
+    record = {
+        "command": provenance.command_line(), "quick": quick, "seed": seed,
+        "commit": provenance.commit(), "machine": provenance.machine(),
+        "seconds": round(time.perf_counter() - started, 1),
+        "counts": {status: sum(c.status == status for c in claims)
+                   for status in (PASS, FAIL, NOT_MEASURED)},
+        "claims": [claim.to_dict() for claim in claims], "not_run": problems,
+        "summaries": summaries,
+    }
+    (out / "report.json").write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+    (out / "report.html").write_text(render(record, out), encoding="utf-8")
+    return record
+
+
+def _lm_label(model: str) -> str:
+    from inversionview.artifacts import find_artifact
+
+    if find_artifact(model) is not None and "/" not in model:
+        return f"the bundled {model} model (a small LM trained here, not GPT-2)"
+    return model
+
+
+_COLOURS = {PASS: "#1a7f37", FAIL: "#cf222e", NOT_MEASURED: "#6e7781"}
+
+
+def _image(out: Path, name: str | None) -> str:
+    if not name or not (out / name).is_file():
+        return ""
+    data = base64.b64encode((out / name).read_bytes()).decode()
+    return (f'<img src="data:image/png;base64,{data}" alt="{escape(name)}" '
+            'style="max-width:100%;border:1px solid #ddd">')
+
+
+def render(record: dict[str, Any], out: Path) -> str:
+    """The report as one HTML page: figures inlined as data URLs, no script, no network."""
+    counts = record["counts"]
+    sections = []
+    shown_images: set[str] = set()
+    for study in STUDIES:
+        claims = [c for c in record["claims"] if c["study"] == study]
+        if not claims and study not in record["not_run"]:
+            continue
+        parts = [f"<h2>{escape(study)}</h2>"]
+        if study in record["not_run"]:
+            parts.append(f"<p class=skip>Not run: {escape(record['not_run'][study])}</p>")
+        for claim in claims:
+            colour = _COLOURS[claim["status"]]
+            picture = ""
+            if claim["plot"] and claim["plot"] not in shown_images:
+                shown_images.add(claim["plot"])
+                picture = _image(out, claim["plot"])
+            elif claim["plot"]:
+                picture = f"<p><small>Figure: {escape(claim['plot'])}, above.</small></p>"
+            parts.append(
+                f'<div class=claim><p><span class=badge style="background:{colour}">'
+                f'{escape(claim["status"])}</span> <b>{escape(claim["statement"])}</b></p>'
+                f'<p>Model: {escape(claim["model"])}'
+                + (f'; decoder {escape(claim["decoder"])}' if claim["decoder"] else "")
+                + f' <small>({escape(claim["id"])}, {claim["seconds"]:.0f} s)</small></p>'
+                f'<p>Criterion: {escape(claim["criterion"])}</p>'
+                f'<p>Measured: {escape(claim["figure"] or claim["reason"])}</p>{picture}</div>')
+        sections.append("\n".join(parts))
+    machine = record["machine"]
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>InversionView: the paper's findings, reproduced</title>
+<style>body{{font-family:sans-serif;margin:2em auto;max-width:70em;line-height:1.4}}
+.claim{{border-left:4px solid #ddd;padding:0 1em;margin:1.2em 0}}
+.badge{{color:white;border-radius:4px;padding:1px 8px;font-size:90%}}.skip{{color:#6e7781}}
+small{{color:#57606a}}</style></head><body>
+<h1>The paper's findings, measured on this machine</h1>
+<p>{counts[PASS]} passed, {counts[FAIL]} failed, {counts[NOT_MEASURED]} not measured
+({'quick run' if record['quick'] else 'full run'}, seed {record['seed']},
+{record['seconds']:.0f} s). Each claim states its criterion before its figure; thresholds are
+constants of <code>inversionview.reproduce</code>. Command: <code>{escape(record['command'])}</code>;
+commit {escape(str(record['commit']))}; {escape(str(machine.get('processor', '')))},
+torch {escape(str(machine.get('torch', '')))}.</p>
+{''.join(sections)}
+</body></html>"""
+
+
+def terminal(record: dict[str, Any]) -> str:
+    counts = record["counts"]
+    lines = [f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[NOT_MEASURED]} not measured "
+             f"({record['seconds']:.0f} s)"]
+    for claim in record["claims"]:
+        lines.append(f"{claim['status']:<12} {claim['id']}  [{claim['model']}]")
+        lines.append(f"             {claim['figure'] or claim['reason']}")
+    for study, reason in record["not_run"].items():
+        lines.append(f"not run      {study}: {reason}")
+    return "\n".join(lines)
+
+
+__all__ = ["STUDIES", "render", "reproduce", "terminal"]
