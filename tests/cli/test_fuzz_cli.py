@@ -88,6 +88,9 @@ class Command:
     name: str
     positional: st.SearchStrategy[str] | None = None
     options: dict[str, st.SearchStrategy] = field(default_factory=dict)
+    # Options every case gives (a value drawn as for the others): what keeps a valid case of
+    # a long command within the time bound.
+    required: tuple[str, ...] = ()
 
 
 QUERY_OPTIONS = {"--task": TASK, "--decoder": DECODER_DIR, "--input": INPUT, "--site": SITE,
@@ -177,6 +180,27 @@ COMMANDS = [
                                             "--queries": ints(1, 2), "--candidates": ints(1, 8),
                                             "--threshold": floats(0.05, 0.5), "--keep": ints(1, 2),
                                             "--seed": SEED, "--threads": THREADS, "--json": FLAG}),
+    Command("summarize", MODEL, {"--task": TASK, "--decoder": DECODER_DIR,
+                                 "--sites": texts("a0.0", "x0.pre,a1.0", "a9.0", ",", "a0.0,,m1"),
+                                 "--positions": texts(":", "query,:", "A1", "=", ",", "END"),
+                                 "--queries": ints(1, 2), "--candidates": ints(1, 8),
+                                 "--epsilon": floats(0.1, 0.5), "--metric": texts("euclidean", "cosine"),
+                                 "--seed": SEED, "--out": OUTPUT_DIR, "--force": FLAG,
+                                 "--threads": THREADS, "--json": FLAG},
+            required=("--sites", "--queries", "--candidates")),
+    Command("interpret", MODEL, {"--task": TASK, "--decoder": DECODER_DIR, "--site": SITE,
+                                 "--position": POSITION, "--queries": ints(1, 2),
+                                 "--candidates": ints(1, 8), "--epsilon": floats(0.1, 0.5),
+                                 "--seed": SEED, "--ask": FLAG, "--timeout": floats(1, 0.5),
+                                 "--out": OUTPUT_DIR, "--force": FLAG, "--threads": THREADS,
+                                 "--json": FLAG},
+            required=("--queries", "--candidates")),
+    Command("reproduce", None, {"--studies": texts("ioi", "factual", "ioi,factual", "bogus", ","),
+                                "--ioi-model": IOI_MODEL, "--factual-model": FACTUAL_MODEL,
+                                "--authors": SOME_PATH, "--quick": FLAG, "--out": OUTPUT_DIR,
+                                "--seed": SEED, "--force": FLAG, "--threads": THREADS,
+                                "--json": FLAG},
+            required=("--studies", "--ioi-model", "--factual-model")),
     Command("serve", st.lists(MODEL, max_size=2).map(lambda names: " ".join(names)),
             {"--task": TASK, "--decoder": texts("counting=DECODER_COUNTING", "x=adir", "=", "counting"),
              "--host": texts("127.0.0.1", "localhost", "0.0.0.0", "::1", "not a host"),
@@ -192,6 +216,7 @@ def command_lines(draw, command: Command) -> list[str]:
         argv += value.split(" ") if command.name == "serve" and value else [value]
     names = draw(st.lists(st.sampled_from(sorted(command.options)), unique=True,
                           max_size=len(command.options)))
+    names = [*command.required, *(name for name in names if name not in command.required)]
     for name in names:
         argv.append(name)
         value = draw(command.options[name])
@@ -315,7 +340,8 @@ BUDGET = {"models": 20, "eval-probed": 50, "activation": 70, "inspect": 50, "dec
           "query": 90, "verify": 50, "completeness": 40, "patch": 60, "dla": 60, "ablate": 50,
           "train-probed": 50, "train-decoder": 40, "export-decoder": 40, "serve": 50,
           "ioi corpus": 20, "ioi eval": 30, "ioi heads": 20, "ioi read": 20,
-          "factual corpus": 15, "factual eval": 20, "factual heads": 20, "factual read": 15}
+          "factual corpus": 15, "factual eval": 20, "factual heads": 20, "factual read": 15,
+          "summarize": 30, "interpret": 25, "reproduce": 20}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)

@@ -1,0 +1,204 @@
+"""The optional LLM reading against a real HTTP server started here that answers in the
+OpenAI chat-completions format (the one service that cannot run here is the LLM itself):
+the prompt, the request, and every way the endpoint can fail."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from cli_runner import invoke
+
+from inversionview.interpret.llm import (ENV_KEY, ENV_MODEL, ENV_URL, Endpoint, LLMError, ask,
+                                         build_messages, parse_completion, tagged_tokens)
+from inversionview.tasks import get_task
+
+
+class FakeLLM:
+    """A chat-completions server: ``mode`` says how it answers the next requests."""
+
+    def __init__(self):
+        self.mode, self.requests = "ok", []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "body": body,
+                                       "authorization": self.headers.get("Authorization")})
+                mode = outer.mode
+                if mode == "slow":
+                    time.sleep(3)
+                if mode == "error":
+                    return self._send(500, b'{"error": {"message": "the model is overloaded"}}')
+                if mode == "unauthorized":
+                    return self._send(401, b'{"error": {"message": "bad key"}}')
+                if mode == "garbage":
+                    return self._send(200, b"<html>not json</html>")
+                message = {"role": "assistant", "content": "It encodes the count."}
+                finish = "stop"
+                if mode == "refusal":
+                    message = {"role": "assistant", "content": None, "refusal": "I cannot help."}
+                if mode == "empty":
+                    message = {"role": "assistant", "content": "  "}
+                reply = {"id": "x", "object": "chat.completion", "model": body["model"],
+                         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                         "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+                self._send(200, json.dumps(reply).encode())
+
+            def _send(self, status, payload):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def llm():
+    server = FakeLLM()
+    yield server
+    server.close()
+
+
+def test_ask_sends_the_chat_request_and_reads_the_answer(llm):
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    reply = ask(Endpoint(llm.url, "some-model", "secret"), messages)
+    assert reply["answer"] == "It encodes the count." and reply["model"] == "some-model"
+    request = llm.requests[-1]
+    assert request["path"] == "/v1/chat/completions"
+    assert request["body"]["messages"] == messages and request["body"]["temperature"] == 0.0
+    assert request["authorization"] == "Bearer secret"
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("error", "HTTP 500.*overloaded"), ("unauthorized", "HTTP 401"),
+    ("garbage", "not a chat completion"), ("refusal", "declined to answer: .I cannot help"),
+    ("empty", "no text")])
+def test_every_failure_is_one_clear_error(llm, mode, message):
+    llm.mode = mode
+    with pytest.raises(LLMError, match=message):
+        ask(Endpoint(llm.url, "m"), [{"role": "user", "content": "u"}])
+
+
+def test_a_slow_endpoint_times_out(llm):
+    llm.mode = "slow"
+    with pytest.raises(LLMError, match="did not answer within 0.5 s"):
+        ask(Endpoint(llm.url, "m", timeout=0.5), [{"role": "user", "content": "u"}])
+
+
+def test_an_unreachable_endpoint():
+    with pytest.raises(LLMError, match="cannot reach the LLM endpoint"):
+        ask(Endpoint("http://127.0.0.1:9/v1", "m", timeout=2), [{"role": "user", "content": "u"}])
+
+
+def test_parse_completion_refuses_what_is_not_one():
+    for raw in (b"[]", b'{"choices": []}', b'{"choices": [{"message": 3}]}', b"\xff"):
+        with pytest.raises(LLMError):
+            parse_completion(raw)
+
+
+def test_endpoint_from_the_environment(monkeypatch):
+    monkeypatch.delenv(ENV_URL, raising=False)
+    monkeypatch.delenv(ENV_MODEL, raising=False)
+    with pytest.raises(LLMError, match=f"set {ENV_URL} and {ENV_MODEL}"):
+        Endpoint.from_environment()
+    monkeypatch.setenv(ENV_URL, "ftp://x")
+    monkeypatch.setenv(ENV_MODEL, "m")
+    with pytest.raises(LLMError, match="http:// or https://"):
+        Endpoint.from_environment()
+    monkeypatch.setenv(ENV_URL, "http://localhost:8000/v1/")
+    monkeypatch.setenv(ENV_KEY, "k")
+    endpoint = Endpoint.from_environment(timeout=5)
+    assert (endpoint.url, endpoint.model, endpoint.key, endpoint.timeout) == (
+        "http://localhost:8000/v1", "m", "k", 5)
+
+
+def test_addition_samples_are_cut_at_their_position_and_tagged_by_place():
+    task = get_task("addition")
+    text = "B615+861=1476E"
+    tokens = task.text_tokens(text)
+    assert tagged_tokens(task, text, tokens, 8) == "6(F1) 1(F2) 5(F3) + 8(S1) 6(S2) 1(S3) [=]"
+    assert tagged_tokens(task, text, tokens, 2) == "6(F1) [1(F2)]"
+
+
+def test_the_prompt_has_the_task_the_queries_and_their_in_epsilon_samples():
+    from inversionview.preimage.result import QueryInput, Sample
+
+    task = get_task("counting")
+
+    def sample(text, inside):
+        return Sample(text, task.text_tokens(text), 0.0 if inside else 1.0, 8, ":", inside, True,
+                      True, "", task.attributes(text), 1, [])
+
+    class Result:
+        site, position_label, position = "a1.0", ":", 8
+
+        def __init__(self, text, samples):
+            self.query = QueryInput(text, task.text_tokens(text), task.attributes(text), True, "")
+            self.samples = samples
+
+    results = [Result("Baabbc|a:2E", [sample("Bccddb|c:2E", True), sample("Baaabc|a:3E", False)])
+               for _ in range(5)]
+    system, user = build_messages(task, results)
+    assert system["role"] == "system" and "counting task" in system["content"]
+    assert user["content"].count("Example ") == 5
+    assert "c c d d b | c(query) [:]" in user["content"]  # the in-ε sample, cut at ':'
+    assert "a a a b c" not in user["content"]  # the out-of-ε one is not shown
+
+
+def test_interpret_shows_the_prompt_and_sends_nothing_without_ask(llm, monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_URL, llm.url)
+    monkeypatch.setenv(ENV_MODEL, "m")
+    result = invoke(["interpret", "counting", "--queries", "2", "--candidates", "16",
+                     "--out", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["answer"] is None and record["llm"] is None and not llm.requests
+    assert record["summary"]["queries"] == 2 and len(record["messages"]) == 2
+    stored = json.loads((tmp_path / "run" / "interpretation.json").read_text())
+    assert stored["messages"] == record["messages"]
+
+
+def test_interpret_ask_stores_the_answer_beside_the_summary(llm, monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_URL, llm.url)
+    monkeypatch.setenv(ENV_MODEL, "m")
+    result = invoke(["interpret", "counting", "--queries", "2", "--candidates", "16", "--ask",
+                     "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.stderr
+    assert "It encodes the count." in result.stdout
+    stored = json.loads((tmp_path / "run" / "interpretation.json").read_text())
+    assert stored["answer"] == "It encodes the count." and stored["llm"]["model"] == "m"
+    assert stored["summary"]["site"] == "a1.0" and len(llm.requests) == 1
+
+
+def test_interpret_ask_failure_loses_nothing(llm, monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_URL, llm.url)
+    monkeypatch.setenv(ENV_MODEL, "m")
+    llm.mode = "error"
+    result = invoke(["interpret", "counting", "--queries", "2", "--candidates", "16", "--ask",
+                     "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and result.stderr.startswith("error: ")
+    assert "HTTP 500" in result.stderr and "interpretation.json" in result.stderr
+    assert "Traceback" not in result.output
+    stored = json.loads((tmp_path / "run" / "interpretation.json").read_text())
+    assert stored["answer"] is None and stored["summary"]["queries"] == 2 and stored["messages"]
+
+
+def test_interpret_ask_without_an_endpoint_says_what_to_set(monkeypatch):
+    monkeypatch.delenv(ENV_URL, raising=False)
+    result = invoke(["interpret", "counting", "--ask"])
+    assert result.exit_code == 2 and ENV_URL in result.stderr
