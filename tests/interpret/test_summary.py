@@ -7,7 +7,7 @@ import math
 import pytest
 
 from inversionview.decoder.train import build_decoder
-from inversionview.interpret.features import task_features, token_features
+from inversionview.interpret.features import task_features
 from inversionview.interpret.summary import (KEPT_CONTRAST, KEPT_INSIDE, cell_from_results,
                                              html_table, plot_summary, query_texts, summarize,
                                              summary_config, terminal_table)

@@ -10,7 +10,7 @@ import torch
 
 from inversionview.checkpoint import RunExistsError
 from inversionview.cli import run
-from inversionview.errors import OptionError, UserError
+from inversionview.errors import UserError
 from inversionview.probed import load_probed, train as train_module
 from inversionview.probed.model import ProbedModel
 from inversionview.probed.train import ProbedTrainingConfig, train_probed

@@ -103,7 +103,7 @@ def test_claim_record():
 
 def test_reproduce_quick_on_the_bundled_counting_model(tmp_path, ioi_lm_dir):
     out = tmp_path / "report"
-    result = invoke(["reproduce", "--quick", "--studies", f"counting,ioi", "--ioi-model",
+    result = invoke(["reproduce", "--quick", "--studies", "counting,ioi", "--ioi-model",
                      str(ioi_lm_dir), "--out", str(out), "--json", "--threads", "1"])
     assert result.exit_code == 0, result.stderr
     record = json.loads(result.stdout)
