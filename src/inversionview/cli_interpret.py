@@ -52,6 +52,7 @@ def register(app: typer.Typer) -> None:
         import json
         import sys
 
+        from inversionview.artifacts import shown_name
         from inversionview.interpret.summary import (html_table, plot_summary, summarize as run,
                                                      summary_config, terminal_table)
 
@@ -67,7 +68,8 @@ def register(app: typer.Typer) -> None:
 
         summary = run(probed, the_decoder, _names(sites, "--sites"),
                       _names(positions, "--positions"), queries, seed, config,
-                      model_name=model, decoder_name=name, progress=progress)
+                      model_name=shown_name(model), decoder_name=shown_name(name),
+                      progress=progress)
         record = summary.to_record()
         written = ""
         if out is not None:
@@ -146,6 +148,7 @@ def register(app: typer.Typer) -> None:
         stored beside it."""
         import json
 
+        from inversionview.artifacts import shown_name
         from inversionview.interpret.features import task_features
         from inversionview.interpret.llm import Endpoint, ask as send, build_messages
         from inversionview.interpret.summary import (cell_from_results, query_texts,
@@ -165,9 +168,9 @@ def register(app: typer.Typer) -> None:
         cell = cell_from_results(results[0].site, position, results, task_features(probed.task),
                                  not probed.task.attribute_names)
         messages = build_messages(probed.task, results)
-        record = {"model": model, "decoder": name, "site": results[0].site, "position": position,
-                  "queries": texts, "seed": seed, "summary": cell.to_dict(),
-                  "messages": messages, "llm": None, "answer": None}
+        record = {"model": shown_name(model), "decoder": shown_name(name),
+                  "site": results[0].site, "position": position, "queries": texts,
+                  "seed": seed, "summary": cell.to_dict(), "messages": messages, "llm": None, "answer": None}
 
         def save() -> None:
             if out is not None:

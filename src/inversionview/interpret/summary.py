@@ -308,8 +308,8 @@ def plot_summary(summary: Summary, path: Path) -> Path:
     axis.set_xticks(range(len(summary.positions)), summary.positions)
     axis.set_yticks(range(len(summary.sites)), summary.sites)
     axis.set_xlabel("query position")
-    axis.set_title(f"{summary.model}: what the in-ε samples keep "
-                   f"({summary.queries} queries per cell)", fontsize=9)
+    axis.set_title(f"{summary.model} (decoder {summary.decoder}): what the in-ε samples keep, "
+                   f"{summary.queries} queries per cell", fontsize=8)
     figure.colorbar(image, ax=axis, label="strongest contrast (in-ε - out-of-ε)")
     figure.tight_layout()
     path = Path(path)
