@@ -170,7 +170,8 @@ def register(app: typer.Typer) -> None:
         messages = build_messages(probed.task, results)
         record = {"model": shown_name(model), "decoder": shown_name(name),
                   "site": results[0].site, "position": position, "queries": texts,
-                  "seed": seed, "summary": cell.to_dict(), "messages": messages, "llm": None, "answer": None}
+                  "seed": seed, "summary": cell.to_dict(), "messages": messages,
+                  "llm": None, "answer": None}
 
         def save() -> None:
             if out is not None:
