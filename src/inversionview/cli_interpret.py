@@ -41,8 +41,8 @@ def register(app: typer.Typer) -> None:
         candidates: CandidatesOpt = 256, epsilon: EpsilonOpt = 0.1,
         metric: MetricOpt = Metric.euclidean, seed: SeedOpt = 0,
         out: Annotated[Optional[Path], typer.Option(
-            "--out", help="Also write the summary here: DIR/summary.json, summary.html and "
-            "summary.png (the heat map).")] = None,
+            "--out", help="Also write the summary here: DIR/summary.json, summary.html, "
+            "summary.md and summary.png (the heat map).")] = None,
         force: ForceOpt = False, threads: ThreadsOpt = None, as_json: JsonOpt = False,
     ) -> None:
         """What the in-epsilon samples of many queries keep, per site and position (the
@@ -53,8 +53,9 @@ def register(app: typer.Typer) -> None:
         import sys
 
         from inversionview.artifacts import shown_name
-        from inversionview.interpret.summary import (html_table, plot_summary, summarize as run,
-                                                     summary_config, terminal_table)
+        from inversionview.interpret.summary import (html_table, markdown_table, plot_summary,
+                                                     summarize as run, summary_config,
+                                                     terminal_table)
 
         if out is not None:
             options.check_output_directory(out, "--out", force, marker="summary.json")
@@ -79,10 +80,12 @@ def register(app: typer.Typer) -> None:
                 inline = "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode()
                 (directory / "summary.html").write_text(html_table(summary, inline), encoding="utf-8")
                 (directory / "summary.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+                (directory / "summary.md").write_text(markdown_table(summary) + "\n",
+                                                      encoding="utf-8")
 
             options.write_output(out, "--out", write)
             record["out"] = str(out)
-            written = f"\nwrote {out}/summary.json, summary.html, summary.png"
+            written = f"\nwrote {out}/summary.json, summary.html, summary.md, summary.png"
         _emit(record, as_json, terminal_table(summary) + written)
 
     @app.command()

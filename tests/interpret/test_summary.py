@@ -8,8 +8,9 @@ import pytest
 
 from inversionview.decoder.train import build_decoder
 from inversionview.interpret.features import task_features
-from inversionview.interpret.summary import (KEPT_CONTRAST, KEPT_INSIDE, cell_from_results,
-                                             html_table, plot_summary, query_texts, summarize,
+from inversionview.interpret.summary import (KEPT_CONTRAST, KEPT_INSIDE, Summary,
+                                             cell_from_results, html_table, markdown_table,
+                                             plot_summary, query_texts, summarize,
                                              summary_config, terminal_table)
 from inversionview.preimage.result import QueryInput, Sample
 from inversionview.probed import build_probed
@@ -139,6 +140,9 @@ def test_summarize_runs_every_cell_and_is_seeded(tiny, tmp_path):
     assert "a0.0" in table and "x0.post" in table and "kept" in table
     picture = plot_summary(first, tmp_path / "map.png")
     assert picture.read_bytes()[:4] == b"\x89PNG"
+    assert json.dumps(Summary.from_record(record).to_record()) == json.dumps(record)
+    table = markdown_table(first).splitlines()
+    assert table[0] == "| site | `:` | `query` |" and len(table) == 2 + 2
     page = html_table(first, "map.png")
     assert "<table>" in page and "http" not in page.replace("http-equiv", "")
 

@@ -94,6 +94,18 @@ class Summary:
     mined: bool  # the task has no attributes: every feature was mined from the tokens
     cells: list[Cell]
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Summary":
+        """A summary back from its ``to_record`` JSON (to render it again)."""
+        cells = [Cell(c["site"], c["position"], c["queries"], c["queries_with_both"],
+                      c["in_epsilon"],
+                      [FeatureRow(r["name"], r["kind"], r["inside"], r["outside"], r["queries"])
+                       for r in c["rows"]], c.get("shared_tokens", []))
+                 for c in record["cells"]]
+        return cls(record["model"], record["decoder"], record["task"], record["sites"],
+                   record["positions"], record["queries"], record["seed"], record["settings"],
+                   record["mined"], cells)
+
     def cell(self, site: str, position: str) -> Cell | None:
         return next((c for c in self.cells if c.site == site and c.position == position), None)
 
@@ -279,6 +291,23 @@ def terminal_table(summary: Summary, per_cell: int = 3) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(summary: Summary, per_cell: int = 2) -> str:
+    """Sites down, positions across; each cell its strongest kept features (in/out) and, in
+    parentheses, the queries behind it (the paper's Table 3 in form)."""
+    lines = ["| site | " + " | ".join(f"`{p}`".replace("|", "\\|") for p in summary.positions)
+             + " |",
+             "|---|" + "---|" * len(summary.positions)]
+    for site in summary.sites:
+        cells = []
+        for position in summary.positions:
+            cell = summary.cell(site, position)
+            kept = ", ".join(f"{r.name} {r.inside:.2f}/{r.outside:.2f}"
+                             for r in cell.kept[:per_cell]) or "-"
+            cells.append(f"{kept} ({cell.queries_with_both})".replace("|", "\\|"))
+        lines.append(f"| {site} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_summary(summary: Summary, path: Path) -> Path:
     """A heat map: sites down, positions across, each cell coloured by its strongest
     contrast (in-ε minus out-of-ε keeping) and labelled with its top kept features and the
@@ -352,6 +381,6 @@ the out-of-ε samples (rates shown in/out, averaged over the queries with sample
 {''.join(rows)}</table></body></html>"""
 
 
-__all__ = ["Cell", "FeatureRow", "cell_from_results", "KEPT_CONTRAST", "KEPT_INSIDE", "Summary", "html_table",
-           "plot_summary", "query_texts", "summarize", "summarize_cell", "summary_config",
+__all__ = ["Cell", "FeatureRow", "cell_from_results", "KEPT_CONTRAST", "KEPT_INSIDE", "Summary",
+           "html_table", "markdown_table", "plot_summary", "query_texts", "summarize", "summarize_cell", "summary_config",
            "terminal_table"]
