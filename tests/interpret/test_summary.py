@@ -84,6 +84,7 @@ def test_pooling_weighs_each_query_the_same_and_skips_one_sided_queries():
     cell = cell_from_results("a1.0", ":", [first, second, only_inside], task_features(task))
     count = by_name(cell)["count"]
     assert count.queries == 2 and cell.queries == 3 and cell.queries_with_both == 2
+    assert cell.all_inside == 1 and cell.none_inside == 0
     assert count.inside == pytest.approx(0.5)  # (1.0 + 0.0) / 2, not 9 / 10
     assert count.outside == pytest.approx(0.5)
     assert not count.kept and count.contrast == pytest.approx(0.0)

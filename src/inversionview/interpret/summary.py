@@ -63,6 +63,8 @@ class Cell:
     rows: list[FeatureRow] = field(default_factory=list)
     # Free text: the query tokens the in-ε samples most often contain, across the queries.
     shared_tokens: list[dict[str, Any]] = field(default_factory=list)
+    all_inside: int = 0  # queries whose every draw was in ε (nothing to contrast)
+    none_inside: int = 0  # queries with no draw in ε
 
     @property
     def kept(self) -> list[FeatureRow]:
@@ -76,6 +78,7 @@ class Cell:
     def to_dict(self) -> dict[str, Any]:
         return {"site": self.site, "position": self.position, "queries": self.queries,
                 "queries_with_both": self.queries_with_both, "in_epsilon": self.in_epsilon,
+                "all_inside": self.all_inside, "none_inside": self.none_inside,
                 "kept": [row.name for row in self.kept],
                 "rows": [row.to_dict() for row in self.rows],
                 "shared_tokens": self.shared_tokens}
@@ -100,7 +103,8 @@ class Summary:
         cells = [Cell(c["site"], c["position"], c["queries"], c["queries_with_both"],
                       c["in_epsilon"],
                       [FeatureRow(r["name"], r["kind"], r["inside"], r["outside"], r["queries"])
-                       for r in c["rows"]], c.get("shared_tokens", []))
+                       for r in c["rows"]], c.get("shared_tokens", []),
+                      c.get("all_inside", 0), c.get("none_inside", 0))
                  for c in record["cells"]]
         return cls(record["model"], record["decoder"], record["task"], record["sites"],
                    record["positions"], record["queries"], record["seed"], record["settings"],
@@ -166,10 +170,13 @@ def cell_from_results(site: str, position: str, results: Sequence, features: lis
     ``summary_config``); only the decoder's draws count."""
     sums: dict[str, list[float]] = {f.name: [0.0, 0.0, 0] for f in features}
     token_in: dict[str, list[int]] = {}
-    in_epsilon = with_both = 0
+    in_epsilon = with_both = all_inside = none_inside = 0
     for result in results:
         draws = [s for s in result.samples if s.found_by == "decoder"]
-        in_epsilon += sum(s.in_epsilon for s in draws)
+        inside = sum(s.in_epsilon for s in draws)
+        in_epsilon += inside
+        all_inside += bool(draws) and inside == len(draws)
+        none_inside += inside == 0
         query_tokens, query_position = result.query.tokens, result.position
         query_attributes = result.query.attributes
         both = False
@@ -196,7 +203,8 @@ def cell_from_results(site: str, position: str, results: Sequence, features: lis
                 shared.append({"token": token, "inside": inside / n_in, "outside": outside / n_out,
                                "contrast": inside / n_in - outside / n_out})
         shared = sorted(shared, key=lambda row: -row["contrast"])[:10]
-    return Cell(site, position, len(results), with_both, in_epsilon, rows, shared)
+    return Cell(site, position, len(results), with_both, in_epsilon, rows, shared, all_inside,
+                none_inside)
 
 
 def _means(total: list[float]) -> tuple[float | None, float | None, int]:
@@ -286,7 +294,7 @@ def terminal_table(summary: Summary, per_cell: int = 3) -> str:
             text = "nothing kept" + ("" if best is None else
                                      f" (closest: {best.name} {best.inside:.2f}/{best.outside:.2f})")
             if cell.queries_with_both == 0:
-                text = "no query had samples on both sides of eps"
+                text = "no query had samples on both sides of eps" + _one_sided(cell)
         lines.append(f"{cell.site:<8} {cell.position:<8} {cell.queries_with_both:>3}/{cell.queries:<3}  {text}")
     return "\n".join(lines)
 
@@ -303,9 +311,21 @@ def markdown_table(summary: Summary, per_cell: int = 2) -> str:
             cell = summary.cell(site, position)
             kept = ", ".join(f"{r.name} {r.inside:.2f}/{r.outside:.2f}"
                              for r in cell.kept[:per_cell]) or "-"
+            if not cell.queries_with_both:
+                kept = ("every draw in ε" if cell.all_inside == cell.queries else
+                        "no draw in ε" if cell.none_inside == cell.queries else "-")
             cells.append(f"{kept} ({cell.queries_with_both})".replace("|", "\\|"))
         lines.append(f"| {site} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _one_sided(cell: Cell) -> str:
+    parts = []
+    if cell.all_inside:
+        parts.append(f"every draw in eps in {cell.all_inside}")
+    if cell.none_inside:
+        parts.append(f"none in eps in {cell.none_inside}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def plot_summary(summary: Summary, path: Path) -> Path:
