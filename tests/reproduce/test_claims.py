@@ -131,3 +131,30 @@ def test_reproduce_bad_input(tmp_path, argv, message):
     result = invoke(["reproduce", "--out", str(tmp_path / "r"), *argv])
     assert result.exit_code in (0, 2)
     assert message in (result.stderr + result.stdout)
+
+
+def test_case_study_claims_run_on_tiny_models(ioi_lm_dir, factual_lm_dir):
+    """The IOI and factual claims end to end on tiny random models with untrained decoders:
+    every claim comes back decided or not measured, with its figure or its reason."""
+    from inversionview.decoder.train import build_decoder
+    from inversionview.probed import load_probed
+    from inversionview.reproduce.case_studies import factual_claims, ioi_claims
+
+    tiny = dict(d_model=32, n_heads=2, d_mlp=64, n_condition_blocks=2)
+    ioi = load_probed(ioi_lm_dir)
+    claims = ioi_claims(ioi, build_decoder(ioi, 0, **tiny).eval(), "tiny ioi", "untrained",
+                        quick=True, seed=0, candidates=16)
+    assert [c.id for c in claims] == ["ioi.heads-read-their-names",
+                                      "ioi.dla-misses-inversionview-reads"]
+    for claim in claims:
+        assert claim.status in ("pass", "fail", "not measured")
+        assert claim.figure or claim.reason
+
+    factual = load_probed(factual_lm_dir)
+    decoder = build_decoder(factual, 0, **tiny).eval()
+    [claim] = factual_claims(factual, decoder, "tiny factual", "untrained", quick=True, seed=0,
+                             heads=["a1.0"], candidates=16)
+    assert claim.id == "factual.heads-move-attributes" and claim.status in ("pass", "fail")
+    readings = claim.measured["readings"]
+    assert {(r["site"], r["position"]) for r in readings} == {("a1.0", "SUBJ"), ("a1.0", "END")}
+    assert len({r["relation"] for r in readings}) == 5

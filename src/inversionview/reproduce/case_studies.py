@@ -62,8 +62,8 @@ def judge_dla_gap(rows: list[dict[str, Any]]) -> tuple[bool, str]:
                         f"reads it ({described})")
 
 
-def ioi_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed: int
-               ) -> list[Claim]:
+def ioi_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed: int,
+               candidates: int = 256) -> list[Claim]:
     from inversionview.ioi.circuit import classify, head_scores
     from inversionview.ioi.readings import dla_table, read_heads
 
@@ -92,7 +92,8 @@ def ioi_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed
         reason = "the circuit finder put no head in a role this claim reads"
         return [roles_claim.skip(reason), dla_claim.skip(reason)]
     heads = sorted(role_of)
-    readings = read_heads(model, decoder, [(h, "END") for h in heads], queries, seed)
+    readings = read_heads(model, decoder, [(h, "END") for h in heads], queries, seed,
+                          candidates)
     dla = dla_table(model, [(h, "END", EXPECTED[role_of[h]]) for h in heads], dla_n, seed)
     rows, dla_rows = [], []
     for head, reading, baseline in zip(heads, readings, dla):
@@ -145,7 +146,7 @@ def judge_attributes_beyond_subject(rows: list[dict[str, Any]], asked_of: dict[s
 
 
 def factual_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed: int,
-                   heads: list[str] | None = None) -> list[Claim]:
+                   heads: list[str] | None = None, candidates: int = 256) -> list[Claim]:
     from inversionview.factual.evaluate import factual_task
     from inversionview.factual.heads import attribution_heads
     from inversionview.factual.knowledge import RELATIONS
@@ -160,7 +161,8 @@ def factual_claims(model, decoder, label: str, decoder_label: str, quick: bool, 
         prompts = task.knowledge.prompts("eval")
         prompts = random.Random(seed).sample(prompts, min(len(prompts), 300 if quick else 1000))
         heads = attribution_heads(model, prompts)["kept"][:top]
-    rows = read_factual(model, decoder, heads, queries=queries, seed=seed)
+    rows = read_factual(model, decoder, heads, queries=queries, seed=seed,
+                        candidates=candidates)
     asked_of = {name: relation.attribute for name, relation in RELATIONS.items()}
     claim = Claim("factual.heads-move-attributes", "factual",
                   "Upper-layer heads at the subject's last token and at the end move "
