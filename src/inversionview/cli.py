@@ -67,11 +67,12 @@ NoiseCosineOpt = Annotated[Optional[str], typer.Option(
     "at a cosine drawn from [LOW, HIGH] to it, in a random direction (the paper's factual-recall "
     "noise, 0.75:0.9; replaces --noise).")]
 BanRareOpt = Annotated[Optional[int], typer.Option(
-    "--ban-rare", help="Never sample tokens seen fewer than this many times in --ban-corpus "
-    "(the paper banned rare tokens for factual recall).", callback=options.BAN_COUNT.callback)]
+    "--ban-rare", help="Never sample tokens seen fewer than this many times in the model's "
+    "training corpus (its token_counts.json, which train-lm writes) or in --ban-corpus (the "
+    "paper banned rare tokens for factual recall).", callback=options.BAN_COUNT.callback)]
 BanCorpusOpt = Annotated[Optional[Path], typer.Option(
-    "--ban-corpus", help="The texts whose token counts --ban-rare reads (.txt lines, .jsonl "
-    "or a datasets directory).")]
+    "--ban-corpus", help="Texts to count for --ban-rare instead of the model's stored counts "
+    "(.txt lines, .jsonl or a datasets directory).")]
 ConstrainOpt = Annotated[bool, typer.Option(
     "--constrain/--free", help="Draw only tokens that can lead to an input of the task, where it "
     "has a grammar (counting, addition), or sample freely as the paper did (malformed candidates "
@@ -502,20 +503,21 @@ def query(
     if cosine_range is not None and noise is not None:
         raise UserError("give --noise or --noise-cosine, not both (cosine noise replaces the "
                         "Gaussian noise)")
-    if (ban_rare is None) != (ban_corpus is None):
-        raise UserError("--ban-rare and --ban-corpus go together: the count and the texts it "
-                        "is counted in")
+    if ban_corpus is not None and ban_rare is None:
+        raise UserError("--ban-corpus needs --ban-rare N: the count below which a token of "
+                        "those texts is never sampled")
     probed, the_decoder, name, text, site, position = _query_setup(
         model, task, raw, decoder, input_text, site, position)
     banned: tuple[int, ...] = ()
     if ban_rare is not None:
-        from inversionview.preimage.sample import rare_tokens
+        from inversionview.preimage.sample import rare_tokens, stored_rare_tokens
         from inversionview.text.sources import read_texts
 
         if not probed.task.free_text:
             raise UserError("--ban-rare is for language models; a toy task's vocabulary has "
                             "no rare tokens")
-        banned = rare_tokens(probed.task.vocab, read_texts(ban_corpus), ban_rare)
+        banned = (stored_rare_tokens(probed, ban_rare) if ban_corpus is None
+                  else rare_tokens(probed.task.vocab, read_texts(ban_corpus), ban_rare))
     config = query_config(candidates, epsilon, metric.value, fixed_position, temperature, noise,
                           all_samples, search=search, constrain=constrain,
                           noise_cosine=cosine_range, banned=banned)

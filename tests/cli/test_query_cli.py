@@ -141,7 +141,8 @@ def test_completeness_end_to_end_on_addition(saved, tmp_path):
     (["--noise-cosine", "abc"], "takes LOW or LOW:HIGH"),
     (["--noise-cosine", "1.5"], "each cosine must be"),
     (["--noise-cosine", "0.8", "--noise", "0.1"], "not both"),
-    (["--ban-rare", "3"], "go together"),
+    (["--ban-corpus", "x.txt"], "needs --ban-rare"),
+    (["--ban-rare", "3"], "for language models"),
     (["--ban-rare", "0", "--ban-corpus", "x.txt"], "--ban-rare"),
 ])
 def test_query_noise_and_ban_options_are_checked(saved, args, message):

@@ -75,3 +75,33 @@ def test_read_command_on_a_tiny_model(factual_lm_dir, tmp_path):
     assert found.exit_code == 0 and "region" in found.stdout, found.output
     bad = invoke([*args, "--heads", "m0"])
     assert bad.exit_code == 2 and "--heads takes heads such as a3.1" in bad.stderr
+
+
+def test_query_bans_rare_tokens_from_the_models_stored_counts(factual_lm_dir, tmp_path):
+    """--ban-rare without --ban-corpus reads the counts train-lm stores beside the weights;
+    a model without them gets a clear error saying what to give instead."""
+    import shutil
+
+    from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
+    from inversionview.factual.knowledge import Knowledge
+    from inversionview.preimage.sample import write_token_counts
+    from inversionview.probed import load_probed
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(factual_lm_dir, model_dir)
+    train_decoder(load_probed(model_dir), DecoderTrainingConfig(
+        out=tmp_path / "decoder", examples=32, eval_every_seconds=10_000,
+        eval_queries_per_site=1, eval_samples_per_query=2), show_progress=False)
+    args = ["query", str(model_dir), "--decoder", str(tmp_path / "decoder"), "--site", "a1.0",
+            "--position", "END", "--candidates", "16", "--search", "0", "--ban-rare", "3"]
+    missing = invoke(args)
+    assert missing.exit_code == 2 and "token_counts.json" in missing.stderr
+    assert "--ban-corpus" in missing.stderr
+    model = load_probed(model_dir)
+    write_token_counts(model_dir, model.task.vocab, Knowledge.load().sentences("train")[:200])
+    result = invoke([*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["banned_tokens"] > 0
+    (model_dir / "token_counts.json").write_text('{"kind": "token-counts", "counts": [1, 2]}')
+    broken = invoke(args)
+    assert broken.exit_code == 2 and "does not hold" in broken.stderr

@@ -149,7 +149,11 @@ def test_float16_weights_and_a_shipped_copy_without_checkpoint(corpus, tmp_path)
     shipped = ship_lm(tmp_path / "run", tmp_path / "ship")
     names = {path.name for path in shipped.iterdir()}
     assert names == {"config.json", "model.safetensors", "inversionview.json", "tokenizer.json",
-                     "tokenizer_config.json"}
+                     "tokenizer_config.json", "token_counts.json"}
+    counts = json.loads((shipped / "token_counts.json").read_text())
+    vocab = model.task.vocab
+    assert counts["kind"] == "token-counts" and len(counts["counts"]) == vocab.size
+    assert sum(counts["counts"]) >= counts["texts"] > 0  # BOS and EOS of each text at least
     manifest = _manifest(shipped)
     assert manifest["weights_dtype"] == "float16" and manifest["task"] == "text"
     assert manifest["held_out_loss"] == _manifest(tmp_path / "run")["held_out_loss"]

@@ -75,3 +75,24 @@ def test_html_export_of_text_marks_the_query_token_and_has_no_empty_agreement(te
     record = json.loads(re.search(r"<script type='application/json' id='result'>\n(.*)\n</script>",
                                   page).group(1))
     assert record["site"] == "x0.mid"
+
+
+def test_query_bans_rare_tokens_from_the_models_stored_counts(text_client, text_model):
+    from pathlib import Path
+
+    from inversionview.preimage.sample import TOKEN_COUNTS, write_token_counts
+
+    request = {"model": "tiny-lm", "candidates": 16, "search": 0, "ban_rare": 2}
+    missing = text_client.post("/api/query", json=request)
+    assert missing.status_code == 400 and TOKEN_COUNTS in missing.json()["detail"]
+    assert "/" not in missing.json()["detail"].split(TOKEN_COUNTS)[0]  # no server path
+    toy = text_client.post("/api/query", json={"model": "counting", "ban_rare": 2})
+    assert toy.status_code == 400 and "language models" in toy.json()["detail"]
+    counts = Path(text_model.probed.source) / TOKEN_COUNTS
+    write_token_counts(counts.parent, text_model.probed.task.vocab, ["the the the of", "a b c"])
+    try:
+        record = text_client.post("/api/query", json=request).json()
+        assert record["banned_tokens"] > 0
+        assert text_client.post("/api/query", json={**request, "ban_rare": 0}).status_code == 422
+    finally:
+        counts.unlink()

@@ -47,6 +47,7 @@ from inversionview.files import read_json_object, read_safetensors, sha256_file
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, HEADS, LAYERS, LEARNING_RATE,
                                    MINUTES, SEED, STEPS, WIDTH, Range)
 from inversionview.probed.model import ProbedModel
+from inversionview.preimage.sample import TOKEN_COUNTS, write_token_counts
 from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
                                     FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
                                     WARMUP_STEPS, WEIGHT_DECAY, budget_progress, check_settings,
@@ -66,7 +67,7 @@ TOKENIZER_SAVED = (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_ma
                    "merges.txt")
 #: What a run writes in its directory; --force removes these before a new run starts.
 RUN_FILES = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "metrics.jsonl", "config.json",
-             "model.safetensors", "inversionview.json", *TOKENIZER_SAVED)
+             "model.safetensors", "inversionview.json", "token_counts.json", *TOKENIZER_SAVED)
 
 
 @dataclasses.dataclass
@@ -320,6 +321,8 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
     config.out.mkdir(parents=True, exist_ok=True)
     started_at_commit = provenance.commit()
     tokenizer = _tokenizer(config, texts, resume)
+    if not (config.out / TOKEN_COUNTS).exists():  # for --ban-rare without a corpus
+        write_token_counts(config.out, tokenizer, texts, corpus)
     source = CorpusSource(texts, tokenizer, config.max_tokens, config.held_out_fraction,
                           name=corpus["name"])
     task = TextTask(tokenizer, config.context).with_source(source)
@@ -518,6 +521,8 @@ def ship_lm(run_directory: str | Path, destination: str | Path,
                   shipped_from=provenance.portable_path(run_directory), **(extra or {}))
     destination.mkdir(parents=True, exist_ok=True)
     tokenizer.hf.save_pretrained(str(destination))
+    if (run_directory / TOKEN_COUNTS).is_file():
+        shutil.copyfile(run_directory / TOKEN_COUNTS, destination / TOKEN_COUNTS)
     ProbedModel(task=task, hf_model=hf_model.to(dtype)).save(destination, record)
     return destination
 

@@ -13,8 +13,9 @@ from pydantic import (BaseModel, ConfigDict, Field, create_model, field_validato
                       model_validator)
 from pydantic_core import PydanticCustomError
 
-from inversionview.options import (SERVER_SEARCH_EVALUATIONS, EPSILON, GRID_CANDIDATES, LAYERS, NOISE, SEED,
-                                   SERVER_CANDIDATES, SHOWN, TEMPERATURE, Range)
+from inversionview.options import (BAN_COUNT, SERVER_SEARCH_EVALUATIONS, EPSILON, GRID_CANDIDATES,
+                                   LAYERS, NOISE, SEED, SERVER_CANDIDATES, SHOWN, TEMPERATURE,
+                                   Range)
 
 MAX_INPUT_CHARACTERS = 512  # the task's own n_ctx check gives the exact limit below this
 
@@ -86,6 +87,10 @@ class QueryRequest(_Request):
     constrain: bool = Field(True, description="Draw only tokens that can lead to an input of "
                             "the task, where it has a grammar (counting, addition); false: the "
                             "paper's free sampling.")
+    ban_rare: int | None = Field(None, **BAN_COUNT.bounds, description="Never sample tokens "
+                                 "seen fewer than this many times in the language model's "
+                                 "training corpus (its stored token counts; the paper's "
+                                 "factual-recall recipe).")
 
 
 class GridRequest(_Request):

@@ -291,10 +291,19 @@ class QueryService:
         text = request.input if request.input is not None else task.example
         site = request.site if request.site is not None else default_site
         position = request.position if request.position is not None else default_position
+        banned: tuple[int, ...] = ()
+        if request.ban_rare is not None:
+            from inversionview.preimage.sample import stored_rare_tokens
+
+            if not task.free_text:
+                raise UserError("ban_rare is for language models; a toy task's vocabulary has "
+                                "no rare tokens")
+            banned = stored_rare_tokens(loaded.probed, request.ban_rare)
         config = query_config(request.candidates, request.epsilon, request.metric,
                               request.fixed_position, request.temperature, request.noise,
                               request.all, request.shown, request.search, request.constrain,
-                              None if request.noise_cosine is None else tuple(request.noise_cosine))
+                              None if request.noise_cosine is None else tuple(request.noise_cosine),
+                              banned)
         result = run_query(loaded.probed, loaded.decoder, text, site, position, config,
                            seed=request.seed, decoder_name=loaded.decoder_name, progress=report)
         record = result.to_record()

@@ -5,7 +5,7 @@
 const state = { models: {}, job: null, cancelRequested: false, record: null };
 const SAVED_KEY = "inversionview.saved";
 const QUERY_FIELDS = ["model", "input", "site", "position", "metric", "epsilon", "shown",
-                      "candidates", "temperature", "seed", "fixed"];
+                      "candidates", "temperature", "seed", "fixed", "noise_cosine", "ban_rare"];
 
 // ----- small helpers ---------------------------------------------------------------------
 
@@ -70,6 +70,7 @@ function formValues() {
     position: $("position").value, metric: $("metric").value, epsilon: $("epsilon").value,
     shown: $("shown").value, candidates: $("candidates").value,
     temperature: $("temperature").value, seed: $("seed").value, fixed: $("fixed").checked ? "1" : "",
+    noise_cosine: $("noise_cosine").value.trim(), ban_rare: $("ban_rare").value,
   };
 }
 
@@ -80,6 +81,11 @@ function queryRequest(values) {
     candidates: Number(values.candidates), seed: Number(values.seed), fixed_position: !!values.fixed,
   };
   if (values.temperature) request.temperature = Number(values.temperature);
+  if (values.noise_cosine) {  // LOW or LOW:HIGH; the server checks the numbers
+    const [low, high] = values.noise_cosine.split(":");
+    request.noise_cosine = [Number(low), Number(high === undefined ? low : high)];
+  }
+  if (values.ban_rare) request.ban_rare = Number(values.ban_rare);
   return request;
 }
 
@@ -161,7 +167,7 @@ function setForm(values) {
   const model = state.models[$("model").value];
   $("input").value = values.input || model.example;
   fillSiteAndPosition(values);
-  for (const key of ["metric", "epsilon", "shown", "candidates", "temperature", "seed"]) {
+  for (const key of ["metric", "epsilon", "shown", "candidates", "temperature", "seed", "noise_cosine", "ban_rare"]) {
     if (values[key] !== undefined && values[key] !== null) $(key).value = values[key];
   }
   $("fixed").checked = !!values.fixed;
@@ -293,7 +299,9 @@ function renderQuery(container, record, options = {}) {
   const meta = [
     el("p", { class: "meta" }, `${record.model} · decoder ${record.decoder} · site ${record.site} (${record.hook}) · `
        + `position ${record.position_label} (index ${record.position}) · ${record.metric} distance`
-       + `${record.fixed_position ? " at the query position" : ", min over positions"} · ε ${record.epsilon} · seed ${record.seed}`),
+       + `${record.fixed_position ? " at the query position" : ", min over positions"} · ε ${record.epsilon} · seed ${record.seed}`
+       + `${record.noise_cosine ? ` · noise at cosine ${record.noise_cosine.join("-")}` : ""}`
+       + `${record.banned_tokens ? ` · ${record.banned_tokens} rare tokens never drawn` : ""}`),
     el("p", { class: "meta", id: options.compact ? null : "stats" },
        `${stats.candidates} candidates, ${stats.distinct} distinct, ${stats.in_epsilon} in ε `
        + `(${(100 * stats.in_epsilon_rate).toFixed(1)} %), ${stats.in_epsilon_distinct} distinct in ε, `
