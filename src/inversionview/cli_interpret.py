@@ -21,6 +21,7 @@ def _names(value: str | None, option: str) -> list[str] | None:
 def register(app: typer.Typer) -> None:
     """Add ``summarize`` and ``interpret`` to ``app``."""
     from inversionview import options
+    from inversionview.decoder.train import attach_corpus
     from inversionview.cli import (CandidatesOpt, DecoderOpt, EpsilonOpt, ForceOpt, JsonOpt,
                                    Metric, MetricOpt, ModelArg, RawOpt, SeedOpt, TaskOpt,
                                    ThreadsOpt, _apply_threads, _emit, _query_setup)
@@ -30,6 +31,9 @@ def register(app: typer.Typer) -> None:
     PositionsOpt = Annotated[Optional[str], typer.Option(
         "--positions", help="Comma-separated named positions (default: every named position "
         "of the task).")]
+    CorpusOpt = Annotated[Optional[Path], typer.Option(
+        "--corpus", help="Free text: the texts queries are drawn from (.txt lines, .jsonl or a "
+        "datasets directory; at most 32 tokens each).")]
     QueriesOpt = Annotated[int, typer.Option(
         "--queries", help=f"Queries per (site, position) ({options.SUMMARY_QUERIES.describe()}).",
         callback=options.SUMMARY_QUERIES.callback)]
@@ -38,7 +42,7 @@ def register(app: typer.Typer) -> None:
     def summarize(
         model: ModelArg, task: TaskOpt = None, raw: RawOpt = False, decoder: DecoderOpt = None,
         sites: SitesOpt = None, positions: PositionsOpt = None, queries: QueriesOpt = 10,
-        candidates: CandidatesOpt = 256, epsilon: EpsilonOpt = 0.1,
+        corpus: CorpusOpt = None, candidates: CandidatesOpt = 256, epsilon: EpsilonOpt = 0.1,
         metric: MetricOpt = Metric.euclidean, seed: SeedOpt = 0,
         out: Annotated[Optional[Path], typer.Option(
             "--out", help="Also write the summary here: DIR/summary.json, summary.html, "
@@ -61,6 +65,7 @@ def register(app: typer.Typer) -> None:
             options.check_output_directory(out, "--out", force, marker="summary.json")
         _apply_threads(threads)
         probed, the_decoder, name, _, _, _ = _query_setup(model, task, raw, decoder, None, None, None)
+        attach_corpus(probed, None if corpus is None else str(corpus))
         config = summary_config(candidates, epsilon, metric.value)
 
         def progress(done: int, total: int, cell: str) -> None:
@@ -133,7 +138,7 @@ def register(app: typer.Typer) -> None:
                                                         "the task's).")] = None,
         queries: Annotated[int, typer.Option("--queries", help="Queries shown to the LLM (the "
                                              "paper: 5).", callback=options.SUMMARY_QUERIES.callback)] = 5,
-        candidates: CandidatesOpt = 256, epsilon: EpsilonOpt = 0.1,
+        corpus: CorpusOpt = None, candidates: CandidatesOpt = 256, epsilon: EpsilonOpt = 0.1,
         metric: MetricOpt = Metric.euclidean, seed: SeedOpt = 0,
         ask: Annotated[bool, typer.Option("--ask", help="Send the prompt to the LLM named by "
                                           "INVERSIONVIEW_LLM_URL and INVERSIONVIEW_LLM_MODEL "
@@ -164,6 +169,7 @@ def register(app: typer.Typer) -> None:
         _apply_threads(threads)
         probed, the_decoder, name, _, site, position = _query_setup(
             model, task, raw, decoder, None, site, position)
+        attach_corpus(probed, None if corpus is None else str(corpus))
         config = summary_config(candidates, epsilon, metric.value)
         texts = query_texts(probed.task, position, queries, seed)
         results = [run_query(probed, the_decoder, text, site, position, config, seed=seed + i,

@@ -165,3 +165,20 @@ def test_query_texts_only_where_the_position_exists():
                                    for t in texts)
     assert query_texts(task, "A4", 5, seed=0) == texts
     assert not math.isnan(len(query_texts(task, "F1", 3, seed=1)))
+
+
+def test_summarize_command_on_free_text_mines_tokens(tmp_path):
+    from cli_runner import invoke
+    from tiny_lms import make_tiny_text_model
+
+    model, corpus, decoder = make_tiny_text_model(tmp_path / "lm")
+    args = ["summarize", str(model), "--decoder", str(decoder), "--sites", "a0.0,m1",
+            "--queries", "2", "--candidates", "16", "--epsilon", "0.5"]
+    missing = invoke(args)
+    assert missing.exit_code == 2 and "--corpus" in missing.stderr
+    result = invoke([*args, "--corpus", str(corpus), "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["mined"] and record["positions"] == ["last"]
+    assert {row["kind"] for cell in record["cells"] for row in cell["rows"]} == {"token"}
+    assert (tmp_path / "out" / "summary.md").read_text().startswith("| site | `last` |")
