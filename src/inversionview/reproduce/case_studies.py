@@ -21,6 +21,13 @@ DLA_FAILS = 0.5
 #: An attribute moved "beyond the subject": kept by this much more of the in-ε samples than
 #: the subject itself is.
 BEYOND_SUBJECT = 0.2
+#: A head is read at a position only when at least this share of its queries had a sample
+#: in ε: one query's one sample decides nothing.
+READABLE = 0.5
+
+
+def readable(reading: dict[str, Any]) -> bool:
+    return reading["queries_with_inside"] >= max(1, READABLE * reading["queries"])
 
 
 def kept(values: dict[str, Any] | None) -> bool:
@@ -37,27 +44,34 @@ EXPECTED = {"name mover": "io", "negative name mover": "io", "s-inhibition": "s"
 
 def judge_ioi_roles(readings: list[dict[str, Any]]) -> tuple[bool, str]:
     """``readings``: per classified head, its role's expected name and the pooled agreement
-    at END (``attributes``) with ``queries_with_inside``. Passes when every head the decoder
-    can read keeps its expected name, and at least one could be read."""
-    read = [r for r in readings if r["queries_with_inside"] > 0]
+    at END (``attributes``) with ``queries`` and ``queries_with_inside``. Passes when every
+    readable head (``readable``) keeps its expected name; None (not measured) when none is."""
+    read = [r for r in readings if readable(r)]
+    unread = ", ".join(f"{r['head']} ({r['queries_with_inside']}/{r['queries']})"
+                       for r in readings if not readable(r))
     if not read:
-        return False, "the decoder found no in-ε sample for any of the heads"
+        return None, (f"the decoder is too weak at END: no head had in-ε samples in at least "
+                      f"{READABLE:.0%} of its queries ({unread})")
     keeping = [r for r in read if kept(r["attributes"].get(r["expected"]))]
     parts = [f"{r['head']} {r['expected'].upper()} {fmt(r['attributes'][r['expected']]['inside'])}/"
              f"{fmt(r['attributes'][r['expected']]['outside'])}" for r in read]
-    unread = [r["head"] for r in readings if r["queries_with_inside"] == 0]
     return len(keeping) == len(read), (
         f"{len(keeping)} of {len(read)} readable heads keep their role's name at END (in/out: "
-        f"{', '.join(parts)})" + (f"; no in-ε sample: {', '.join(unread)}" if unread else ""))
+        f"{', '.join(parts)})" + (f"; too few queries with in-ε samples: {unread}" if unread else ""))
 
 
 def judge_dla_gap(rows: list[dict[str, Any]]) -> tuple[bool, str]:
     """``rows``: per head at END, ``dla`` (the larger of the promoted / suppressed top-30
-    rates of the expected name) and ``inversionview`` (its agreement row). Passes when some
-    head's name is missed by DLA (< DLA_FAILS) and kept by the in-ε samples."""
+    rates of the expected name) and ``inversionview`` (its agreement row, None where the
+    head is not readable). Passes when some head's name is missed by DLA (< DLA_FAILS) and
+    kept by the in-ε samples; None (not measured) when no head DLA misses is readable."""
     gaps = [r for r in rows if r["dla"] < DLA_FAILS and kept(r["inversionview"])]
     described = ", ".join(f"{r['head']} DLA {r['dla']:.2f} / InversionView "
                           f"{fmt((r['inversionview'] or {}).get('inside'))}" for r in rows)
+    missed = [r for r in rows if r["dla"] < DLA_FAILS]
+    if not gaps and not any(r["inversionview"] is not None for r in missed):
+        return None, (f"no head that DLA misses could be read ({described})" if missed else
+                      f"DLA finds the name on every classified head ({described})")
     return bool(gaps), (f"{len(gaps)} head(s) where DLA misses the name and InversionView "
                         f"reads it ({described})")
 
@@ -77,17 +91,19 @@ def ioi_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed
                 role_of.setdefault(head, role)
     statement = ("The circuit's heads encode the name their role predicts: name movers the "
                  "IO name at END; S-inhibition, induction and duplicate-token heads the S name.")
-    criterion = (f"Heads classified by `ioi heads` ({n} prompts); at END each readable head's "
-                 f"in-ε samples keep the expected name (inside >= {KEEP_INSIDE}, contrast >= "
-                 f"{KEEP_CONTRAST}; {queries} queries).")
+    criterion = (f"Heads classified by `ioi heads` ({n} prompts); at END each readable head "
+                 f"(in-ε samples in >= {READABLE:.0%} of {queries} queries) keeps the expected "
+                 f"name in its in-ε samples (inside >= {KEEP_INSIDE}, contrast >= "
+                 f"{KEEP_CONTRAST}).")
     roles_claim = Claim("ioi.heads-read-their-names", "ioi", statement, criterion, label,
                         decoder_label)
     dla_claim = Claim("ioi.dla-misses-inversionview-reads", "ioi",
                       "Direct logit attribution misses the name on heads not directly "
                       "connected to the output, where InversionView still reads it (Table 4).",
                       f"Some classified head has the expected name among its 30 most promoted "
-                      f"or suppressed tokens in < {DLA_FAILS:.0%} of {dla_n} prompts, while its "
-                      "in-ε samples at END keep that name.", label, decoder_label)
+                      f"or suppressed tokens in < {DLA_FAILS:.0%} of {dla_n} prompts, while it is "
+                      f"readable at END (in-ε samples in >= {READABLE:.0%} of the queries) and "
+                      "its in-ε samples keep that name.", label, decoder_label)
     if not role_of:
         reason = "the circuit finder put no head in a role this claim reads"
         return [roles_claim.skip(reason), dla_claim.skip(reason)]
@@ -99,12 +115,13 @@ def ioi_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed
     for head, reading, baseline in zip(heads, readings, dla):
         expected = EXPECTED[role_of[head]]
         rows.append({"head": head, "role": role_of[head], "expected": expected,
+                     "queries": reading["queries"],
                      "queries_with_inside": reading["queries_with_inside"],
                      "attributes": reading["attributes"]})
         rate = max(baseline["top30_promoted"], baseline["top30_suppressed"])
         dla_rows.append({"head": head, "expected": expected, "dla": rate,
                          "inversionview": reading["attributes"].get(expected)
-                         if reading["queries_with_inside"] else None})
+                         if readable(rows[-1]) else None})
     spent = (time.perf_counter() - started) / 2
     roles_claim.seconds = dla_claim.seconds = spent
     roles_claim.decide(*judge_ioi_roles(rows), {"roles": roles, "readings": rows})
@@ -122,6 +139,8 @@ def judge_attributes_beyond_subject(rows: list[dict[str, Any]], asked_of: dict[s
     attribute that the relation asked does not ask for."""
     found = []
     for row in rows:
+        if not readable(row):
+            continue
         attributes = row["attributes"]
         subject = attributes.get("subject", {}).get("inside")
         for name, values in attributes.items():
@@ -138,11 +157,14 @@ def judge_attributes_beyond_subject(rows: list[dict[str, Any]], asked_of: dict[s
     shown = ", ".join(f"{f['head']}@{f['position']} keeps {f['attribute']} when asked "
                       f"{f['relation']} ({fmt(f['inside'])}/{fmt(f['outside'])}, subject "
                       f"{fmt(f['subject_inside'])})" for f in unasked[:4])
-    readable = sum(row["queries_with_inside"] > 0 for row in rows)
+    read = sum(readable(row) for row in rows)
+    if not read:
+        return None, (f"the decoder is too weak at these heads: no reading had in-ε samples in "
+                      f"at least {READABLE:.0%} of its queries"), found
     return bool(unasked), (f"{len(unasked)} (head, position, relation) readings move an "
                            f"attribute the relation does not ask for, beyond the subject; "
-                           f"{readable} of {len(rows)} readings had in-ε samples"
-                           + (f": {shown}" if shown else "")), found
+                           f"{read} of {len(rows)} readings had in-ε samples in at least "
+                           f"{READABLE:.0%} of their queries" + (f": {shown}" if shown else "")), found
 
 
 def factual_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed: int,

@@ -29,9 +29,12 @@ class Claim:
     seconds: float = 0.0
     reason: str = ""  # why it was not measured
 
-    def decide(self, passed: bool, figure: str, measured: dict[str, Any]) -> "Claim":
-        self.status = PASS if passed else FAIL
+    def decide(self, passed: bool | None, figure: str, measured: dict[str, Any]) -> "Claim":
+        """``passed`` None: too little evidence to decide (the figure says why)."""
+        self.status = NOT_MEASURED if passed is None else PASS if passed else FAIL
         self.figure, self.measured = figure, measured
+        if passed is None:
+            self.reason = figure
         return self
 
     def skip(self, reason: str) -> "Claim":
