@@ -54,14 +54,20 @@ def test_a_service_needs_a_model():
         QueryService([])
 
 
-def test_serve_command_starts_the_server_on_localhost():
+def test_serve_command_starts_the_server_on_localhost(tmp_path):
+    # a bundled model without a bundled decoder (another artifact root holds it) is skipped
+    from inversionview.probed import build_probed
+
+    build_probed("counting", seed=5, n_embd=16, n_head=1, n_inner=32).save(
+        tmp_path / "artifacts" / "orphan-counting", {"kind": "probed-model", "task": "counting"})
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "inversionview.cli", "serve", "counting",
                                 "--port", str(port), "--threads", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                    "INVERSIONVIEW_ARTIFACTS": str(tmp_path / "artifacts")})
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -72,16 +78,18 @@ def test_serve_command_starts_the_server_on_localhost():
                 assert process.poll() is None, process.stdout.read()
                 assert time.monotonic() < deadline, "the server did not answer in 60 s"
                 time.sleep(0.2)
-        assert [m["name"] for m in models] == ["counting", "addition", "lm-ioi", "lm-kjv"]
+        assert [m["name"] for m in models] == ["counting", "addition", "lm-factual", "lm-ioi",
+                                               "lm-kjv"]
         record = httpx.post(f"http://127.0.0.1:{port}/api/query", timeout=60,
                             json={"model": "counting", "candidates": 32}).json()
         assert record["site"] == "a1.0"
     finally:
         process.terminate()
         output = process.communicate(timeout=20)[0]
-    assert f"serving counting, addition, lm-ioi, lm-kjv at http://127.0.0.1:{port}" in output
+    assert (f"serving counting, addition, lm-factual, lm-ioi, lm-kjv at http://127.0.0.1:{port}"
+            in output)
     # a bundled model without a bundled decoder is skipped with the reason
-    assert "skipping bundled model lm-factual: no bundled decoder" in output
+    assert "skipping bundled model orphan-counting: no bundled decoder" in output
 
 
 @pytest.mark.parametrize("arguments, message", [
