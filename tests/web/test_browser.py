@@ -257,3 +257,19 @@ def test_a_language_model_input_is_shown_as_its_tokens_and_a_click_picks_the_pos
     page.wait_for_selector("#input-tokens .problem")
     assert "context holds at most 64" in page.inner_text("#input-tokens")
     screenshot(page, "query-text-tokens")
+
+
+def test_cosine_noise_and_ban_rare_fields(page):
+    """The factual-recall options on the page: the cosine noise reaches the query (the meta
+    line says so, the URL keeps it) and ban rare on a toy model shows the server's reason."""
+    page.select_option("#model", "counting")
+    page.fill("#input", "Bvvzccvczvvvzvcvc|v:8E")
+    run_query(page, candidates=64, noise_cosine="0.8:0.9")
+    assert "noise at cosine 0.8-0.9" in page.inner_text("#result")
+    assert "noise_cosine=0.8%3A0.9" in page.url
+    page.fill("#noise_cosine", "")
+    page.fill("#ban_rare", "3")
+    page.click("#run")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "for language models" in page.inner_text("#error")
+    page.fill("#ban_rare", "")
