@@ -103,3 +103,13 @@ def test_mistakes_are_one_line_user_errors(counting, tiny_lm):
         with pytest.raises(UserError, match=message) as error:
             call()
         assert "\n" not in str(error.value)
+
+
+def test_summarize_in_a_notebook(counting):
+    summary = counting.summarize(["a1.0"], [":"], queries=2, candidates=32)
+    assert [(c.site, c.position) for c in summary.cells] == [("a1.0", ":")]
+    assert "a1.0" in str(summary) and "kept" in str(summary)
+    html = summary._repr_html_()
+    assert html.startswith("<h1>") and "<table>" in html
+    assert summary.to_record() == counting.summarize(["a1.0"], [":"], queries=2,
+                                                     candidates=32).to_record()

@@ -27,6 +27,7 @@ from inversionview.errors import UserError
 if TYPE_CHECKING:
     import pandas
 
+    from inversionview.interpret.summary import Summary
     from inversionview.preimage.result import PreimageResult
     from inversionview.verify.patching import PatchingReport
 
@@ -127,6 +128,18 @@ class InversionView:
         if verify:
             result.verification = self.verify(result)
         return result
+
+    def summarize(self, sites: list[str] | None = None, positions: list[str] | None = None,
+                  *, queries: int = 10, candidates: int = 256, epsilon: float = 0.1,
+                  metric: str = "euclidean", seed: int = 0) -> "Summary":
+        """What the in-ε samples of ``queries`` queries keep, per site and position (default:
+        every site and named position); renders as a table in a notebook, ``str()`` in a
+        terminal, ``.to_record()`` as JSON (``inversionview summarize``)."""
+        from inversionview.interpret.summary import summarize, summary_config
+
+        return summarize(self.model, self.decoder, sites, positions, queries, seed,
+                         summary_config(candidates, epsilon, metric), model_name=self.name,
+                         decoder_name=self.decoder_name)
 
     def verify(self, result: PreimageResult, per_side: int = 5) -> dict[str, Any]:
         """Patch the query's activation with the nearest in-ε and out-of-ε samples' and

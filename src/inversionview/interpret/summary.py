@@ -110,6 +110,13 @@ class Summary:
                    record["positions"], record["queries"], record["seed"], record["settings"],
                    record["mined"], cells)
 
+    def __str__(self) -> str:
+        return terminal_table(self)
+
+    def _repr_html_(self) -> str:  # a notebook shows the table
+        page = html_table(self)
+        return page[page.index("<h1>"):page.index("</body>")]
+
     def cell(self, site: str, position: str) -> Cell | None:
         return next((c for c in self.cells if c.site == site and c.position == position), None)
 
