@@ -238,7 +238,9 @@ def summarize(model, decoder, sites: Sequence[str] | None = None,
               config=None, model_name: str = "<memory>", decoder_name: str = "<memory>",
               progress: Callable[[int, int, str], None] | None = None) -> Summary:
     """The summary over ``sites`` x ``positions`` (default: every site of the decoder and
-    every named position of the task), ``queries`` inputs per cell drawn with ``seed``."""
+    every named position of the task), ``queries`` inputs per cell: the inputs of the k-th
+    position are drawn with ``seed + 1000 k`` and shared by its sites, and query i runs with
+    ``seed + i``, so the same arguments give the same summary."""
     from inversionview import options
 
     task = model.task
