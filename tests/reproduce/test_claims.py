@@ -144,7 +144,7 @@ def test_reproduce_bad_input(tmp_path, argv, message):
     assert message in (result.stderr + result.stdout)
 
 
-def test_case_study_claims_run_on_tiny_models(ioi_lm_dir, factual_lm_dir):
+def test_case_study_claims_run_on_tiny_models(ioi_lm_dir, factual_lm_dir, tmp_path):
     """The IOI and factual claims end to end on tiny random models with untrained decoders:
     every claim comes back decided or not measured, with its figure or its reason."""
     from inversionview.decoder.train import build_decoder
@@ -154,7 +154,8 @@ def test_case_study_claims_run_on_tiny_models(ioi_lm_dir, factual_lm_dir):
     tiny = dict(d_model=32, n_heads=2, d_mlp=64, n_condition_blocks=2)
     ioi = load_probed(ioi_lm_dir)
     claims = ioi_claims(ioi, build_decoder(ioi, 0, **tiny).eval(), "tiny ioi", "untrained",
-                        quick=True, seed=0, candidates=16)
+                        quick=True, seed=0, candidates=16, out=tmp_path)
+    assert (tmp_path / "ioi-heads.png").read_bytes()[:4] == b"\x89PNG"
     assert [c.id for c in claims] == ["ioi.heads-read-their-names",
                                       "ioi.dla-misses-inversionview-reads"]
     for claim in claims:
@@ -164,7 +165,7 @@ def test_case_study_claims_run_on_tiny_models(ioi_lm_dir, factual_lm_dir):
     factual = load_probed(factual_lm_dir)
     decoder = build_decoder(factual, 0, **tiny).eval()
     [claim] = factual_claims(factual, decoder, "tiny factual", "untrained", quick=True, seed=0,
-                             heads=["a1.0"], candidates=16)
+                             heads=["a1.0"], candidates=16, out=tmp_path)
     assert claim.id == "factual.heads-move-attributes"
     assert claim.status in ("pass", "fail", "not measured")
     readings = claim.measured["readings"]

@@ -77,13 +77,20 @@ def judge_dla_gap(rows: list[dict[str, Any]]) -> tuple[bool, str]:
 
 
 def ioi_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed: int,
-               candidates: int = 256) -> list[Claim]:
+               candidates: int = 256, out=None) -> list[Claim]:
     from inversionview.ioi.circuit import classify, head_scores
     from inversionview.ioi.readings import dla_table, read_heads
 
     n, queries, dla_n = (100, 6, 300) if quick else (200, 20, 1000)
     started = time.perf_counter()
-    roles = classify(head_scores(model, n, seed)["heads"])
+    scores = head_scores(model, n, seed)
+    roles = classify(scores["heads"])
+    plot = None
+    if out is not None:
+        from inversionview.ioi.plot import plot_heads
+
+        plot_heads(scores, out / "ioi-heads.png", "every head's IOI scores")
+        plot = "ioi-heads.png"
     role_of: dict[str, str] = {}
     for role, heads in roles.items():
         for head in heads:
@@ -96,14 +103,14 @@ def ioi_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed
                  f"name in its in-ε samples (inside >= {KEEP_INSIDE}, contrast >= "
                  f"{KEEP_CONTRAST}).")
     roles_claim = Claim("ioi.heads-read-their-names", "ioi", statement, criterion, label,
-                        decoder_label)
+                        decoder_label, plot=plot)
     dla_claim = Claim("ioi.dla-misses-inversionview-reads", "ioi",
                       "Direct logit attribution misses the name on heads not directly "
                       "connected to the output, where InversionView still reads it (Table 4).",
                       f"Some classified head has the expected name among its 30 most promoted "
                       f"or suppressed tokens in < {DLA_FAILS:.0%} of {dla_n} prompts, while it is "
                       f"readable at END (in-ε samples in >= {READABLE:.0%} of the queries) and "
-                      "its in-ε samples keep that name.", label, decoder_label)
+                      "its in-ε samples keep that name.", label, decoder_label, plot=plot)
     if not role_of:
         reason = "the circuit finder put no head in a role this claim reads"
         return [roles_claim.skip(reason), dla_claim.skip(reason)]
@@ -168,7 +175,8 @@ def judge_attributes_beyond_subject(rows: list[dict[str, Any]], asked_of: dict[s
 
 
 def factual_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed: int,
-                   heads: list[str] | None = None, candidates: int = 256) -> list[Claim]:
+                   heads: list[str] | None = None, candidates: int = 256, out=None
+                   ) -> list[Claim]:
     from inversionview.factual.evaluate import factual_task
     from inversionview.factual.heads import attribution_heads
     from inversionview.factual.knowledge import RELATIONS
@@ -177,12 +185,19 @@ def factual_claims(model, decoder, label: str, decoder_label: str, quick: bool, 
     top, queries = (3, 4) if quick else (6, 10)
     started = time.perf_counter()
     task = factual_task(model)
+    plot = None
     if heads is None:
         import random
 
         prompts = task.knowledge.prompts("eval")
         prompts = random.Random(seed).sample(prompts, min(len(prompts), 300 if quick else 1000))
-        heads = attribution_heads(model, prompts)["kept"][:top]
+        table = attribution_heads(model, prompts)
+        heads = table["kept"][:top]
+        if out is not None:
+            from inversionview.factual.heads import plot_attribution
+
+            plot_attribution(table, out / "factual-heads.png", "head attribution at END")
+            plot = "factual-heads.png"
     rows = read_factual(model, decoder, heads, queries=queries, seed=seed,
                         candidates=candidates)
     asked_of = {name: relation.attribute for name, relation in RELATIONS.items()}
@@ -194,7 +209,7 @@ def factual_claims(model, decoder, label: str, decoder_label: str, quick: bool, 
                   f"0.25, noise at cosine 0.75-0.9): some reading keeps an attribute the "
                   f"relation does not ask for (inside >= {KEEP_INSIDE}, contrast >= "
                   f"{KEEP_CONTRAST}) in at least {BEYOND_SUBJECT} more of the in-ε samples "
-                  "than keep the subject itself.", label, decoder_label,
+                  "than keep the subject itself.", label, decoder_label, plot=plot,
                   seconds=time.perf_counter() - started)
     passed, figure, found = judge_attributes_beyond_subject(rows, asked_of)
     return [claim.decide(passed, figure, {"heads": heads, "found": found, "readings": rows})]

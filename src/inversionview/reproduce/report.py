@@ -77,15 +77,16 @@ def reproduce(out: Path, quick: bool = False, seed: int = 0, authors: Path | Non
                     found, summary = addition_claims(model, decoder, label, decoder_label, quick,
                                                      seed, out)
                     found.append(completeness_claim(model, decoder, label, decoder_label, quick,
-                                                    seed))
+                                                    seed, out))
                 summaries[study] = summary.to_record()
             elif study == "ioi":
                 model, decoder, decoder_label = _load(ioi_model, "ioi")
-                found = ioi_claims(model, decoder, _lm_label(ioi_model), decoder_label, quick, seed)
+                found = ioi_claims(model, decoder, _lm_label(ioi_model), decoder_label, quick, seed,
+                                   out=out)
             else:
                 model, decoder, decoder_label = _load(factual_model, "factual")
                 found = factual_claims(model, decoder, _lm_label(factual_model), decoder_label,
-                                       quick, seed)
+                                       quick, seed, out=out)
         except UserError as error:
             problems[study] = str(error)
             say(f"{study}: not run ({error})")

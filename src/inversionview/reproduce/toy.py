@@ -109,7 +109,7 @@ def counting_claims(model, decoder, label: str, decoder_label: str, quick: bool,
     experiment = PatchingExperiment(model, pairs)
     components = parse_components(model, "a0.0@query,a1.0@:")
     report = experiment.cumulative(components)
-    plot_patching(report, out / "counting-patching.png", title=f"{label}: flip the count")
+    plot_patching(report, out / "counting-patching.png", title="flip the count: cumulative patching")
     full = report.contrast_ld - report.original_ld
     first_alone = report.steps[0].effect
     second_alone = report.steps_right_to_left[0].effect
@@ -214,13 +214,16 @@ def addition_claims(model, decoder, label: str, decoder_label: str, quick: bool,
     effect = (experiment.patched_ld(parse_components(model, others))
               - experiment.original_ld).mean().item()
     others_share = fraction(effect, shares["F1,S1"]["full"]) or 0.0
+    _plot_shares(shares, heads, out / "addition-routing.png",
+                 "each layer-0 head at '=' patched alone (target A1)")
     claim = Claim("addition.layer0-heads-route-digits", "addition",
                   "Layer-0 heads at '=' route the hundreds digits (F1, S1) and, in another head, "
                   "the tens digits (F2, S2).",
                   f"Patching each layer-0 head at '=' on {n_pairs} resample pairs (target A1): "
                   f"one head carries >= {ROUTES:.0%} of the tens effect and <= {NOT_ROUTED:.0%} "
                   f"of the hundreds effect; the other heads together >= {ROUTES:.0%} of the "
-                  "hundreds effect.", label, seconds=time.perf_counter() - started)
+                  "hundreds effect.", label, plot="addition-routing.png",
+                  seconds=time.perf_counter() - started)
     claims.append(claim.decide(*judge_routing(tens, shares["F1,S1"][tens_head], others_share),
                                {"shares": shares, "tens_head": tens_head,
                                 "hundreds_of_other_heads": others_share}))
@@ -263,13 +266,32 @@ def addition_claims(model, decoder, label: str, decoder_label: str, quick: bool,
     return claims, summary
 
 
-def completeness_claim(model, decoder, label: str, decoder_label: str, quick: bool, seed: int
-                       ) -> Claim:
+def _plot_shares(shares: dict, heads: list[str], path: Path, title: str) -> Path:
+    """Bars: each head's share alone of the hundreds' and of the tens' patching effect."""
+    from inversionview.figures import pyplot, save_figure
+
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6, 3.2))
+    width = 0.38
+    for offset, (places, name) in enumerate((("F1,S1", "hundreds (F1, S1)"),
+                                             ("F2,S2", "tens (F2, S2)"))):
+        axis.bar([i + (offset - 0.5) * width for i in range(len(heads))],
+                 [shares[places][h] for h in heads], width, label=name)
+    axis.set_xticks(range(len(heads)), heads)
+    axis.set_ylabel("share of the contrast run's effect")
+    axis.axhline(0, color="grey", linewidth=0.5)
+    axis.legend(fontsize=8)
+    axis.set_title(title, fontsize=8)
+    return save_figure(figure, path)
+
+
+def completeness_claim(model, decoder, label: str, decoder_label: str, quick: bool, seed: int,
+                       out: Path | None = None) -> Claim:
     """The decoder alone (no search, the paper's sampler) against the exact preimage of
     random (query, site, position) triples over all 810,000 inputs."""
     import torch
 
-    from inversionview.preimage.exact import completeness
+    from inversionview.preimage.exact import completeness, plot_completeness
     from inversionview.preimage.query import QueryConfig
 
     n = 3 if quick else 8
@@ -281,6 +303,7 @@ def completeness_claim(model, decoder, label: str, decoder_label: str, quick: bo
     universe = model.task.enumerate_tokens()
     config = QueryConfig(candidates=1024, search=0)
     triples, recalls, sizes = [], [], []
+    smallest = None  # the triple with the smallest preimage: the scatter plot's
     for number, text in enumerate(texts):
         site = sites[int(torch.randint(len(sites), (1,), generator=generator))]
         position = positions[int(torch.randint(len(positions), (1,), generator=generator))]
@@ -293,12 +316,20 @@ def completeness_claim(model, decoder, label: str, decoder_label: str, quick: bo
         if report.recall_at_budget is not None:
             recalls.append(report.recall_at_budget)
             sizes.append(report.true_in_epsilon)
+            if smallest is None or report.true_in_epsilon < smallest.true_in_epsilon:
+                smallest = report
+    plot = None
+    if out is not None and smallest is not None:
+        plot_completeness(smallest, model, decoder, universe, out / "addition-completeness.png",
+                          seed=seed)
+        plot = "addition-completeness.png"
     claim = Claim("addition.completeness", "addition",
                   "The decoder gives every input of the ε-preimage a high probability: sampling "
                   "finds the preimage (the paper's completeness check, Fig. 7).",
                   f"On {n} random (query, site, position) triples, the decoder alone (1,024 "
                   f"draws, no search) finds a median >= {RECALL} of the exact in-ε inputs its "
-                  "budget could find (all 810,000 inputs scored).", label, decoder_label,
+                  "budget could find (all 810,000 inputs scored); the plot: the triple with the "
+                  "smallest preimage.", label, decoder_label, plot=plot,
                   seconds=time.perf_counter() - started)
     return claim.decide(*judge_completeness(recalls, sizes), {"triples": triples})
 
