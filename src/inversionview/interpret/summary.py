@@ -366,8 +366,11 @@ def plot_summary(summary: Summary, path: Path) -> Path:
     axis.set_xticks(range(len(summary.positions)), summary.positions)
     axis.set_yticks(range(len(summary.sites)), summary.sites)
     axis.set_xlabel("query position")
-    axis.set_title(f"{summary.model} (decoder {summary.decoder}): what the in-ε samples keep, "
-                   f"{summary.queries} queries per cell", fontsize=8)
+    import textwrap
+
+    title = (f"{summary.model} (decoder {summary.decoder}): what the in-ε samples keep, "
+             f"{summary.queries} queries per cell")
+    axis.set_title(textwrap.fill(title, int(12 * width)), fontsize=8)
     figure.colorbar(image, ax=axis, label="strongest contrast (in-ε - out-of-ε)")
     figure.tight_layout()
     path = Path(path)
