@@ -1,5 +1,5 @@
-"""``inversionview summarize`` and ``inversionview interpret``: what every site encodes, read
-from many queries (issue 17, items 2 and 3)."""
+"""``inversionview summarize``, ``interpret`` and ``reproduce``: what every site encodes,
+read from many queries, and the paper's findings as checks (issue 17)."""
 
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,9 +19,8 @@ def _names(value: str | None, option: str) -> list[str] | None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``summarize`` and ``interpret`` to ``app``."""
+    """Add ``summarize``, ``interpret`` and ``reproduce`` to ``app``."""
     from inversionview import options
-    from inversionview.decoder.train import attach_corpus
     from inversionview.cli import (CandidatesOpt, DecoderOpt, EpsilonOpt, ForceOpt, JsonOpt,
                                    Metric, MetricOpt, ModelArg, RawOpt, SeedOpt, TaskOpt,
                                    ThreadsOpt, _apply_threads, _emit, _query_setup)
@@ -57,6 +56,7 @@ def register(app: typer.Typer) -> None:
         import sys
 
         from inversionview.artifacts import shown_name
+        from inversionview.decoder.train import attach_corpus
         from inversionview.interpret.summary import (html_table, markdown_table, plot_summary,
                                                      summarize as run, summary_config,
                                                      terminal_table)
@@ -157,6 +157,7 @@ def register(app: typer.Typer) -> None:
         import json
 
         from inversionview.artifacts import shown_name
+        from inversionview.decoder.train import attach_corpus
         from inversionview.interpret.features import task_features
         from inversionview.interpret.llm import Endpoint, ask as send, build_messages
         from inversionview.interpret.summary import (cell_from_results, query_texts,
