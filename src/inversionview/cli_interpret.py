@@ -159,7 +159,7 @@ def register(app: typer.Typer) -> None:
         from inversionview.artifacts import shown_name
         from inversionview.decoder.train import attach_corpus
         from inversionview.interpret.features import task_features
-        from inversionview.interpret.llm import Endpoint, ask as send, build_messages
+        from inversionview.interpret.llm import Endpoint, LLMError, ask as send, build_messages
         from inversionview.interpret.summary import (cell_from_results, query_texts,
                                                      summary_config)
         from inversionview.preimage.query import run_query
@@ -195,9 +195,9 @@ def register(app: typer.Typer) -> None:
         if endpoint is not None:
             try:
                 reply = send(endpoint, messages)
-            except Exception as error:
+            except LLMError as error:
                 if out is not None:
-                    raise type(error)(f"{error} (the summary and the prompt are in "
+                    raise LLMError(f"{error} (the summary and the prompt are in "
                                       f"{out}/interpretation.json)") from None
                 raise
             record["llm"] = {"url": endpoint.url, "model": endpoint.model,

@@ -16,7 +16,7 @@ the cell names its kept features, the strongest first, with the number of querie
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -129,18 +129,13 @@ class Summary:
                 "cells": [cell.to_dict() for cell in self.cells]}
 
 
-def summary_config(candidates: int = 256, epsilon: float | None = None,
-                   metric: str | None = None, **overrides):
+def summary_config(candidates: int = 256, epsilon: float = 0.1, metric: str = "euclidean"):
     """The query settings of a summary: the decoder's draws only (no local search), every
     distinct candidate kept."""
     from inversionview.preimage.query import QueryConfig
 
-    config = QueryConfig(candidates=candidates, search=0, all_samples=True, **overrides)
-    if epsilon is not None:
-        config = replace(config, epsilon=epsilon)
-    if metric is not None:
-        config = replace(config, metric=metric)
-    return config
+    return QueryConfig(candidates=candidates, epsilon=epsilon, metric=metric, search=0,
+                       all_samples=True)
 
 
 def query_texts(task, position: str, n: int, seed: int) -> list[str]:
@@ -278,10 +273,6 @@ def summarize(model, decoder, sites: Sequence[str] | None = None,
 # ----- views ------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None) -> str:
-    return "  -  " if value is None else f"{value:.2f}"
-
-
 def terminal_table(summary: Summary, per_cell: int = 3) -> str:
     """One line per (site, position): the kept features, strongest first, with their inside
     and outside rates and the queries behind the cell."""
@@ -341,12 +332,13 @@ def plot_summary(summary: Summary, path: Path) -> Path:
     """A heat map: sites down, positions across, each cell coloured by its strongest
     contrast (in-ε minus out-of-ε keeping) and labelled with its top kept features and the
     number of queries behind it."""
-    import matplotlib
+    import textwrap
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    from inversionview.figures import pyplot, save_figure
+
+    plt = pyplot()
     grid = np.full((len(summary.sites), len(summary.positions)), np.nan)
     width = max(6.0, 1.35 * len(summary.positions) + 1.5)
     figure, axis = plt.subplots(figsize=(width, 0.62 * len(summary.sites) + 1.6))
@@ -366,17 +358,11 @@ def plot_summary(summary: Summary, path: Path) -> Path:
     axis.set_xticks(range(len(summary.positions)), summary.positions)
     axis.set_yticks(range(len(summary.sites)), summary.sites)
     axis.set_xlabel("query position")
-    import textwrap
-
     title = (f"{summary.model} (decoder {summary.decoder}): what the in-ε samples keep, "
              f"{summary.queries} queries per cell")
     axis.set_title(textwrap.fill(title, int(12 * width)), fontsize=8)
     figure.colorbar(image, ax=axis, label="strongest contrast (in-ε - out-of-ε)")
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=130)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=130)
 
 
 def html_table(summary: Summary, image: str | None = None) -> str:

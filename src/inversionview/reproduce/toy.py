@@ -297,7 +297,7 @@ def completeness_claim(model, decoder, label: str, decoder_label: str, quick: bo
     n = 3 if quick else 8
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    sites = [s for s in decoder.site_names]
+    sites = list(decoder.site_names)
     positions = [p for p in model.task.position_names if p != "A4"]
     texts = model.task.sample(n, seed=seed)
     universe = model.task.enumerate_tokens()
