@@ -25,13 +25,12 @@ STUDIES = ("counting", "addition", "ioi", "factual")
 
 
 def _load(model: str, task: str | None):
-    from inversionview.artifacts import shown_name
-    from inversionview.decoder.store import decoder_for
-    from inversionview.probed import load_probed
+    """(probed model, its bundled decoder, the decoder's shown name), as the notebook API
+    loads them."""
+    from inversionview.api import InversionView
 
-    probed = load_probed(model, task)
-    decoder, directory = decoder_for(probed, model, None)
-    return probed, decoder, shown_name(str(directory))
+    loaded = InversionView(model, task=task)
+    return loaded.model, loaded.decoder, loaded.decoder_name
 
 
 def _toy_source(authors: Path | None, task: str) -> tuple[str, str]:
