@@ -1,7 +1,7 @@
 """The IOI case study measured end to end on one model (issue 15; docs/ioi.md cites it).
 
     python bench/ioi.py MODEL [--decoder DIR] [--eval-n 1000] [--heads-n 200] [--queries 20]
-                              [--dla-n 1000] [--patching activation] [--skip-readings]
+                              [--dla-n 1000] [--edit-n 200] [--patching activation] [--skip-readings]
                               [--extra-heads a0.1]
 
 1. IOI accuracy and logit difference on held-out templates (and on the train templates);
@@ -9,7 +9,8 @@
    (bench/results/ioi-<name>-heads.png);
 3. for every head in a role, InversionView readings at S1+1, S2 and END (in-ε agreement of
    IO, S, order, positions, template, pooled over --queries prompts) beside the DLA baseline
-   (the paper's Table 4) on --dla-n prompts.
+   (the paper's Table 4) on --dla-n prompts, and the one-attribute edits of --edit-n prompts
+   (how far each head's output moves when one attribute changes; no decoder).
 
 Writes bench/results/ioi-<name>.json with the machine, the commit, the command and seconds.
 """
@@ -28,7 +29,7 @@ from inversionview import provenance
 from inversionview.decoder.store import decoder_for
 from inversionview.ioi.circuit import ROLE_RULES, classify, evaluate_ioi, head_scores
 from inversionview.ioi.plot import plot_heads
-from inversionview.ioi.readings import READ_POSITIONS, dla_table, read_heads
+from inversionview.ioi.readings import READ_POSITIONS, dla_table, edit_table, read_heads
 from inversionview.probed import load_probed
 
 RESULTS = Path(__file__).parent / "results"
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--candidates", type=int, default=256)
     parser.add_argument("--dla-n", type=int, default=1000)
+    parser.add_argument("--edit-n", type=int, default=200)
     parser.add_argument("--patching", default="activation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -98,6 +100,9 @@ def main() -> None:
                                            "io" if "name mover" in role_of[head] else "s")
                                           for head, position in targets], args.dla_n, args.seed)
         record["seconds"]["dla"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        record["edits"] = edit_table(model, targets, args.edit_n, args.seed)
+        record["seconds"]["edits"] = round(time.perf_counter() - started, 1)
         record["roles_by_head"] = role_of
     path = RESULTS / f"ioi-{name}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")

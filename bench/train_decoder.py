@@ -54,6 +54,9 @@ VARIANTS: dict[str, dict] = {
     # lr 1e-3 lost half the in-ε rate in 5 minutes and had not regained it after 15; a
     # lower peak keeps what the decoder had.
     "fast-lr3e-4": dict(preset="fast", lr=3e-4),
+    # Round 5: a trained decoder continued with its weak sites drawn more often (the
+    # rebalance of round 4 could not act while every site but x0.pre was near 0).
+    "fast-lr3e-4+rebalance3": dict(preset="fast", lr=3e-4, rebalance=3.0),
 }
 
 

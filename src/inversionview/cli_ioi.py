@@ -138,16 +138,21 @@ def register(app: typer.Typer) -> None:
                                            callback=options.PAIRS.callback)] = 1000,
         n: Annotated[int, typer.Option("--n", help="Prompts for finding the heads.",
                                        callback=options.PAIRS.callback)] = 200,
+        edit_n: Annotated[int, typer.Option(
+            "--edit-n", help="Prompts for the one-attribute edits (no decoder).",
+            callback=options.PAIRS.callback)] = 200,
         seed: SeedOpt = 0,
         threads: ThreadsOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Read the circuit's heads at S1+1, S2 and END with InversionView (which attributes
         of the query the in-epsilon samples keep) beside the DLA baseline (the paper's
-        Table 4: is the expected name among the 30 tokens the head promotes or suppresses)."""
+        Table 4: is the expected name among the 30 tokens the head promotes or suppresses)
+        and one-attribute edits (how far the head's output moves when one attribute of the
+        prompt changes: what its epsilon-preimage must keep, measured without the decoder)."""
         from inversionview.decoder.store import decoder_for
         from inversionview.ioi.circuit import classify, head_scores
-        from inversionview.ioi.readings import READ_POSITIONS, dla_table, read_heads
+        from inversionview.ioi.readings import READ_POSITIONS, dla_table, edit_table, read_heads
 
         _apply_threads(threads)
         probed = _load(model, "ioi")
@@ -168,7 +173,9 @@ def register(app: typer.Typer) -> None:
         readings = read_heads(probed, trained, targets, queries, seed, candidates)
         dla = dla_table(probed, [(head, position, "io" if "name mover" in roles[head] else "s")
                                  for head, position in targets], dla_n, seed)
-        record = {"model": model, "roles": roles, "readings": readings, "dla": dla}
+        edits = edit_table(probed, targets, edit_n, seed)
+        record = {"model": model, "roles": roles, "readings": readings, "dla": dla,
+                  "edits": edits}
         _emit(record, as_json, format_readings(record))
 
     app.add_typer(ioi_app, name="ioi")
@@ -201,6 +208,26 @@ def format_readings(record) -> str:
         lines.append(f"{row['site'] + '@' + row['position']:16} {row['expected']:>4} "
                      f"{row['top30_promoted']:>9.2f} {row['top30_promoted_first_name']:>8.2f} "
                      f"{row['top30_suppressed']:>10.2f} {row['top30_suppressed_first_name']:>8.2f}")
+    if record.get("edits"):
+        lines += ["", format_edits(record["edits"])]
+    return "\n".join(lines)
+
+
+def format_edits(rows) -> str:
+    """Per head and position: each one-attribute edit's median distance (and the fraction
+    of edits within epsilon in parentheses)."""
+    from inversionview.ioi.readings import EDITS
+
+    first = rows[0]
+    lines = [f"One-attribute edits on {first['n']} prompts (no decoder): median normalised "
+             f"distance of the edited prompt's activation (fraction within epsilon "
+             f"{first['epsilon']:g} in parentheses); an edit that stays within epsilon does not "
+             f"matter to the activation", "",
+             f"{'head@position':16} " + " ".join(f"{kind:>13}" for kind in EDITS)]
+    for row in rows:
+        lines.append(f"{row['site'] + '@' + row['position']:16} " + " ".join(
+            f"{row['edits'][kind]['median']:>6.2f} ({row['edits'][kind]['inside']:.2f})"
+            for kind in EDITS))
     return "\n".join(lines)
 
 

@@ -71,8 +71,14 @@ def test_read_refuses_sites_that_are_not_heads(ioi_lm_dir, tmp_path):
     base = ["ioi", "read", str(ioi_lm_dir), "--decoder", str(tmp_path / "decoder")]
     refused(base + ["--heads", "x0.pre"], "--heads takes heads such as a3.1, not 'x0.pre'")
     refused(base + ["--heads", "a7.0"], "site 'a7.0' is not a site of this model")
-    shown = ok(base + ["--heads", "a1.0", "--queries", "1", "--candidates", "8", "--dla-n", "5"])
+    shown = ok(base + ["--heads", "a1.0", "--queries", "1", "--candidates", "8", "--dla-n", "5",
+                       "--edit-n", "4"])
     assert "a1.0@S2" in shown and "DLA (paper's Table 4)" in shown
+    assert "One-attribute edits on 4 prompts" in shown
+    record = json.loads(ok(base + ["--heads", "a1.0", "--queries", "1", "--candidates", "8",
+                                   "--dla-n", "5", "--edit-n", "4", "--json"]))
+    assert [(row["site"], row["position"]) for row in record["edits"]] == [
+        ("a1.0", "S1+1"), ("a1.0", "S2"), ("a1.0", "END")]
 
 
 def test_patch_draws_ioi_pairs_itself(ioi_lm_dir):

@@ -222,6 +222,24 @@ def test_dla_table_reads_what_the_copying_head_writes(constructed):
     assert silent["top30_promoted_first_name"] < 0.2  # writes nothing: no name stands out
 
 
+def test_edit_table_finds_what_the_previous_token_head_writes(constructed):
+    """a0.0 writes the identity of the token before its position: at S1+1 that is S (S1), so
+    an edit of S moves its output there (two random unit tokens: distance about 1.4) and an
+    edit of IO, the object or the place does not."""
+    from inversionview.ioi.readings import EDITS, edit_table
+
+    rows = edit_table(constructed, [("a0.0", "S1+1"), ("a1.1", "END")], n=12, seed=3)
+    previous, copying = rows
+    assert (previous["site"], previous["position"], previous["n"]) == ("a0.0", "S1+1", 12)
+    assert set(previous["edits"]) == set(EDITS)
+    assert previous["edits"]["s"]["median"] > 0.8 and previous["edits"]["s"]["inside"] == 0
+    for kind in ("io", "object", "place"):
+        assert previous["edits"][kind]["median"] < 0.01 and previous["edits"][kind]["inside"] == 1
+    # a1.1 copies every token of the prompt at END: every name edit moves it
+    assert copying["edits"]["io"]["inside"] < 0.5 and copying["edits"]["s"]["inside"] < 0.5
+    assert rows == edit_table(constructed, [("a0.0", "S1+1"), ("a1.1", "END")], n=12, seed=3)
+
+
 def test_read_heads_is_seeded_and_counts_its_samples(tmp_path):
     from tiny_lms import make_ioi_lm
 

@@ -79,7 +79,11 @@ def test_ioi_roles_and_dla_gap():
     wrong = {**readable, "expected": "s"}
     assert judge_ioi_roles([readable, wrong])[0] is False
     passed, figure = judge_ioi_roles([unread, thin])
-    assert passed is None and "too weak" in figure
+    assert passed is None and "no head had in-ε samples" in figure
+    # an unreadable head's edits say why: every name edit leaves ε
+    edits = {"io": {"median": 0.8, "inside": 0.0}, "s": {"median": 0.5, "inside": 0.02}}
+    passed, figure = judge_ioi_roles([{**unread, "edits": edits}])
+    assert passed is None and "a2.3 (0/6; IO / S edits within ε 0.00 / 0.02)" in figure
     assert judge_dla_gap([{"head": "a1.2", "dla": 0.1, "inversionview": row(0.9, 0.2)}])[0]
     assert judge_dla_gap([{"head": "a1.2", "dla": 0.1, "inversionview": row(0.3, 0.2)}])[0] is False
     assert judge_dla_gap([{"head": "a1.2", "dla": 0.9, "inversionview": row(0.9, 0.2)}])[0] is None

@@ -1,6 +1,7 @@
 """What the IOI circuit's heads encode, read two ways (issue 15, item 5; method.md §10).
 
     rows = read_heads(model, decoder, [("a3.1", "END"), ("a1.2", "S2")], queries=20)
+    edits = edit_table(model, [("a2.0", "END")], n=200)
     table = dla_table(model, [("a3.1", "END", "io"), ("a1.2", "S2", "s")], n=1000)
 
 ``read_heads`` runs InversionView queries on seeded IOI prompts and pools, over the queries,
@@ -8,6 +9,14 @@ how often the in-ε samples (the decoder's draws, as the paper) keep each attrib
 query (IO name, S name, order, the names' positions, template) against how often the
 out-of-ε samples do: an attribute the activation encodes is kept inside far more than
 outside.
+
+``edit_table`` needs no decoder: it edits each of ``n`` prompts in one attribute at a time
+(another IO name, another S name, the other order, another place, object or template) and
+measures how far the head's output at the position moves (normalised distance, as a query's):
+an attribute whose edit stays within ε does not matter to the activation; one whose edit
+moves it far is part of what the ε-preimage must keep. It says why a head can have no in-ε
+samples: when every name edit moves it past ε, its preimage within the IOI prompts is the
+prompts with both names of the query, about one in names² of them.
 
 ``dla_table`` is the paper's Table 4 baseline: direct logit attribution of the head's output
 at the position, and how often the expected name (IO for a name mover, S otherwise) is among
@@ -19,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import random
+
 import torch
 
 from inversionview.decoder.model import Decoder
@@ -28,6 +39,7 @@ from inversionview.probed.sites import Site
 READ_ATTRIBUTES = ("io", "s", "order", "io_position", "s1_position", "s2_position", "template")
 READ_POSITIONS = ("S1+1", "S2", "END")
 TOP = 30  # Table 4's "top 30 promoted (suppressed)"
+EDITS = ("io", "s", "order", "place", "object", "template")
 
 
 def read_heads(model: ProbedModel, decoder: Decoder, targets: Sequence[tuple[str, str]],
@@ -56,6 +68,58 @@ def name_token_ids(model: ProbedModel) -> dict[str, list[int]]:
         bare = model.task.vocab.encode(name)
         found[name] = [spaced] + (bare if len(bare) == 1 else [])
     return found
+
+
+def edited_prompts(generator, prompt, rng: random.Random) -> dict[str, Any]:
+    """``prompt`` changed in one attribute at a time, the rest kept (EDITS order)."""
+    def other(values, *avoid):
+        return rng.choice([value for value in values if value not in avoid])
+
+    p = prompt
+    return {
+        "io": generator.build(p.template, other(generator.names, p.io, p.s), p.s, p.order, p.place, p.object),
+        "s": generator.build(p.template, p.io, other(generator.names, p.io, p.s), p.order, p.place, p.object),
+        "order": generator.build(p.template, p.io, p.s, "BABA" if p.order == "ABBA" else "ABBA",
+                                 p.place, p.object),
+        "place": generator.build(p.template, p.io, p.s, p.order, other(generator.places, p.place), p.object),
+        "object": generator.build(p.template, p.io, p.s, p.order, p.place, other(generator.objects, p.object)),
+        "template": generator.build(other(generator.template_ids(), p.template), p.io, p.s, p.order,
+                                    p.place, p.object),
+    }
+
+
+@torch.no_grad()
+def edit_table(model: ProbedModel, targets: Sequence[tuple[str, str]], n: int = 200,
+               seed: int = 0, epsilon: float = 0.1) -> list[dict[str, Any]]:
+    """Per (site, position): for each one-attribute edit (EDITS), the median normalised
+    distance between the activation at the named position of ``n`` seeded prompts and of
+    their edits, and the fraction of edits within ``epsilon`` (module docstring)."""
+    generator = model.task.prompts
+    prompts = generator.prompts(n, seed)
+    rng = random.Random(seed)
+    edited = [edited_prompts(generator, prompt, rng) for prompt in prompts]
+    texts = [p.text for p in prompts] + [e[kind].text for kind in EDITS for e in edited]
+    all_prompts = prompts + [e[kind] for kind in EDITS for e in edited]
+    tokens = model.tokens(texts)
+    sites = sorted({model.site(site) for site, _ in targets}, key=str)
+    values = {}
+    for start in range(0, len(texts), 256):
+        chunk = model.run_sites(tokens[start:start + 256], sites)
+        for site, tensor in chunk.items():
+            values.setdefault(site, []).append(tensor.float().cpu())
+    values = {site: torch.cat(parts) for site, parts in values.items()}
+    rows = []
+    for site_name, position in targets:
+        site = model.site(site_name)
+        at = torch.tensor([p.positions[position] for p in all_prompts])
+        read = values[site][torch.arange(len(all_prompts)), at]
+        query, rest = read[:n], read[n:].view(len(EDITS), n, -1)
+        distance = (rest - query).norm(dim=-1) / query.norm(dim=-1).clamp_min(1e-12)
+        rows.append({"site": site.short, "position": position, "n": n, "epsilon": epsilon,
+                     "edits": {kind: {"median": round(distance[i].median().item(), 4),
+                                      "inside": round((distance[i] <= epsilon).float().mean().item(), 4)}
+                               for i, kind in enumerate(EDITS)}})
+    return rows
 
 
 @torch.no_grad()
@@ -91,4 +155,5 @@ def dla_table(model: ProbedModel, targets: Sequence[tuple[str, str, str]], n: in
     return rows
 
 
-__all__ = ["READ_ATTRIBUTES", "READ_POSITIONS", "dla_table", "name_token_ids", "read_heads"]
+__all__ = ["EDITS", "READ_ATTRIBUTES", "READ_POSITIONS", "dla_table", "edit_table",
+           "edited_prompts", "name_token_ids", "read_heads"]

@@ -44,14 +44,19 @@ EXPECTED = {"name mover": "io", "negative name mover": "io", "s-inhibition": "s"
 
 def judge_ioi_roles(readings: list[dict[str, Any]]) -> tuple[bool, str]:
     """``readings``: per classified head, its role's expected name and the pooled agreement
-    at END (``attributes``) with ``queries`` and ``queries_with_inside``. Passes when every
-    readable head (``readable``) keeps its expected name; None (not measured) when none is."""
+    at END (``attributes``) with ``queries`` and ``queries_with_inside``, and optionally
+    ``edits`` (its ``edit_table`` row's edits at END). Passes when every readable head
+    (``readable``) keeps its expected name; None (not measured) when none is. An unreadable
+    head's edits say why: when every name edit leaves ε, its preimage among IOI prompts is
+    the prompts with both of the query's names."""
     read = [r for r in readings if readable(r)]
-    unread = ", ".join(f"{r['head']} ({r['queries_with_inside']}/{r['queries']})"
+    unread = ", ".join(f"{r['head']} ({r['queries_with_inside']}/{r['queries']}"
+                       + (f"; IO / S edits within ε {fmt(r['edits']['io']['inside'])} / "
+                          f"{fmt(r['edits']['s']['inside'])}" if r.get("edits") else "") + ")"
                        for r in readings if not readable(r))
     if not read:
-        return None, (f"the decoder is too weak at END: no head had in-ε samples in at least "
-                      f"{READABLE:.0%} of its queries ({unread})")
+        return None, (f"no head had in-ε samples at END in at least {READABLE:.0%} of its "
+                      f"queries ({unread})")
     keeping = [r for r in read if kept(r["attributes"].get(r["expected"]))]
     parts = [f"{r['head']} {r['expected'].upper()} {fmt(r['attributes'][r['expected']]['inside'])}/"
              f"{fmt(r['attributes'][r['expected']]['outside'])}" for r in read]
@@ -79,7 +84,7 @@ def judge_dla_gap(rows: list[dict[str, Any]]) -> tuple[bool, str]:
 def ioi_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed: int,
                candidates: int = 256, out=None) -> list[Claim]:
     from inversionview.ioi.circuit import classify, head_scores
-    from inversionview.ioi.readings import dla_table, read_heads
+    from inversionview.ioi.readings import dla_table, edit_table, read_heads
 
     n, queries, dla_n = (100, 6, 300) if quick else (200, 20, 1000)
     started = time.perf_counter()
@@ -118,13 +123,14 @@ def ioi_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed
     readings = read_heads(model, decoder, [(h, "END") for h in heads], queries, seed,
                           candidates)
     dla = dla_table(model, [(h, "END", EXPECTED[role_of[h]]) for h in heads], dla_n, seed)
+    edits = edit_table(model, [(h, "END") for h in heads], n, seed)
     rows, dla_rows = [], []
-    for head, reading, baseline in zip(heads, readings, dla):
+    for head, reading, baseline, edited in zip(heads, readings, dla, edits):
         expected = EXPECTED[role_of[head]]
         rows.append({"head": head, "role": role_of[head], "expected": expected,
                      "queries": reading["queries"],
                      "queries_with_inside": reading["queries_with_inside"],
-                     "attributes": reading["attributes"]})
+                     "attributes": reading["attributes"], "edits": edited["edits"]})
         rate = max(baseline["top30_promoted"], baseline["top30_suppressed"])
         dla_rows.append({"head": head, "expected": expected, "dla": rate,
                          "inversionview": reading["attributes"].get(expected)
