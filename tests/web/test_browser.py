@@ -76,6 +76,13 @@ def run_query(page, **fields) -> None:
     assert page.locator("#error").is_hidden(), page.inner_text("#error")
 
 
+def run_refused(page) -> str:
+    """Click Run on a query the server refuses; the error box's text."""
+    page.click("#run")
+    page.wait_for_selector("#error:not([hidden])")
+    return page.inner_text("#error")
+
+
 def distances_and_rule(page) -> tuple[list[float], int]:
     """The D column of the sample rows and the index of the first row after the ε rule."""
     rows = page.locator("#result table.samples tr.sample, #result table.samples tr.rule")
@@ -128,9 +135,7 @@ def test_url_reproduces_the_view(page, browser, live_server):
 def test_bad_input_shows_the_server_message(page):
     page.select_option("#model", "counting")
     page.fill("#input", "Bab!c|a:2E")
-    page.click("#run")
-    page.wait_for_selector("#error:not([hidden])")
-    assert "not in the counting vocabulary" in page.inner_text("#error")
+    assert "not in the counting vocabulary" in run_refused(page)
     page.fill("#input", "Bvvzccvczvvvzvcvc|v:8E")
     page.fill("#shown", "5000")
     page.click("#run")
@@ -269,7 +274,5 @@ def test_cosine_noise_and_ban_rare_fields(page):
     assert "noise_cosine=0.8%3A0.9" in page.url
     page.fill("#noise_cosine", "")
     page.fill("#ban_rare", "3")
-    page.click("#run")
-    page.wait_for_selector("#error:not([hidden])")
-    assert "for language models" in page.inner_text("#error")
+    assert "for language models" in run_refused(page)
     page.fill("#ban_rare", "")
