@@ -57,7 +57,31 @@ VARIANTS: dict[str, dict] = {
     # Round 5: a trained decoder continued with its weak sites drawn more often (the
     # rebalance of round 4 could not act while every site but x0.pre was near 0).
     "fast-lr3e-4+rebalance3": dict(preset="fast", lr=3e-4, rebalance=3.0),
+    # Round 6: the activation enters as its direction and log-norm (per_example_norm), for
+    # sites whose norm varies across positions and inputs.
+    "fast+unitnorm": dict(preset="fast", decoder_overrides=dict(per_example_norm=True)),
+    # The activation whitened per site (mean vector and covariance measured at init).
+    "fast+whiten": dict(preset="fast", decoder_overrides=dict(whiten_activation=True)),
+    # Round 7: a deeper decoder (4 layers instead of 2): writing an input with a given count
+    # means counting the chosen letter while writing it.
+    "fast+deep": dict(preset="fast", decoder_overrides=dict(n_layers=4)),
 }
+
+
+def only_site(probed, site: str) -> None:
+    """Make the training stream draw every example at ``site``."""
+    import inversionview.decoder.train as training
+
+    index = [s.short for s in probed.sites].index(probed.site(site).short)
+
+    class OneSiteStream(training.ActivationStream):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.site_probs = torch.nn.functional.one_hot(
+                torch.tensor(index), len(self.sites)).float()
+            self._pool_site_probs = self.site_probs
+
+    training.ActivationStream = OneSiteStream
 
 
 def main() -> None:
@@ -74,6 +98,10 @@ def main() -> None:
     parser.add_argument("--continue-from", default=None,
                         help="a trained decoder of MODEL to train for longer (fresh optimizer "
                              "and schedule); the label gets '+continued'")
+    parser.add_argument("--only-site", default=None,
+                        help="train on this site's activations alone (a quick comparison of "
+                             "conditioning on one hard site; every site is still evaluated); "
+                             "the label gets '+only-SITE'")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,6 +109,9 @@ def main() -> None:
     # a directory is named by its folder (the authors' models), a bundled artifact "bundled-NAME"
     name = Path(args.model).name if "/" in args.model else f"bundled-{args.model}"
     label = f"{name}-{args.variant}{'+continued' * bool(args.continue_from)}-{args.minutes:g}min"
+    if args.only_site:
+        label = label.replace(f"-{args.minutes:g}min", f"+only-{args.only_site}-{args.minutes:g}min")
+        only_site(probed, args.only_site)
     out = args.runs / label
     config = DecoderTrainingConfig(out=out, minutes=args.minutes, seed=args.seed,
                                    eval_every_seconds=args.eval_every,
@@ -92,7 +123,7 @@ def main() -> None:
     final = history[-1]
     record = {
         "benchmark": "train_decoder", "model": args.model, "task": probed.task.name,
-        "variant": args.variant, "settings": VARIANTS[args.variant],
+        "variant": args.variant, "settings": VARIANTS[args.variant], "only_site": args.only_site,
         "continued_from": args.continue_from and json.loads(
             (out / "decoder.json").read_text()).get("continued_from"),
         "minutes": args.minutes, "threads": torch.get_num_threads(),

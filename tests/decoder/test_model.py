@@ -105,6 +105,48 @@ def test_site_embedding_initialised_from_statistics():
     assert torch.equal(normalized.conditioning.activation_scale, stds)
 
 
+def test_per_example_norm_hands_the_conditioning_direction_and_log_norm():
+    decoder = tiny_decoder(per_example_norm=True)
+    decoder.conditioning.activation_scale.copy_(torch.tensor([1.0, 2.0, 4.0]))
+    seen = []
+    decoder.conditioning.blocks.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    tokens, activation, _ = _batch(b=4)
+    site = torch.tensor([0, 1, 2, 1])
+    decoder.conditioning(activation, site)
+    decoder.conditioning(3.0 * activation, site)
+    first, tripled = seen
+    assert first.shape == (4, 2 * 8 + 1)
+    # The direction, scaled to norm sqrt(d), is the same for z and 3z; the site's part too.
+    assert torch.allclose(first[:, :8].norm(dim=-1), torch.full((4,), 8 ** 0.5))
+    assert torch.allclose(first[:, :16], tripled[:, :16], atol=1e-6)
+    # The last input is log(||z / site scale|| / sqrt(d)): it moves by log 3.
+    expected = torch.log((activation / decoder.conditioning.activation_scale[site][:, None]).norm(dim=-1) / 8 ** 0.5)
+    assert torch.allclose(first[:, -1], expected, atol=1e-6)
+    assert torch.allclose(tripled[:, -1] - first[:, -1], torch.full((4,), float(torch.log(torch.tensor(3.0)))), atol=1e-5)
+    assert not torch.allclose(decoder(tokens, activation, site), decoder(tokens, 3.0 * activation, site))
+
+
+def test_whitening_gives_each_site_identity_covariance():
+    decoder = tiny_decoder(whiten_activation=True)
+    g = torch.Generator().manual_seed(0)
+    # Site 1's variance sits in one direction, 10,000x the others': whitened, all are equal.
+    mixing = torch.randn(8, 8, generator=g) * torch.tensor([100.0] + [1.0] * 7)[:, None]
+    values = torch.randn(20000, 8, generator=g) @ mixing + 5.0
+    means = torch.stack([torch.zeros(8), values.mean(0), torch.zeros(8)])
+    covariances = torch.stack([torch.eye(8), torch.cov(values.T), torch.eye(8)])
+    decoder.conditioning.init_whitening(means, covariances, floor=1e-6)
+    seen = []
+    decoder.conditioning.blocks.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    decoder.conditioning(values, torch.ones(len(values), dtype=torch.long))
+    whitened = seen[0][:, :8]
+    assert torch.allclose(whitened.mean(0), torch.zeros(8), atol=1e-3)
+    assert torch.allclose(torch.cov(whitened.T), torch.eye(8), atol=1e-2)
+    # The site embedding starts on the whitened scale, whatever the raw statistics.
+    decoder.conditioning.init_site_embedding(torch.tensor([5.0, 5.0, 5.0]), torch.tensor([9.0, 9.0, 9.0]),
+                                             torch.Generator().manual_seed(0))
+    assert decoder.conditioning.site_embedding.weight.abs().mean() < 2.0
+
+
 def test_constrained_sampling_draws_only_what_the_grammar_allows_and_scores_it():
     """Addition's vocabulary is the tiny decoder's (15 tokens): with the task's grammar every
     draw is an input of the task, even from an untrained decoder that writes noise, and the

@@ -17,12 +17,15 @@ def _probed(seed=0):
     return build_probed("addition", seed=seed, n_embd=16, n_head=4, n_inner=32)
 
 
-def test_round_trip_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("shape", [{}, {"per_example_norm": True}, {"whiten_activation": True}],
+                         ids=["default", "per-example-norm", "whiten"])
+def test_round_trip_is_bit_exact(tmp_path, shape):
     probed = _probed()
-    decoder = build_decoder(probed, seed=1, **TINY)
+    decoder = build_decoder(probed, seed=1, **TINY, **shape)
     save_decoder(decoder, probed, tmp_path, {"seed": 1})
     loaded, manifest = load_decoder(tmp_path, probed)
     assert manifest["probed_weights_sha256"] == probed.weights_hash() and manifest["seed"] == 1
+    assert loaded.config == decoder.config
     for name, value in decoder.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[name]), name
 

@@ -334,3 +334,26 @@ def test_continue_from_a_trained_decoder(tmp_path, monkeypatch, capsys):
         code, _, err = _cli(capsys, monkeypatch, *args)
         assert code == 2 and message in err, err
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x" / "decoder.json").exists()
+
+
+def test_a_whitened_decoder_measures_each_sites_mean_and_covariance(tmp_path):
+    """With whiten_activation the run measures every site's mean vector and covariance before
+    the first step, and the decoder it saves whitens with them."""
+    probed = _probed()
+    config = _config(tmp_path / "run", 32, rebalance=0.0,
+                     decoder_overrides={**TINY_DECODER, "whiten_activation": True})
+    decoder = train_decoder(probed, config, show_progress=False)
+    conditioning = decoder.conditioning
+    means, covariances = ActivationStream(probed, 1, torch.Generator().manual_seed(config.seed + 5)
+                                          ).site_covariances()
+    assert torch.allclose(conditioning.activation_mean, means)
+    # the whitener undoes each site's covariance: whitened, a direction of variance λ has
+    # λ / (λ + δ), δ the floor (1e-3 x the mean eigenvalue): 1 where λ >> δ, below 1 elsewhere
+    for site in range(len(probed.sites)):
+        whitener = conditioning.activation_whitener[site].double()
+        variances = torch.linalg.eigvalsh(covariances[site].double()).clamp_min(0)
+        delta = 1e-3 * variances.mean()
+        whitened = torch.linalg.eigvalsh(whitener @ covariances[site].double() @ whitener)
+        assert torch.allclose(whitened, variances / (variances + delta), atol=1e-3)
+    loaded, _ = store_module.load_decoder(tmp_path / "run", probed)
+    assert torch.equal(loaded.conditioning.activation_whitener, conditioning.activation_whitener)

@@ -218,6 +218,24 @@ class ActivationStream:
         stds = ((squares - count * means.square()) / (count - 1)).clamp_min(0).sqrt()
         return means.float(), stds.float()
 
+    def site_covariances(self, n: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean vector ``[n_sites, d]`` and covariance ``[n_sites, d, d]`` of each site's
+        activations at query positions, from ``n`` inputs (for whitening), one site at a time."""
+        tokens = self.task.sample_tokens(n, self.generator) if self._texts is None else self._texts[:n]
+        allowed = self.task.query_position_mask(tokens)
+        d = self.model.d_model
+        means, covariances = torch.zeros(len(self.sites), d), torch.zeros(len(self.sites), d, d)
+        for index, site in enumerate(self.sites):
+            count, total, outer = 0, torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
+            for start in range(0, len(tokens), 512):
+                chunk, mask = tokens[start: start + 512], allowed[start: start + 512]
+                values = self.model.run_sites(chunk, [site])[site].cpu()[mask].double()
+                count, total, outer = count + len(values), total + values.sum(0), outer + values.T @ values
+            mean = total / count
+            means[index] = mean.float()
+            covariances[index] = ((outer - count * torch.outer(mean, mean)) / (count - 1)).float()
+        return means, covariances
+
 
 def _widen(tokens: torch.Tensor, width: int, pad_id: int) -> torch.Tensor:
     """``tokens`` padded on the right to ``width`` columns."""

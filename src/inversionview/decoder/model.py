@@ -49,6 +49,19 @@ class DecoderConfig:
     # Not in the paper; activation scales differ by 100x between sites and a tiny decoder
     # learned to use small-scale activations far more slowly without it.
     normalize_activation: bool = True
+    # Feed the activation as its direction (scaled to norm sqrt(activation_dim)) plus the log
+    # of its norm, instead of the vector itself. Not in the paper; a site whose norm varies
+    # several-fold across positions and inputs (counting's m1: 5-20) otherwise hands the
+    # conditioning MLP small and large vectors that need the same relative precision, since
+    # the distance a query uses is relative to the query's norm.
+    per_example_norm: bool = False
+    # Whiten each site's activations (subtract the site's mean vector, multiply by the
+    # inverse square root of its covariance, both measured at init) before conditioning;
+    # replaces the per-site std. Not in the paper; where a site's variance sits in a few
+    # directions (counting's m1: the largest eigenvalue is 50x the mean), what tells two
+    # inputs apart at ε 0.1 lies in directions 100-1000x weaker, which the conditioning MLP
+    # otherwise has to learn to amplify. Costs n_sites x d^2 numbers (counting: 37k).
+    whiten_activation: bool = False
     # "slot": the paper's extra key/value slot; "slot+add": also added to every token.
     condition_mode: str = "slot"
 
@@ -79,11 +92,18 @@ class Conditioning(nn.Module):
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        concatenated = 2 * config.activation_dim  # activation ++ site embedding
+        # activation ++ site embedding (++ the activation's log-norm)
+        concatenated = 2 * config.activation_dim + config.per_example_norm
         width = config.condition_width or concatenated
         self.normalize = config.normalize_activation
+        self.per_example_norm = config.per_example_norm
         self.site_embedding = nn.Embedding(config.n_sites, config.activation_dim)
         self.register_buffer("activation_scale", torch.ones(config.n_sites))
+        self.whiten = config.whiten_activation
+        if self.whiten:
+            d = config.activation_dim
+            self.register_buffer("activation_mean", torch.zeros(config.n_sites, d))
+            self.register_buffer("activation_whitener", torch.eye(d).repeat(config.n_sites, 1, 1))
         self.widen = nn.Identity() if width == concatenated else nn.Linear(concatenated, width)
         self.blocks = nn.Sequential(*[ResidualMLP(width, config.condition_hidden or config.activation_dim)
                                       for _ in range(config.n_condition_blocks)])
@@ -93,9 +113,17 @@ class Conditioning(nn.Module):
             for _ in range(config.n_layers))
 
     def forward(self, activation: torch.Tensor, site_id: torch.Tensor) -> torch.Tensor:
-        if self.normalize:
+        if self.whiten:
+            activation = torch.einsum("bd,bde->be", activation - self.activation_mean[site_id],
+                                      self.activation_whitener[site_id])
+        elif self.normalize:
             activation = activation / self.activation_scale[site_id][:, None]
-        x = torch.cat([activation, self.site_embedding(site_id)], dim=-1)
+        parts = [activation, self.site_embedding(site_id)]
+        if self.per_example_norm:
+            root_d = activation.shape[-1] ** 0.5
+            norm = activation.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            parts = [activation * (root_d / norm), parts[1], torch.log(norm / root_d)]
+        x = torch.cat(parts, dim=-1)
         x = self.norm(self.blocks(self.widen(x)))
         return torch.stack([project(x) for project in self.per_layer], dim=1)
 
@@ -105,11 +133,28 @@ class Conditioning(nn.Module):
         """Draw each site's row to match that site's activation mean and std (scalars per
         site, ``[n_sites]``), so the embedding starts on the scale of the activations it sits
         beside; with normalisation on, both are measured after dividing by the site's std."""
-        if self.normalize:
+        if self.whiten:  # whitened activations have mean 0 and std 1 at every site
+            site_means, site_stds = torch.zeros_like(site_means), torch.ones_like(site_stds)
+        elif self.normalize:
             self.activation_scale.copy_(site_stds)
             site_means, site_stds = site_means / site_stds, torch.ones_like(site_stds)
         noise = torch.randn(self.site_embedding.weight.shape, generator=generator)
         self.site_embedding.weight.copy_(site_means[:, None] + site_stds[:, None] * noise)
+
+
+    @torch.no_grad()
+    def init_whitening(self, means: torch.Tensor, covariances: torch.Tensor,
+                       floor: float = 1e-3) -> None:
+        """Each site's mean ``[n_sites, d]`` and whitening matrix from its covariance
+        ``[n_sites, d, d]``: U diag((λ + δ)^-1/2) Uᵀ (ZCA), with δ = ``floor`` x the mean
+        eigenvalue, so directions that never vary are not blown up to unit variance."""
+        eigenvalues, vectors = torch.linalg.eigh(covariances.double())
+        eigenvalues = eigenvalues.clamp_min(0)
+        delta = floor * eigenvalues.mean(dim=-1, keepdim=True)
+        inverse_root = (eigenvalues + delta).rsqrt()
+        whitener = vectors @ torch.diag_embed(inverse_root) @ vectors.transpose(-1, -2)
+        self.activation_mean.copy_(means)
+        self.activation_whitener.copy_(whitener.float())
 
 
 class Attention(nn.Module):

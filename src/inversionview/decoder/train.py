@@ -342,6 +342,9 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     means, stds = ActivationStream(model, 1, torch.Generator().manual_seed(config.seed)
                                    ).site_statistics()
     decoder.conditioning.init_site_embedding(means, stds, torch.Generator().manual_seed(config.seed))
+    if decoder.config.whiten_activation:
+        decoder.conditioning.init_whitening(*ActivationStream(
+            model, 1, torch.Generator().manual_seed(config.seed + 5)).site_covariances())
     if previous is not None:
         decoder.load_state_dict(previous)
     decoder.to(device)
