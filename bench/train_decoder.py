@@ -69,7 +69,8 @@ VARIANTS: dict[str, dict] = {
 
 
 def only_site(probed, site: str) -> None:
-    """Make the training stream draw every example at ``site``."""
+    """Make every stream the training builds (the training batches and the held-out loss
+    batch) draw its examples at ``site``."""
     import inversionview.decoder.train as training
 
     index = [s.short for s in probed.sites].index(probed.site(site).short)
@@ -100,17 +101,18 @@ def main() -> None:
                              "and schedule); the label gets '+continued'")
     parser.add_argument("--only-site", default=None,
                         help="train on this site's activations alone (a quick comparison of "
-                             "conditioning on one hard site; every site is still evaluated); "
-                             "the label gets '+only-SITE'")
+                             "conditioning on one hard site; the in-ε rates are still measured "
+                             "at every site, the held-out loss at this site only); the label "
+                             "gets '+only-SITE'")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     probed = load_probed(args.model, args.task)
     # a directory is named by its folder (the authors' models), a bundled artifact "bundled-NAME"
     name = Path(args.model).name if "/" in args.model else f"bundled-{args.model}"
-    label = f"{name}-{args.variant}{'+continued' * bool(args.continue_from)}-{args.minutes:g}min"
+    only = f"+only-{args.only_site}" if args.only_site else ""
+    label = f"{name}-{args.variant}{'+continued' * bool(args.continue_from)}{only}-{args.minutes:g}min"
     if args.only_site:
-        label = label.replace(f"-{args.minutes:g}min", f"+only-{args.only_site}-{args.minutes:g}min")
         only_site(probed, args.only_site)
     out = args.runs / label
     config = DecoderTrainingConfig(out=out, minutes=args.minutes, seed=args.seed,

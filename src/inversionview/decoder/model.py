@@ -51,7 +51,7 @@ class DecoderConfig:
     normalize_activation: bool = True
     # Feed the activation as its direction (scaled to norm sqrt(activation_dim)) plus the log
     # of its norm, instead of the vector itself. Not in the paper; a site whose norm varies
-    # several-fold across positions and inputs (counting's m1: 5-20) otherwise hands the
+    # several-fold across inputs (counting's m1 at `:`: about 8 to 54) otherwise hands the
     # conditioning MLP small and large vectors that need the same relative precision, since
     # the distance a query uses is relative to the query's norm.
     per_example_norm: bool = False
@@ -59,8 +59,8 @@ class DecoderConfig:
     # inverse square root of its covariance, both measured at init) before conditioning;
     # replaces the per-site std. Not in the paper; where a site's variance sits in a few
     # directions (counting's m1: the largest eigenvalue is 50x the mean), what tells two
-    # inputs apart at ε 0.1 lies in directions 100-1000x weaker, which the conditioning MLP
-    # otherwise has to learn to amplify. Costs n_sites x d^2 numbers (counting: 37k).
+    # inputs apart at ε 0.1 can lie in directions of far smaller variance, which the
+    # conditioning MLP otherwise has to learn to amplify. Costs n_sites x d^2 numbers (counting: 37k).
     whiten_activation: bool = False
     # "slot": the paper's extra key/value slot; "slot+add": also added to every token.
     condition_mode: str = "slot"
@@ -140,7 +140,6 @@ class Conditioning(nn.Module):
             site_means, site_stds = site_means / site_stds, torch.ones_like(site_stds)
         noise = torch.randn(self.site_embedding.weight.shape, generator=generator)
         self.site_embedding.weight.copy_(site_means[:, None] + site_stds[:, None] * noise)
-
 
     @torch.no_grad()
     def init_whitening(self, means: torch.Tensor, covariances: torch.Tensor,
