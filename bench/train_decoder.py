@@ -68,23 +68,6 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def only_site(probed, site: str) -> None:
-    """Make every stream the training builds (the training batches and the held-out loss
-    batch) draw its examples at ``site``."""
-    import inversionview.decoder.train as training
-
-    index = [s.short for s in probed.sites].index(probed.site(site).short)
-
-    class OneSiteStream(training.ActivationStream):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.site_probs = torch.nn.functional.one_hot(
-                torch.tensor(index), len(self.sites)).float()
-            self._pool_site_probs = self.site_probs
-
-    training.ActivationStream = OneSiteStream
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -100,10 +83,10 @@ def main() -> None:
                         help="a trained decoder of MODEL to train for longer (fresh optimizer "
                              "and schedule); the label gets '+continued'")
     parser.add_argument("--only-site", default=None,
-                        help="train on this site's activations alone (a quick comparison of "
-                             "conditioning on one hard site; the in-ε rates are still measured "
-                             "at every site, the held-out loss at this site only); the label "
-                             "gets '+only-SITE'")
+                        help="train on this site's activations alone (site weights SITE=1, "
+                             "*=0: a quick comparison of conditioning on one hard site; the "
+                             "in-ε rates and the held-out loss are still measured over every "
+                             "site); the label gets '+only-SITE'")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,12 +95,13 @@ def main() -> None:
     name = Path(args.model).name if "/" in args.model else f"bundled-{args.model}"
     only = f"+only-{args.only_site}" if args.only_site else ""
     label = f"{name}-{args.variant}{'+continued' * bool(args.continue_from)}{only}-{args.minutes:g}min"
+    settings = dict(VARIANTS[args.variant])
     if args.only_site:
-        only_site(probed, args.only_site)
+        settings["site_weights"] = {args.only_site: 1.0, "*": 0.0}
     out = args.runs / label
     config = DecoderTrainingConfig(out=out, minutes=args.minutes, seed=args.seed,
                                    eval_every_seconds=args.eval_every,
-                                   continue_from=args.continue_from, **VARIANTS[args.variant])
+                                   continue_from=args.continue_from, **settings)
     started = time.perf_counter()
     train_decoder(probed, config, resume=args.resume)
     wall = time.perf_counter() - started
@@ -125,7 +109,7 @@ def main() -> None:
     final = history[-1]
     record = {
         "benchmark": "train_decoder", "model": args.model, "task": probed.task.name,
-        "variant": args.variant, "settings": VARIANTS[args.variant], "only_site": args.only_site,
+        "variant": args.variant, "settings": settings, "only_site": args.only_site,
         "continued_from": args.continue_from and json.loads(
             (out / "decoder.json").read_text()).get("continued_from"),
         "minutes": args.minutes, "threads": torch.get_num_threads(),

@@ -308,6 +308,11 @@ def train_decoder_command(
     seed: SeedOpt = 0,
     rebalance: Annotated[float, typer.Option("--rebalance", help="Site rebalancing strength (0: uniform).",
                                              callback=options.REBALANCE.callback)] = 0.0,
+    site_weights: Annotated[Optional[str], typer.Option(
+        "--site-weights", help="Relative sampling weights of the sites, SITE=WEIGHT separated "
+        "by commas, * for every site not named (default 1): m1=4 draws m1 four times as often, "
+        "m1=1,*=0 trains on m1 alone. Rebalancing multiplies them; the in-ε rates and the "
+        "held-out loss are still measured over every site.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from its "
                                          "checkpoint, with its settings and budget.")] = False,
     checkpoint_every: Annotated[Optional[float], typer.Option(
@@ -353,10 +358,12 @@ def train_decoder_command(
 
     _apply_threads(threads)
     resolve_device(device)  # a device that is not here fails before the model loads
+    weights = options.parse_site_weights(site_weights, "--site-weights")
     interval = {} if checkpoint_every is None else {"checkpoint_every_seconds": checkpoint_every}
     if resume:
         given = [("--preset", "preset", preset, "preset"), ("--seed", "seed", seed, "seed"),
                  ("--rebalance", "rebalance", rebalance, "rebalance"),
+                 ("--site-weights", "site_weights", weights, "site_weights"),
                  ("--precision", "precision", precision, "precision"),
                  ("--corpus", "corpus", None if corpus is None else str(corpus), "corpus"),
                  ("--field", "field", text_field, "text_field"),
@@ -376,7 +383,8 @@ def train_decoder_command(
             raise UserError("give exactly one of --minutes or --examples (--resume continues a "
                             "run with its own)")
         config = DecoderTrainingConfig(out=out, minutes=minutes, examples=examples, preset=preset,
-                                       seed=seed, rebalance=rebalance, device=device,
+                                       seed=seed, rebalance=rebalance,
+                                       site_weights=weights, device=device,
                                        precision=precision, corpus=corpus, field=text_field,
                                        max_tokens=max_tokens, positions=positions,
                                        init_from=init_from, continue_from=continue_from,

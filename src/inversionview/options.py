@@ -147,6 +147,31 @@ def parse_cosine_range(text: str | None, option: str) -> tuple[float, float] | N
     if low > high:
         raise OptionError(f"{option}: the range {text} is empty; give LOW:HIGH with LOW <= HIGH")
     return low, high
+
+
+def parse_site_weights(text: str | None, option: str) -> dict[str, float] | None:
+    """``SITE=W,SITE=W,...`` (``*`` for every site not named) as site name -> weight, each a
+    finite number >= 0; the names are checked against the model when it has loaded."""
+    if text is None:
+        return None
+    weights: dict[str, float] = {}
+    usage = (f"{option} takes SITE=WEIGHT pairs separated by commas, * for every site not "
+             f"named (e.g. m1=4,x1.post=2 or m1=1,*=0)")
+    for part in text.split(","):
+        name, sep, value = (piece.strip() for piece in part.partition("="))
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = None
+        if not sep or not name or weight is None:
+            raise OptionError(f"{usage}; got {echo(text)}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise OptionError(f"{option}: the weight of {echo(name)} must be a finite number "
+                              f">= 0, not {echo(value)}")
+        if name in weights:
+            raise OptionError(f"{option} names {echo(name)} twice")
+        weights[name] = weight
+    return weights
 EPSILON = Range("epsilon", 0, 100, integer=False, low_open=True)
 SEED = Range("seed", 0, 2**63 - 1)
 PER_SIDE = Range("per-side", 1, 1_000)

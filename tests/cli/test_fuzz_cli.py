@@ -136,6 +136,8 @@ COMMANDS = [
                                      "--minutes": floats(0.001, 0.002), "--examples": ints(1, 8),
                                      "--preset": texts("fast", "paper"), "--seed": SEED,
                                      "--rebalance": floats(0, 1), "--resume": FLAG,
+                                     "--site-weights": texts("a0.0=2", "x1.post=1,*=0", "*=0",
+                                                             "m1=1", "a1.0=-1", "=", "a1.0"),
                                      "--threads": THREADS, "--device": texts("auto", "cpu", "cuda", "tpu", "cuda:7"),
                                      "--precision": texts("auto", "fp32", "bf16", "fp8"),
                                      "--positions": texts("uniform", "last", "low-bos-attention"),

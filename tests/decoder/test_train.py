@@ -144,6 +144,10 @@ def test_a_kill_while_the_decoder_is_saved_resumes(tmp_path, monkeypatch):
     (dict(batch_size=0), "batch-size must be"),
     (dict(lr=-1e-3), "lr must be"),
     (dict(rebalance=-1.0), "rebalance must be"),
+    (dict(site_weights={"m1": -1.0}), "weight of site 'm1' must be a finite number >= 0"),
+    (dict(site_weights={"m1": math.nan}), "weight of site 'm1' must be"),
+    (dict(site_weights={"m1": "4"}), "weight of site 'm1' must be"),
+    (dict(site_weights=["m1"]), "site weights must map site names to weights"),
     (dict(seed=-3), "seed must be"),
     (dict(eval_queries_per_site=0), "eval_queries_per_site must be"),
     (dict(preset="slow"), "unknown preset 'slow'"),
@@ -241,6 +245,12 @@ def test_resume_takes_the_run_budget_unless_a_new_one_is_given(tmp_path, monkeyp
     (["--examples", "64", "--checkpoint-every", "0"], "--checkpoint-every"),
     (["--examples", "64", "--checkpoint-every", "-1"], "--checkpoint-every"),
     (["--examples", "64", "--rebalance", "-1"], "--rebalance"),
+    (["--examples", "64", "--site-weights", "m1"], "--site-weights takes SITE=WEIGHT pairs"),
+    (["--examples", "64", "--site-weights", "a1.0=x"], "--site-weights takes SITE=WEIGHT"),
+    (["--examples", "64", "--site-weights", "a1.0=-2"], "weight of 'a1.0' must be a finite"),
+    (["--examples", "64", "--site-weights", "a1.0=1,a1.0=2"], "names 'a1.0' twice"),
+    (["--examples", "64", "--site-weights", "m1=3"], "site 'm1' is not a site of this model"),
+    (["--examples", "64", "--site-weights", "*=0"], "leave no site to train on"),
     (["--examples", "64", "--seed", "-1"], "--seed"),
     (["--examples", "64", "--threads", "0"], "--threads"),
     (["--examples", "64", "--device", "tpu"], "unknown device 'tpu'"),
@@ -357,3 +367,50 @@ def test_a_whitened_decoder_measures_each_sites_mean_and_covariance(tmp_path):
         assert torch.allclose(whitened, variances / (variances + delta), atol=1e-3)
     loaded, _ = store_module.load_decoder(tmp_path / "run", probed)
     assert torch.equal(loaded.conditioning.activation_whitener, conditioning.activation_whitener)
+
+
+def test_site_weights_set_the_mix_of_training_sites(tmp_path, monkeypatch, capsys):
+    """site_weights: x1.post alone ("*": 0) trains on x1.post's activations only, while every
+    site is still evaluated; with rebalancing a site of weight 0 stays out. The setting is in
+    the manifest, a resume keeps it, and the CLI takes it as SITE=W pairs."""
+    probed = _probed()
+    sites = [site.short for site in probed.sites]
+    drawn = []
+    real = train_module.decoder_loss
+
+    def records(decoder, tokens, activation, site_id, pad_id):
+        if torch.is_grad_enabled():  # a training step
+            drawn.extend(site_id.tolist())
+        return real(decoder, tokens, activation, site_id, pad_id)
+
+    monkeypatch.setattr(train_module, "decoder_loss", records)
+    alone = dict(site_weights={"x1.post": 2.0, "*": 0.0}, rebalance=0.0)
+    train_decoder(probed, _config(tmp_path / "one", 16 * 3, **alone), show_progress=False)
+    assert len(drawn) == 48 and set(drawn) == {sites.index("x1.post")}
+    manifest = json.loads((tmp_path / "one" / "decoder.json").read_text())
+    assert set(manifest["in_epsilon"]) == set(sites)
+    assert manifest["training"]["site_weights"] == {"x1.post": 2.0, "*": 0.0}
+
+    drawn.clear()
+    # by its hook name; rebalancing (after every evaluation) never brings a1.1 back
+    weights = {"blocks.1.attn.hook_result.1": 0.0}
+    train_decoder(probed, _config(tmp_path / "mix", 16 * 4, site_weights=weights),
+                  show_progress=False)
+    assert sites.index("a1.1") not in drawn and len(set(drawn)) > 1
+    for line in (tmp_path / "mix" / "metrics.jsonl").read_text().splitlines():
+        probabilities = json.loads(line)["site_probabilities"]
+        assert probabilities[sites.index("a1.1")] == 0.0 and sum(probabilities) == pytest.approx(1)
+    assert DecoderTrainingConfig.resumed(tmp_path / "mix").site_weights == weights
+
+    monkeypatch.setattr(train_module, "decoder_loss", real)
+    model_dir = tmp_path / "probed"
+    probed.save(model_dir)
+    code, out, err = _cli(capsys, monkeypatch, model_dir, "--task", "addition", "--out",
+                          tmp_path / "cli", "--examples", "32", "--site-weights",
+                          "a0.0=3, x1.post=1,*=0", "--json")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "cli" / "decoder.json").read_text())
+    assert manifest["training"]["site_weights"] == {"a0.0": 3.0, "x1.post": 1.0, "*": 0.0}
+    code, _, err = _cli(capsys, monkeypatch, model_dir, "--task", "addition", "--out",
+                        tmp_path / "cli", "--resume", "--site-weights", "a0.0=1")
+    assert code == 2 and "--site-weights" in err and "differs" in err

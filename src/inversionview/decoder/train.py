@@ -12,6 +12,7 @@ bench/train_decoder.py and the README).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,11 +31,12 @@ from inversionview.decoder.plot import plot_curves
 from inversionview.decoder.pretrained import initialise_from, start_from
 from inversionview.decoder.store import DecoderLoadError, save_decoder
 from inversionview.decoder.model import Decoder, DecoderConfig
-from inversionview.errors import OptionError, UserError
+from inversionview.errors import OptionError, UserError, echo
 from inversionview.files import sha256_file
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, EPSILON, EXAMPLES,
                                    LEARNING_RATE, MAX_TOKENS, MINUTES, POSITIONS, REBALANCE, SEED)
 from inversionview.probed.model import ProbedModel
+from inversionview.probed.sites import check_site
 from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
                                     FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
                                     WARMUP_STEPS, WEIGHT_DECAY, budget_progress, check_settings,
@@ -73,6 +75,11 @@ class DecoderTrainingConfig:
     grad_clip: float = 1.0
     rebalance: float = 0.0  # 0 = uniform site sampling
     rebalance_every_evals: int = 1
+    # Relative sampling weights of the sites (site name -> weight; "*" for every site not
+    # named, default 1): {"m1": 4} draws m1 four times as often as each other site,
+    # {"m1": 1, "*": 0} trains on m1 alone. Rebalancing multiplies them. The in-ε rates and
+    # the held-out loss are still measured over every site, uniformly.
+    site_weights: dict[str, float] | None = None
     epsilon: float = 0.1
     eval_every_seconds: float = 120.0
     eval_queries_per_site: int = 8
@@ -128,6 +135,8 @@ class DecoderTrainingConfig:
         if self.precision not in PRECISIONS:
             raise OptionError(f"unknown precision {self.precision!r}; use one of "
                               f"{', '.join(PRECISIONS)}")
+        if self.site_weights is not None:
+            self.site_weights = check_site_weights(self.site_weights)
         counts = ("bucket_batches", "rebalance_every_evals", "eval_queries_per_site",
                   "eval_samples_per_query")
         check_settings(self, {
@@ -154,6 +163,42 @@ class DecoderTrainingConfig:
         if self.examples is None:
             return None
         return -(-self.examples // (self.batch_size * world_size))
+
+
+def check_site_weights(weights: Any) -> dict[str, float] | None:
+    """``weights`` as site name -> finite non-negative float (an empty mapping: None); the
+    names are checked against the model when the run starts (``site_weight_vector``)."""
+    if not isinstance(weights, dict):
+        raise OptionError(f"site weights must map site names to weights, not {echo(weights)}")
+    checked = {}
+    for name, weight in weights.items():
+        if not isinstance(name, str) or not name:
+            raise OptionError(f"a site weight needs a site name, not {echo(name)}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+                math.isfinite(weight) and weight >= 0):
+            raise OptionError(f"the weight of site {echo(name)} must be a finite number >= 0, "
+                              f"not {echo(weight)}")
+        checked[name] = float(weight)
+    return checked or None
+
+
+def site_weight_vector(model: ProbedModel, weights: dict[str, float] | None
+                       ) -> torch.Tensor | None:
+    """The sampling distribution over ``model.sites`` that ``weights`` give (see
+    ``DecoderTrainingConfig.site_weights``), or None for uniform."""
+    if not weights:
+        return None
+    shorts = [site.short for site in model.sites]
+    vector = torch.full((len(shorts),), weights.get("*", 1.0), dtype=torch.float64)
+    for name, weight in weights.items():
+        if name == "*":
+            continue
+        site = check_site(name, model.n_layers, model.n_heads, allowed=tuple(shorts))
+        vector[shorts.index(site.short)] = weight
+    if vector.sum() <= 0:
+        raise OptionError("the site weights leave no site to train on; give at least one "
+                          "site a weight above 0")
+    return (vector / vector.sum()).float()
 
 
 def attach_corpus(model: ProbedModel, corpus: str | None, max_tokens: int = 32,
@@ -305,6 +350,7 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     the schedule start fresh): training a shipped decoder for longer."""
     check_run_directory(config.out, resume)
     attach_corpus(model, config.corpus, config.max_tokens, config.field)
+    weighted = site_weight_vector(model, config.site_weights)  # a bad site fails here
     pretrained = None  # a resumed run's weights come from its checkpoint
     previous = None
     if config.init_from is not None and not resume:
@@ -336,6 +382,8 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     sample_generator = torch.Generator().manual_seed(config.seed + 7)
     stream = ActivationStream(model, config.batch_size, data_generator,
                               bucket_batches=config.bucket_batches, positions=config.positions)
+    if weighted is not None:
+        stream.set_site_probabilities(weighted)
     decoder = build_decoder(model, config.seed, **config.decoder_overrides)
     if pretrained is not None:
         initialise_from(decoder, pretrained)
@@ -388,7 +436,9 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     def rebalance_after(entry: dict[str, Any]) -> None:
         if config.rebalance and len(run.history) % config.rebalance_every_evals == 0:
             rates = torch.tensor(list(entry["in_epsilon"].values()))
-            stream.set_site_probabilities(site_probabilities(rates, config.rebalance))
+            probabilities = site_probabilities(rates, config.rebalance)
+            stream.set_site_probabilities(
+                probabilities if weighted is None else probabilities * weighted)
 
     def checkpoint_now() -> None:
         pool_state, stream_record = stream.state()
