@@ -114,6 +114,9 @@ def test_a_kill_while_the_decoder_is_saved_resumes(tmp_path, monkeypatch):
                       show_progress=False)
     assert not (tmp_path / "b" / "decoder.json").exists()
     monkeypatch.setattr(train_module, "save_decoder", real_save)
+    # the statistics come back with the checkpoint's weights: not measured again
+    monkeypatch.setattr(ActivationStream, "site_statistics", lambda *a, **k: pytest.fail(
+        "a resumed run measured the site statistics again"))
     resumed_config = DecoderTrainingConfig.resumed(tmp_path / "b")
     assert resumed_config.examples == 16 * 3 and resumed_config.decoder_overrides == TINY_DECODER
     train_decoder(probed, resumed_config, resume=True, show_progress=False)
@@ -346,9 +349,10 @@ def test_continue_from_a_trained_decoder(tmp_path, monkeypatch, capsys):
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x" / "decoder.json").exists()
 
 
-def test_a_whitened_decoder_measures_each_sites_mean_and_covariance(tmp_path):
+def test_a_whitened_decoder_measures_each_sites_mean_and_covariance(tmp_path, monkeypatch):
     """With whiten_activation the run measures every site's mean vector and covariance before
-    the first step, and the decoder it saves whitens with them."""
+    the first step, and the decoder it saves whitens with them; a run that continues it keeps
+    them without measuring again."""
     probed = _probed()
     config = _config(tmp_path / "run", 32, rebalance=0.0,
                      decoder_overrides={**TINY_DECODER, "whiten_activation": True})
@@ -367,6 +371,17 @@ def test_a_whitened_decoder_measures_each_sites_mean_and_covariance(tmp_path):
         assert torch.allclose(whitened, variances / (variances + delta), atol=1e-3)
     loaded, _ = store_module.load_decoder(tmp_path / "run", probed)
     assert torch.equal(loaded.conditioning.activation_whitener, conditioning.activation_whitener)
+    # a continued run takes the statistics with the weights and does not measure them again
+    def measured_again(*args, **kwargs):
+        raise AssertionError("a continued run measured the site statistics again")
+
+    monkeypatch.setattr(ActivationStream, "site_statistics", measured_again)
+    monkeypatch.setattr(ActivationStream, "site_covariances", measured_again)
+    continued = train_decoder(probed, _config(tmp_path / "more", 16, rebalance=0.0, lr=1e-12,
+                                              continue_from=tmp_path / "run"), show_progress=False)
+    assert torch.allclose(continued.conditioning.activation_whitener,
+                          conditioning.activation_whitener)
+    assert torch.allclose(continued.conditioning.activation_mean, conditioning.activation_mean)
 
 
 def test_site_weights_set_the_mix_of_training_sites(tmp_path, monkeypatch, capsys):

@@ -387,14 +387,16 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     decoder = build_decoder(model, config.seed, **config.decoder_overrides)
     if pretrained is not None:
         initialise_from(decoder, pretrained)
-    means, stds = ActivationStream(model, 1, torch.Generator().manual_seed(config.seed)
-                                   ).site_statistics()
-    decoder.conditioning.init_site_embedding(means, stds, torch.Generator().manual_seed(config.seed))
-    if decoder.config.whiten_activation:
-        decoder.conditioning.init_whitening(*ActivationStream(
-            model, 1, torch.Generator().manual_seed(config.seed + 5)).site_covariances())
     if previous is not None:
         decoder.load_state_dict(previous)
+    elif not resume:  # a resumed run loads its own statistics with its weights below
+        means, stds = ActivationStream(model, 1, torch.Generator().manual_seed(config.seed)
+                                       ).site_statistics()
+        decoder.conditioning.init_site_embedding(means, stds,
+                                                 torch.Generator().manual_seed(config.seed))
+        if decoder.config.whiten_activation:
+            decoder.conditioning.init_whitening(*ActivationStream(
+                model, 1, torch.Generator().manual_seed(config.seed + 5)).site_covariances())
     decoder.to(device)
     trained = world.wrap(decoder, device)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.lr,
