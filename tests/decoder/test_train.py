@@ -254,6 +254,8 @@ def test_resume_takes_the_run_budget_unless_a_new_one_is_given(tmp_path, monkeyp
     (["--examples", "64", "--site-weights", "a1.0=1,a1.0=2"], "names 'a1.0' twice"),
     (["--examples", "64", "--site-weights", "m1=3"], "site 'm1' is not a site of this model"),
     (["--examples", "64", "--site-weights", "*=0"], "leave no site to train on"),
+    (["--examples", "64", "--site-weights", "a1.1=2,blocks.1.attn.hook_result.1=3"],
+     "name a1.1 twice"),
     (["--examples", "64", "--seed", "-1"], "--seed"),
     (["--examples", "64", "--threads", "0"], "--threads"),
     (["--examples", "64", "--device", "tpu"], "unknown device 'tpu'"),
@@ -416,6 +418,11 @@ def test_site_weights_set_the_mix_of_training_sites(tmp_path, monkeypatch, capsy
         probabilities = json.loads(line)["site_probabilities"]
         assert probabilities[sites.index("a1.1")] == 0.0 and sum(probabilities) == pytest.approx(1)
     assert DecoderTrainingConfig.resumed(tmp_path / "mix").site_weights == weights
+    huge = train_module.site_weight_vector(probed, {"*": 1e308, "a0.0": 0.0})
+    assert torch.isfinite(huge).all() and huge.sum().item() == pytest.approx(1)
+    others = torch.ones(len(sites), dtype=torch.bool)
+    others[sites.index("a0.0")] = False
+    assert huge[sites.index("a0.0")] == 0 and huge[others].min() == huge.max()
 
     monkeypatch.setattr(train_module, "decoder_loss", real)
     model_dir = tmp_path / "probed"

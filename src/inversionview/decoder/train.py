@@ -190,14 +190,20 @@ def site_weight_vector(model: ProbedModel, weights: dict[str, float] | None
         return None
     shorts = [site.short for site in model.sites]
     vector = torch.full((len(shorts),), weights.get("*", 1.0), dtype=torch.float64)
+    named: dict[str, str] = {}
     for name, weight in weights.items():
         if name == "*":
             continue
         site = check_site(name, model.n_layers, model.n_heads, allowed=tuple(shorts))
+        if site.short in named:
+            raise OptionError(f"the site weights name {site.short} twice ({echo(named[site.short])} "
+                              f"and {echo(name)})")
+        named[site.short] = name
         vector[shorts.index(site.short)] = weight
-    if vector.sum() <= 0:
+    if vector.max() <= 0:
         raise OptionError("the site weights leave no site to train on; give at least one "
                           "site a weight above 0")
+    vector = vector / vector.max()  # weights near the float limit would sum to infinity
     return (vector / vector.sum()).float()
 
 
