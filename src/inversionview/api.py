@@ -106,7 +106,7 @@ class InversionView:
         (the task's default query for what is left out); ``verify`` also patches the query's
         activation with samples' (see ``verify``); ``search`` is the local search's budget
         (inputs scored beyond the decoder's candidates; 0: the paper's decoder-only sampling;
-        None: the task's default, 16,384 on the toy tasks and 0 on free text); ``constrain``
+        None: the task's default, 16,384 on the toy tasks and 4,096 on free text); ``constrain``
         draws only tokens that can lead to an input of the task where it has a grammar (False:
         the paper's free sampling); ``noise_cosine`` (low, high) conditions each candidate on a
         vector at a cosine drawn from that range to the query (the paper's factual-recall

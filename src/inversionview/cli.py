@@ -20,6 +20,7 @@ import typer
 
 from inversionview import cli_factual, cli_interpret, cli_ioi, cli_train_lm, options
 from inversionview.errors import MAX_ECHO, UserError, echo
+from inversionview.schedule import EVAL_SECONDS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
@@ -60,7 +61,7 @@ CandidatesOpt = Annotated[int, typer.Option("--candidates", help="Candidates to 
 SearchOpt = Annotated[Optional[int], typer.Option(
     "--search", help="Inputs the local search around the decoder's candidates may score, to find "
     "the members of the preimage the decoder missed (0: the paper's decoder-only sampling; "
-    f"{options.SEARCH_EVALUATIONS.describe()}; default: 16,384 on the toy tasks, 0 on free text).",
+    f"{options.SEARCH_EVALUATIONS.describe()}; default: 16,384 on the toy tasks, 4,096 on free text).",
     callback=options.SEARCH_EVALUATIONS.callback)]
 NoiseCosineOpt = Annotated[Optional[str], typer.Option(
     "--noise-cosine", help="LOW[:HIGH]: condition each candidate on a vector of the query's norm "
@@ -264,6 +265,8 @@ def train_probed_command(
 
     _apply_threads(threads)
     interval = {} if checkpoint_every is None else {"checkpoint_every_seconds": checkpoint_every}
+    if eval_every is not None:
+        interval["eval_every_seconds"] = eval_every
     if resume:
         given = [("TASK", "task", task, "task"), ("--seed", "seed", seed, "seed"),
                  ("--batch-size", "batch_size", batch_size, "batch_size"), ("--lr", "lr", lr, "lr"),
@@ -318,6 +321,9 @@ def train_decoder_command(
     checkpoint_every: Annotated[Optional[float], typer.Option(
         "--checkpoint-every", help="Seconds between checkpoints (default 60; the first after "
         "10 s or 100 steps).", callback=options.CHECKPOINT_SECONDS.callback)] = None,
+    eval_every: Annotated[Optional[float], typer.Option(
+        "--eval-every", help="Seconds of training between held-out evaluations (default 120; "
+        "each measures the decoder and its two controls).", callback=EVAL_SECONDS.callback)] = None,
     threads: ThreadsOpt = None,
     device: Annotated[str, typer.Option("--device", help="auto (cuda if present), cpu, cuda, cuda:N.")] = "auto",
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast where "
@@ -360,6 +366,8 @@ def train_decoder_command(
     resolve_device(device)  # a device that is not here fails before the model loads
     weights = options.parse_site_weights(site_weights, "--site-weights")
     interval = {} if checkpoint_every is None else {"checkpoint_every_seconds": checkpoint_every}
+    if eval_every is not None:
+        interval["eval_every_seconds"] = eval_every
     if resume:
         given = [("--preset", "preset", preset, "preset"), ("--seed", "seed", seed, "seed"),
                  ("--rebalance", "rebalance", rebalance, "rebalance"),

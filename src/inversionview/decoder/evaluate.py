@@ -70,39 +70,108 @@ def held_out_queries(model: ProbedModel, per_site: int, seed: int,
 
 @torch.no_grad()
 def in_epsilon_rates(decoder: Decoder, model: ProbedModel, queries: QuerySet, samples_per_query: int,
-                     epsilon: float, generator: torch.Generator) -> dict[str, object]:
-    """Per-site in-ε rate, fraction of well-formed samples and of distinct in-ε samples."""
+                     epsilon: float, generator: torch.Generator, controls: bool = True
+                     ) -> dict[str, object]:
+    """Per-site in-ε rate of the decoder's samples (T 1, no noise, no grammar mask), counting a
+    sample only when its cut prefix (its tokens up to its best position) is not the query's
+    own: any continuation of the query's prefix is a member that says nothing (issue 28).
+
+    With ``controls``, two decoders that know nothing of the query are measured on the same
+    queries, samples and scoring: ``other_activation`` (this decoder given another held-out
+    query's activation of the same site) and ``random_decoder`` (a decoder of the same shape
+    with random weights, seeded). A site where the decoder does not beat both is listed under
+    ``flagged``. ``in_epsilon_raw`` counts the query's own prefix too (the figure before)."""
     was_training = decoder.training
     decoder.eval()
     task = model.task
-    vocab = task.vocab
-    device = next(decoder.parameters()).device
-    n_sites = len(model.sites)
-    hits, totals = torch.zeros(n_sites), torch.zeros(n_sites)
-    well_formed, distinct_in, all_in = 0, 0, 0
+    control_generator = torch.Generator().manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+    shuffled = _other_activations(queries)
+    arms = {"decoder": (decoder, queries.activation)}
+    if controls:
+        arms["other_activation"] = (decoder, shuffled)
+        arms["random_decoder"] = (_random_like(decoder, control_generator), queries.activation)
+    rates: dict[str, list[float]] = {name: [] for name in arms}
+    raw: list[float] = []
+    well_formed = total = distinct_in = all_in = 0
     for index, site in enumerate(model.sites):
         chosen = torch.nonzero(queries.site_id == index).flatten()
-        activation = queries.activation[chosen].repeat_interleave(samples_per_query, dim=0)
-        site_id = torch.full((activation.shape[0],), index, dtype=torch.long)
-        samples = decoder.sample(activation.to(device), site_id.to(device), vocab.bos_id,
-                                 vocab.eos_id, vocab.pad_id, 1.0, generator).cpu()
-        distance, _, _ = candidate_distances(model, site, activation, samples)
-        inside = (distance <= epsilon).cpu()
-        hits[index] += inside.sum()
-        totals[index] += inside.numel()
-        texts = task.decode_batch(samples)
-        well_formed += sum(task.validate(text).well_formed for text in texts)
-        for query in range(len(chosen)):
-            block = slice(query * samples_per_query, (query + 1) * samples_per_query)
-            inside_texts = [t for t, ok in zip(texts[block], inside[block].tolist()) if ok]
-            distinct_in += len(set(inside_texts))
-            all_in += len(inside_texts)
+        target = queries.activation[chosen].repeat_interleave(samples_per_query, dim=0)
+        own = [queries.tokens[q, : int(queries.position[q]) + 1] for q in chosen.tolist()]
+        for name, (sampler, conditioning) in arms.items():
+            source = conditioning[chosen].repeat_interleave(samples_per_query, dim=0)
+            samples = _draw(sampler, task, source, index,
+                            generator if name == "decoder" else control_generator)
+            distance, best, _ = candidate_distances(model, site, target, samples)
+            inside = (distance <= epsilon).cpu()
+            context = _is_query_context(samples, best.cpu(), own, samples_per_query)
+            rates[name].append(float((inside & ~context).float().mean()))
+            if name != "decoder":
+                continue
+            raw.append(float(inside.float().mean()))
+            texts = task.decode_batch(samples)
+            well_formed += sum(task.validate(text).well_formed for text in texts)
+            total += len(texts)
+            for query in range(len(chosen)):
+                block = slice(query * samples_per_query, (query + 1) * samples_per_query)
+                prefixes = [bytes(samples[i, : int(best[i]) + 1].numpy().astype("int64"))
+                            for i in range(block.start, block.stop) if inside[i] and not context[i]]
+                distinct_in += len(set(prefixes))
+                all_in += len(prefixes)
     if was_training:
         decoder.train()
-    rates = (hits / totals).tolist()
-    return {
-        "in_epsilon": dict(zip([s.short for s in model.sites], rates)),
-        "in_epsilon_mean": sum(rates) / n_sites,
-        "well_formed": well_formed / totals.sum().item(),
+    names = [s.short for s in model.sites]
+    result: dict[str, object] = {
+        "in_epsilon": dict(zip(names, rates["decoder"])),
+        "in_epsilon_mean": sum(rates["decoder"]) / len(names),
+        "in_epsilon_raw": dict(zip(names, raw)),
+        "well_formed": well_formed / total,
         "distinct_in_epsilon": distinct_in / all_in if all_in else None,
     }
+    if controls:
+        result["controls"] = {name: dict(zip(names, rates[name])) for name in arms if name != "decoder"}
+        result["controls_mean"] = {name: sum(rates[name]) / len(names) for name in arms if name != "decoder"}
+        result["flagged"] = [site for site, mine, *others in zip(names, *rates.values())
+                             if not mine > max(others)]
+    return result
+
+
+def _draw(decoder: Decoder, task, activation: torch.Tensor, site_index: int,
+          generator: torch.Generator) -> torch.Tensor:
+    vocab = task.vocab
+    device = next(decoder.parameters()).device
+    site_id = torch.full((activation.shape[0],), site_index, dtype=torch.long)
+    if generator.device != device:
+        generator = torch.Generator(device=device).manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+    return decoder.sample(activation.to(device), site_id.to(device), vocab.bos_id, vocab.eos_id,
+                          vocab.pad_id, 1.0, generator).cpu()
+
+
+def _other_activations(queries: QuerySet) -> torch.Tensor:
+    """Each query's activation replaced by the next held-out query's of the same site."""
+    shuffled = queries.activation.clone()
+    for site in queries.site_id.unique().tolist():
+        rows = torch.nonzero(queries.site_id == site).flatten()
+        shuffled[rows] = queries.activation[rows.roll(-1)]
+    return shuffled
+
+
+def _random_like(decoder: Decoder, generator: torch.Generator) -> Decoder:
+    """A decoder of ``decoder``'s shape with freshly initialised weights (seeded)."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+    try:
+        control = type(decoder)(decoder.config)
+    finally:
+        torch.random.set_rng_state(state)
+    control.site_names = getattr(decoder, "site_names", ())
+    return control.to(next(decoder.parameters()).device).eval()
+
+
+def _is_query_context(samples: torch.Tensor, best: torch.Tensor, own: list[torch.Tensor],
+                      per_query: int) -> torch.Tensor:
+    """``[n]`` bool: the sample's cut prefix is its query's own (``own[i // per_query]``)."""
+    flags = torch.zeros(len(samples), dtype=torch.bool)
+    for i in range(len(samples)):
+        prefix = own[i // per_query]
+        flags[i] = int(best[i]) + 1 == len(prefix) and bool((samples[i, : len(prefix)] == prefix).all())
+    return flags

@@ -54,3 +54,37 @@ def importance_size(log_probs: torch.Tensor, temperatures: tuple[float, ...],
     stderr = float(weights.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.inf
     return SizeEstimate(size if math.isfinite(size) else None,
                         stderr if math.isfinite(stderr) else None, n, int(member[rows].sum()))
+
+
+#: The estimate is printed as a figure only when its standard error is at most this share of
+#: it, and it rests on at least ``MIN_MEMBERS_DRAWN`` noise-free draws inside ε: a heavy-tailed
+#: mean over fewer, or with a larger error, says nothing about the size (issue 28).
+MAX_RELATIVE_ERROR = 0.5
+MIN_MEMBERS_DRAWN = 5
+
+
+def why_not_estimable(estimate: SizeEstimate, has_grammar: bool, members_with_continuations: int
+                      ) -> str | None:
+    """Why ``estimate`` says nothing about the number of members (distinct cut prefixes,
+    preimage/members.py), or None where it does.
+
+    The estimate counts whole inputs. That is the number of members only where a member's
+    cut prefix fixes the rest of its input: a grammar must define the input space (free text
+    continues a prefix in countless ways), and no member may have been seen with two
+    continuations (addition read at ``+``, where the second operand is free)."""
+    if not has_grammar:
+        return ("the estimate counts whole inputs, and without a grammar every continuation "
+                "of a member's cut prefix is another input")
+    if members_with_continuations:
+        return (f"{members_with_continuations:,} members were seen with several continuations, "
+                f"and the estimate counts whole inputs, not cut prefixes")
+    if estimate.size is None:
+        return "no noise-free draw landed inside ε"
+    if estimate.members_drawn < MIN_MEMBERS_DRAWN:
+        return (f"only {estimate.members_drawn} noise-free draws landed inside ε "
+                f"(at least {MIN_MEMBERS_DRAWN} are needed)")
+    if estimate.stderr is None or estimate.stderr > MAX_RELATIVE_ERROR * estimate.size:
+        share = "an unknown share" if estimate.stderr is None else f"{estimate.stderr / estimate.size:.0%}"
+        return (f"its standard error is {share} of the estimate "
+                f"(at most {MAX_RELATIVE_ERROR:.0%} is usable)")
+    return None

@@ -23,7 +23,10 @@ from inversionview.errors import OptionError, echo
 from inversionview.preimage.agreement import attribute_agreement
 from inversionview.preimage.colour import delta_p, sequence_log_probability
 from inversionview.preimage.distance import Metric, candidate_distances
-from inversionview.preimage.estimate import importance_size
+from inversionview.preimage.estimate import importance_size, why_not_estimable
+from inversionview.preimage.members import cut_key, cut_keys, merge_by_cut, query_key
+from inversionview.preimage.reading import (distinct_prefixes, epsilon_profile, substitution_rows,
+                                            token_reading)
 from inversionview.preimage.result import (Completeness, PreimageResult, QueryInput, QueryStats,
                                            Sample, _finite_or_none)
 from inversionview.preimage.sample import (PAPER_SETTINGS, ROUND_SIZE, Draws, SamplingRound,
@@ -214,8 +217,12 @@ def draw_candidates(decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
 
 def constrained(task: Task, config: QueryConfig) -> bool:
     """Whether ``config`` constrains the draws and ``task`` has a grammar to do it with."""
-    return config.constrain and task.next_token_mask(
-        torch.tensor([[task.vocab.bos_id]])) is not None
+    return config.constrain and has_grammar(task)
+
+
+def has_grammar(task: Task) -> bool:
+    """Whether ``task`` says which tokens can lead to an input (``Task.next_token_mask``)."""
+    return task.next_token_mask(torch.tensor([[task.vocab.bos_id]])) is not None
 
 
 def score_rows(model: ProbedModel, query: ResolvedQuery, config: QueryConfig, position: str | int,
@@ -230,25 +237,34 @@ def score_rows(model: ProbedModel, query: ResolvedQuery, config: QueryConfig, po
 
 def search_preimage(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
                     position: str | int, seeds: torch.Tensor, seed_distance: torch.Tensor,
-                    on_round: Callable[[int, int], None] | None = None) -> SearchOutcome:
-    """The local search (preimage/search.py) around the decoder's distinct candidates."""
+                    on_round: Callable[[int, int], None] | None = None,
+                    seed_best: torch.Tensor | None = None) -> SearchOutcome:
+    """The local search (preimage/search.py) around the decoder's distinct candidates; with
+    ``seed_best`` (their best positions) its members are cut prefixes, the query's own left
+    out (preimage/members.py)."""
+    exclude = None
+    if seed_best is not None:
+        exclude = query_key(model.tokens(query.text)[0].cpu(), query.position)
     return local_search(decoder, query.activation, query.site_id, model.task,
                         lambda rows: score_rows(model, query, config, position, rows),
                         seeds, seed_distance, config.epsilon, config.candidates,
                         replace(config.search_settings or SearchConfig(), evaluations=config.search),
-                        on_round)
+                        on_round, seed_best=seed_best, exclude=exclude,
+                        truncate=seed_best is not None and not has_grammar(model.task))
 
 
 def search_around(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
                   position: str | int, candidates: torch.Tensor, distance: torch.Tensor,
-                  on_round: Callable[[int, int], None] | None = None
+                  on_round: Callable[[int, int], None] | None = None,
+                  best: torch.Tensor | None = None,
                   ) -> tuple[SearchOutcome, torch.Tensor | None, tuple | None]:
-    """The search seeded by the decoder's distinct ``candidates`` (scored: ``distance``) and
-    by the query itself, the first member of its own preimage. Returns the outcome, and the
-    query's row and ``score_rows`` triple when it was added as a seed (not among the
-    candidates, and short enough for the decoder's inputs), else None twice."""
+    """The search seeded by the decoder's distinct ``candidates`` (scored: ``distance``, and
+    ``best`` positions where members are cut prefixes) and by the query itself, the first
+    member of its own preimage. Returns the outcome, and the query's row and ``score_rows``
+    triple when it was added as a seed (not among the candidates, and short enough for the
+    decoder's inputs), else None twice."""
     task = model.task
-    seeds, seed_distance = candidates, distance
+    seeds, seed_distance, seed_best = candidates, distance, best
     query_row = query_scored = None
     query_ids = model.tokens(query.text).cpu()
     if int(task.lengths(query_ids)[0]) <= candidates.shape[1]:
@@ -257,7 +273,10 @@ def search_around(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, co
             query_row, query_scored = row, score_rows(model, query, config, position, row)
             seeds = torch.cat([candidates, query_row])
             seed_distance = torch.cat([distance, query_scored[0]])
-    outcome = search_preimage(model, decoder, query, config, position, seeds, seed_distance, on_round)
+            if best is not None:
+                seed_best = torch.cat([best, query_scored[1]])
+    outcome = search_preimage(model, decoder, query, config, position, seeds, seed_distance,
+                              on_round, seed_best)
     return outcome, query_row, query_scored
 
 
@@ -315,29 +334,32 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
         outcome, query_row, query_scored = search_around(
             model, decoder, resolved, config, position, full, distance,
             lambda done, budget: report("searching", sampling_share + (_SAMPLING_SHARE - sampling_share)
-                                        * min(done / budget, 1.0)))
+                                        * min(done / budget, 1.0)), best=best)
         searched = time.perf_counter()
         report("scoring", _SAMPLING_SHARE)
     pool = [(full[i], distance[i].item(), int(best[i]), per_position[i], int(multiplicity[i]),
              "decoder") for i in range(len(distinct))]
-    search_found = 0
     if query_scored is not None and task.in_space(query_row)[0] and query_scored[0][0] <= config.epsilon:
         pool.append((query_row[0], query_scored[0][0].item(), int(query_scored[1][0]), query_scored[2][0],
                      0, "query"))
-        search_found += 1
     if outcome is not None:
         for i in torch.nonzero(outcome.distance <= config.epsilon).flatten().tolist():
             pool.append((outcome.tokens[i], outcome.distance[i].item(), int(outcome.best_position[i]),
                          outcome.per_position[i], 0, f"search {int(outcome.round[i])}"))
-            search_found += 1
     texts = task.decode_batch(torch.stack([row[0] for row in pool]))
     order = sorted(range(len(pool)), key=lambda i: (pool[i][1], texts[i]))
-    samples = [_sample(task, texts[i], *pool[i][:-1], config.epsilon, found_by=pool[i][-1])
-               for i in order]
+    scored_inputs = [_sample(task, texts[i], *pool[i][:-1], config.epsilon, found_by=pool[i][-1])
+                     for i in order]
+    valid_count = sum(s.multiplicity for s in scored_inputs if s.valid)
+    # A member is its cut prefix: merge inputs that share one, set the query's own apart.
+    own = query_key(model.tokens(text)[0].cpu(), index)
+    merged, context = merge_by_cut(scored_inputs, [cut_key(pool[i][0], pool[i][2], pool[i][1]) for i in order],
+                                   [pool[i][0] for i in order], own)
+    samples = [member.sample for member in merged]
     scored = time.perf_counter()
     report("colouring", _SAMPLING_SHARE + _SCORING_SHARE)
 
-    # 3. Choose what to show and colour it.
+    # 4. Choose what to show and colour it.
     if config.all_samples:
         shown_indices = [i for i, s in enumerate(samples) if math.isfinite(s.distance)]
     else:
@@ -346,7 +368,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
                                      [s.found_by == "decoder" for s in samples])
     shown = [samples[i] for i in shown_indices]
     if shown:
-        shown_tokens = torch.stack([pool[order[i]][0] for i in shown_indices])
+        shown_tokens = torch.stack([merged[i].row for i in shown_indices])
         shown_tokens = shown_tokens[:, : int(task.lengths(shown_tokens).max())]
         changes, with_query = delta_p(decoder, shown_tokens, query_activation, bos_activation,
                                       site_id, vocab.pad_id)
@@ -356,28 +378,41 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
             sample.log_probability = round(log_prob, 6)
     coloured = time.perf_counter()
 
-    query_validity = task.validate(text)
-    query_attributes = task.attributes(text)
-    in_count = int(multiplicity[distance <= config.epsilon].sum())
-    valid_count = sum(s.multiplicity for s in samples if s.valid)
+    # The decoder's draws, counted by cut prefix with the query's own left out.
+    keys = cut_keys(full, best, distance)
+    context_row = torch.tensor([key == own for key in keys], dtype=torch.bool)
+    inside = distance <= config.epsilon
+    members = inside & in_space & ~context_row
+    counted = int(multiplicity.sum())
+    in_count = int(multiplicity[inside & ~context_row].sum())
     stats = QueryStats(
-        candidates=int(multiplicity.sum()), distinct=len(distinct), in_epsilon=in_count,
-        in_epsilon_rate=in_count / int(multiplicity.sum()),
-        in_epsilon_distinct=int((distance <= config.epsilon).sum()),
-        valid_rate=valid_count / int(multiplicity.sum()), shown=len(shown),
+        candidates=counted, distinct=len({key or i for i, key in enumerate(keys)}),
+        in_epsilon=in_count, in_epsilon_rate=in_count / counted,
+        in_epsilon_distinct=len({k for k, ok in zip(keys, (inside & ~context_row).tolist()) if ok}),
+        valid_rate=valid_count / counted, shown=len(shown),
         shown_in_epsilon=sum(s.in_epsilon for s in shown),
         seconds=round(coloured - started, 4), seconds_sampling=round(sampled - started, 4),
         seconds_scoring=round(decoder_scored - sampled + scored - searched, 4),
         seconds_colouring=round(coloured - scored, 4),
-        seconds_search=round(searched - decoder_scored, 4))
-    members = (distance <= config.epsilon) & in_space
+        seconds_search=round(searched - decoder_scored, 4),
+        distinct_inputs=len(distinct), in_epsilon_inputs=int(inside.sum()),
+        query_context=int(multiplicity[context_row].sum()))
     estimate = importance_size(draws.log_probs, draws.scored_temperatures, draws.temperature,
                                (draws.noise == 0) & (draws.cosine == 1), members[inverse])
+    found = [m for m in merged if m.sample.in_epsilon and bool(task.in_space(m.row[None])[0])]
+    drawn = {key for key, member in zip(keys, members.tolist()) if member}
     completeness = Completeness.of(
-        found_by_decoder=int(members.sum()), found_by_search=search_found, estimate=estimate,
+        found_by_decoder=len(drawn), found_by_search=sum(m.key not in drawn for m in found),
+        estimate=estimate,
         search=None if outcome is None else {
             "evaluations": outcome.evaluations, "budget": config.search, "rounds": outcome.rounds,
-            "stop": outcome.stop, "members_wanted": config.candidates})
+            "stop": outcome.stop, "members_wanted": config.candidates},
+        not_estimable=why_not_estimable(estimate, has_grammar(task),
+                                        sum(m.sample.continuations > 1 for m in found)))
+    profile, tokens_read = read_tokens(model, decoder, resolved, config, position, full, distance, best,
+                                       outcome, query_row, query_scored)
+    query_validity = task.validate(text)
+    query_attributes = task.attributes(text)
     return PreimageResult(
         model=model.source, task=task.name, decoder=decoder_name, site=site.short, hook=site.hook,
         position=index, position_label=task.position_label(text, index), metric=config.metric,
@@ -387,15 +422,64 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
                          valid=query_validity.well_formed and query_validity.in_distribution,
                          reason=query_validity.reason),
         stats=stats,
-        histogram=distance_histogram(distance, multiplicity, config.epsilon),
+        histogram=distance_histogram(distance[~context_row], multiplicity[~context_row], config.epsilon),
         # Over the decoder's draws, as the paper: the search's finds are neighbours of where it
         # started and would overstate what inputs inside ε share.
         attribute_agreement=attribute_agreement(task.attribute_names, query_attributes,
                                                 [s for s in samples if s.found_by == "decoder"]),
         samples=shown, all_samples=config.all_samples, completeness=completeness,
+        query_context=context.to_dict(), epsilon_profile=profile, token_reading=tokens_read,
         constrained=constrained(task, config),
         noise_cosine=None if config.noise_cosine is None else list(config.noise_cosine),
         banned_tokens=len(config.banned))
+
+
+#: Substitutions tried at each token of the query's prefix for the token reading's invariance.
+SUBSTITUTIONS_PER_TOKEN = 8
+
+
+def read_tokens(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
+                position: str | int, drawn: torch.Tensor, distance: torch.Tensor, best: torch.Tensor,
+                outcome: SearchOutcome | None, query_row: torch.Tensor | None,
+                query_scored: tuple | None) -> tuple[dict, list[dict]]:
+    """The ε profile and the token reading (preimage/reading.py) from everything the query
+    scored: the decoder's distinct draws, every input the search scored, and the query's
+    prefix with each of its tokens substituted (scored here)."""
+    task = model.task
+    vocab = task.vocab
+    query_ids = model.tokens(query.text)[0].cpu()
+    # The prefix and EOS, in no more columns than the decoder's draws have (the model's context)
+    width = min(query.position + 2, drawn.shape[1])
+    row = query_ids[:width].clone()
+    substituted, where = substitution_rows(decoder, row, query.position, query.activation,
+                                           query.site_id, vocab.bos_id, vocab.eos_id, vocab.pad_id,
+                                           SUBSTITUTIONS_PER_TOKEN)
+    sub_distance, sub_best, _ = score_rows(model, query, config, position, substituted)
+    tried = {}
+    for index, value in zip(where.tolist(), sub_distance.tolist()):
+        inside, total = tried.get(index, (0, 0))
+        tried[index] = (inside + (value <= config.epsilon), total + 1)
+    parts = [(drawn, best, distance, ["decoder"] * len(drawn)),
+             (substituted, sub_best, sub_distance, ["substitution"] * len(substituted))]
+    if outcome is not None and len(outcome.tokens):
+        parts.append((outcome.tokens, outcome.best_position, outcome.distance,
+                      [f"search {int(r)}" for r in outcome.round]))
+    widest = max(p[0].shape[1] for p in parts)
+    rows = torch.cat([_widened(p[0], widest, vocab.pad_id) for p in parts])
+    scored = distinct_prefixes(rows, torch.cat([p[1].long() for p in parts]),
+                               torch.cat([p[2].float() for p in parts]),
+                               [source for p in parts for source in p[3]],
+                               query_ids[: query.position + 1].tolist())
+    return (epsilon_profile(scored, config.epsilon, task.token_strings),
+            token_reading(query_ids.tolist(), query.position, scored, config.epsilon,
+                          task.token_strings, tried))
+
+
+def _widened(rows: torch.Tensor, width: int, pad_id: int) -> torch.Tensor:
+    """``rows`` ``[n, w]`` right-padded to ``width`` columns (or cut to them)."""
+    out = torch.full((rows.shape[0], width), pad_id, dtype=torch.long)
+    out[:, : min(width, rows.shape[1])] = rows[:, :width]
+    return out
 
 
 def _padded(tokens: torch.Tensor, width: int, pad_id: int) -> torch.Tensor:

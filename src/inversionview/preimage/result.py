@@ -38,6 +38,10 @@ class Sample:
     # search; multiplicity 0) or "query" (the query itself, where the decoder did not draw it
     # and the search started from it)
     found_by: str = "decoder"
+    # Distinct scored inputs that share this sample's cut prefix (its tokens up to
+    # ``best_position``, its only evidence in a causal model); ``text`` is the first of them
+    # and what follows the cut is free (preimage/members.py).
+    continuations: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
@@ -63,11 +67,16 @@ class QueryInput:
 
 @dataclass
 class QueryStats:
+    """Counts over the decoder's draws. A member is a cut prefix (preimage/members.py):
+    ``distinct`` and ``in_epsilon_distinct`` count distinct cut prefixes, and every figure
+    but the raw ``*_inputs`` and ``query_context`` ones leaves out the draws whose cut prefix
+    is the query's own."""
+
     candidates: int  # drawn, with repeats
-    distinct: int
-    in_epsilon: int  # drawn candidates inside ε (with repeats)
-    in_epsilon_rate: float
-    in_epsilon_distinct: int
+    distinct: int  # distinct cut prefixes drawn (a draw without a scorable position counts alone)
+    in_epsilon: int  # drawn candidates inside ε (with repeats), the query's context left out
+    in_epsilon_rate: float  # in_epsilon / candidates
+    in_epsilon_distinct: int  # distinct cut prefixes inside ε, the query's own left out
     valid_rate: float  # fraction of drawn candidates that are valid task inputs
     shown: int
     shown_in_epsilon: int
@@ -76,33 +85,46 @@ class QueryStats:
     seconds_scoring: float
     seconds_colouring: float
     seconds_search: float = 0.0
+    # Raw figures beside them: distinct inputs drawn and inside ε (every continuation counted,
+    # the query's context included), and the draws whose cut prefix is the query's own.
+    distinct_inputs: int = 0
+    in_epsilon_inputs: int = 0
+    query_context: int = 0
 
 
 @dataclass
 class Completeness:
-    """How much of the ε-preimage a query has seen (issue 14). Members are inputs of the
-    task's space (what its sampler could draw) inside ε; for free text, any text."""
+    """How much of the ε-preimage a query has seen (issue 14). Members are distinct cut
+    prefixes (preimage/members.py) of the task's space (what its sampler could draw) inside
+    ε, the query's own left out; for free text, any text."""
 
     found: int  # distinct members found (decoder + search)
     found_by_decoder: int
-    found_by_search: int  # the query itself (when not drawn) and the search's finds
-    # Importance-sampling estimate of the preimage's size from the decoder's noise-free draws
-    # (preimage/estimate.py), its standard error, and the draws it rests on
+    found_by_search: int  # the search's finds the decoder did not draw
+    # Importance-sampling estimate of the preimage's size in whole inputs from the decoder's
+    # noise-free draws (preimage/estimate.py), its standard error, and the draws it rests on:
+    # the raw figures, kept even where they are not usable (``not_estimable``)
     estimate: float | None
     estimate_stderr: float | None
     estimate_draws: int
-    estimated_size: float | None  # max(found, estimate): the preimage has at least ``found``
+    estimated_size: float | None  # max(found, estimate) where usable: at least ``found``
     coverage: float | None  # found / estimated_size
     search: dict[str, Any] | None = None  # evaluations, budget, rounds, stop, members_wanted
+    # Why the estimate says nothing about the size here (None: it is usable)
+    not_estimable: str | None = None
 
     @classmethod
-    def of(cls, found_by_decoder: int, found_by_search: int, estimate, search=None) -> "Completeness":
+    def of(cls, found_by_decoder: int, found_by_search: int, estimate, search=None,
+           not_estimable: str | None = None) -> "Completeness":
         found = found_by_decoder + found_by_search
-        size = None if estimate.size is None else max(float(found), estimate.size)
+        size = None
+        if not_estimable is None and estimate.size is not None:
+            size = max(float(found), estimate.size)
         return cls(found=found, found_by_decoder=found_by_decoder, found_by_search=found_by_search,
                    estimate=_rounded(estimate.size), estimate_stderr=_rounded(estimate.stderr),
                    estimate_draws=estimate.draws, estimated_size=_rounded(size),
-                   coverage=None if not size else round(found / size, 6), search=search)
+                   coverage=None if not size else round(found / size, 6), search=search,
+                   not_estimable=not_estimable)
 
     @property
     def saturated(self) -> bool:
@@ -111,10 +133,12 @@ class Completeness:
 
     def describe(self) -> str:
         """One line for people: found, the estimate, how the search ended."""
-        parts = [f"{self.found:,} distinct inputs found in ε"]
+        parts = [f"{self.found:,} distinct members found in ε"]
         if self.search is not None:
             parts[0] += f" ({self.found_by_decoder:,} drawn by the decoder, {self.found_by_search:,} by the search)"
-        if self.estimate is not None:
+        if self.not_estimable is not None:
+            parts.append(f"preimage size not estimable: {self.not_estimable}")
+        elif self.estimated_size is not None:
             parts.append(f"estimated preimage {_approximate(self.estimated_size)} "
                          f"(± {_approximate(self.estimate_stderr)}), coverage {_percent(self.coverage)}")
         if self.search is not None:
@@ -182,6 +206,15 @@ class PreimageResult:
     constrained: bool = False
     noise_cosine: list[float] | None = None  # [low, high] of the cosine noise, if any
     banned_tokens: int = 0  # how many token ids the sampler never drew (rare tokens)
+    # The scored inputs whose cut prefix is the query's own: {"draws", "continuations"}
+    # (preimage/members.py); they are in no sample, reading or rate.
+    query_context: dict[str, int] | None = None
+    # Distinct members within several radii and the nearest ones, from everything scored
+    # (preimage/reading.py): {"radii", "members", "nearest": [{"tokens", "distance", "found_by"}]}
+    epsilon_profile: dict[str, Any] | None = None
+    # Per token of the query's prefix: kept by members vs outside inputs, and the share of its
+    # substitutions that stay inside ε (preimage/reading.py)
+    token_reading: list[dict[str, Any]] = field(default_factory=list)
 
     def to_record(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in fields(self)}

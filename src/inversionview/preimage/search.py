@@ -88,9 +88,12 @@ def row_keys(tokens: torch.Tensor) -> list[bytes]:
 @torch.no_grad()
 def edit_proposals(decoder: Decoder, rows: torch.Tensor, activation: torch.Tensor, site_id: int,
                    bos_id: int, eos_id: int, pad_id: int, per_position: int,
-                   transpositions: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                   transpositions: bool = True, cut: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every single-token edit of ``rows`` ``[F, W]`` that the decoder proposes, and every
-    transposition of two different tokens.
+    transposition of two different tokens. With ``cut`` ``[F]`` (each row's best position
+    + 1), edits stay inside each row's cut prefix (an insertion may extend it by one token):
+    in a causal model what follows the cut is not evidence, so editing it finds nothing new.
 
     Returns (edited rows ``[P, W]``, priority ``[P]`` = the decoder's log-probability of the
     token that the edit puts in place, given the prefix and the query activation). Rows keep
@@ -111,6 +114,8 @@ def edit_proposals(decoder: Decoder, rows: torch.Tensor, activation: torch.Tenso
     n_tokens = (rows != pad_id).sum(dim=1)
     is_eos = rows == eos_id
     end = torch.where(is_eos.any(dim=1), is_eos.float().argmax(dim=1), n_tokens)  # EOS index
+    if cut is not None:
+        end = torch.minimum(end, cut.to(end.dtype))
     position = torch.arange(1, width)[None, :]  # [1, W-1]: the edited position j
     current = rows[:, 1:]  # [F, W-1]
 
@@ -167,6 +172,41 @@ def edit_proposals(decoder: Decoder, rows: torch.Tensor, activation: torch.Tenso
     return torch.cat(edited), torch.cat(priority)
 
 
+def _add_cuts(cuts: set[bytes], rows: torch.Tensor, best: torch.Tensor, exclude: bytes | None) -> None:
+    """Add the cut prefixes of ``rows`` (their best positions ``best``) to ``cuts``, but not
+    ``exclude``."""
+    for row, position in zip(rows, best.tolist()):
+        key = row[: position + 1].to(torch.int64).contiguous().numpy().tobytes()
+        if key != exclude:
+            cuts.add(key)
+
+
+def _one_per_cut(ordered: torch.Tensor, tokens: torch.Tensor, best: torch.Tensor,
+                 expanded_cuts: set[bytes], expanded: torch.Tensor) -> torch.Tensor:
+    """``ordered`` (indices into ``tokens``) less the rows whose cut prefix was expanded
+    already (or comes earlier in ``ordered``), which are marked expanded."""
+    kept = []
+    for index in ordered.tolist():
+        key = tokens[index, : int(best[index]) + 1].to(torch.int64).contiguous().numpy().tobytes()
+        if key in expanded_cuts:
+            expanded[index] = True
+            continue
+        expanded_cuts.add(key)
+        kept.append(index)
+    return torch.tensor(kept, dtype=torch.long)
+
+
+def _truncated(rows: torch.Tensor, cut: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+    """``rows`` ``[F, W]`` with everything after each row's cut (``cut`` tokens kept) replaced
+    by EOS and PAD."""
+    columns = torch.arange(rows.shape[1])[None, :]
+    out = rows.masked_fill(columns >= cut[:, None], pad_id)
+    at = cut.clamp(max=rows.shape[1] - 1)
+    fits = cut < rows.shape[1]
+    out[torch.nonzero(fits).flatten(), at[fits]] = eos_id
+    return out
+
+
 def _pick(keep: torch.Tensor, values: torch.Tensor, tokens: torch.Tensor):
     """(row, position j, token, log-probability) of the kept entries of ``[F, W-1, k]``."""
     f, j, slot = torch.nonzero(keep, as_tuple=True)
@@ -177,13 +217,21 @@ def _pick(keep: torch.Tensor, values: torch.Tensor, tokens: torch.Tensor):
 def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, task: Task,
                  score: Score, seeds: torch.Tensor, seed_distance: torch.Tensor, epsilon: float,
                  members_wanted: int, config: SearchConfig | None = None,
-                 on_round: Callable[[int, int], None] | None = None) -> SearchOutcome:
+                 on_round: Callable[[int, int], None] | None = None,
+                 seed_best: torch.Tensor | None = None, exclude: bytes | None = None,
+                 truncate: bool = False) -> SearchOutcome:
     """Search around ``seeds`` ``[n, W]`` (the decoder's distinct candidates, their distances
     ``[n]``) for more inputs within ``epsilon`` (see the module's docstring).
 
     ``task.complete`` makes edits inputs; ``score`` scores rows on the probed model. A member
     counts towards ``members_wanted`` when it is an input of the task (``Task.in_space``).
     ``on_round(evaluations, budget)`` is told the progress.
+
+    With ``seed_best`` (the seeds' best positions ``[n]``) members are cut prefixes
+    (preimage/members.py): a member counts once per cut prefix and not at all when its cut
+    prefix is ``exclude`` (the query's own), and edits stay inside each row's cut prefix.
+    ``truncate`` (free text, where no grammar writes what follows) also replaces what follows
+    a row's cut by EOS before editing it, so rows that share a cut prefix are expanded once.
     """
     config = config or SearchConfig()
     vocab = task.vocab
@@ -192,8 +240,17 @@ def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, task:
     # Everything scored so far: the seeds, then each round's batch (what the outcome returns).
     pool_tokens = [seeds]
     pool_distance = [seed_distance.float().cpu()]
+    by_cut = seed_best is not None
+    pool_best = [seed_best.cpu() if by_cut else torch.zeros(len(seeds), dtype=torch.long)]
     expanded = torch.zeros(len(seeds), dtype=torch.bool)
-    members = int(((seed_distance <= epsilon) & task.in_space(seeds)).sum())
+    expanded_cuts: set[bytes] = set()
+    member_cuts: set[bytes] = set()
+    if by_cut:
+        inside = (seed_distance <= epsilon) & task.in_space(seeds)
+        _add_cuts(member_cuts, seeds[inside], pool_best[0][inside], exclude)
+        members = len(member_cuts)
+    else:
+        members = int(((seed_distance <= epsilon) & task.in_space(seeds)).sum())
 
     found_best, found_per_position, found_round = [], [], []
     evaluations, rounds, best, stale, stop = 0, 0, float(seed_distance.min()) if len(seeds) else math.inf, 0, ""
@@ -219,12 +276,24 @@ def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, task:
             stop = "saturated" if members else "no-closer"
             break
         candidates = torch.nonzero(near).flatten()
-        chosen = candidates[torch.argsort(distance[candidates], stable=True)[:take]]
+        ordered = candidates[torch.argsort(distance[candidates], stable=True)]
+        cut = None
+        if by_cut:
+            best_all = torch.cat(pool_best)
+            ordered = _one_per_cut(ordered, tokens, best_all, expanded_cuts, expanded)
+            chosen = ordered[:take]
+            cut = best_all[chosen] + 1
+        else:
+            chosen = ordered[:take]
         expanded[chosen] = True
-
-        rows, priority = edit_proposals(decoder, tokens[chosen], activation, site_id, vocab.bos_id,
+        if not len(chosen):
+            continue
+        parents = tokens[chosen]
+        if truncate and cut is not None:
+            parents = _truncated(parents, cut, vocab.eos_id, vocab.pad_id)
+        rows, priority = edit_proposals(decoder, parents, activation, site_id, vocab.bos_id,
                                         vocab.eos_id, vocab.pad_id, config.per_position,
-                                        config.transpositions)
+                                        config.transpositions, cut)
         rows, ok = task.complete(rows)
         rows, priority = rows[ok], priority[ok]
         order = torch.argsort(priority, descending=True, stable=True)
@@ -248,10 +317,18 @@ def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, task:
         distance_new, best_new, per_position_new = score(batch)
         distance_new = distance_new.float().cpu()
         evaluations += len(batch)
-        new_members = int((distance_new <= epsilon).sum())  # all rows are inputs (complete)
-        members += new_members
+        if by_cut:
+            before = len(member_cuts)
+            inside = distance_new <= epsilon  # all rows are inputs (complete)
+            _add_cuts(member_cuts, batch[inside], best_new.cpu()[inside], exclude)
+            new_members = len(member_cuts) - before
+            members = len(member_cuts)
+        else:
+            new_members = int((distance_new <= epsilon).sum())  # all rows are inputs (complete)
+            members += new_members
         pool_tokens.append(batch)
         pool_distance.append(distance_new)
+        pool_best.append(best_new.cpu().long())
         found_best.append(best_new.cpu())
         found_per_position.append(per_position_new.cpu())
         found_round.append(torch.full((len(batch),), rounds))

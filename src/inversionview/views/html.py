@@ -8,7 +8,9 @@ import json
 import math
 
 from inversionview.preimage.result import PreimageResult, Sample
-from inversionview.views.terminal import CONSTRAINED, delta_p_rgb, format_value
+from inversionview.preimage.members import QueryContext
+from inversionview.views.terminal import (CONSTRAINED, delta_p_rgb, format_value, profile_lines,
+                                          shown_tokens)
 
 # Every rule is scoped to the view's own box, so that the view sits in a notebook cell
 # without restyling the notebook (the page and the notebook show the same markup).
@@ -30,6 +32,7 @@ STYLE = f"""
 .{SCOPE} .bar {{ display: inline-block; height: .7em; background: #889; vertical-align: middle; }}
 .{SCOPE} .same {{ font-weight: 700; }}
 .{SCOPE} .legend span {{ padding: 0 4px; margin-right: .5em; }}
+.{SCOPE} td.input span.continuation {{ color: #aaa; }}
 """
 
 
@@ -68,6 +71,7 @@ def render_fragment(result: PreimageResult) -> str:
         "<p class='legend'>token colour = ΔP: <span style='background:rgb(64,64,255)'>raised"
         "</span><span style='background:rgb(255,64,64)'>lowered</span> by the query activation "
         "(against z<sub>BOS</sub>)</p>",
+        *_reading_html(result),
         _samples_table(result, attributes),
         *(["<h2>Attribute agreement with the query</h2>", _agreement_table(result)]
           if result.attribute_agreement else []),
@@ -83,16 +87,46 @@ def _title(result: PreimageResult) -> str:
 
 
 def _tokens_html(sample_tokens: list[str], changes: list[float | None] | None,
-                 marked: int | None = None) -> str:
+                 marked: int | None = None, cut: int = -1) -> str:
+    """Token spans with ΔP backgrounds; after ``cut`` (a sample's best position) the
+    continuation, which is no evidence, dimmed and cut short."""
+    evidence, continuation, more = shown_tokens(sample_tokens, cut)
     spans = []
-    for index, token in enumerate(sample_tokens):
+    for index, token in enumerate(evidence):
         change = changes[index] if changes and index < len(changes) else None
         rgb = delta_p_rgb(change)
         style = f" style='background:rgb{rgb}'" if rgb else ""
         tip = f" title='ΔP {change:+.3f}'" if change is not None else ""
         mark = " class='query-pos'" if index == marked else ""
         spans.append(f"<span{mark}{style}{tip}>{html.escape(token)}</span>")
+    if continuation:
+        text = "".join(continuation) + ("…" if more else "")
+        spans.append(f"<span class='continuation' title='after the best position: not evidence'>"
+                     f"{html.escape(text)}</span>")
     return "".join(spans)
+
+
+def _reading_html(result: PreimageResult) -> list[str]:
+    """The query-context line, the ε profile and (without attributes) the token reading."""
+    parts = []
+    context = QueryContext.describe(result.query_context)
+    if context:
+        parts.append(f"<p class='meta query-context'>Left out: {html.escape(context)}.</p>")
+    parts += [f"<p class='meta epsilon-profile'>{html.escape(line)}</p>" for line in profile_lines(result)]
+    if result.token_reading and not result.attribute_agreement:
+        def fraction(value):
+            return "-" if value is None else f"{value:.2f}"
+        rows = ["<h2>Token reading</h2>",
+                "<table class='token-reading'><tr><th>token</th><th>kept inside ε</th><th>outside</th>"
+                "<th>anywhere inside</th><th>outside</th><th>substitutions staying inside</th></tr>"]
+        for row in result.token_reading:
+            rows.append(f"<tr><td class='input'><span>{html.escape(row['token'])}</span></td>"
+                        f"<td>{fraction(row['kept_inside'])}</td><td>{fraction(row['kept_outside'])}</td>"
+                        f"<td>{fraction(row['anywhere_inside'])}</td><td>{fraction(row['anywhere_outside'])}</td>"
+                        f"<td>{fraction(row['stays'])} ({row['substitutions']})</td></tr>")
+        rows.append("</table>")
+        parts.append("\n".join(rows))
+    return parts
 
 
 def _samples_table(result: PreimageResult, attributes: list[str]) -> str:
@@ -127,7 +161,7 @@ def _sample_row(sample: Sample, attributes: list[str], scale: float, query_attri
     invalid = "" if sample.valid else f" class='invalid' title='{html.escape(sample.reason)}'"
     distance = f"{sample.distance:.3f}" if finite else "inf"
     return (f"<tr{invalid}><td>{distance}</td><td><span class='bar' style='width:{width:.0f}px'>"
-            f"</span></td><td class='input'>{_tokens_html(sample.tokens, sample.delta_p)}</td>"
+            f"</span></td><td class='input'>{_tokens_html(sample.tokens, sample.delta_p, cut=sample.best_position)}</td>"
             f"<td>({html.escape(sample.best_position_label)})</td>{''.join(cells)}"
             f"<td>{sample.multiplicity if sample.multiplicity > 1 else ''}</td></tr>")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from inversionview.preimage.members import QueryContext
 from inversionview.preimage.result import PreimageResult, Sample
 
 BAR_WIDTH = 10
@@ -28,15 +29,42 @@ def delta_p_rgb(change: float | None) -> tuple[int, int, int] | None:
     return (fade, fade, 255) if change > 0 else (255, fade, fade)
 
 
-def _coloured_tokens(tokens: list[str], changes: list[float | None] | None, width: int) -> str:
+#: Tokens of a sample's continuation (after its cut prefix) shown, dimmed, before "…".
+CONTINUATION_SHOWN = 12
+DIM = "\x1b[2m"
+
+
+def shown_tokens(tokens: list[str], cut: int) -> tuple[list[str], list[str], bool]:
+    """A sample's evidence (``tokens[:cut + 1]``, all of them when ``cut`` < 0), the shown
+    part of its continuation, and whether more of it was left out."""
+    if cut < 0:
+        return tokens, [], False
+    rest = tokens[cut + 1:]
+    return tokens[: cut + 1], rest[:CONTINUATION_SHOWN], len(rest) > CONTINUATION_SHOWN
+
+
+def _coloured_tokens(tokens: list[str], changes: list[float | None] | None, width: int,
+                     cut: int = -1) -> str:
+    """The tokens with ΔP backgrounds; what follows the cut (best position) dimmed and cut
+    short; padded to ``width`` characters."""
+    evidence, continuation, more = shown_tokens(tokens, cut)
     pieces = []
-    for index, token in enumerate(tokens):
+    for index, token in enumerate(evidence):
         rgb = delta_p_rgb(changes[index]) if changes and index < len(changes) else None
         if rgb is None:
             pieces.append(token)
         else:
             pieces.append(f"\x1b[48;2;{rgb[0]};{rgb[1]};{rgb[2]}m\x1b[38;2;0;0;0m{token}{RESET}")
-    return "".join(pieces) + " " * max(width - len(tokens), 0)
+    tail = "".join(continuation) + ("…" if more else "")
+    if tail:
+        pieces.append(f"{DIM}{tail}{RESET}")
+    length = len("".join(evidence)) + len(tail)
+    return "".join(pieces) + " " * max(width - length, 0)
+
+
+def _shown_length(tokens: list[str], cut: int) -> int:
+    evidence, continuation, more = shown_tokens(tokens, cut)
+    return len("".join(evidence)) + len("".join(continuation)) + more
 
 
 def _bar(distance: float, scale: float) -> str:
@@ -69,7 +97,7 @@ def render_result(result: PreimageResult) -> str:
     stats = result.stats
     attributes = result.attribute_names[:MAX_ATTRIBUTE_COLUMNS]
     query = result.query
-    width = max([len(query.tokens)] + [len(s.tokens) for s in result.samples])
+    width = max([len(query.text)] + [_shown_length(s.tokens, s.best_position) for s in result.samples])
     finite = [s.distance for s in result.samples if math.isfinite(s.distance)]
     scale = max(finite + [2 * result.epsilon])
     metric = "normalised Euclidean" if result.metric == "euclidean" else "1 - cos"
@@ -83,6 +111,8 @@ def render_result(result: PreimageResult) -> str:
         f"{stats.valid_rate:.0%} valid{CONSTRAINED if result.constrained else ''}; "
         f"{stats.seconds:.2f} s",
         *([f"completeness: {result.completeness.describe()}"] if result.completeness else []),
+        *([f"left out: {context}"] if (context := QueryContext.describe(result.query_context)) else []),
+        *profile_lines(result),
         "",
     ]
     widths = [max(len(name), 5) for name in attributes]
@@ -110,6 +140,8 @@ def render_result(result: PreimageResult) -> str:
         contrast = "      -" if row["contrast"] is None else f"{row['contrast']:+9.2f}"
         lines.append(f"{row['attribute']:<14} {format_value(row['query_value'])[:10]:>10} "
                      f"{_fraction(row['inside']):>7} {_fraction(row['outside']):>8} {contrast}")
+    if not result.attribute_agreement and result.token_reading:
+        lines += ["", *token_reading_lines(result)]
     if result.verification:
         lines += ["", "the query's activation replaced by a sample's (patching), output change:"]
         for side in ("inside", "outside"):
@@ -133,5 +165,41 @@ def _sample_row(sample: Sample, attributes: list[str], widths: list[int], width:
     count = f"  {sample.multiplicity}" if sample.multiplicity > 1 else ""
     count += "  (search)" if sample.found_by != "decoder" else ""
     return (f"{_bar(sample.distance, scale)} {distance:>6} "
-            f"{_coloured_tokens(sample.tokens, sample.delta_p, width)} "
+            f"{_coloured_tokens(sample.tokens, sample.delta_p, width, sample.best_position)} "
             f"{'(' + sample.best_position_label + ')':<8} " + " ".join(cells) + count + flag)
+
+
+def profile_lines(result: PreimageResult) -> list[str]:
+    """The ε profile: distinct members within each radius, and the nearest ones when none is
+    inside ε."""
+    profile = result.epsilon_profile
+    if not profile:
+        return []
+    counts = ", ".join(f"{radius:g}: {count:,}" for radius, count in zip(profile["radii"], profile["members"]))
+    lines = [f"ε profile (distinct members within each distance, everything scored): {counts}"]
+    inside = dict(zip(profile["radii"], profile["members"])).get(result.epsilon, 0)
+    if not inside and profile["nearest"]:
+        lines.append("nothing in ε; the nearest members:")
+        lines += [f"  {near['distance']:.3f} {''.join(near['tokens'])!r} ({near['found_by']})"
+                  for near in profile["nearest"]]
+    return lines
+
+
+def token_reading_lines(result: PreimageResult) -> list[str]:
+    """The token reading: per token of the query's prefix, how often members keep it (at the
+    same place back from their best position, and anywhere) against inputs outside ε, and the
+    share of its substitutions that stay inside ε."""
+    rows = result.token_reading
+    inside, outside = rows[0]["n_inside"], rows[0]["n_outside"]
+    width = max(len(repr(row["token"])) for row in rows) + 1
+    lines = [f"token reading ({inside:,} members inside ε, {outside:,} inputs outside; kept at "
+             f"the same place back from the best position / anywhere; substitutions that stay "
+             f"inside ε):",
+             f"{'token':<{width}} {'kept in':>8} {'out':>5} {'anywhere in':>12} {'out':>5} "
+             f"{'stays':>6}"]
+    for row in rows:
+        stays = "     -" if row["stays"] is None else f"{row['stays']:6.2f}"
+        lines.append(f"{row['token']!r:<{width}} {_fraction(row['kept_inside']):>8} "
+                     f"{_fraction(row['kept_outside']):>5} {_fraction(row['anywhere_inside']):>12} "
+                     f"{_fraction(row['anywhere_outside']):>5} {stays}")
+    return lines

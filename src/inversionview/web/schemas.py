@@ -79,7 +79,7 @@ class QueryRequest(_Request):
     search: int | None = Field(None, **SERVER_SEARCH_EVALUATIONS.bounds,
                                description="Inputs the local search may score beyond the decoder's "
                                            "candidates (0: decoder-only sampling, as in the paper; "
-                                           "default: 16,384 on the toy tasks, 0 on free text).")
+                                           "default: 16,384 on the toy tasks, 4,096 on free text).")
     noise_cosine: list[Cosine] | None = Field(
         None, min_length=2, max_length=2, description="[low, high]: condition each candidate on a vector of the query's norm "
         "at a cosine drawn from [low, high] to it (the paper's factual-recall noise, e.g. "
@@ -192,6 +192,8 @@ class SampleRecord(BaseModel):
     delta_p: list[float | None] | None
     log_probability: float | None
     found_by: str = "decoder"
+    continuations: int = Field(1, description="Distinct scored inputs sharing this sample's cut "
+                               "prefix (its tokens up to best_position, its only evidence).")
 
 
 class QueryInputRecord(BaseModel):
@@ -216,12 +218,17 @@ class QueryStatsRecord(BaseModel):
     seconds_scoring: float
     seconds_colouring: float
     seconds_search: float = 0.0
+    distinct_inputs: int = Field(0, description="Distinct inputs drawn (raw: continuations counted).")
+    in_epsilon_inputs: int = Field(0, description="Distinct drawn inputs inside ε (raw: the query's "
+                                   "context included).")
+    query_context: int = Field(0, description="Draws whose cut prefix is the query's own.")
 
 
 class CompletenessRecord(BaseModel):
     """How much of the ε-preimage the query has seen (``PreimageResult.completeness``)."""
 
-    found: int = Field(description="Distinct inputs of the task's space found inside ε.")
+    found: int = Field(description="Distinct members (cut prefixes of inputs of the task's space, the "
+                                   "query's own left out) found inside ε.")
     found_by_decoder: int
     found_by_search: int
     estimate: float | None = Field(description="Importance-sampling estimate of the preimage's "
@@ -232,6 +239,8 @@ class CompletenessRecord(BaseModel):
     coverage: float | None = Field(description="found / estimated_size.")
     search: dict[str, Any] | None = Field(description="The local search: evaluations, budget, "
                                                       "rounds, stop, members_wanted.")
+    not_estimable: str | None = Field(None, description="Why the estimate says nothing about "
+                                      "the size here (null: usable).")
     description: str = Field(description="One line for people.")
 
 
@@ -287,6 +296,16 @@ class QueryResult(BaseModel):
                               "sampling.")
     noise_cosine: list[float] | None = Field(None, description="The cosine noise's range, if any.")
     banned_tokens: int = Field(0, description="Token ids the sampler never drew.")
+    query_context: dict[str, int] | None = Field(
+        None, description="Scored inputs whose cut prefix is the query's own: draws and "
+                          "distinct continuations (left out of every reading and rate).")
+    epsilon_profile: dict[str, Any] | None = Field(
+        None, description="Distinct members within several radii (radii, members) and the "
+                          "nearest members (tokens, distance, found_by).")
+    token_reading: list[dict[str, Any]] = Field(
+        default_factory=list, description="Per token of the query's prefix: shares of members and "
+        "outside inputs keeping it (aligned back from the best position, and anywhere), and of "
+        "its substitutions staying inside ε.")
 
 
 class GridRow(BaseModel):

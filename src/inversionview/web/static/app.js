@@ -289,7 +289,8 @@ function renderQuery(container, record, options = {}) {
                          title: sample.valid ? null : sample.reason },
       el("td", { class: "distance" }, distance === null ? "inf" : fmt(distance)),
       el("td", {}, el("span", { class: "bar", style: `width:${width.toFixed(0)}px` })),
-      el("td", { class: "input" }, tokenSpans(sample.tokens, sample.delta_p, sample.position_distances, colour, -1)),
+      el("td", { class: "input" }, tokenSpans(sample.best_position >= 0 ? sample.tokens.slice(0, sample.best_position + 1) : sample.tokens, sample.delta_p, sample.position_distances, colour, -1),
+         continuation(sample)),
       el("td", {}, `(${sample.best_position_label})`),
       attributes.map((a) => el("td", { class: same(sample.attributes[a], query.attributes[a]) ? "same" : null },
                                formatValue(sample.attributes[a]))),
@@ -311,14 +312,56 @@ function renderQuery(container, record, options = {}) {
       ? el("p", { class: "meta", id: options.compact ? null : "completeness" },
            `Completeness: ${record.completeness.description}.`)
       : null,
+    record.query_context && record.query_context.continuations
+      ? el("p", { class: "meta", id: options.compact ? null : "query-context" },
+           `Left out: the query's own prefix, with other continuations: ${record.query_context.continuations} `
+           + `distinct (${record.query_context.draws} draws), left out of every reading and rate.`)
+      : null,
+    record.epsilon_profile && !options.compact
+      ? el("p", { class: "meta", id: "epsilon-profile" }, profileText(record))
+      : null,
   ].filter(Boolean);
   const samples = el("table", { class: "samples" }, rows);
   const agreement = record.attribute_agreement.length
-    ? [el("h3", {}, "Attribute agreement with the query"), agreementTable(record)] : [];
+    ? [el("h3", {}, "Attribute agreement with the query"), agreementTable(record)]
+    : (record.token_reading && record.token_reading.length
+      ? [el("h3", {}, "Token reading"), tokenReadingTable(record)] : []);
   const panels = options.compact ? [samples] : [samples, el("div", {}, ...agreement,
                                                              el("h3", {}, "Distances (all candidates)"),
                                                              histogram(record))];
   container.replaceChildren(...meta, el("div", { class: "panels" }, panels));
+}
+
+function continuation(sample) {
+  // What follows the best position is no evidence (a causal model): dimmed and cut short.
+  if (sample.best_position < 0) return null;
+  const rest = sample.tokens.slice(sample.best_position + 1);
+  if (!rest.length) return null;
+  const text = rest.slice(0, 12).join("") + (rest.length > 12 ? "…" : "");
+  return el("span", { class: "continuation", title: "after the best position: not evidence" }, text);
+}
+
+function profileText(record) {
+  const profile = record.epsilon_profile;
+  const counts = profile.radii.map((r, i) => `${r}: ${profile.members[i]}`).join(", ");
+  let text = `ε profile (distinct members within each distance, everything scored): ${counts}`;
+  const inside = profile.radii.indexOf(record.epsilon) >= 0 ? profile.members[profile.radii.indexOf(record.epsilon)] : 0;
+  if (!inside && profile.nearest.length) {
+    text += ". Nothing in ε; the nearest: " + profile.nearest.map((n) => `${fmt(n.distance)} "${n.tokens.join("")}"`).join("; ");
+  }
+  return text;
+}
+
+function tokenReadingTable(record) {
+  const rows = [el("tr", {}, ["token", "kept inside ε", "outside", "anywhere inside", "outside", "substitutions staying inside"]
+    .map((h) => el("th", {}, h)))];
+  for (const row of record.token_reading) {
+    rows.push(el("tr", {}, el("td", { class: "input" }, row.token), el("td", {}, fmt(row.kept_inside, 2)),
+      el("td", {}, fmt(row.kept_outside, 2)), el("td", {}, fmt(row.anywhere_inside, 2)),
+      el("td", {}, fmt(row.anywhere_outside, 2)),
+      el("td", {}, `${fmt(row.stays, 2)} (${row.substitutions})`)));
+  }
+  return el("table", { class: "token-reading" }, rows);
 }
 
 function agreementTable(record) {
