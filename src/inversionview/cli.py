@@ -265,8 +265,6 @@ def train_probed_command(
 
     _apply_threads(threads)
     interval = {} if checkpoint_every is None else {"checkpoint_every_seconds": checkpoint_every}
-    if eval_every is not None:
-        interval["eval_every_seconds"] = eval_every
     if resume:
         given = [("TASK", "task", task, "task"), ("--seed", "seed", seed, "seed"),
                  ("--batch-size", "batch_size", batch_size, "batch_size"), ("--lr", "lr", lr, "lr"),

@@ -160,7 +160,7 @@ def _random_like(decoder: Decoder, generator: torch.Generator) -> Decoder:
     state = torch.random.get_rng_state()
     torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
     try:
-        control = type(decoder)(decoder.config)
+        control = Decoder(decoder.config)
     finally:
         torch.random.set_rng_state(state)
     control.site_names = getattr(decoder, "site_names", ())

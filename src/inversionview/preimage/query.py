@@ -448,13 +448,18 @@ def read_tokens(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, conf
     task = model.task
     vocab = task.vocab
     query_ids = model.tokens(query.text)[0].cpu()
-    # The prefix and EOS, in no more columns than the decoder's draws have (the model's context)
-    width = min(query.position + 2, drawn.shape[1])
-    row = query_ids[:width].clone()
-    substituted, where = substitution_rows(decoder, row, query.position, query.activation,
-                                           query.site_id, vocab.bos_id, vocab.eos_id, vocab.pad_id,
-                                           SUBSTITUTIONS_PER_TOKEN)
-    sub_distance, sub_best, _ = score_rows(model, query, config, position, substituted)
+    # The prefix and EOS, in no more columns than the decoder reads (a query past them has
+    # no substitutions: the decoder cannot propose tokens there)
+    width = min(query.position + 2, decoder.config.n_ctx)
+    substituted = torch.zeros((0, width), dtype=torch.long)
+    where = torch.zeros(0, dtype=torch.long)
+    if query.position < width:
+        substituted, where = substitution_rows(decoder, query_ids[:width].clone(), query.position,
+                                               query.activation, query.site_id, vocab.bos_id,
+                                               vocab.eos_id, vocab.pad_id, SUBSTITUTIONS_PER_TOKEN)
+    sub_distance, sub_best = torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    if len(substituted):
+        sub_distance, sub_best, _ = score_rows(model, query, config, position, substituted)
     tried = {}
     for index, value in zip(where.tolist(), sub_distance.tolist()):
         inside, total = tried.get(index, (0, 0))
@@ -500,7 +505,7 @@ def _sample(task: Task, text: str, ids: torch.Tensor, distance: float, best: int
         valid=validity.well_formed and validity.in_distribution, correct=validity.correct,
         reason=validity.reason, attributes=task.attributes(text), multiplicity=multiplicity,
         position_distances=_finite_or_none(per_position[:len(tokens)].tolist()),
-        found_by=found_by)
+        found_by=found_by, ids=ids[:len(tokens)].tolist())
 
 
 def _label(task: Task, text: str, index: int) -> str:

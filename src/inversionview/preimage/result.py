@@ -42,6 +42,7 @@ class Sample:
     # ``best_position``, its only evidence in a causal model); ``text`` is the first of them
     # and what follows the cut is free (preimage/members.py).
     continuations: int = 1
+    ids: list[int] = field(default_factory=list)  # the token ids of ``tokens`` (PAD left out)
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)

@@ -194,6 +194,7 @@ class SampleRecord(BaseModel):
     found_by: str = "decoder"
     continuations: int = Field(1, description="Distinct scored inputs sharing this sample's cut "
                                "prefix (its tokens up to best_position, its only evidence).")
+    ids: list[int] = Field(default_factory=list, description="The token ids of tokens.")
 
 
 class QueryInputRecord(BaseModel):
