@@ -75,7 +75,10 @@ def test_a_language_model_from_a_directory(tiny_lm):
     assert iv.attention(TEXT, 0).shape == (4, len(tokens), len(tokens))
     result = iv.query(TEXT, site="m1", position=-1, candidates=64, shown=8, seed=1)
     assert result.query.tokens == tokens and result.position == len(tokens) - 1
-    assert result.to_dataframe().columns[-1] == "reason"  # no attributes on free text
+    columns = list(result.to_dataframe().columns)
+    assert columns[-1] == "continuations" and not [c for c in columns if c.startswith("attr_")]  # no attributes on free text
+    frame = result.to_dataframe()
+    assert list(frame["evidence"]) == ["".join(s.tokens[: s.best_position + 1]) for s in result.samples]
     assert "Attribute agreement" not in result._repr_html_()
     again = iv.query(TEXT, site="m1", position=-1, candidates=64, shown=8, seed=1)
     assert again.to_record()["samples"] == result.to_record()["samples"]  # seeded

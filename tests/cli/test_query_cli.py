@@ -26,11 +26,11 @@ def saved(request, tmp_path_factory):
 
 SAMPLE_KEYS = {"text", "tokens", "distance", "best_position", "best_position_label", "in_epsilon",
                "valid", "correct", "reason", "attributes", "multiplicity", "delta_p",
-               "position_distances", "log_probability", "found_by"}
+               "position_distances", "log_probability", "found_by", "continuations", "ids"}
 TOP_KEYS = {"site", "hook", "position", "position_label", "metric", "epsilon", "query", "stats",
             "samples", "attribute_agreement", "histogram", "schedule", "seed", "model", "decoder",
             "task", "fixed_position", "all_samples", "verification", "completeness", "constrained",
-            "noise_cosine", "banned_tokens"}
+            "noise_cosine", "banned_tokens", "query_context", "epsilon_profile", "token_reading"}
 
 
 def test_query_json_schema(saved):

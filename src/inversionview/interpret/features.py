@@ -11,7 +11,8 @@ its best position the query's?". Three kinds:
   either order; ``F2+S2``, their sum, and ``F2+S2 ±1``).
 - ``token``: mined from the tokens themselves, for a language model's text: the query's
   token at offset r from the query position is the sample's token at offset r from its best
-  position (``token@-1``), or appears anywhere in the sample (``token@-1 anywhere``).
+  position (``token@-1``), or appears anywhere in the sample's cut prefix, its tokens up to
+  its best position (``token@-1 anywhere``).
 
     features = task_features(task)
     features[0].keeps(query_input, sample)   # True, False or None (not applicable)
@@ -74,8 +75,8 @@ def _token_at(offset: int, anywhere: bool) -> Feature:
         if not 0 < index < len(tokens) or sample.best_position < 0:
             return None
         token = tokens[index]
-        if anywhere:
-            return token in sample.tokens[1:]
+        if anywhere:  # in the cut prefix: what follows the best position is no evidence
+            return token in sample.tokens[1:sample.best_position + 1]
         there = sample.best_position + offset
         return 0 < there < len(sample.tokens) and sample.tokens[there] == token
     name = f"token@{offset:+d}" if offset else "token@0"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from inversionview.errors import UserError
-from inversionview.interpret.features import Feature, task_features
+from inversionview.interpret.features import TOKEN_OFFSETS, Feature, task_features
 from inversionview.tasks.base import TaskInputError
 
 #: A feature is kept at a cell when most in-ε samples keep it (a rate of at least this) ...
@@ -65,6 +65,9 @@ class Cell:
     shared_tokens: list[dict[str, Any]] = field(default_factory=list)
     all_inside: int = 0  # queries whose every draw was in ε (nothing to contrast)
     none_inside: int = 0  # queries with no draw in ε
+    # Free text: per offset from the query position, the mean over queries of the share of
+    # substitutions of the query's token there that stay inside ε (the tokens it ignores)
+    substitutions_stay: dict[str, float] = field(default_factory=dict)
 
     @property
     def kept(self) -> list[FeatureRow]:
@@ -81,7 +84,8 @@ class Cell:
                 "all_inside": self.all_inside, "none_inside": self.none_inside,
                 "kept": [row.name for row in self.kept],
                 "rows": [row.to_dict() for row in self.rows],
-                "shared_tokens": self.shared_tokens}
+                "shared_tokens": self.shared_tokens,
+                "substitutions_stay": self.substitutions_stay}
 
 
 @dataclass
@@ -104,7 +108,8 @@ class Summary:
                       c["in_epsilon"],
                       [FeatureRow(r["name"], r["kind"], r["inside"], r["outside"], r["queries"])
                        for r in c["rows"]], c.get("shared_tokens", []),
-                      c.get("all_inside", 0), c.get("none_inside", 0))
+                      c.get("all_inside", 0), c.get("none_inside", 0),
+                      c.get("substitutions_stay", {}))
                  for c in record["cells"]]
         return cls(record["model"], record["decoder"], record["task"], record["sites"],
                    record["positions"], record["queries"], record["seed"], record["settings"],
@@ -198,6 +203,13 @@ def cell_from_results(site: str, position: str, results: Sequence, features: lis
         if mined:
             _count_shared_tokens(token_in, query_tokens, draws)
     rows = [FeatureRow(f.name, f.kind, *_means(sums[f.name])) for f in features]
+    staying: dict[int, list[float]] = {}
+    for result in results:
+        for row in result.token_reading:
+            if row["stays"] is not None and row["offset"] in TOKEN_OFFSETS:
+                staying.setdefault(row["offset"], []).append(row["stays"])
+    stays = {f"token@{offset:+d}" if offset else "token@0": round(sum(v) / len(v), 6)
+             for offset, v in sorted(staying.items(), reverse=True)}
     shared = []
     if mined:
         for token, (inside, outside, n_in, n_out) in token_in.items():
@@ -206,7 +218,7 @@ def cell_from_results(site: str, position: str, results: Sequence, features: lis
                                "contrast": inside / n_in - outside / n_out})
         shared = sorted(shared, key=lambda row: -row["contrast"])[:10]
     return Cell(site, position, len(results), with_both, in_epsilon, rows, shared, all_inside,
-                none_inside)
+                none_inside, stays if mined else {})
 
 
 def _means(total: list[float]) -> tuple[float | None, float | None, int]:
@@ -219,7 +231,7 @@ def _count_shared_tokens(table: dict[str, list[int]], query_tokens: list[str], d
     for token in set(query_tokens[1:]):
         row = table.setdefault(token, [0, 0, 0, 0])
         for sample in draws:
-            present = token in sample.tokens[1:]
+            present = token in sample.tokens[1:sample.best_position + 1]  # the cut prefix
             if sample.in_epsilon:
                 row[0] += present
                 row[2] += 1
@@ -295,6 +307,9 @@ def terminal_table(summary: Summary, per_cell: int = 3) -> str:
                                      f" (closest: {best.name} {best.inside:.2f}/{best.outside:.2f})")
             if cell.queries_with_both == 0:
                 text = "no query had samples on both sides of eps" + _one_sided(cell)
+        if cell.substitutions_stay:
+            text += "; substitutions staying in eps: " + ", ".join(
+                f"{name.removeprefix('token')} {share:.2f}" for name, share in cell.substitutions_stay.items())
         lines.append(f"{cell.site:<8} {cell.position:<8} {cell.queries_with_both:>3}/{cell.queries:<3}  {text}")
     return "\n".join(lines)
 

@@ -262,25 +262,30 @@ class PreimageResult:
         return render_html(self)
 
     def to_dataframe(self) -> "pandas.DataFrame":
-        """The shown samples, one row each, sorted by distance: text, distance, in ε,
-        validity, best position, times drawn, the decoder's log-probability, and one column
-        per attribute of the task (prefixed ``attr_``)."""
+        """The shown samples, one row each, sorted by distance: text, its evidence (the cut
+        prefix: the tokens up to the best position), distance, in ε, validity, best position,
+        times drawn, the decoder's log-probability, who found it, how many inputs shared its
+        cut prefix, and one column per attribute of the task (prefixed ``attr_``)."""
         import pandas
 
         rows = []
         for sample in self.samples:
-            row = {"text": sample.text, "distance": sample.distance,
+            cut = sample.best_position + 1 if sample.best_position >= 0 else len(sample.tokens)
+            row = {"text": sample.text, "evidence": "".join(sample.tokens[:cut]),
+                   "distance": sample.distance,
                    "in_epsilon": sample.in_epsilon, "valid": sample.valid,
                    "correct": sample.correct, "best_position": sample.best_position,
                    "best_position_label": sample.best_position_label,
                    "multiplicity": sample.multiplicity,
                    "log_probability": sample.log_probability, "tokens": sample.tokens,
-                   "reason": sample.reason}
+                   "reason": sample.reason, "found_by": sample.found_by,
+                   "continuations": sample.continuations}
             row.update({f"attr_{name}": sample.attributes.get(name)
                         for name in self.attribute_names})
             rows.append(row)
-        columns = (["text", "distance", "in_epsilon", "valid", "correct", "best_position",
-                    "best_position_label", "multiplicity", "log_probability", "tokens", "reason"]
+        columns = (["text", "evidence", "distance", "in_epsilon", "valid", "correct", "best_position",
+                    "best_position_label", "multiplicity", "log_probability", "tokens", "reason",
+                    "found_by", "continuations"]
                    + [f"attr_{name}" for name in self.attribute_names])
         # nullable dtypes: an attribute a malformed sample lacks is <NA>, its count stays an int
         return pandas.DataFrame(rows, columns=columns).convert_dtypes()
