@@ -8,9 +8,15 @@
 2. every head's scores, the roles they give (``ioi.circuit``) and the per-head map
    (bench/results/ioi-<name>-heads.png);
 3. for every head in a role, InversionView readings at S1+1, S2 and END (in-ε agreement of
-   IO, S, order, positions, template, pooled over --queries prompts) beside the DLA baseline
-   (the paper's Table 4) on --dla-n prompts, and the one-attribute edits of --edit-n prompts
-   (how far each head's output moves when one attribute changes; no decoder).
+   IO, S, order, positions, template, pooled over --queries prompts; the decoder's draws at
+   the query's named position, as the paper) beside the DLA baseline (the paper's Table 4) on
+   --dla-n prompts, and the one-attribute edits of --edit-n prompts (how far each head's
+   output moves when one attribute changes; no decoder);
+4. (issue 28) each head read where its role acts (``ROLE_POSITIONS``; extras at END) with the
+   default text query, decoder draws then the search: members per query (distinct cut
+   prefixes in ε, the query's own left out) and whether they keep the IO and S names (against
+   the inputs outside ε, and the substitutions that stay inside); beside it each head's direct
+   effect at END (the ABC patch sent only to the logits) against its total effect.
 
 Writes bench/results/ioi-<name>.json with the machine, the commit, the command and seconds.
 """
@@ -27,9 +33,10 @@ import torch
 
 from inversionview import provenance
 from inversionview.decoder.store import decoder_for
-from inversionview.ioi.circuit import ROLE_RULES, classify, evaluate_ioi, head_scores
+from inversionview.ioi.circuit import ROLE_RULES, classify, direct_effects, evaluate_ioi, head_scores
 from inversionview.ioi.plot import plot_heads
-from inversionview.ioi.readings import READ_POSITIONS, dla_table, edit_table, read_heads
+from inversionview.ioi.readings import (READ_POSITIONS, ROLE_POSITIONS, dla_table, edit_table,
+                                        read_heads, read_members)
 from inversionview.probed import load_probed
 
 RESULTS = Path(__file__).parent / "results"
@@ -50,6 +57,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-readings", action="store_true")
+    parser.add_argument("--skip-sampled", action="store_true",
+                        help="leave out the decoder-only readings at every position (3.)")
+    parser.add_argument("--member-queries", type=int, default=20)
+    parser.add_argument("--search", type=int, default=None, help="default: the task's")
     parser.add_argument("--extra-heads", default="",
                         help="heads to read beside those in a role, comma separated (e.g. a0.1)")
     args = parser.parse_args()
@@ -91,10 +102,33 @@ def main() -> None:
         for head in filter(None, (h.strip() for h in args.extra_heads.split(","))):
             role_of.setdefault(model.site(head).short, [])
         targets = [(head, position) for head in role_of for position in READ_POSITIONS]
+        if not args.skip_sampled:
+            started = time.perf_counter()
+            record["readings"] = read_heads(model, decoder, targets, args.queries, args.seed,
+                                            args.candidates)
+            record["seconds"]["readings"] = round(time.perf_counter() - started, 1)
+        acting = [(head, ROLE_POSITIONS[roles_of[0]] if roles_of else "END")
+                  for head, roles_of in role_of.items()]
         started = time.perf_counter()
-        record["readings"] = read_heads(model, decoder, targets, args.queries, args.seed,
-                                        args.candidates)
-        record["seconds"]["readings"] = round(time.perf_counter() - started, 1)
+        members = read_members(model, decoder, acting, args.member_queries, args.seed,
+                               args.candidates, args.search)
+        record["members"] = members
+        record["seconds"]["members"] = round(time.perf_counter() - started, 1)
+        for row in members:
+            names = ", ".join(f"{name.upper()} {_fmt(v['inside'])}/{_fmt(v['outside'])} "
+                              f"stays {_fmt(v['stays'])}" for name, v in row["attributes"].items())
+            print(f"{row['site']}@{row['position']}: members in {row['queries_with_inside']}/"
+                  f"{row['queries']} queries (median {sorted(row['members'])[len(row['members']) // 2]}); "
+                  f"{names}", flush=True)
+        started = time.perf_counter()
+        direct = direct_effects(model, args.heads_n, args.seed)
+        record["direct"] = {"n": direct["n"], "abc_effect": direct["abc_effect"],
+                            "heads": {f"a{layer}.{head}": {
+                                "total": round(float(direct["total"][layer, head]), 4),
+                                "direct": round(float(direct["direct"][layer, head]), 4)}
+                                for layer in range(model.n_layers) for head in range(model.n_heads)}}
+        record["seconds"]["direct"] = round(time.perf_counter() - started, 1)
+        targets = sorted(set(targets) | set(acting))
         started = time.perf_counter()
         record["dla"] = dla_table(model, [(head, position,
                                            "io" if "name mover" in role_of[head] else "s")
@@ -107,6 +141,10 @@ def main() -> None:
     path = RESULTS / f"ioi-{name}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"-> {path}")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ def sample(task, text, in_epsilon, found_by="decoder", best=None):
 class Result:
     """The fields of a PreimageResult that a summary reads."""
 
-    def __init__(self, task, text, position, samples):
+    def __init__(self, task, text, position, samples, token_reading=()):
         self.query = QueryInput(text, task.text_tokens(text), task.attributes(text), True, "")
         self.position, self.samples = position, samples
+        self.token_reading = list(token_reading)
 
 
 def by_name(cell):
@@ -112,6 +113,13 @@ def test_mined_token_features_on_free_text(tmp_path):
     assert rows["token@0 anywhere"].inside == 1.0
     shared = {row["token"]: row for row in cell.shared_tokens}
     assert shared[" sat"]["inside"] == 1.0 and shared[" sat"]["outside"] == 0.0
+    # the token reading's substitutions: the share staying inside ε, averaged per offset over
+    # the queries that tried any there
+    readings = [[{"offset": 0, "stays": 0.0}, {"offset": -1, "stays": 1.0}],
+                [{"offset": 0, "stays": 0.5}, {"offset": -1, "stays": None}]]
+    cell = cell_from_results("a0.0", "last", [Result(task, query, position, inside + outside, r)
+                                              for r in readings], features, mined=True)
+    assert cell.substitutions_stay == {"token@0": 0.25, "token@-1": 1.0}
 
 
 @pytest.fixture(scope="module")

@@ -284,3 +284,41 @@ def test_roles_read_the_patching_sign_the_scores_use(constructed_scores):
     assert roles["name mover"] == ["a3.0"] and roles["negative name mover"] == ["a3.1"]
     assert roles["s-inhibition"] == ["a3.2"]
     assert score(constructed_scores, "a1.1").patch_all > 0.99  # the same sign, measured
+
+
+def test_direct_effects_send_the_patch_only_to_the_logits(constructed):
+    """The copying head a1.1 writes straight into the unembedding: nearly all of its effect
+    at END is direct; the heads that write nothing have neither."""
+    from inversionview.ioi.circuit import direct_effects
+
+    effects = direct_effects(constructed, n=24, seed=1)
+    assert effects["direct"].shape == effects["total"].shape == (2, 4)
+    assert effects["total"][1, 1] == pytest.approx(1.0, abs=1e-4)
+    assert 0.8 < effects["direct"][1, 1] < 1.2
+    for layer, head in ((0, 2), (0, 3), (1, 0), (1, 2), (1, 3)):
+        assert effects["direct"][layer, head] == pytest.approx(0, abs=1e-6)
+    assert torch.equal(effects["direct"], direct_effects(constructed, n=24, seed=1)["direct"])
+
+
+def test_read_members_counts_members_and_what_they_keep_of_the_names(ioi_lm_dir):
+    from inversionview.decoder.train import build_decoder
+    from inversionview.ioi.readings import MEMBER_NAMES, ROLE_POSITIONS, read_members
+
+    model = load_probed(ioi_lm_dir)
+    decoder = build_decoder(model, 0, d_model=32, n_heads=2, d_mlp=64, n_condition_blocks=2).eval()
+    targets = [("a1.0", "END"), ("a0.1", "S1+1")]
+    def timeless(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    first = read_members(model, decoder, targets, queries=2, candidates=16, search=64, seed=2)
+    assert timeless(first) == timeless(read_members(model, decoder, targets, queries=2,
+                                                    candidates=16, search=64, seed=2))
+    for row, (site, position) in zip(first, targets):
+        assert (row["site"], row["position"], row["queries"], row["search"]) == (site, position, 2, 64)
+        assert len(row["members"]) == 2 and row["distinct_in_epsilon"] == sum(row["members"])
+        assert row["queries_with_inside"] == sum(m > 0 for m in row["members"])
+        assert set(row["attributes"]) == set(MEMBER_NAMES)
+        for values in row["attributes"].values():
+            for side in ("inside", "outside", "stays"):
+                assert values[side] is None or 0.0 <= values[side] <= 1.0
+    assert set(ROLE_POSITIONS.values()) <= {"S1+1", "S2", "END"}

@@ -16,7 +16,10 @@ from inversionview.decoder.train import build_decoder
 from inversionview.preimage.estimate import SizeEstimate, why_not_estimable
 from inversionview.preimage.members import cut_key, merge_by_cut
 from inversionview.preimage.query import QueryConfig, run_query
-from inversionview.preimage.reading import distinct_prefixes, epsilon_profile, token_reading
+from inversionview.preimage.reading import (distinct_prefixes, epsilon_profile, token_reading,
+                                            token_shade)
+from inversionview.views.html import render_html
+from inversionview.views.terminal import coloured_reading, reading_rgb
 from inversionview.preimage.result import Sample
 from inversionview.preimage.search import edit_proposals
 from inversionview.probed import build_probed
@@ -101,6 +104,19 @@ def test_the_estimate_is_a_figure_only_where_it_counts_members_and_is_precise():
     assert "standard error is 100% of the estimate" in loose
 
 
+def test_a_token_is_shaded_by_its_contrast_and_marked_ignored_by_its_substitutions():
+    kept, ignored = token_shade({"anywhere_inside": 0.9, "anywhere_outside": 0.3, "stays": 0.0})
+    assert kept == pytest.approx(0.6) and not ignored
+    assert token_shade({"anywhere_inside": 0.2, "anywhere_outside": 0.5, "stays": 0.75}) == (0.0, True)
+    assert token_shade({"anywhere_inside": None, "anywhere_outside": 0.5, "stays": None}) == (0.0, False)
+    assert reading_rgb(0.0) is None and reading_rgb(1.0)[1] == 255
+    line = coloured_reading([{"token": "a", "anywhere_inside": 1.0, "anywhere_outside": 0.0,
+                              "stays": 0.0},
+                             {"token": "b", "anywhere_inside": 0.0, "anywhere_outside": 0.0,
+                              "stays": 1.0}])
+    assert "\x1b[48;2;" in line.split("a")[0] and line.index("\x1b[2m") < line.index("b")
+
+
 def test_the_profile_and_the_token_reading_count_distinct_prefixes():
     # query B a b c, read at index 3 (c); members and outside inputs by cut prefix
     rows = torch.tensor([[9, 1, 2, 3, 8],    # the query's own prefix: left out
@@ -172,7 +188,9 @@ def test_a_text_query_counts_cut_prefixes_and_leaves_its_own_context_out(text_mo
     assert all(row["substitutions"] <= 8 for row in result.token_reading)
     text = str(result)
     assert "left out: the query's own prefix" in text and "ε profile" in text
-    assert "token reading" in text
+    assert "token reading" in text and "the query as read" in text
+    page = render_html(result)
+    assert "class='input reading'" in page and page.count("kept by") == len(result.token_reading)
 
 
 def test_the_search_on_text_is_the_default_and_finds_no_copy_of_the_query(text_model):

@@ -79,12 +79,19 @@ def test_ioi_roles_and_dla_gap():
     wrong = {**readable, "expected": "s"}
     assert judge_ioi_roles([readable, wrong])[0] is False
     passed, figure = judge_ioi_roles([unread, thin])
-    assert passed is None and "no head had in-ε samples" in figure
+    assert passed is None and "no head had members in ε where it acts" in figure
     # an unreadable head's edits say why: every name edit leaves ε
     edits = {"io": {"median": 0.8, "inside": 0.0}, "s": {"median": 0.5, "inside": 0.02}}
     passed, figure = judge_ioi_roles([{**unread, "edits": edits}])
     assert passed is None and "a2.3 (0/6; IO / S edits within ε 0.00 / 0.02)" in figure
     assert judge_dla_gap([{"head": "a1.2", "dla": 0.1, "inversionview": row(0.9, 0.2)}])[0]
+    # a name read from a text query's members: the search's outside inputs keep it too (no
+    # contrast), but every substitution of it leaves ε, so it is kept
+    moved = {**row(1.0, 0.95), "stays": 0.0}
+    assert judge_ioi_roles([{**readable, "expected": "s", "position": "S2",
+                             "attributes": {"s": moved}}])[0] is True
+    assert judge_ioi_roles([{**readable, "expected": "s",
+                             "attributes": {"s": {**moved, "stays": 0.9}}}])[0] is False
     assert judge_dla_gap([{"head": "a1.2", "dla": 0.1, "inversionview": row(0.3, 0.2)}])[0] is False
     assert judge_dla_gap([{"head": "a1.2", "dla": 0.9, "inversionview": row(0.9, 0.2)}])[0] is None
     assert judge_dla_gap([{"head": "a1.2", "dla": 0.1, "inversionview": None}])[0] is None
@@ -158,7 +165,7 @@ def test_case_study_claims_run_on_tiny_models(ioi_lm_dir, factual_lm_dir, tmp_pa
     tiny = dict(d_model=32, n_heads=2, d_mlp=64, n_condition_blocks=2)
     ioi = load_probed(ioi_lm_dir)
     claims = ioi_claims(ioi, build_decoder(ioi, 0, **tiny).eval(), "tiny ioi", "untrained",
-                        quick=True, seed=0, candidates=16, out=tmp_path)
+                        quick=True, seed=0, candidates=16, out=tmp_path, search=128)
     assert (tmp_path / "ioi-heads.png").read_bytes()[:4] == b"\x89PNG"
     assert [c.id for c in claims] == ["ioi.heads-read-their-names",
                                       "ioi.dla-misses-inversionview-reads"]

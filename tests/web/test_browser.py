@@ -257,6 +257,11 @@ def test_a_language_model_input_is_shown_as_its_tokens_and_a_click_picks_the_pos
     assert marked.text_content() == expected[4]
     assert page.locator("#result tr.sample").count() > 0
     assert page.locator("#agreement").count() == 0  # free text has no attributes to agree on
+    # in its place the token reading: the query's prefix coloured by what members keep
+    reading = page.locator("#query-reading span")
+    assert reading.evaluate_all("spans => spans.map(s => s.textContent)") == expected[1:5]
+    assert "kept by" in reading.first.get_attribute("title")
+    assert page.locator("table.token-reading tr").count() == 1 + 4
     # an input past the context is refused in place, before any query
     page.fill("#input", "Alice " * 80)
     page.wait_for_selector("#input-tokens .problem")

@@ -332,6 +332,48 @@ def _patched_difference(model: ProbedModel, original, rows, ends, io, s, differe
     return patched
 
 
+def direct_effects(model: ProbedModel, n: int = 200, seed: int = 0, split: str = "all"
+                   ) -> dict[str, Any]:
+    """``[layers, heads]`` fractions of the ABC effect on the mean LD at END, per head: ``total``
+    (the head's output at END from the ABC run, everything downstream recomputed; the
+    ``patch_end`` score) and ``direct`` (the same change sent only along the path from the head
+    to the logits: through the unembedding with the final norm's scale of the original run,
+    the rest of the model left as it was; path patching with the logits as the receiver).
+    A head whose direct share is about its total writes to the logits itself; one whose total
+    is far from its direct share acts through the heads and MLPs after it."""
+    task = _ioi_task(model)
+    prompts = task.prompts.prompts(n, seed, split)
+    generator = random.Random(seed)  # the same ABC contrasts as ``patching_effects``
+    contrasts = [task.prompts.abc(p, generator.randrange(2**62)) for p in prompts]
+    original = model.tokens([p.text for p in prompts])
+    corrupted = model.tokens([c.text for c in contrasts])
+    if original.shape != corrupted.shape:
+        raise TaskInputError("an ABC contrast does not line up with its prompt")
+    rows = torch.arange(len(prompts), device=original.device)
+    ends = torch.tensor([p.positions["END"] for p in prompts], device=original.device)
+    io = torch.tensor([task.prompts.name_ids[p.io] for p in prompts], device=original.device)
+    s = torch.tensor([task.prompts.name_ids[p.s] for p in prompts], device=original.device)
+    heads = [Site(layer, "head", head) for layer in range(model.n_layers)
+             for head in range(model.n_heads)]
+    final = Site(model.n_layers - 1, "resid_post")
+    clean = model.run_sites(original, [*heads, final])
+    abc = model.run_sites(corrupted, heads)
+
+    def difference(logits: torch.Tensor) -> torch.Tensor:  # [n] LD per prompt
+        return logits[rows, ends][rows, io] - logits[rows, ends][rows, s]
+
+    full = float((difference(model.processed_logits(corrupted))
+                  - difference(model.processed_logits(original))).mean())
+    patched = patching_effects(model, prompts, seed)["patch_end"]
+    direct = torch.zeros(model.n_layers, model.n_heads)
+    for site in heads:
+        change = (abc[site] - clean[site])[rows, ends]  # [n, d]
+        logits = model.direct_logits(change, clean[final][rows, ends]).float()
+        effect = float((logits[rows, io] - logits[rows, s]).mean())
+        direct[site.layer, site.head] = effect / full if full else 0.0
+    return {"n": n, "seed": seed, "abc_effect": full, "total": patched, "direct": direct}
+
+
 # ----- together ----------------------------------------------------------------------------------
 
 
@@ -374,4 +416,4 @@ def classify(heads: list[HeadScore], rules: dict = ROLE_RULES) -> dict[str, list
 
 
 __all__ = ["HeadScore", "ROLE_RULES", "answer_logits", "classify", "copying_scores",
-           "evaluate_ioi", "head_scores", "patching_effects", "repeated_tokens"]
+           "direct_effects", "evaluate_ioi", "head_scores", "patching_effects", "repeated_tokens"]

@@ -38,6 +38,15 @@ from inversionview.probed.sites import Site
 
 READ_ATTRIBUTES = ("io", "s", "order", "io_position", "s1_position", "s2_position", "template")
 READ_POSITIONS = ("S1+1", "S2", "END")
+#: Where each role acts, and so where its reading is taken (Wang et al.; method.md §10): name
+#: movers and S-inhibition heads at END, duplicate-token and induction heads at S2, previous-
+#: token heads at S1+1.
+ROLE_POSITIONS = {"name mover": "END", "negative name mover": "END", "s-inhibition": "END",
+                  "induction": "S2", "duplicate token": "S2", "previous token": "S1+1"}
+#: The names whose keeping a member reading measures, and the named positions of their token
+#: in the query, latest first: the token is looked for anywhere in a member, so either of S's
+#: tokens does for keeping, and the latest one in the prefix is the one substituted.
+MEMBER_NAMES = {"io": ("IO",), "s": ("S2", "S1")}
 TOP = 30  # Table 4's "top 30 promoted (suppressed)"
 EDITS = ("io", "s", "order", "place", "object", "template")
 
@@ -57,6 +66,57 @@ def read_heads(model: ProbedModel, decoder: Decoder, targets: Sequence[tuple[str
         model, decoder, targets,
         lambda index: [p.text for p in model.task.prompts.prompts(queries, seed * 1_000 + index)],
         READ_ATTRIBUTES, config, seed)
+
+
+def read_members(model: ProbedModel, decoder: Decoder, targets: Sequence[tuple[str, str]],
+                 queries: int = 20, seed: int = 0, candidates: int = 256, search: int | None = None,
+                 epsilon: float = 0.1) -> list[dict[str, Any]]:
+    """Per (site, position): the default text query (decoder draws, then the search; members
+    are distinct cut prefixes, the query's own left out) on ``queries`` prompts, and what its
+    members keep of the names: over every query, the share of members inside ε whose cut prefix
+    holds the query's IO (S) name token, against the share of the inputs scored outside ε (the
+    decoder's draws and the search's edits that left the ball), with the share of substitutions
+    of that token that stay inside ε (``read_tokens``). ``queries_with_inside`` counts the
+    queries with at least one member; ``members`` lists each query's count."""
+    from inversionview.preimage.query import query_config, run_query
+
+    config = query_config(candidates=candidates, epsilon=epsilon, search=search)
+    rows = []
+    for index, (site, position) in enumerate(targets):
+        prompts = model.task.prompts.prompts(queries, seed * 1_000 + index)
+        pooled = {name: [0.0, 0, 0.0, 0, 0.0, 0] for name in MEMBER_NAMES}  # in, n, out, n, stays, n
+        members, seconds = [], 0.0
+        for number, prompt in enumerate(prompts):
+            result = run_query(model, decoder, prompt.text, site, position, config, seed=seed + number)
+            members.append(result.completeness.found)
+            seconds += result.stats.seconds
+            by_index = {row["index"]: row for row in result.token_reading}
+            for name, named in MEMBER_NAMES.items():
+                found = [by_index[prompt.positions[n]] for n in named
+                         if prompt.positions.get(n) in by_index]
+                if not found:  # the name comes after the position read
+                    continue
+                row = found[0]
+                counts = pooled[name]
+                if row["anywhere_inside"] is not None:
+                    counts[0] += row["anywhere_inside"] * row["n_inside"]
+                    counts[1] += row["n_inside"]
+                if row["anywhere_outside"] is not None:
+                    counts[2] += row["anywhere_outside"] * row["n_outside"]
+                    counts[3] += row["n_outside"]
+                if row["stays"] is not None:
+                    counts[4] += row["stays"] * row["substitutions"]
+                    counts[5] += row["substitutions"]
+        rows.append({
+            "site": site, "position": position, "queries": len(prompts),
+            "queries_with_inside": sum(m > 0 for m in members), "members": members,
+            "distinct_in_epsilon": sum(members), "seconds": round(seconds, 1),
+            "search": config.search if config.search is not None else model.task.default_search,
+            "attributes": {name: {"inside": c[0] / c[1] if c[1] else None, "n_inside": c[1],
+                                  "outside": c[2] / c[3] if c[3] else None, "n_outside": c[3],
+                                  "stays": c[4] / c[5] if c[5] else None}
+                           for name, c in pooled.items()}})
+    return rows
 
 
 def name_token_ids(model: ProbedModel) -> dict[str, list[int]]:
@@ -157,5 +217,6 @@ def dla_table(model: ProbedModel, targets: Sequence[tuple[str, str, str]], n: in
     return rows
 
 
-__all__ = ["EDITS", "READ_ATTRIBUTES", "READ_POSITIONS", "dla_table", "edit_table",
-           "edited_prompts", "name_token_ids", "read_heads"]
+__all__ = ["EDITS", "MEMBER_NAMES", "READ_ATTRIBUTES", "READ_POSITIONS", "ROLE_POSITIONS",
+           "dla_table", "edit_table", "edited_prompts", "name_token_ids", "read_heads",
+           "read_members"]

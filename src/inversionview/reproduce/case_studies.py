@@ -15,6 +15,11 @@ from inversionview.reproduce.claims import Claim, fmt
 
 #: A name or attribute the in-ε samples "keep": inside rate and contrast at least these.
 KEEP_INSIDE, KEEP_CONTRAST = 0.5, 0.2
+#: ... or, for a name read from the members of a text query (``ioi.readings.read_members``),
+#: inside rate at least KEEP_INSIDE and its substitutions leaving ε: at most this share of
+#: them stays inside. The search's inputs outside ε are mostly edits of members, which keep
+#: the names too, so the contrast alone understates a name that every substitution moves.
+SUBSTITUTIONS_STAY = 0.25
 #: DLA "fails" on a head when the expected name is among its 30 most promoted or suppressed
 #: tokens in fewer than this share of the prompts.
 DLA_FAILS = 0.5
@@ -31,9 +36,11 @@ def readable(reading: dict[str, Any]) -> bool:
 
 
 def kept(values: dict[str, Any] | None) -> bool:
-    return (values is not None and values.get("inside") is not None
-            and values.get("outside") is not None and values["inside"] >= KEEP_INSIDE
-            and values["inside"] - values["outside"] >= KEEP_CONTRAST)
+    if values is None or values.get("inside") is None or values["inside"] < KEEP_INSIDE:
+        return False
+    contrast = values.get("outside") is not None and values["inside"] - values["outside"] >= KEEP_CONTRAST
+    moved = values.get("stays") is not None and values["stays"] <= SUBSTITUTIONS_STAY
+    return contrast or moved
 
 
 # ----- IOI --------------------------------------------------------------------------------
@@ -43,10 +50,12 @@ EXPECTED = {"name mover": "io", "negative name mover": "io", "s-inhibition": "s"
 
 
 def judge_ioi_roles(readings: list[dict[str, Any]]) -> tuple[bool, str]:
-    """``readings``: per classified head, its role's expected name and the pooled agreement
-    at END (``attributes``) with ``queries`` and ``queries_with_inside``, and optionally
-    ``edits`` (its ``edit_table`` row's edits at END). Passes when every readable head
-    (``readable``) keeps its expected name; None (not measured) when none is. An unreadable
+    """``readings``: per classified head, its role's expected name, the position where the
+    role acts (``position``) and what the members of its queries there keep
+    (``attributes``, ``ioi.readings.read_members``) with ``queries`` and
+    ``queries_with_inside``, and optionally ``edits`` (its ``edit_table`` row's edits there).
+    Passes when every readable head (``readable``) keeps its expected name; None (not
+    measured) when none is. An unreadable
     head's edits say why: when every name edit leaves ε, its preimage among IOI prompts is
     the prompts with both of the query's names."""
     read = [r for r in readings if readable(r)]
@@ -55,14 +64,18 @@ def judge_ioi_roles(readings: list[dict[str, Any]]) -> tuple[bool, str]:
                           f"{fmt(r['edits']['s']['inside'])}" if r.get("edits") else "") + ")"
                        for r in readings if not readable(r))
     if not read:
-        return None, (f"no head had in-ε samples at END in at least {READABLE:.0%} of its "
-                      f"queries ({unread})")
+        return None, (f"no head had members in ε where it acts in at least {READABLE:.0%} of "
+                      f"its queries ({unread})")
     keeping = [r for r in read if kept(r["attributes"].get(r["expected"]))]
-    parts = [f"{r['head']} {r['expected'].upper()} {fmt(r['attributes'][r['expected']]['inside'])}/"
-             f"{fmt(r['attributes'][r['expected']]['outside'])}" for r in read]
+    parts = [f"{r['head']}@{r.get('position', 'END')} {r['expected'].upper()} "
+             f"{fmt(r['attributes'][r['expected']]['inside'])}/"
+             f"{fmt(r['attributes'][r['expected']]['outside'])}"
+             + (f", substitutions staying {fmt(r['attributes'][r['expected']]['stays'])}"
+                if r['attributes'][r['expected']].get('stays') is not None else "") for r in read]
     return len(keeping) == len(read), (
-        f"{len(keeping)} of {len(read)} readable heads keep their role's name at END (in/out: "
-        f"{', '.join(parts)})" + (f"; too few queries with in-ε samples: {unread}" if unread else ""))
+        f"{len(keeping)} of {len(read)} readable heads keep their role's name where it acts "
+        f"(in/out: {'; '.join(parts)})"
+        + (f"; too few queries with members: {unread}" if unread else ""))
 
 
 def judge_dla_gap(rows: list[dict[str, Any]]) -> tuple[bool, str]:
@@ -82,9 +95,11 @@ def judge_dla_gap(rows: list[dict[str, Any]]) -> tuple[bool, str]:
 
 
 def ioi_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed: int,
-               candidates: int = 256, out=None) -> list[Claim]:
+               candidates: int = 256, out=None, search: int | None = None) -> list[Claim]:
+    """The two IOI claims; ``search``: the text search's budget per query (None: the task's
+    default)."""
     from inversionview.ioi.circuit import classify, head_scores
-    from inversionview.ioi.readings import dla_table, edit_table, read_heads
+    from inversionview.ioi.readings import ROLE_POSITIONS, dla_table, edit_table, read_members
 
     n, queries, dla_n = (100, 6, 300) if quick else (200, 20, 1000)
     started = time.perf_counter()
@@ -102,32 +117,38 @@ def ioi_claims(model, decoder, label: str, decoder_label: str, quick: bool, seed
             if role in EXPECTED:
                 role_of.setdefault(head, role)
     statement = ("The circuit's heads encode the name their role predicts: name movers the "
-                 "IO name at END; S-inhibition, induction and duplicate-token heads the S name.")
-    criterion = (f"Heads classified by `ioi heads` ({n} prompts); at END each readable head "
-                 f"(in-ε samples in >= {READABLE:.0%} of {queries} queries) keeps the expected "
-                 f"name in its in-ε samples (inside >= {KEEP_INSIDE}, contrast >= "
-                 f"{KEEP_CONTRAST}).")
+                 "IO name at END; S-inhibition heads (at END), induction and duplicate-token "
+                 "heads (at S2) the S name.")
+    criterion = (f"Heads classified by `ioi heads` ({n} prompts), each read where its role acts "
+                 f"(the default text query: decoder draws, then the search; members are cut "
+                 f"prefixes, the query's own left out); each readable head (members in ε in "
+                 f">= {READABLE:.0%} of {queries} queries) keeps the expected name: in >= "
+                 f"{KEEP_INSIDE} of its members, and kept by {KEEP_CONTRAST} more of them than "
+                 f"of the inputs outside ε or with at most {SUBSTITUTIONS_STAY} of its "
+                 f"substitutions staying inside ε.")
     roles_claim = Claim("ioi.heads-read-their-names", "ioi", statement, criterion, label,
                         decoder_label, plot=plot)
     dla_claim = Claim("ioi.dla-misses-inversionview-reads", "ioi",
                       "Direct logit attribution misses the name on heads not directly "
                       "connected to the output, where InversionView still reads it (Table 4).",
                       f"Some classified head has the expected name among its 30 most promoted "
-                      f"or suppressed tokens in < {DLA_FAILS:.0%} of {dla_n} prompts, while it is "
-                      f"readable at END (in-ε samples in >= {READABLE:.0%} of the queries) and "
-                      "its in-ε samples keep that name.", label, decoder_label, plot=plot)
+                      f"or suppressed tokens in < {DLA_FAILS:.0%} of {dla_n} prompts where its "
+                      f"role acts, while it is readable there (members in ε in >= "
+                      f"{READABLE:.0%} of the queries) and its members keep that name.",
+                      label, decoder_label, plot=plot)
     if not role_of:
         reason = "the circuit finder put no head in a role this claim reads"
         return [roles_claim.skip(reason), dla_claim.skip(reason)]
     heads = sorted(role_of)
-    readings = read_heads(model, decoder, [(h, "END") for h in heads], queries, seed,
-                          candidates)
-    dla = dla_table(model, [(h, "END", EXPECTED[role_of[h]]) for h in heads], dla_n, seed)
-    edits = edit_table(model, [(h, "END") for h in heads], n, seed)
+    targets = [(h, ROLE_POSITIONS[role_of[h]]) for h in heads]
+    readings = read_members(model, decoder, targets, queries, seed, candidates, search)
+    dla = dla_table(model, [(h, p, EXPECTED[role_of[h]]) for h, p in targets], dla_n, seed)
+    edits = edit_table(model, targets, n, seed)
     rows, dla_rows = [], []
-    for head, reading, baseline, edited in zip(heads, readings, dla, edits):
+    for (head, position), reading, baseline, edited in zip(targets, readings, dla, edits):
         expected = EXPECTED[role_of[head]]
-        rows.append({"head": head, "role": role_of[head], "expected": expected,
+        rows.append({"head": head, "role": role_of[head], "position": position,
+                     "expected": expected, "members": reading["members"],
                      "queries": reading["queries"],
                      "queries_with_inside": reading["queries_with_inside"],
                      "attributes": reading["attributes"], "edits": edited["edits"]})

@@ -9,8 +9,9 @@ import math
 
 from inversionview.preimage.result import PreimageResult, Sample
 from inversionview.preimage.members import QueryContext
+from inversionview.preimage.reading import token_shade
 from inversionview.views.terminal import (CONSTRAINED, delta_p_rgb, format_value, profile_lines,
-                                          shown_tokens)
+                                          reading_rgb, shown_tokens)
 
 # Every rule is scoped to the view's own box, so that the view sits in a notebook cell
 # without restyling the notebook (the page and the notebook show the same markup).
@@ -33,6 +34,8 @@ STYLE = f"""
 .{SCOPE} .same {{ font-weight: 700; }}
 .{SCOPE} .legend span {{ padding: 0 4px; margin-right: .5em; }}
 .{SCOPE} td.input span.continuation {{ color: #aaa; }}
+.{SCOPE} p.reading {{ font-family: monospace; white-space: pre; }}
+.{SCOPE} p.reading span.ignored {{ color: #aaa; text-decoration: line-through; }}
 """
 
 
@@ -116,7 +119,19 @@ def _reading_html(result: PreimageResult) -> list[str]:
     if result.token_reading and not result.attribute_agreement:
         def fraction(value):
             return "-" if value is None else f"{value:.2f}"
+        spans = []
+        for row in result.token_reading:
+            kept, ignored = token_shade(row)
+            rgb = reading_rgb(kept)
+            style = f" style='background:rgb{rgb}'" if rgb else ""
+            mark = " class='ignored'" if ignored else ""
+            tip = (f"kept by {fraction(row['anywhere_inside'])} of members, {fraction(row['anywhere_outside'])} "
+                   f"of inputs outside; substitutions staying inside: {fraction(row['stays'])}")
+            spans.append(f"<span{mark}{style} title='{html.escape(tip)}'>{html.escape(row['token'])}</span>")
         rows = ["<h2>Token reading</h2>",
+                "<p class='meta'>The query as read (green: members keep the token more often than "
+                "inputs outside ε do; struck through: its substitutions stay inside ε):</p>",
+                f"<p class='input reading'>{''.join(spans)}</p>",
                 "<table class='token-reading'><tr><th>token</th><th>kept inside ε</th><th>outside</th>"
                 "<th>anywhere inside</th><th>outside</th><th>substitutions staying inside</th></tr>"]
         for row in result.token_reading:

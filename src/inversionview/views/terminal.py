@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from inversionview.preimage.members import QueryContext
+from inversionview.preimage.reading import token_shade
 from inversionview.preimage.result import PreimageResult, Sample
 
 BAR_WIDTH = 10
@@ -185,6 +186,28 @@ def profile_lines(result: PreimageResult) -> list[str]:
     return lines
 
 
+def reading_rgb(kept: float) -> tuple[int, int, int] | None:
+    """Background of a query token kept ``kept`` (0 to 1) more often inside ε than outside:
+    white to green (None below 0.05)."""
+    if kept < 0.05:
+        return None
+    fade = round(255 * (1 - 0.7 * min(kept, 1.0)))
+    return (fade, 255, fade)
+
+
+def coloured_reading(rows: list[dict]) -> str:
+    """The query's prefix, each token on its reading's colour (``token_shade``)."""
+    pieces = []
+    for row in rows:
+        kept, ignored = token_shade(row)
+        rgb = reading_rgb(kept)
+        text = row["token"]
+        if rgb is not None:
+            text = f"\x1b[48;2;{rgb[0]};{rgb[1]};{rgb[2]}m\x1b[38;2;0;0;0m{text}{RESET}"
+        pieces.append(f"{DIM}{text}{RESET}" if ignored else text)
+    return "".join(pieces)
+
+
 def token_reading_lines(result: PreimageResult) -> list[str]:
     """The token reading: per token of the query's prefix, how often members keep it (at the
     same place back from their best position, and anywhere) against inputs outside ε, and the
@@ -195,6 +218,8 @@ def token_reading_lines(result: PreimageResult) -> list[str]:
     lines = [f"token reading ({inside:,} members inside ε, {outside:,} inputs outside; kept at "
              f"the same place back from the best position / anywhere; substitutions that stay "
              f"inside ε):",
+             "the query as read (green: kept by members more than by inputs outside; dimmed: "
+             "substitutions stay inside ε): " + coloured_reading(rows),
              f"{'token':<{width}} {'kept in':>8} {'out':>5} {'anywhere in':>12} {'out':>5} "
              f"{'stays':>6}"]
     for row in rows:

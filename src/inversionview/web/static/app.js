@@ -325,7 +325,7 @@ function renderQuery(container, record, options = {}) {
   const agreement = record.attribute_agreement.length
     ? [el("h3", {}, "Attribute agreement with the query"), agreementTable(record)]
     : (record.token_reading && record.token_reading.length
-      ? [el("h3", {}, "Token reading"), tokenReadingTable(record)] : []);
+      ? [el("h3", {}, "Token reading"), readingLine(record), tokenReadingTable(record)] : []);
   const panels = options.compact ? [samples] : [samples, el("div", {}, ...agreement,
                                                              el("h3", {}, "Distances (all candidates)"),
                                                              histogram(record))];
@@ -350,6 +350,24 @@ function profileText(record) {
     text += ". Nothing in ε; the nearest: " + profile.nearest.map((n) => `${fmt(n.distance)} "${n.tokens.join("")}"`).join("; ");
   }
   return text;
+}
+
+// The query as read: green where members keep a token more often than inputs outside ε do,
+// struck through where its substitutions mostly stay inside ε (preimage/reading.py, token_shade).
+function readingLine(record) {
+  const spans = record.token_reading.map((row) => {
+    const kept = row.anywhere_inside === null || row.anywhere_outside === null
+      ? 0 : Math.max(0, row.anywhere_inside - row.anywhere_outside);
+    const ignored = row.stays !== null && row.stays >= 0.5;
+    const fade = Math.round(255 * (1 - 0.7 * Math.min(kept, 1)));
+    return el("span", {
+      class: ignored ? "ignored" : null,
+      style: kept >= 0.05 ? `background: rgb(${fade}, 255, ${fade})` : null,
+      title: `kept by ${fmt(row.anywhere_inside, 2)} of members, ${fmt(row.anywhere_outside, 2)} of inputs outside; `
+        + `substitutions staying inside: ${fmt(row.stays, 2)}`,
+    }, row.token);
+  });
+  return el("p", { class: "input reading", id: "query-reading" }, spans);
 }
 
 function tokenReadingTable(record) {
