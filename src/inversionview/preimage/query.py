@@ -339,9 +339,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
         report("scoring", _SAMPLING_SHARE)
     pool = [(full[i], distance[i].item(), int(best[i]), per_position[i], int(multiplicity[i]),
              "decoder") for i in range(len(distinct))]
-    if query_scored is not None and task.in_space(query_row)[0] and query_scored[0][0] <= config.epsilon:
-        pool.append((query_row[0], query_scored[0][0].item(), int(query_scored[1][0]), query_scored[2][0],
-                     0, "query"))
+    # The query itself (scored to seed the search) is no sample: its cut prefix is its own.
     if outcome is not None:
         for i in torch.nonzero(outcome.distance <= config.epsilon).flatten().tolist():
             pool.append((outcome.tokens[i], outcome.distance[i].item(), int(outcome.best_position[i]),

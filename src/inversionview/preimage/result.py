@@ -34,9 +34,8 @@ class Sample:
     position_distances: list[float | None]
     delta_p: list[float | None] | None = None  # computed for the shown samples
     log_probability: float | None = None  # decoder log P(input | z_q), shown samples
-    # "decoder" (drawn by the decoder), "search N" (an edit scored in round N of the local
-    # search; multiplicity 0) or "query" (the query itself, where the decoder did not draw it
-    # and the search started from it)
+    # "decoder" (drawn by the decoder) or "search N" (an edit scored in round N of the local
+    # search; multiplicity 0). The query itself is never a sample: its cut prefix is its own.
     found_by: str = "decoder"
     # Distinct scored inputs that share this sample's cut prefix (its tokens up to
     # ``best_position``, its only evidence in a causal model); ``text`` is the first of them
