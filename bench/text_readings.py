@@ -34,6 +34,7 @@ from inversionview.decoder.model import Decoder
 from inversionview.decoder.store import decoder_for
 from inversionview.decoder.train import attach_corpus
 from inversionview.preimage.query import QueryConfig, run_query
+from inversionview.preimage.search import SearchConfig
 from inversionview.probed import load_probed
 
 RESULTS = Path(__file__).parent / "results"
@@ -53,6 +54,10 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--arms", default="decoder,decoder+search,random+search",
+                        help="which arms to run, comma separated")
+    parser.add_argument("--no-spans", action="store_true",
+                        help="the search without its two-token span deletions (for comparison)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,6 +74,8 @@ def main() -> None:
     task = model.task
     arms = {"decoder": (decoder, 0), "decoder+search": (decoder, args.search),
             "random+search": (random_decoder, args.search)}
+    arms = {arm: arms[arm] for arm in args.arms.split(",") if arm}
+    settings = SearchConfig(spans=not args.no_spans)
     rows = []
     for number, piece in enumerate(pieces):
         length = int(task.lengths(piece[None])[0])
@@ -78,7 +85,7 @@ def main() -> None:
         site = sites[number % len(sites)]
         row = {"text": text, "site": site, "position": position}
         for arm, (sampler, search) in arms.items():
-            config = QueryConfig(candidates=args.candidates, search=search)
+            config = QueryConfig(candidates=args.candidates, search=search, search_settings=settings)
             started = time.perf_counter()
             result = run_query(model, sampler, text, site, position, config, seed=args.seed + number)
             seconds = time.perf_counter() - started
@@ -107,7 +114,8 @@ def main() -> None:
               "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "threads": torch.get_num_threads(), "queries": len(rows), "sites": sites,
               "search": args.search if args.search is not None else task.default_search,
-              "candidates": args.candidates, "summary": summary, "rows": rows}
+              "candidates": args.candidates, "spans": not args.no_spans, "summary": summary,
+              "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"text_readings-{name}.json"
     path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")

@@ -96,6 +96,24 @@ def test_every_proposal_is_one_substitution_insertion_deletion_or_transposition(
         assert text[:i] + text[j] + text[i + 1:j] + text[i] + text[j + 1:] in swapped
 
 
+def test_span_deletions_remove_two_consecutive_tokens_inside_the_cut(addition):
+    """``spans`` (used on free text) adds, for every j with j + 1 before the cut, the input
+    without tokens j and j + 1; without it no proposal is two tokens shorter."""
+    model, decoder = addition
+    task = model.task
+    rows = task.encode_batch(["B615+861=1476E"])
+    activation = torch.randn(model.d_model)
+    args = (decoder, rows, activation, 0, task.vocab.bos_id, task.vocab.eos_id, task.vocab.pad_id, 2)
+    cut = torch.tensor([6])  # best position 5 ('8'): the evidence is "B615+8"
+    plain, _ = edit_proposals(*args, transpositions=False, cut=cut)
+    spans, priority = edit_proposals(*args, transpositions=False, cut=cut, spans=True)
+    text = "B615+861=1476E"
+    assert not {task.decode(r) for r in plain} & {text[:j] + text[j + 2:] for j in range(1, 13)}
+    shorter = {task.decode(r) for r in spans if len(task.decode(r)) == len(text) - 2}
+    assert shorter == {text[:j] + text[j + 2:] for j in range(1, 5)}  # j + 1 < 6
+    assert len(spans) == len(plain) + 4 and len(priority) == len(spans)
+
+
 def _edit_kind(original: str, edited: str) -> str | None:
     if len(edited) == len(original):
         differ = [i for i, (a, b) in enumerate(zip(original, edited)) if a != b]

@@ -50,6 +50,7 @@ class SearchConfig:
     beam: int = 16  # inputs expanded per round while no member is known
     patience: int = 2  # climbing rounds without getting closer before giving up
     transpositions: bool = True  # also propose two tokens trading places
+    spans: bool = True  # on free text (``truncate``), also delete two consecutive tokens
 
     def __post_init__(self) -> None:
         self.evaluations = options.SEARCH_EVALUATIONS.check(self.evaluations)
@@ -88,12 +89,15 @@ def row_keys(tokens: torch.Tensor) -> list[bytes]:
 @torch.no_grad()
 def edit_proposals(decoder: Decoder, rows: torch.Tensor, activation: torch.Tensor, site_id: int,
                    bos_id: int, eos_id: int, pad_id: int, per_position: int,
-                   transpositions: bool = True, cut: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   transpositions: bool = True, cut: torch.Tensor | None = None,
+                   spans: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Every single-token edit of ``rows`` ``[F, W]`` that the decoder proposes, and every
     transposition of two different tokens. With ``cut`` ``[F]`` (each row's best position
     + 1), edits stay inside each row's cut prefix (an insertion may extend it by one token):
     in a causal model what follows the cut is not evidence, so editing it finds nothing new.
+    ``spans`` (free text) adds the deletion of every two consecutive tokens: a phrase
+    ("unto Moses", "of the") is often one unit that single deletions reach only through
+    an input that is out of ε.
 
     Returns (edited rows ``[P, W]``, priority ``[P]`` = the decoder's log-probability of the
     token that the edit puts in place, given the prefix and the query activation). Rows keep
@@ -155,6 +159,18 @@ def edit_proposals(decoder: Decoder, rows: torch.Tensor, activation: torch.Tenso
         row = row.masked_fill(source >= width, pad_id)
         edited.append(row)
         priority.append(moved_up[delete_f, delete_j - 1])
+    # Span deletions of tokens j and j+1 at 1 <= j, j + 1 < end; priority: the
+    # log-probability of the token that moves up to j.
+    span_f, span_j = torch.nonzero(position[:, :-1] + 1 < end[:, None], as_tuple=True)
+    if spans and span_f.numel():
+        span_j = span_j + 1
+        source = columns + 2 * (columns >= span_j[:, None]).long()
+        row = rows[span_f].gather(1, source.clamp(max=width - 1))
+        row = row.masked_fill(source >= width, pad_id)
+        after = rows[span_f, (span_j + 2).clamp(max=width - 1)]
+        after = torch.where(span_j + 2 < width, after, torch.full_like(after, pad_id))
+        edited.append(row)
+        priority.append(log_probs[span_f, span_j - 1, after.clamp(max=log_probs.shape[-1] - 1)])
     # Transpositions of two different tokens at 1 <= i < j < end; priority: the less likely
     # of the two tokens in its new place (as the decoder reads the unswapped prefix).
     first, second = torch.triu_indices(width - 1, width - 1, offset=1) + 1  # [pairs] each
@@ -293,7 +309,7 @@ def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, task:
             parents = _truncated(parents, cut, vocab.eos_id, vocab.pad_id)
         rows, priority = edit_proposals(decoder, parents, activation, site_id, vocab.bos_id,
                                         vocab.eos_id, vocab.pad_id, config.per_position,
-                                        config.transpositions, cut)
+                                        config.transpositions, cut, spans=truncate and config.spans)
         rows, ok = task.complete(rows)
         rows, priority = rows[ok], priority[ok]
         order = torch.argsort(priority, descending=True, stable=True)
