@@ -56,8 +56,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--arms", default="decoder,decoder+search,random+search",
                         help="which arms to run, comma separated")
-    parser.add_argument("--no-spans", action="store_true",
-                        help="the search without its two-token span deletions (for comparison)")
+    parser.add_argument("--spans", action=argparse.BooleanOptionalAction, default=None,
+                        help="the search's two-token span deletions (default: SearchConfig's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +75,7 @@ def main() -> None:
     arms = {"decoder": (decoder, 0), "decoder+search": (decoder, args.search),
             "random+search": (random_decoder, args.search)}
     arms = {arm: arms[arm] for arm in args.arms.split(",") if arm}
-    settings = SearchConfig(spans=not args.no_spans)
+    settings = SearchConfig() if args.spans is None else SearchConfig(spans=args.spans)
     rows = []
     for number, piece in enumerate(pieces):
         length = int(task.lengths(piece[None])[0])
@@ -114,7 +114,7 @@ def main() -> None:
               "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "threads": torch.get_num_threads(), "queries": len(rows), "sites": sites,
               "search": args.search if args.search is not None else task.default_search,
-              "candidates": args.candidates, "spans": not args.no_spans, "summary": summary,
+              "candidates": args.candidates, "spans": settings.spans, "summary": summary,
               "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"text_readings-{name}.json"
