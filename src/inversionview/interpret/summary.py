@@ -203,22 +203,22 @@ def cell_from_results(site: str, position: str, results: Sequence, features: lis
         if mined:
             _count_shared_tokens(token_in, query_tokens, draws)
     rows = [FeatureRow(f.name, f.kind, *_means(sums[f.name])) for f in features]
-    staying: dict[int, list[float]] = {}
-    for result in results:
-        for row in result.token_reading:
-            if row["stays"] is not None and row["offset"] in TOKEN_OFFSETS:
-                staying.setdefault(row["offset"], []).append(row["stays"])
-    stays = {f"token@{offset:+d}" if offset else "token@0": round(sum(v) / len(v), 6)
-             for offset, v in sorted(staying.items(), reverse=True)}
-    shared = []
+    shared, stays = [], {}
     if mined:
+        staying: dict[int, list[float]] = {}
+        for result in results:
+            for row in result.token_reading:
+                if row["stays"] is not None and row["offset"] in TOKEN_OFFSETS:
+                    staying.setdefault(row["offset"], []).append(row["stays"])
+        stays = {f"token@{offset:+d}" if offset else "token@0": round(sum(v) / len(v), 6)
+                 for offset, v in sorted(staying.items(), reverse=True)}
         for token, (inside, outside, n_in, n_out) in token_in.items():
             if n_in and n_out:
                 shared.append({"token": token, "inside": inside / n_in, "outside": outside / n_out,
                                "contrast": inside / n_in - outside / n_out})
         shared = sorted(shared, key=lambda row: -row["contrast"])[:10]
     return Cell(site, position, len(results), with_both, in_epsilon, rows, shared, all_inside,
-                none_inside, stays if mined else {})
+                none_inside, stays)
 
 
 def _means(total: list[float]) -> tuple[float | None, float | None, int]:

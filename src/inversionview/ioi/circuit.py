@@ -226,10 +226,12 @@ PATCHING_METHODS = ("activation", "attribution")
 
 
 @torch.no_grad()
-def patching_effects(model: ProbedModel, prompts, seed: int, method: str = "activation"
-                     ) -> dict[str, Any]:
+def patching_effects(model: ProbedModel, prompts, seed: int, method: str = "activation",
+                     direct: bool = False) -> dict[str, Any]:
     """``[layers, heads]`` change of the mean LD when each head's output (at every position,
     and at END only) comes from the ABC run, as a fraction of (ABC LD - original LD).
+    ``direct`` adds ``direct_end``: the END change sent only along the path from the head to
+    the logits (``direct_effects``).
 
     ``activation``: one patched run per head and place (exact; 2 x heads runs).
     ``attribution``: the first-order estimate from one backward pass of the original runs
@@ -265,9 +267,20 @@ def patching_effects(model: ProbedModel, prompts, seed: int, method: str = "acti
     at_end[rows, ends] = True
     effects = {"patch_all": torch.zeros(model.n_layers, model.n_heads),
                "patch_end": torch.zeros(model.n_layers, model.n_heads)}
+    clean_values = None
+    if direct:
+        final = Site(model.n_layers - 1, "resid_post")
+        clean_values = model.run_sites(original, [*heads, final])
+        effects["direct_end"] = torch.zeros(model.n_layers, model.n_heads)
+        for site in heads:
+            change = (values[site] - clean_values[site])[rows, ends]  # [n, d]
+            logits = model.direct_logits(change, clean_values[final][rows, ends]).float()
+            effect = float((logits[rows, io] - logits[rows, s]).mean())
+            effects["direct_end"][site.layer, site.head] = effect / full if full else 0.0
     if method == "attribution":
         gradients = _head_gradients(model, original, rows, ends, io, s)
-        clean_values = model.run_sites(original, heads)
+        if clean_values is None:
+            clean_values = model.run_sites(original, heads)
         for site in heads:
             change = (values[site] - clean_values[site]) * gradients[site]  # [b, p, d]
             for key, where in (("patch_all", every), ("patch_end", at_end)):
@@ -341,37 +354,11 @@ def direct_effects(model: ProbedModel, n: int = 200, seed: int = 0, split: str =
     the rest of the model left as it was; path patching with the logits as the receiver).
     A head whose direct share is about its total writes to the logits itself; one whose total
     is far from its direct share acts through the heads and MLPs after it."""
-    task = _ioi_task(model)
-    prompts = task.prompts.prompts(n, seed, split)
-    generator = random.Random(seed)  # the same ABC contrasts as ``patching_effects``
-    contrasts = [task.prompts.abc(p, generator.randrange(2**62)) for p in prompts]
-    original = model.tokens([p.text for p in prompts])
-    corrupted = model.tokens([c.text for c in contrasts])
-    if original.shape != corrupted.shape:
-        raise TaskInputError("an ABC contrast does not line up with its prompt")
-    rows = torch.arange(len(prompts), device=original.device)
-    ends = torch.tensor([p.positions["END"] for p in prompts], device=original.device)
-    io = torch.tensor([task.prompts.name_ids[p.io] for p in prompts], device=original.device)
-    s = torch.tensor([task.prompts.name_ids[p.s] for p in prompts], device=original.device)
-    heads = [Site(layer, "head", head) for layer in range(model.n_layers)
-             for head in range(model.n_heads)]
-    final = Site(model.n_layers - 1, "resid_post")
-    clean = model.run_sites(original, [*heads, final])
-    abc = model.run_sites(corrupted, heads)
-
-    def difference(logits: torch.Tensor) -> torch.Tensor:  # [n] LD per prompt
-        return logits[rows, ends][rows, io] - logits[rows, ends][rows, s]
-
-    full = float((difference(model.processed_logits(corrupted))
-                  - difference(model.processed_logits(original))).mean())
-    patched = patching_effects(model, prompts, seed)["patch_end"]
-    direct = torch.zeros(model.n_layers, model.n_heads)
-    for site in heads:
-        change = (abc[site] - clean[site])[rows, ends]  # [n, d]
-        logits = model.direct_logits(change, clean[final][rows, ends]).float()
-        effect = float((logits[rows, io] - logits[rows, s]).mean())
-        direct[site.layer, site.head] = effect / full if full else 0.0
-    return {"n": n, "seed": seed, "abc_effect": full, "total": patched, "direct": direct}
+    prompts = _ioi_task(model).prompts.prompts(n, seed, split)
+    effects = patching_effects(model, prompts, seed, direct=True)
+    full = effects["abc_logit_difference"] - effects["clean_logit_difference"]
+    return {"n": n, "seed": seed, "abc_effect": full, "total": effects["patch_end"],
+            "direct": effects["direct_end"]}
 
 
 # ----- together ----------------------------------------------------------------------------------

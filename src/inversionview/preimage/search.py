@@ -164,8 +164,8 @@ def edit_proposals(decoder: Decoder, rows: torch.Tensor, activation: torch.Tenso
         priority.append(moved_up[delete_f, delete_j - 1])
     # Span deletions of tokens j and j+1 at 1 <= j, j + 1 < end; priority: the
     # log-probability of the token that moves up to j.
-    span_f, span_j = torch.nonzero(position[:, :-1] + 1 < end[:, None], as_tuple=True)
-    if spans and span_f.numel():
+    if spans:
+        span_f, span_j = torch.nonzero(position[:, :-1] + 1 < end[:, None], as_tuple=True)
         span_j = span_j + 1
         source = columns + 2 * (columns >= span_j[:, None]).long()
         row = rows[span_f].gather(1, source.clamp(max=width - 1))

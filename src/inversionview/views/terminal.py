@@ -44,6 +44,13 @@ def shown_tokens(tokens: list[str], cut: int) -> tuple[list[str], list[str], boo
     return tokens[: cut + 1], rest[:CONTINUATION_SHOWN], len(rest) > CONTINUATION_SHOWN
 
 
+def on_background(text: str, rgb: tuple[int, int, int] | None) -> str:
+    """``text`` in black on the background ``rgb`` (as it is when ``rgb`` is None)."""
+    if rgb is None:
+        return text
+    return f"\x1b[48;2;{rgb[0]};{rgb[1]};{rgb[2]}m\x1b[38;2;0;0;0m{text}{RESET}"
+
+
 def _coloured_tokens(tokens: list[str], changes: list[float | None] | None, width: int,
                      cut: int = -1) -> str:
     """The tokens with ΔP backgrounds; what follows the cut (best position) dimmed and cut
@@ -52,10 +59,7 @@ def _coloured_tokens(tokens: list[str], changes: list[float | None] | None, widt
     pieces = []
     for index, token in enumerate(evidence):
         rgb = delta_p_rgb(changes[index]) if changes and index < len(changes) else None
-        if rgb is None:
-            pieces.append(token)
-        else:
-            pieces.append(f"\x1b[48;2;{rgb[0]};{rgb[1]};{rgb[2]}m\x1b[38;2;0;0;0m{token}{RESET}")
+        pieces.append(on_background(token, rgb))
     tail = "".join(continuation) + ("…" if more else "")
     if tail:
         pieces.append(f"{DIM}{tail}{RESET}")
@@ -200,10 +204,7 @@ def coloured_reading(rows: list[dict]) -> str:
     pieces = []
     for row in rows:
         kept, ignored = token_shade(row)
-        rgb = reading_rgb(kept)
-        text = row["token"]
-        if rgb is not None:
-            text = f"\x1b[48;2;{rgb[0]};{rgb[1]};{rgb[2]}m\x1b[38;2;0;0;0m{text}{RESET}"
+        text = on_background(row["token"], reading_rgb(kept))
         pieces.append(f"{DIM}{text}{RESET}" if ignored else text)
     return "".join(pieces)
 
