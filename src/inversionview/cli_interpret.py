@@ -95,8 +95,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def reproduce(
-        quick: Annotated[bool, typer.Option("--quick", help="Fewer queries and pairs (about "
-                                            "15 minutes on a 2-core CPU).", metavar="")] = False,
+        quick: Annotated[bool, typer.Option("--quick", help="Fewer queries, pairs and seeds "
+                                            "(3; the full run: 5).", metavar="")] = False,
         out: Annotated[Path, typer.Option("--out", help="Where report.html, report.json and "
                                           "the figures go.")] = Path("reproduce"),
         authors: Annotated[Optional[Path], typer.Option(
@@ -109,16 +109,25 @@ def register(app: typer.Typer) -> None:
         studies: Annotated[Optional[str], typer.Option(
             "--studies", help="Comma-separated: counting, addition, ioi, factual (default: "
             "all).")] = None,
-        seed: SeedOpt = 0, force: ForceOpt = False, threads: ThreadsOpt = None,
+        seed: SeedOpt = 0,
+        seeds: Annotated[Optional[int], typer.Option(
+            "--seeds", help="Seeds each claim runs over (SEED, SEED+1, ...); default 3 with "
+            "--quick, else 5.", min=1, max=50)] = None,
+        force: ForceOpt = False, threads: ThreadsOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Run the paper's findings as claims, each with its criterion, the figure measured
-        here, pass or fail, and a figure; write one self-contained HTML report and its JSON."""
+        """Run the paper's findings as claims, each with its criterion, what it is about, the
+        figures measured here over several seeds beside a random-weight control decoder, a
+        verdict (pass, fail, unsettled, not measured) and a figure; write one self-contained
+        HTML report and its JSON. Exits 1 when a study could not run or no claim was
+        measured."""
         import sys
 
-        from inversionview.reproduce.report import STUDIES, reproduce as run, terminal
+        from inversionview.reproduce.report import (STUDIES, check_authors, measured_anything,
+                                                    reproduce as run, terminal)
 
         chosen = tuple(_names(studies, "--studies") or STUDIES)
+        check_authors(authors, chosen)
         options.check_output_directory(out, "--out", force, marker="report.json")
         _apply_threads(threads)
 
@@ -126,8 +135,13 @@ def register(app: typer.Typer) -> None:
             if not as_json:
                 print(message, file=sys.stderr, flush=True)
 
-        record = run(out, quick, seed, authors, ioi_model, factual_model, chosen, say)
+        record = run(out, quick, seed, authors, ioi_model, factual_model, chosen, say, seeds)
         _emit(record, as_json, terminal(record) + f"\nwrote {out}/report.html and report.json")
+        if not measured_anything(record):
+            print("reproduce: " + ("a study could not run (" + ", ".join(record["not_run"]) + ")"
+                                   if record["not_run"] else "no claim was measured")
+                  + "; see the report", file=sys.stderr)
+            raise typer.Exit(1)
 
     @app.command()
     def interpret(

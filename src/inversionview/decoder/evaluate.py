@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inversionview.decoder.model import Decoder
+from inversionview.decoder.model import Decoder, random_like
 from inversionview.decoder.positions import allowed_positions
 from inversionview.preimage.distance import candidate_distances
 from inversionview.probed.model import ProbedModel
@@ -157,14 +157,7 @@ def _other_activations(queries: QuerySet) -> torch.Tensor:
 
 def _random_like(decoder: Decoder, generator: torch.Generator) -> Decoder:
     """A decoder of ``decoder``'s shape with freshly initialised weights (seeded)."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-    try:
-        control = Decoder(decoder.config)
-    finally:
-        torch.random.set_rng_state(state)
-    control.site_names = getattr(decoder, "site_names", ())
-    return control.to(next(decoder.parameters()).device).eval()
+    return random_like(decoder, int(torch.randint(2**31, (1,), generator=generator)))
 
 
 def _is_query_context(samples: torch.Tensor, best: torch.Tensor, own: list[torch.Tensor],

@@ -326,3 +326,18 @@ class Decoder(nn.Module):
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def random_like(decoder: Decoder, seed: int) -> Decoder:
+    """A decoder of ``decoder``'s shape and site names with freshly initialised weights
+    (seeded): the control a figure about the decoder is measured against (method.md §7). The
+    global random state is left as it was."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        control = Decoder(decoder.config)
+    finally:
+        torch.random.set_rng_state(state)
+    control.site_names = getattr(decoder, "site_names", ())
+    return control.to(next(decoder.parameters()).device).eval()
+

@@ -16,7 +16,7 @@ query's named position in each sample, noise at a cosine of 0.75-0.9 to the quer
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from inversionview.decoder.model import Decoder
 from inversionview.factual.evaluate import factual_task
@@ -33,9 +33,11 @@ def read_factual(model: ProbedModel, decoder: Decoder, heads: Sequence[str],
                  positions: Sequence[str] = READ_POSITIONS, relations: Sequence[str] | None = None,
                  queries: int = 10, seed: int = 0, candidates: int = 256,
                  epsilon: float = EPSILON, noise_cosine: tuple[float, float] | None = NOISE_COSINE,
-                 banned: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+                 banned: tuple[int, ...] = (), subjects: Collection[str] | None = None
+                 ) -> list[dict[str, Any]]:
     """Per (head, position, relation): the pooled agreement of READ_ATTRIBUTES over
-    ``queries`` held-out prompts of the relation (drawn by ``seed``)."""
+    ``queries`` held-out prompts of the relation (drawn by ``seed``; only prompts about
+    ``subjects`` when given, to read on one split of the subjects and test on another)."""
     from inversionview.preimage.pooled import pooled_agreement
     from inversionview.preimage.query import query_config
 
@@ -46,6 +48,8 @@ def read_factual(model: ProbedModel, decoder: Decoder, heads: Sequence[str],
     targets, texts, asked = [], [], []
     for relation in relations:
         pool = task.knowledge.prompts("eval", [relation])
+        if subjects is not None:
+            pool = [p for p in pool if p.subject in subjects]
         chosen = random.Random(f"{seed}-{relation}").sample(pool, min(queries, len(pool)))
         for head in heads:
             for position in positions:

@@ -62,7 +62,10 @@ def derived(name: str, value: Callable[[dict[str, Any]], Any], fuzzy: bool = Fal
     def test(query, _tokens, _position, sample):
         if not query or not sample.attributes:
             return None
-        mine, theirs = value(query), value(sample.attributes)
+        try:  # a malformed sample may lack an attribute the value needs: it says nothing
+            mine, theirs = value(query), value(sample.attributes)
+        except (KeyError, TypeError):
+            return None
         if mine is None or theirs is None:
             return None
         return abs(mine - theirs) <= 1 if fuzzy else mine == theirs

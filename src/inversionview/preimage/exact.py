@@ -94,20 +94,23 @@ def _row_keys(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
 @torch.no_grad()
 def completeness(model: ProbedModel, decoder: Decoder, text: str, site, position: str | int,
                  config: QueryConfig | None = None, seed: int = 0,
-                 universe: torch.Tensor | None = None) -> CompletenessReport:
+                 universe: torch.Tensor | None = None, distances: torch.Tensor | None = None
+                 ) -> CompletenessReport:
     """Run the query's sampler (its schedule, seed and search budget: ``config.search``, None
     for the task's default, 0 for the decoder alone) and compare what it finds with the true
     ε-preimage over ``universe`` (default: the task's enumeration); also the query's size
-    estimate against the true size."""
+    estimate against the true size. ``distances``: every input's distance to the query, when
+    already computed (``exact_distances``, the same config), to compare several decoders."""
     config = (config or QueryConfig()).for_task(model.task)
     started = time.perf_counter()
     task = model.task
     query = resolve_query(model, decoder, text, site, position)
     text, site, index, query_activation = query.text, query.site, query.position, query.activation
     universe = task.enumerate_tokens() if universe is None else universe
-    fixed = (_fixed_positions(task, task.decode_batch(universe), position)
-             if config.fixed_position else None)
-    distances = exact_distances(model, site, query_activation, universe, config.metric, fixed)
+    if distances is None:
+        fixed = (_fixed_positions(task, task.decode_batch(universe), position)
+                 if config.fixed_position else None)
+        distances = exact_distances(model, site, query_activation, universe, config.metric, fixed)
     true_in = distances <= config.epsilon
     locate = _Locator(universe, task.vocab.size, task.vocab.pad_id)
 
@@ -175,6 +178,50 @@ class _Locator:
         keys = _row_keys(rows, self.vocab_size)
         slot = torch.searchsorted(self.sorted, keys).clamp(max=len(self.sorted) - 1)
         return self.order[slot], (self.sorted[slot] == keys) & fits
+
+
+@dataclass
+class Separation:
+    """How the decoder's log-probability ranks the true ε-preimage (the paper's Fig. 11:
+    "all inputs within the ε-preimage are assigned higher probability by the decoder than
+    most other inputs"), on ``sample`` inputs drawn from each side of ε."""
+
+    above_most: float  # share of in-ε inputs above the out-of-ε inputs' median log-probability
+    auc: float  # chance that an in-ε input outranks an out-of-ε one
+    inside: int  # in-ε inputs scored
+    outside: int  # out-of-ε inputs scored
+    distance: torch.Tensor = field(repr=False)  # of the scored inputs, in ε first
+    log_prob: torch.Tensor = field(repr=False)
+
+    def to_record(self) -> dict:
+        return {"above_most": self.above_most, "auc": self.auc, "inside": self.inside,
+                "outside": self.outside}
+
+
+@torch.no_grad()
+def separation(model: ProbedModel, decoder: Decoder, text: str, site, position: str | int,
+               distances: torch.Tensor, epsilon: float, universe: torch.Tensor,
+               sample: int = 4096, seed: int = 0) -> Separation | None:
+    """The decoder's log-probability (free: no grammar mask) of up to ``sample`` inputs of
+    ``universe`` on each side of ε, drawn with ``seed``; None when one side is empty."""
+    query = resolve_query(model, decoder, text, site, position)
+    generator = torch.Generator().manual_seed(seed)
+    sides = []
+    for side in (distances <= epsilon, distances > epsilon):
+        members = torch.nonzero(side).flatten()
+        sides.append(members[torch.randperm(len(members), generator=generator)[:sample]])
+    if not len(sides[0]) or not len(sides[1]):
+        return None
+    chosen = torch.cat(sides)
+    log_prob = torch.cat([sequence_log_probability(token_log_probabilities(
+        decoder, universe[block], query.activation, query.site_id, model.task.vocab.pad_id))
+        for block in chosen.split(2048)])
+    inside, outside = log_prob[: len(sides[0])], log_prob[len(sides[0]):]
+    above = float((inside > outside.median()).float().mean())
+    ranks = torch.cat([inside, outside]).argsort().argsort().float()  # 0-based, ties arbitrary
+    n_in, n_out = len(inside), len(outside)
+    auc = float((ranks[:n_in].sum() - n_in * (n_in - 1) / 2) / (n_in * n_out))
+    return Separation(above, auc, n_in, n_out, distances[chosen], log_prob)
 
 
 @torch.no_grad()

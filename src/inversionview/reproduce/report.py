@@ -6,7 +6,12 @@ self-contained HTML report (figures inlined, no network) with its JSON beside it
 The toy-task claims run on the authors' probed models when ``authors`` names the folder that
 holds them (``counting/``, ``addition/``), else on the bundled models; the IOI and factual
 claims on the bundled case-study models (or the ones named). Each study is independent: one
-that cannot run (a model or decoder missing) is reported with the reason and the others go on.
+that cannot run (a model or decoder missing) is reported with the reason and the others go on;
+the command then exits non-zero, as it does when no claim was measured.
+
+Every claim runs over several seeds (``seeds``: quick 3, full 5), and a claim about the
+preimage or the decoder also with a control decoder of the same shape and random weights
+(``reproduce.claims``).
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from inversionview.errors import UserError
-from inversionview.reproduce.claims import FAIL, NOT_MEASURED, PASS, Claim
+from inversionview.reproduce.claims import (CONTROL, FAIL, NOT_MEASURED, PASS, STATUSES,
+                                            TRAINED, UNSETTLED, Claim)
 
 STUDIES = ("counting", "addition", "ioi", "factual")
+#: Seeds per claim: quick, full.
+SEEDS = (3, 5)
 
 
 def _load(model: str, task: str | None):
@@ -33,22 +41,44 @@ def _load(model: str, task: str | None):
     return loaded.model, loaded.decoder, loaded.decoder_name
 
 
+def check_authors(authors: Path | None, studies: tuple[str, ...]) -> None:
+    """A one-line error, before anything runs, when ``authors`` is not a folder holding the
+    toy studies' models."""
+    if authors is None:
+        return
+    authors = Path(authors)
+    if not authors.is_dir():
+        raise UserError(f"--authors {authors}: not a folder (the folder that holds the authors' "
+                        "probed models, counting/ and addition/)")
+    for task in (s for s in studies if s in ("counting", "addition")):
+        if not (authors / task).is_dir():
+            raise UserError(f"--authors {authors}: no {task}/ folder in it (the authors' probed "
+                            "models: counting/ and addition/, HuggingFace GPT-2 format)")
+
+
 def _toy_source(authors: Path | None, task: str) -> tuple[str, str]:
     """(model argument, label) for a toy task: the authors' checkpoint when given."""
     if authors is not None:
+        check_authors(authors, (task,))
         path = Path(authors) / task
-        if not path.is_dir():
-            raise UserError(f"--authors {authors}: no {task}/ folder in it (the authors' probed "
-                            "models: counting/ and addition/, HuggingFace GPT-2 format)")
         return str(path), f"the authors' {task} model ({path})"
     return task, f"the bundled {task} model (trained here)"
+
+
+def _decoders(decoder, seed: int) -> dict:
+    """The trained decoder and its control: the same shape, random weights (seeded)."""
+    from inversionview.decoder.model import random_like
+
+    return {TRAINED: decoder, CONTROL: random_like(decoder, 7919 + seed)}
 
 
 def reproduce(out: Path, quick: bool = False, seed: int = 0, authors: Path | None = None,
               ioi_model: str = "lm-ioi", factual_model: str = "lm-factual",
               studies: tuple[str, ...] = STUDIES,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run ``studies`` and write ``out``/report.html and report.json; returns the record."""
+              progress: Callable[[str], None] | None = None,
+              seeds: int | None = None) -> dict[str, Any]:
+    """Run ``studies`` over ``seeds`` seeds (``seed``, ``seed + 1``, ...; default SEEDS) and
+    write ``out``/report.html and report.json; returns the record."""
     from inversionview import provenance
     from inversionview.reproduce.case_studies import factual_claims, ioi_claims
     from inversionview.reproduce.toy import addition_claims, completeness_claim, counting_claims
@@ -56,6 +86,11 @@ def reproduce(out: Path, quick: bool = False, seed: int = 0, authors: Path | Non
     unknown = [s for s in studies if s not in STUDIES]
     if unknown:
         raise UserError(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDIES)}")
+    check_authors(authors, studies)
+    count = seeds or SEEDS[0 if quick else 1]
+    if count < 1:
+        raise UserError(f"--seeds is how many seeds each claim runs over, at least 1, not {count}")
+    seed_list = [seed + k for k in range(count)]
     say = progress or (lambda message: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,23 +104,24 @@ def reproduce(out: Path, quick: bool = False, seed: int = 0, authors: Path | Non
             if study in ("counting", "addition"):
                 source, label = _toy_source(authors, study)
                 model, decoder, decoder_label = _load(source, study)
+                decoders = _decoders(decoder, seed)
                 if study == "counting":
-                    found, summary = counting_claims(model, decoder, label, decoder_label, quick,
-                                                     seed, out)
+                    found, summary = counting_claims(model, decoders, label, decoder_label,
+                                                     quick, seed_list, out)
                 else:
-                    found, summary = addition_claims(model, decoder, label, decoder_label, quick,
-                                                     seed, out)
-                    found.append(completeness_claim(model, decoder, label, decoder_label, quick,
-                                                    seed, out))
+                    found, summary = addition_claims(model, decoders, label, decoder_label,
+                                                     quick, seed_list, out)
+                    found.append(completeness_claim(model, decoders, label, decoder_label,
+                                                    quick, seed_list, out))
                 summaries[study] = summary.to_record()
             elif study == "ioi":
                 model, decoder, decoder_label = _load(ioi_model, "ioi")
-                found = ioi_claims(model, decoder, _lm_label(ioi_model), decoder_label, quick, seed,
-                                   out=out)
+                found = ioi_claims(model, _decoders(decoder, seed), _lm_label(ioi_model),
+                                   decoder_label, quick, seed_list, out=out)
             else:
                 model, decoder, decoder_label = _load(factual_model, "factual")
-                found = factual_claims(model, decoder, _lm_label(factual_model), decoder_label,
-                                       quick, seed, out=out)
+                found = factual_claims(model, _decoders(decoder, seed), _lm_label(factual_model),
+                                       decoder_label, quick, seed_list, out=out)
         except UserError as error:
             problems[study] = str(error)
             say(f"{study}: not run ({error})")
@@ -95,10 +131,10 @@ def reproduce(out: Path, quick: bool = False, seed: int = 0, authors: Path | Non
             say(f"  {claim.status:<12} {claim.id}: {claim.figure or claim.reason}")
     record = {
         "command": provenance.command_line(), "quick": quick, "seed": seed,
+        "seeds": seed_list,
         "commit": provenance.commit(), "machine": provenance.machine(),
         "seconds": round(time.perf_counter() - started, 1),
-        "counts": {status: sum(c.status == status for c in claims)
-                   for status in (PASS, FAIL, NOT_MEASURED)},
+        "counts": {status: sum(c.status == status for c in claims) for status in STATUSES},
         "claims": [claim.to_dict() for claim in claims], "not_run": problems,
         "summaries": summaries,
     }
@@ -115,7 +151,13 @@ def _lm_label(model: str) -> str:
     return model
 
 
-_COLOURS = {PASS: "#1a7f37", FAIL: "#cf222e", NOT_MEASURED: "#6e7781"}
+_COLOURS = {PASS: "#1a7f37", FAIL: "#cf222e", UNSETTLED: "#9a6700", NOT_MEASURED: "#6e7781"}
+
+
+def measured_anything(record: dict[str, Any]) -> bool:
+    """Whether every study ran and at least one claim was measured (the exit status)."""
+    counts = record["counts"]
+    return not record["not_run"] and counts[PASS] + counts[FAIL] + counts[UNSETTLED] > 0
 
 
 def _image(out: Path, name: str | None) -> str:
@@ -126,9 +168,26 @@ def _image(out: Path, name: str | None) -> str:
             'style="max-width:100%;border:1px solid #ddd">')
 
 
+def _margins(claim: dict[str, Any], arm: str) -> str:
+    """The margins by seed of one decoder's runs, and how they settled."""
+    runs = [r for r in claim["runs"] if r["decoder"] == arm]
+    settled = claim[arm]
+    if not runs or settled is None:
+        return ""
+    each = ", ".join(f"{r['seed']}: " + ("-" if r["margin"] is None else f"{r['margin']:+.2f}")
+                     for r in runs)
+    mean = settled["mean_margin"]
+    return (f"{settled['status']}; margin by seed {each}"
+            + ("" if mean is None else f"; mean {mean:+.2f} ± {settled['spread']:.2f}"))
+
+
+def _count_line(counts: dict[str, int]) -> str:
+    return (f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[UNSETTLED]} unsettled, "
+            f"{counts[NOT_MEASURED]} not measured")
+
+
 def render(record: dict[str, Any], out: Path) -> str:
     """The report as one HTML page: figures inlined as data URLs, no script, no network."""
-    counts = record["counts"]
     sections = []
     shown_images: set[str] = set()
     for study in STUDIES:
@@ -146,14 +205,27 @@ def render(record: dict[str, Any], out: Path) -> str:
                 picture = _image(out, claim["plot"])
             elif claim["plot"]:
                 picture = f"<p><small>Figure: {escape(claim['plot'])}, above.</small></p>"
+            control = ""
+            if claim["control"] is not None:
+                control = (f"<tr><th>control (random weights)</th><td>"
+                           f"{escape(claim['control_figure'])}</td><td>"
+                           f"{escape(_margins(claim, CONTROL))}</td></tr>")
+            trained = claim["figure"] or claim["reason"]
             parts.append(
                 f'<div class=claim><p><span class=badge style="background:{colour}">'
                 f'{escape(claim["status"])}</span> <b>{escape(claim["statement"])}</b></p>'
-                f'<p>Model: {escape(claim["model"])}'
+                f'<p>About the {escape(claim["about"])}. Model: {escape(claim["model"])}'
                 + (f'; decoder {escape(claim["decoder"])}' if claim["decoder"] else "")
                 + f' <small>({escape(claim["id"])}, {claim["seconds"]:.0f} s)</small></p>'
-                f'<p>Criterion: {escape(claim["criterion"])}</p>'
-                f'<p>Measured: {escape(claim["figure"] or claim["reason"])}</p>{picture}</div>')
+                f'<p>The paper: {escape(claim["paper"])}</p>'
+                f'<p>Criterion: {escape(claim["criterion"])} <small>Why: '
+                f'{escape(claim["why"])}</small></p>'
+                f'<table><tr><th></th><th>measured (first seed)</th><th>over seeds</th></tr>'
+                f'<tr><th>{"trained decoder" if claim["decoder"] else "model"}</th>'
+                f'<td>{escape(trained)}</td><td>{escape(_margins(claim, TRAINED))}</td></tr>'
+                f'{control}</table>'
+                + (f'<p>Verdict: {escape(claim["reason"])}</p>' if claim["reason"] else "")
+                + f'{picture}</div>')
         sections.append("\n".join(parts))
     machine = record["machine"]
     return f"""<!doctype html><html><head><meta charset="utf-8">
@@ -161,28 +233,40 @@ def render(record: dict[str, Any], out: Path) -> str:
 <style>body{{font-family:sans-serif;margin:2em auto;max-width:70em;line-height:1.4}}
 .claim{{border-left:4px solid #ddd;padding:0 1em;margin:1.2em 0}}
 .badge{{color:white;border-radius:4px;padding:1px 8px;font-size:90%}}.skip{{color:#6e7781}}
-small{{color:#57606a}}</style></head><body>
+table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ddd;padding:2px 6px;
+text-align:left;vertical-align:top}}small{{color:#57606a}}</style></head><body>
 <h1>The paper's findings, measured on this machine</h1>
-<p>{counts[PASS]} passed, {counts[FAIL]} failed, {counts[NOT_MEASURED]} not measured
-({'quick run' if record['quick'] else 'full run'}, seed {record['seed']},
-{record['seconds']:.0f} s). Each claim states its criterion before its figure; thresholds are
-constants of <code>inversionview.reproduce</code>. Command: <code>{escape(record['command'])}</code>;
-commit {escape(str(record['commit']))}; {escape(str(machine.get('processor', '')))},
-torch {escape(str(machine.get('torch', '')))}.</p>
+<p>{_count_line(record['counts'])} ({'quick run' if record['quick'] else 'full run'}, seeds
+{', '.join(map(str, record['seeds']))}, {record['seconds']:.0f} s). Each claim states its
+criterion before its figure; thresholds are constants of <code>inversionview.reproduce</code>.
+A claim about the preimage or the decoder runs beside a control, a decoder of the same shape
+with random weights under the same sampling and search; a claim about the decoder passes only
+when the trained decoder clearly beats it. A verdict holds when the seeds agree or their mean
+margin clears the criterion by more than their spread; otherwise it is unsettled.
+Command: <code>{escape(record['command'])}</code>; commit {escape(str(record['commit']))};
+{escape(str(machine.get('processor', '')))}, torch {escape(str(machine.get('torch', '')))}.</p>
 {''.join(sections)}
 </body></html>"""
 
 
 def terminal(record: dict[str, Any]) -> str:
-    counts = record["counts"]
-    lines = [f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[NOT_MEASURED]} not measured "
-             f"({record['seconds']:.0f} s)"]
+    lines = [f"{_count_line(record['counts'])} over seeds "
+             f"{', '.join(map(str, record['seeds']))} ({record['seconds']:.0f} s)"]
     for claim in record["claims"]:
-        lines.append(f"{claim['status']:<12} {claim['id']}  [{claim['model']}]")
+        lines.append(f"{claim['status']:<12} {claim['id']}  [about the {claim['about']}; "
+                     f"{claim['model']}]")
         lines.append(f"             {claim['figure'] or claim['reason']}")
+        if claim["trained"] is not None and claim["figure"]:
+            lines.append(f"             seeds: {_margins(claim, TRAINED)}")
+        if claim["control"] is not None:
+            lines.append(f"             control: {claim['control_figure']}")
+            lines.append(f"             control seeds: {_margins(claim, CONTROL)}")
+        if claim["status"] in (FAIL, UNSETTLED) and claim["reason"] and claim["figure"]:
+            lines.append(f"             verdict: {claim['reason']}")
     for study, reason in record["not_run"].items():
         lines.append(f"not run      {study}: {reason}")
     return "\n".join(lines)
 
 
-__all__ = ["STUDIES", "render", "reproduce", "terminal"]
+__all__ = ["SEEDS", "STUDIES", "check_authors", "measured_anything", "render", "reproduce",
+           "terminal"]
