@@ -573,7 +573,7 @@ def completeness(
     every input (addition: 810,000), and its size estimate with the true size."""
     import time
 
-    from inversionview.preimage.exact import completeness as measure, plot_completeness
+    from inversionview.preimage.exact import completeness as measure, plot_completeness, separation
     from inversionview.preimage.query import query_config
 
     started = time.perf_counter()
@@ -587,6 +587,8 @@ def completeness(
     universe = probed.task.enumerate_tokens()
     report = measure(probed, the_decoder, text, site, position, config, seed=seed,
                      universe=universe)
+    ranked = separation(probed, the_decoder, text, site, position, report.distances,
+                        report.epsilon, universe, sample=2048, seed=seed)
     if plot is not None:
         options.write_output(plot, "--plot", lambda path: plot_completeness(
             report, probed, the_decoder, universe, path, seed=seed))
@@ -607,8 +609,13 @@ def completeness(
              + f"recall {recall} ({report.found_in_epsilon:,} found; at this budget "
              f"{'-' if report.recall_at_budget is None else f'{report.recall_at_budget:.3f}'}); "
              f"estimated size {_estimate_text(report)} "
-             f"({report.seconds:.1f} s in all)" + (f"\nwrote {report.plot}" if report.plot else ""))
-    _emit(report.to_record(), as_json, human)
+             f"({report.seconds:.1f} s in all)"
+             + (f"\ndecoder log-probability: an in-epsilon input ranks above an outside one "
+                f"with chance (AUC) {ranked.auc:.3f} ({ranked.inside:,} and {ranked.outside:,} "
+                f"inputs scored; the paper's completeness check, Fig. 11)" if ranked else "")
+             + (f"\nwrote {report.plot}" if report.plot else ""))
+    _emit({**report.to_record(), "separation": ranked.to_record() if ranked else None},
+          as_json, human)
 
 
 @app.command()

@@ -218,6 +218,33 @@ def test_recall_and_precision_on_a_small_enumerated_case(addition, monkeypatch):
     assert report.found.tolist() == [i in found_inside + [outside_in_space] for i in range(6)]
 
 
+def test_separation_ranks_the_exact_preimage_by_the_decoders_log_probability(addition):
+    """The AUC and the share above the median agree with a brute-force count over the
+    decoder's own log-probabilities of every input (few enough to score them all)."""
+    from inversionview.preimage import exact
+    from inversionview.preimage.colour import sequence_log_probability, token_log_probabilities
+    from inversionview.preimage.query import resolve_query
+
+    model, decoder = addition
+    task = model.task
+    universe = task.enumerate_tokens()[::4001][:40]
+    query_text = task.decode_batch(universe[:1])[0]
+    query = resolve_query(model, decoder, query_text, "x0.post", "=")
+    distances = exact.exact_distances(model, query.site, query.activation, universe)
+    epsilon = float(distances.sort().values[9]) + 1e-6  # ten inside, thirty outside
+    ranked = exact.separation(model, decoder, query_text, "x0.post", "=", distances, epsilon,
+                              universe)
+    log_prob = sequence_log_probability(token_log_probabilities(
+        decoder, universe, query.activation, query.site_id, task.vocab.pad_id))
+    inside, outside = log_prob[distances <= epsilon], log_prob[distances > epsilon]
+    pairs = (inside[:, None] > outside[None, :]).float().mean()
+    assert (ranked.inside, ranked.outside) == (10, 30)
+    assert ranked.auc == pytest.approx(float(pairs), abs=1e-6)
+    assert ranked.above_most == pytest.approx(float((inside > outside.median()).float().mean()))
+    assert exact.separation(model, decoder, query_text, "x0.post", "=", distances, -1.0,
+                            universe) is None  # nothing inside ε: nothing to rank
+
+
 def test_fixed_position_follows_a_named_position_that_moves():
     model = build_probed("counting", seed=0, n_embd=16, n_head=1, n_inner=32)
     decoder = build_decoder(model, seed=3, **TINY_DECODER).eval()

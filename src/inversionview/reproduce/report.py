@@ -186,6 +186,17 @@ def _count_line(counts: dict[str, int]) -> str:
             f"{counts[NOT_MEASURED]} not measured")
 
 
+def control_line(record: dict[str, Any]) -> str:
+    """How many claims with a control the random decoder meets too."""
+    with_control = [c for c in record["claims"] if c["control"] is not None]
+    if not with_control:
+        return ""
+    met = [c["id"] for c in with_control if c["control"]["status"] == PASS]
+    return (f"the random-weight control meets {len(met)} of the {len(with_control)} claims run "
+            f"beside it" + (f" ({', '.join(met)}): there the sampling, the grammar and the "
+                            "search read the finding without the decoder" if met else ""))
+
+
 def render(record: dict[str, Any], out: Path) -> str:
     """The report as one HTML page: figures inlined as data URLs, no script, no network."""
     sections = []
@@ -237,7 +248,8 @@ table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ddd;padd
 text-align:left;vertical-align:top}}small{{color:#57606a}}</style></head><body>
 <h1>The paper's findings, measured on this machine</h1>
 <p>{_count_line(record['counts'])} ({'quick run' if record['quick'] else 'full run'}, seeds
-{', '.join(map(str, record['seeds']))}, {record['seconds']:.0f} s). Each claim states its
+{', '.join(map(str, record['seeds']))}, {record['seconds']:.0f} s); {escape(control_line(record))}.
+Each claim states its
 criterion before its figure; thresholds are constants of <code>inversionview.reproduce</code>.
 A claim about the preimage or the decoder runs beside a control, a decoder of the same shape
 with random weights under the same sampling and search; a claim about the decoder passes only
@@ -252,6 +264,8 @@ Command: <code>{escape(record['command'])}</code>; commit {escape(str(record['co
 def terminal(record: dict[str, Any]) -> str:
     lines = [f"{_count_line(record['counts'])} over seeds "
              f"{', '.join(map(str, record['seeds']))} ({record['seconds']:.0f} s)"]
+    if control_line(record):
+        lines.append(control_line(record))
     for claim in record["claims"]:
         lines.append(f"{claim['status']:<12} {claim['id']}  [about the {claim['about']}; "
                      f"{claim['model']}]")
@@ -268,5 +282,5 @@ def terminal(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SEEDS", "STUDIES", "check_authors", "measured_anything", "render", "reproduce",
+__all__ = ["SEEDS", "STUDIES", "check_authors", "control_line", "measured_anything", "render", "reproduce",
            "terminal"]
