@@ -130,15 +130,15 @@ class Claim:
     paper: str = ""  # the paper's sentence the criterion encodes
     why: str = ""  # why the constants are what they are
     status: str = NOT_MEASURED
-    figure: str = ""  # the measured figure (the first seed's), one line
-    measured: dict[str, Any] = field(default_factory=dict)  # the first seed's
+    figure: str = ""  # the measured figure (the first decided seed's), one line
+    measured: dict[str, Any] = field(default_factory=dict)  # the same seed's
     plot: str | None = None  # a file beside the report
     seconds: float = 0.0
     reason: str = ""  # why it was not measured, or how the seeds settled
     runs: list[Run] = field(default_factory=list)
     trained: Settled | None = None
     control: Settled | None = None
-    control_figure: str = ""  # the control's first seed's figure
+    control_figure: str = ""  # the control's first decided seed's figure
 
     def decide(self, verdict: Verdict | tuple, measured: dict[str, Any]) -> "Claim":
         """One measurement decides the claim (one seed, no control)."""
@@ -160,14 +160,16 @@ class Claim:
         own = [r for r in runs if r.decoder == TRAINED]
         control = [r for r in runs if r.decoder == CONTROL]
         self.trained = settle(own)
-        self.figure, self.measured = own[0].figure, own[0].measured
+        shown = next((r for r in own if r.status in (PASS, FAIL)), own[0])
+        self.figure, self.measured = shown.figure, shown.measured
         self.seconds = round(sum(r.seconds for r in runs), 1) or self.seconds
         self.status, self.reason = self.trained.status, self.trained.why
         if self.status == NOT_MEASURED:
             self.reason, self.figure = own[0].figure, ""
         if control:
             self.control = settle(control)
-            self.control_figure = control[0].figure
+            self.control_figure = next((r for r in control if r.status in (PASS, FAIL)),
+                                       control[0]).figure
             if self.about == "decoder" and self.status == PASS and not beats(self.trained,
                                                                             self.control):
                 self.status = FAIL

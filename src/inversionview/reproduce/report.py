@@ -231,7 +231,7 @@ def render(record: dict[str, Any], out: Path) -> str:
                 f'<p>The paper: {escape(claim["paper"])}</p>'
                 f'<p>Criterion: {escape(claim["criterion"])} <small>Why: '
                 f'{escape(claim["why"])}</small></p>'
-                f'<table><tr><th></th><th>measured (first seed)</th><th>over seeds</th></tr>'
+                f'<table><tr><th></th><th>measured (first decided seed)</th><th>over seeds</th></tr>'
                 f'<tr><th>{"trained decoder" if claim["decoder"] else "model"}</th>'
                 f'<td>{escape(trained)}</td><td>{escape(_margins(claim, TRAINED))}</td></tr>'
                 f'{control}</table>'
