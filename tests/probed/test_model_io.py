@@ -65,6 +65,9 @@ def test_model_of_another_task(tmp_path):
     build_probed("counting", seed=0, n_embd=16, n_head=1, n_inner=32).save(tmp_path / "m")
     with pytest.raises(ModelLoadError, match="trained on 'counting', not 'addition'"):
         load_probed(tmp_path / "m", task="addition")
+    with pytest.raises(ModelLoadError) as raised:  # a long task name is not echoed whole
+        load_probed(tmp_path / "m", task="x" * 5000)
+    assert len(str(raised.value)) < 300 and "5,000 characters" in str(raised.value)
 
 
 def test_missing_things(tmp_path):

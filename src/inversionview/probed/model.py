@@ -327,7 +327,7 @@ def load_probed(model: str | Path, task: str | None = None, device: str = "cpu",
     manifest = _read_manifest(manifest_path, task) if manifest_path.exists() else {}
     if manifest.get("task") and task and task != manifest["task"] and not (
             task in TEXT_TASKS and manifest["task"] in TEXT_TASKS):
-        raise ModelLoadError(f"{directory} was trained on {manifest['task']!r}, not {task!r}")
+        raise ModelLoadError(f"{directory} was trained on {echo(manifest['task'])}, not {echo(task)}")
     if not config_path.exists():
         decoder = (directory / "decoder.json").exists()
         raise ModelLoadError(f"{directory} has no config.json; it is not a model directory"
