@@ -271,7 +271,8 @@ def test_reproduce_exits_non_zero_when_no_claim_was_measured(tmp_path, ioi_lm_di
 def test_a_random_decoder_fails_the_completeness_claim(tmp_path):
     """The decoder claim on the bundled addition model, with a random-weight decoder in the
     trained decoder's place: it must fail (the triples are small preimages, sampled freely,
-    ranked by the decoder's log-probability)."""
+    ranked by the decoder's log-probability). Layer-0 sites only: their exact preimages are
+    the cheapest to compute."""
     from inversionview.api import InversionView
     from inversionview.decoder.model import random_like
     from inversionview.reproduce.toy import completeness_claim
@@ -279,10 +280,11 @@ def test_a_random_decoder_fails_the_completeness_claim(tmp_path):
     loaded = InversionView("addition")
     random = {TRAINED: random_like(loaded.decoder, 1), CONTROL: random_like(loaded.decoder, 2)}
     claim = completeness_claim(loaded.model, random, "bundled addition", "random weights",
-                               quick=True, seeds=[0], out=tmp_path, strata=(1_000,))
+                               quick=True, seeds=[0], out=tmp_path, strata=(10_000,),
+                               sites=["a0.0", "a0.1", "a0.2", "a0.3", "x0.mid"])
     assert claim.about == "decoder" and claim.status == "fail", claim.figure
     [triple] = claim.measured["triples"]
-    assert triple["true_in_epsilon"] < 1_000 and triple["separation"]["auc"] < 0.9
+    assert triple["true_in_epsilon"] < 10_000 and triple["separation"]["auc"] < 0.9
     assert (tmp_path / "addition-completeness.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -403,7 +403,8 @@ def _plot_shares(shares: dict, heads: list[str], path: Path, title: str) -> Path
 
 def completeness_triples(model, decoder, per_stratum: int, seed: int, universe,
                          epsilon: float = 0.1, max_tries: int = 400,
-                         strata: tuple[int, ...] = STRATA) -> list[dict]:
+                         strata: tuple[int, ...] = STRATA,
+                         sites: list[str] | None = None) -> list[dict]:
     """(query, site, position) triples drawn with ``seed`` whose exact ε-preimage over
     ``universe`` falls in each of ``strata``'s size ranges, ``per_stratum`` of each (fewer when
     ``max_tries`` draws do not find them), with every input's distance. A 1 % subsample of
@@ -415,7 +416,7 @@ def completeness_triples(model, decoder, per_stratum: int, seed: int, universe,
 
     generator = torch.Generator().manual_seed(seed)
     task = model.task
-    sites = list(decoder.site_names)
+    sites = list(sites or decoder.site_names)
     positions = [p for p in task.position_names if p != "A4"]
     probe = universe[torch.randperm(len(universe), generator=generator)[: len(universe) // 100]]
     bounds = (0, *strata)
@@ -445,10 +446,12 @@ def completeness_triples(model, decoder, per_stratum: int, seed: int, universe,
 
 def completeness_claim(model, decoders: dict, label: str, decoder_label: str, quick: bool,
                        seeds: list[int], out: Path | None = None,
-                       strata: tuple[int, ...] = STRATA) -> Claim:
+                       strata: tuple[int, ...] = STRATA, sites: list[str] | None = None
+                       ) -> Claim:
     """The decoder alone, sampling freely (no search, no grammar mask: the paper's sampler),
     against the exact preimage of (query, site, position) triples with small preimages
-    (stratified by size), beside a random decoder of the same shape on the same triples."""
+    (stratified by size; ``sites``: drawn from these, default every site of the decoder),
+    beside a random decoder of the same shape on the same triples."""
     from inversionview.preimage.exact import completeness, separation
     from inversionview.preimage.query import QueryConfig
 
@@ -476,7 +479,7 @@ def completeness_claim(model, decoders: dict, label: str, decoder_label: str, qu
     for seed in seeds:
         started = time.perf_counter()
         triples = completeness_triples(model, decoders[TRAINED], per_stratum, seed, universe,
-                                       strata=strata)
+                                       strata=strata, sites=sites)
         shared = (time.perf_counter() - started) / len(decoders)
         scatters = {}
         for arm, decoder in decoders.items():
