@@ -89,7 +89,8 @@ def in_epsilon_rates(decoder: Decoder, model: ProbedModel, queries: QuerySet, sa
     arms = {"decoder": (decoder, queries.activation)}
     if controls:
         arms["other_activation"] = (decoder, shuffled)
-        arms["random_decoder"] = (_random_like(decoder, control_generator), queries.activation)
+        control_seed = int(torch.randint(2**31, (1,), generator=control_generator))
+        arms["random_decoder"] = (random_like(decoder, control_seed), queries.activation)
     rates: dict[str, list[float]] = {name: [] for name in arms}
     raw: list[float] = []
     well_formed = total = distinct_in = all_in = 0
@@ -153,11 +154,6 @@ def _other_activations(queries: QuerySet) -> torch.Tensor:
         rows = torch.nonzero(queries.site_id == site).flatten()
         shuffled[rows] = queries.activation[rows.roll(-1)]
     return shuffled
-
-
-def _random_like(decoder: Decoder, generator: torch.Generator) -> Decoder:
-    """A decoder of ``decoder``'s shape with freshly initialised weights (seeded)."""
-    return random_like(decoder, int(torch.randint(2**31, (1,), generator=generator)))
 
 
 def _is_query_context(samples: torch.Tensor, best: torch.Tensor, own: list[torch.Tensor],

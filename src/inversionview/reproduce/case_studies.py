@@ -128,8 +128,8 @@ def judge_dla_gap(rows: list[dict[str, Any]]) -> Verdict:
     missed = [r for r in rows if r["dla"] < DLA_FAILS]
     if not missed:
         return Verdict(None, f"DLA finds the name on every classified head ({described})")
-    margins = [min(DLA_FAILS - r["dla"], kept_margin(r["inversionview"]) if
-                   kept_margin(r["inversionview"]) is not None else -1.0) for r in missed]
+    margins = [min(DLA_FAILS - r["dla"], -1.0 if (by := kept_margin(r["inversionview"])) is None
+                   else by) for r in missed]
     gaps = [r for r in missed if kept(r["inversionview"])]
     return Verdict(bool(gaps), (f"{len(gaps)} of {len(missed)} head(s) where DLA misses the "
                                 f"name, InversionView reads it ({described})"), max(margins))
@@ -356,7 +356,7 @@ def factual_claims(model, decoders: dict, label: str, decoder_label: str, quick:
             [again] = read_factual(model, decoder, [reading["head"]], [reading["position"]],
                                    [reading["relation"]], queries=queries, seed=seed,
                                    candidates=candidates, subjects=test)
-            match = [f for f in moved_beyond_subject([again], [reading["attribute"]], asked_of)]
+            match = moved_beyond_subject([again], [reading["attribute"]], asked_of)
             tested.append(match[0] if match else {**reading, "margin": None, "inside": None,
                                                   "outside": None, "subject_inside": None})
         verdict = judge_attributes_beyond_subject(registered, tested)
