@@ -38,7 +38,7 @@ import torch
 
 from inversionview import provenance
 from inversionview.decoder.store import find_decoder, load_decoder
-from inversionview.preimage.distance import position_distances, scorable_positions
+from inversionview.probed.distance import position_distances, scorable_positions
 from inversionview.preimage.query import QueryConfig, run_query
 from inversionview.preimage.search import row_keys
 from inversionview.probed import load_probed

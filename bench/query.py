@@ -28,7 +28,7 @@ import torch
 
 from inversionview import provenance
 from inversionview.decoder.store import find_decoder, load_decoder
-from inversionview.preimage.distance import candidate_distances
+from inversionview.probed.distance import candidate_distances
 from inversionview.preimage.query import QueryConfig, decoder_site_id, run_query
 from inversionview.probed import load_probed
 

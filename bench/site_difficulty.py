@@ -41,7 +41,7 @@ import torch
 from inversionview import provenance
 from inversionview.decoder.evaluate import held_out_queries
 from inversionview.decoder.store import decoder_for
-from inversionview.preimage.distance import candidate_distances, position_distances, scorable_positions
+from inversionview.probed.distance import candidate_distances, position_distances, scorable_positions
 from inversionview.probed import load_probed
 
 RESULTS = Path(__file__).parent / "results"

@@ -70,7 +70,7 @@ def test_query_on_text_is_seeded_and_scored_on_the_model(trained):
 
 def test_the_query_reads_its_own_activation_at_distance_zero(trained):
     """A candidate equal to the query (BOS + the text's ids) scores 0 at the query position."""
-    from inversionview.preimage.distance import candidate_distances
+    from inversionview.probed.distance import candidate_distances
 
     directory, _, _ = trained
     model = load_probed(directory)

@@ -110,7 +110,7 @@ class InversionView:
         draws only tokens that can lead to an input of the task where it has a grammar (False:
         the paper's free sampling); ``noise_cosine`` (low, high) conditions each candidate on a
         vector at a cosine drawn from that range to the query (the paper's factual-recall
-        noise), and ``banned`` token ids are never drawn (``preimage.sample.rare_tokens``).
+        noise), and ``banned`` token ids are never drawn (``text.counts.rare_tokens``).
         The same seed gives the same result."""
         from inversionview import options
         from inversionview.preimage.query import query_config, run_query

@@ -425,7 +425,8 @@ def export_decoder_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Export a trained decoder in fp16 and re-measure its in-ε rates as exported."""
-    from inversionview.decoder.store import MANIFEST, export_decoder, read_manifest
+    from inversionview.decoder.export import export_decoder
+    from inversionview.decoder.store import MANIFEST, read_manifest
 
     options.check_output_directory(out, "--out", force, marker=MANIFEST)
     manifest = read_manifest(run_dir)
@@ -524,13 +525,13 @@ def query(
         model, task, raw, decoder, input_text, site, position)
     banned: tuple[int, ...] = ()
     if ban_rare is not None:
-        from inversionview.preimage.sample import rare_tokens, stored_rare_tokens
+        from inversionview.text.counts import rare_tokens, stored_rare_tokens
         from inversionview.text.sources import read_texts
 
         if not probed.task.free_text:
             raise UserError("--ban-rare is for language models; a toy task's vocabulary has "
                             "no rare tokens")
-        banned = (stored_rare_tokens(probed, ban_rare) if ban_corpus is None
+        banned = (stored_rare_tokens(probed.source, probed.task.vocab, ban_rare) if ban_corpus is None
                   else rare_tokens(probed.task.vocab, read_texts(ban_corpus), ban_rare))
     config = query_config(candidates, epsilon, metric.value, fixed_position, temperature, noise,
                           all_samples, search=search, constrain=constrain,

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from inversionview.decoder.store import (DecoderLoadError, export_decoder, find_decoder, load_decoder,
+from inversionview.decoder.export import export_decoder
+from inversionview.decoder.store import (DecoderLoadError, find_decoder, load_decoder,
                                          save_decoder, shipped_decoders)
 from inversionview.decoder.train import build_decoder
 from inversionview.probed import build_probed

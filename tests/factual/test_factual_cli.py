@@ -84,7 +84,7 @@ def test_query_bans_rare_tokens_from_the_models_stored_counts(factual_lm_dir, tm
 
     from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
     from inversionview.factual.knowledge import Knowledge
-    from inversionview.preimage.sample import write_token_counts
+    from inversionview.text.counts import write_token_counts
     from inversionview.probed import load_probed
 
     model_dir = tmp_path / "model"

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from inversionview.ioi.corpus import LATE_PHRASES, mixture_lines
+from inversionview.ioi.corpus import mixture_lines
+from inversionview.ioi.prompts import LATE_PHRASES
 from inversionview.ioi.prompts import (NAMES, TEMPLATES, IOIError, IOIGenerator, Template,
                                        check_template)
 

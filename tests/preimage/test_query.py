@@ -12,7 +12,7 @@ from inversionview.preimage import exact
 from inversionview.preimage import query as query_module
 from inversionview.preimage.agreement import attribute_agreement
 from inversionview.preimage.colour import delta_p, token_log_probabilities
-from inversionview.preimage.distance import candidate_distances
+from inversionview.probed.distance import candidate_distances
 from inversionview.preimage.query import QueryConfig, run_query, select_shown
 from inversionview.preimage.result import PreimageResult, Sample
 from inversionview.preimage.sample import Draws, make_schedule
@@ -274,7 +274,7 @@ def test_a_query_with_cosine_noise_and_banned_tokens(ioi_lm_dir, tmp_path):
     from inversionview.decoder.train import DecoderTrainingConfig, train_decoder
     from inversionview.decoder.store import load_decoder
     from inversionview.preimage.query import QueryConfig, draw_candidates, resolve_query, run_query
-    from inversionview.preimage.sample import rare_tokens
+    from inversionview.text.counts import rare_tokens
     from inversionview.probed import load_probed
 
     model = load_probed(ioi_lm_dir)

@@ -262,7 +262,7 @@ def test_query_with_search_reports_rescored_members_how_found_and_completeness(a
     assert searched.completeness.found == plain.completeness.found + searched.completeness.found_by_search
     # Every reported member really is inside ε: re-score it on the model.
     texts = [s.text for s in by_search]
-    from inversionview.preimage.distance import candidate_distances
+    from inversionview.probed.distance import candidate_distances
     query = model.activations(model.tokens(text), site)[0, 9]
     distance, _, _ = candidate_distances(model, model.site(site), query, model.tokens(texts))
     assert (distance <= 0.1 + 1e-6).all()

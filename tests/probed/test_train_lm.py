@@ -295,7 +295,7 @@ def test_the_command_needs_one_budget(command, corpus, tmp_path):
 def test_an_lm_trained_on_the_ioi_mixture_ships_as_ioi(tmp_path):
     from inversionview.ioi.corpus import mixture_lines
     from inversionview.probed import load_probed
-    from inversionview.tasks.ioi import IOITask
+    from inversionview.ioi.task import IOITask
 
     corpus = tmp_path / "mix.txt"
     corpus.write_text("\n".join(mixture_lines(1_500, seed=1)) + "\n")

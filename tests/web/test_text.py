@@ -80,7 +80,7 @@ def test_html_export_of_text_marks_the_query_token_and_has_no_empty_agreement(te
 def test_query_bans_rare_tokens_from_the_models_stored_counts(text_client, text_model):
     from pathlib import Path
 
-    from inversionview.preimage.sample import TOKEN_COUNTS, write_token_counts
+    from inversionview.text.counts import TOKEN_COUNTS, write_token_counts
 
     request = {"model": "tiny-lm", "candidates": 16, "search": 0, "ban_rare": 2}
     missing = text_client.post("/api/query", json=request)

@@ -13,7 +13,7 @@ import torch
 
 from inversionview.decoder.model import Decoder, random_like
 from inversionview.decoder.positions import allowed_positions
-from inversionview.preimage.distance import candidate_distances
+from inversionview.probed.distance import candidate_distances
 from inversionview.probed.model import ProbedModel
 
 

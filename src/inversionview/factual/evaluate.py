@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import torch
 
 from inversionview.factual.knowledge import check_split
-from inversionview.ioi.circuit import answer_logits
+from inversionview.probed.evaluate import answer_logits
 from inversionview.probed.model import ProbedModel
 from inversionview.tasks.base import TaskInputError
 

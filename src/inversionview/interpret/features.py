@@ -92,12 +92,12 @@ def token_features(offsets: tuple[int, ...] = TOKEN_OFFSETS) -> list[Feature]:
 
 def task_features(task) -> list[Feature]:
     """The features of ``task``: its attributes (numeric ones the task names as fuzzy also
-    within one), the relations it derives (``Task.derived_features``), and the mined token
+    within one), the relations it derives (``Task.derived_relations``), and the mined token
     features of a language model's text (the only ones for free text; a toy task's attributes
     already say what its characters mean)."""
     features = [_attribute(name) for name in task.attribute_names]
     features += [_fuzzy(name) for name in getattr(task, "fuzzy_attributes", ())]
-    features += list(task.derived_features())
+    features += [derived(r.name, r.value, r.fuzzy) for r in task.derived_relations()]
     return features + (token_features() if getattr(task, "mines_tokens", False) else [])
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from inversionview.probed.evaluate import answer_logits
 from inversionview.probed.model import ProbedModel
 from inversionview.probed.sites import Site
 from inversionview.tasks.base import TaskInputError
@@ -84,19 +85,6 @@ def _ioi_task(model: ProbedModel):
         raise TaskInputError("this needs the model read as IOI: give --task ioi (or a model "
                              "whose manifest says ioi)")
     return model.task
-
-
-@torch.no_grad()
-def answer_logits(model: ProbedModel, texts: list[str], batch: int = 128) -> torch.Tensor:
-    """``[n, vocab]`` logits after each text's last token (centred when processed)."""
-    task = model.task
-    rows = []
-    for start in range(0, len(texts), batch):
-        tokens = model.tokens(texts[start:start + batch])
-        ends = task.lengths(tokens.cpu()) - 1
-        logits = model.processed_logits(tokens)
-        rows.append(logits[torch.arange(len(ends)), ends.to(logits.device)].float().cpu())
-    return torch.cat(rows)
 
 
 @torch.no_grad()
@@ -402,5 +390,5 @@ def classify(heads: list[HeadScore], rules: dict = ROLE_RULES) -> dict[str, list
     return {role: [h.name for h in heads if passes(h, rule)] for role, rule in rules.items()}
 
 
-__all__ = ["HeadScore", "ROLE_RULES", "answer_logits", "classify", "copying_scores",
+__all__ = ["HeadScore", "ROLE_RULES", "classify", "copying_scores",
            "direct_effects", "evaluate_ioi", "head_scores", "patching_effects", "repeated_tokens"]

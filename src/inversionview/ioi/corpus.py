@@ -34,13 +34,12 @@ import random
 from typing import Sequence
 
 from inversionview.errors import OptionError
-from inversionview.ioi.prompts import NAMES, OBJECTS, ORDERS, PLACES, TEMPLATES, Template
+from inversionview.ioi.prompts import (LATE_PHRASES, NAMES, OBJECTS, ORDERS, PLACES, TEMPLATES,
+                                       Template)
 
 #: Shares of the mixture (sum 1); ``text`` falls back to ``repeat`` without text lines.
 MIXTURE = {"ioi": 0.20, "free": 0.20, "late": 0.15, "abc": 0.10, "back": 0.05, "repeat": 0.15,
            "text": 0.15}
-#: Said of a third name just before the last word of a "late" prompt.
-LATE_PHRASES = ("they got from", "that came from", "borrowed from", "sent by")
 #: The verbs and prepositions S gives with in a free prompt (the train templates' own).
 FREE_GIVINGS = (("handed", "to"), ("passed", "to"), ("offered", "to"), ("lent", "to"),
                 ("threw", "to"), ("sold", "to"), ("sent", "to"), ("brought", "to"),

@@ -108,6 +108,9 @@ def check_template(text: str, where: str = "template") -> None:
                        f"without trailing space")
 
 
+#: Said of a third name just before the last word of a "late" prompt.
+LATE_PHRASES = ("they got from", "that came from", "borrowed from", "sent by")
+
 # The prompt distribution. Names are common first names of several languages; places and
 # objects are ordinary nouns. All written for this project.
 NAMES = (
@@ -273,8 +276,6 @@ class IOIGenerator:
         got from Mary to"): the answer is still IO, but the last name before the end is no
         longer S, so a model that avoids the most recent name instead of the repeated one
         fails here."""
-        from inversionview.ioi.corpus import LATE_PHRASES
-
         rng = random.Random(seed)
         third = rng.choice([n for n in self.names if n not in (prompt.io, prompt.s)])
         head, last = prompt.text.rsplit(" ", 1)

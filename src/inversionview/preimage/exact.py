@@ -19,7 +19,7 @@ import torch
 
 from inversionview.decoder.model import Decoder
 from inversionview.preimage.colour import sequence_log_probability, token_log_probabilities
-from inversionview.preimage.distance import candidate_distances
+from inversionview.probed.distance import candidate_distances
 from inversionview.preimage.estimate import importance_size
 from inversionview.preimage.query import (QueryConfig, _fixed_positions, draw_candidates,
                                           resolve_query, score_rows, search_around)

@@ -53,14 +53,6 @@ class QueryContext:
     def to_dict(self) -> dict[str, int]:
         return {"draws": self.draws, "continuations": self.continuations}
 
-    @staticmethod
-    def describe(record: dict[str, int] | None) -> str:
-        """One line for people ("" when nothing had the query's prefix)."""
-        if not record or not record.get("continuations"):
-            return ""
-        return (f"the query's own prefix, with other continuations: {record['continuations']:,} "
-                f"distinct ({record['draws']:,} draws), left out of every reading and rate")
-
 
 @dataclass
 class Member:

@@ -22,7 +22,7 @@ from inversionview.decoder.model import Decoder
 from inversionview.errors import OptionError, echo
 from inversionview.preimage.agreement import attribute_agreement
 from inversionview.preimage.colour import delta_p, sequence_log_probability
-from inversionview.preimage.distance import Metric, candidate_distances
+from inversionview.probed.distance import Metric, candidate_distances
 from inversionview.preimage.estimate import importance_size, why_not_estimable
 from inversionview.preimage.members import cut_key, cut_keys, merge_by_cut, query_key
 from inversionview.preimage.reading import (distinct_prefixes, epsilon_profile, substitution_rows,

@@ -35,3 +35,16 @@ def accuracy(model: ProbedModel, n: int = 20_000, seed: int = 0) -> float:
     generator = torch.Generator().manual_seed(seed)
     tokens = model.task.sample_tokens(n, generator)
     return solved(model, tokens).float().mean().item()
+
+
+@torch.no_grad()
+def answer_logits(model: ProbedModel, texts: list[str], batch: int = 128) -> torch.Tensor:
+    """``[n, vocab]`` logits after each text's last token (centred when processed)."""
+    task = model.task
+    rows = []
+    for start in range(0, len(texts), batch):
+        tokens = model.tokens(texts[start:start + batch])
+        ends = task.lengths(tokens.cpu()) - 1
+        logits = model.processed_logits(tokens)
+        rows.append(logits[torch.arange(len(ends)), ends.to(logits.device)].float().cpu())
+    return torch.cat(rows)

@@ -43,8 +43,8 @@ from inversionview.files import (atomic_path, first_line, positive_int, read_jso
                                 read_safetensors, weights_mismatch, write_json_atomic)
 from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks import TASKS, Task, TaskInputError, get_task
-from inversionview.tasks.factual import FactualTask
-from inversionview.tasks.ioi import IOITask
+from inversionview.factual.task import FactualTask
+from inversionview.ioi.task import IOITask
 from inversionview.tasks.text import TextTask
 from inversionview.text.tokenizer import TOKENIZER_FILES, HFTokenizer
 

@@ -47,7 +47,7 @@ from inversionview.files import read_json_object, read_safetensors, sha256_file
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, HEADS, LAYERS, LEARNING_RATE,
                                    MINUTES, SEED, STEPS, WIDTH, Range)
 from inversionview.probed.model import ProbedModel
-from inversionview.preimage.sample import TOKEN_COUNTS, write_token_counts
+from inversionview.text.counts import TOKEN_COUNTS, write_token_counts
 from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
                                     FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
                                     WARMUP_STEPS, WEIGHT_DECAY, budget_progress, check_settings,

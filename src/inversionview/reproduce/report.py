@@ -35,10 +35,13 @@ SEEDS = (3, 5)
 def _load(model: str, task: str | None):
     """(probed model, its bundled decoder, the decoder's shown name), as the notebook API
     loads them."""
-    from inversionview.api import InversionView
+    from inversionview.artifacts import shown_name
+    from inversionview.decoder.store import decoder_for
+    from inversionview.probed import load_probed
 
-    loaded = InversionView(model, task=task)
-    return loaded.model, loaded.decoder, loaded.decoder_name
+    probed = load_probed(model, task)
+    decoder, directory = decoder_for(probed, model, None)
+    return probed, decoder, shown_name(str(directory))
 
 
 def check_authors(authors: Path | None, studies: tuple[str, ...]) -> None:

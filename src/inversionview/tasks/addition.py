@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from inversionview.errors import echo
-from inversionview.tasks.base import Task, TaskInputError, Validity, Vocabulary
+from inversionview.tasks.base import Relation, Task, TaskInputError, Validity, Vocabulary
 
 OPERAND_MIN, OPERAND_MAX = 100, 999
 N_OPERANDS = OPERAND_MAX - OPERAND_MIN + 1  # 900
@@ -43,23 +43,21 @@ class AdditionTask(Task):
     targets = _ANSWER_NAMES  # A4 is the 'E' of a 3-digit sum
     contrast_kinds = ("resample",)
 
-    def derived_features(self) -> list:
+    def derived_relations(self) -> list[Relation]:
         """Per place (1 hundreds, 2 tens, 3 ones): its two digits in either order
         (``{F1,S1}``, the paper's commutativity), their sum (``F1+S1``) and the sum within
         one (the fuzzy carry)."""
-        from inversionview.interpret.features import derived
-
-        features = []
+        relations = []
         for place in "123":
             first, second = f"F{place}", f"S{place}"
-            features.append(derived(f"{{{first},{second}}}",
-                                    lambda a, f=first, s=second: tuple(sorted((a[f], a[s])))))
+            relations.append(Relation(f"{{{first},{second}}}",
+                                      lambda a, f=first, s=second: tuple(sorted((a[f], a[s])))))
         for place in "123":
             first, second = f"F{place}", f"S{place}"
             total = (lambda a, f=first, s=second: a[f] + a[s])
-            features.append(derived(f"{first}+{second}", total))
-            features.append(derived(f"{first}+{second}", total, fuzzy=True))
-        return features
+            relations.append(Relation(f"{first}+{second}", total))
+            relations.append(Relation(f"{first}+{second}", total, fuzzy=True))
+        return relations
 
     def describe_vocabulary(self) -> str:
         return "0-9, +, =, B (BOS), E (EOS), P (PAD)"

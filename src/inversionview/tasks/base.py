@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -24,6 +24,15 @@ from inversionview.errors import UserError, echo
 
 class TaskInputError(UserError, ValueError):
     """A user-supplied input does not fit the task (bad character, too long, bad position)."""
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A value computed from an input's attributes, whose equality with the query's (or,
+    ``fuzzy``, being within one of it) a per-site summary counts: addition's ``{F1,S1}``."""
+    name: str
+    value: Callable[[dict[str, Any]], Any]
+    fuzzy: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,9 +119,9 @@ class Task(ABC):
     #: (the paper's numerically close digits; ``interpret/features.py``).
     fuzzy_attributes: tuple[str, ...] = ()
 
-    def derived_features(self) -> list:
+    def derived_relations(self) -> list[Relation]:
         """Relations between attributes a per-site summary counts besides the attributes
-        themselves (``interpret.features.derived``); none by default."""
+        themselves (``interpret.features`` makes each a feature); none by default."""
         return []
 
     # ----- encoding -------------------------------------------------------------------

@@ -6,12 +6,14 @@ from __future__ import annotations
 import html
 import json
 import math
+from typing import TYPE_CHECKING
 
-from inversionview.preimage.result import PreimageResult, Sample
-from inversionview.preimage.members import QueryContext
 from inversionview.preimage.reading import token_shade
-from inversionview.views.terminal import (CONSTRAINED, delta_p_rgb, format_value, profile_lines,
-                                          reading_rgb, shown_tokens)
+from inversionview.views.terminal import (CONSTRAINED, context_line, delta_p_rgb, format_value,
+                                          profile_lines, reading_rgb, shown_tokens)
+
+if TYPE_CHECKING:  # the record's types only: a result renders itself with these views
+    from inversionview.preimage.result import PreimageResult, Sample
 
 # Every rule is scoped to the view's own box, so that the view sits in a notebook cell
 # without restyling the notebook (the page and the notebook show the same markup).
@@ -112,7 +114,7 @@ def _tokens_html(sample_tokens: list[str], changes: list[float | None] | None,
 def _reading_html(result: PreimageResult) -> list[str]:
     """The query-context line, the ε profile and (without attributes) the token reading."""
     parts = []
-    context = QueryContext.describe(result.query_context)
+    context = context_line(result.query_context)
     if context:
         parts.append(f"<p class='meta query-context'>Left out: {html.escape(context)}.</p>")
     parts += [f"<p class='meta epsilon-profile'>{html.escape(line)}</p>" for line in profile_lines(result)]

@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from inversionview.preimage.members import QueryContext
+from typing import TYPE_CHECKING
+
 from inversionview.preimage.reading import token_shade
-from inversionview.preimage.result import PreimageResult, Sample
+
+if TYPE_CHECKING:  # the record's types only: a result renders itself with these views
+    from inversionview.preimage.result import PreimageResult, Sample
 
 BAR_WIDTH = 10
 MAX_ATTRIBUTE_COLUMNS = 6
@@ -97,6 +100,15 @@ def _fraction(value: float | None) -> str:
 CONSTRAINED = " (drawn within the task's grammar)"
 
 
+def context_line(record: dict[str, int] | None) -> str:
+    """The query's context (``PreimageResult.query_context``) in one line for people (""
+    when nothing had the query's prefix)."""
+    if not record or not record.get("continuations"):
+        return ""
+    return (f"the query's own prefix, with other continuations: {record['continuations']:,} "
+            f"distinct ({record['draws']:,} draws), left out of every reading and rate")
+
+
 def render_result(result: PreimageResult) -> str:
     """The whole terminal view of ``result``."""
     stats = result.stats
@@ -116,7 +128,7 @@ def render_result(result: PreimageResult) -> str:
         f"{stats.valid_rate:.0%} valid{CONSTRAINED if result.constrained else ''}; "
         f"{stats.seconds:.2f} s",
         *([f"completeness: {result.completeness.describe()}"] if result.completeness else []),
-        *([f"left out: {context}"] if (context := QueryContext.describe(result.query_context)) else []),
+        *([f"left out: {context}"] if (context := context_line(result.query_context)) else []),
         *profile_lines(result),
         "",
     ]

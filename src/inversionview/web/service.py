@@ -293,12 +293,12 @@ class QueryService:
         position = request.position if request.position is not None else default_position
         banned: tuple[int, ...] = ()
         if request.ban_rare is not None:
-            from inversionview.preimage.sample import stored_rare_tokens
+            from inversionview.text.counts import stored_rare_tokens
 
             if not task.free_text:
                 raise UserError("ban_rare is for language models; a toy task's vocabulary has "
                                 "no rare tokens")
-            banned = stored_rare_tokens(loaded.probed, request.ban_rare)
+            banned = stored_rare_tokens(loaded.probed.source, task.vocab, request.ban_rare)
         config = query_config(request.candidates, request.epsilon, request.metric,
                               request.fixed_position, request.temperature, request.noise,
                               request.all, request.shown, request.search, request.constrain,

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from inversionview.preimage.distance import candidate_distances, position_distances
+from inversionview.probed.distance import candidate_distances, position_distances
 from inversionview.probed import build_probed
 
 
@@ -51,7 +51,7 @@ def test_fixed_position_mode():
 def test_candidates_scored_in_pieces_score_as_one_batch(monkeypatch):
     """Memory stays bounded on large models: candidates go through the model a few at a time
     (1,024 through GPT-2 small at once peaked at 9 GB), with the same distances."""
-    from inversionview.preimage import distance as module
+    from inversionview.probed import distance as module
     from inversionview.probed import build_probed
 
     model = build_probed("counting", seed=0, n_embd=16, n_head=1, n_inner=32)

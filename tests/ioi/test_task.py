@@ -11,7 +11,7 @@ import torch
 from inversionview.probed import load_probed
 from inversionview.probed.model import ModelLoadError
 from inversionview.tasks.base import TaskInputError
-from inversionview.tasks.ioi import IOITask
+from inversionview.ioi.task import IOITask
 
 TEXT = "Yesterday Anna and Paul walked to the market, and Paul handed the key to"
 
