@@ -185,21 +185,21 @@ def copying_scores(model: ProbedModel, names: list[int], top_k: int = TOP_K
     that each head's OV circuit, applied to the name's residual stream after layer 0 (a
     name alone after BOS), puts among the ``top_k`` most raised (lowered) tokens. None when
     the model has no processed GPT-2 weights to read."""
-    from inversionview.probed.processed import ProcessedGPT2, _normalize
+    from inversionview.probed.processed import ProcessedGPT2
 
     processed = model.processed
     if not isinstance(processed, ProcessedGPT2):
         return None
     tokens = torch.tensor([[model.task.vocab.bos_id, name] for name in names], device=model.device)
     resid = processed.run(tokens, [Site(0, "resid_post")])[Site(0, "resid_post")][:, 1]
-    normalized = _normalize(resid, processed.eps)  # [n, d]
+    normalized = processed.normalize(resid)  # [n, d]
     ids = torch.tensor(names, device=model.device)
     copying = torch.zeros(model.n_layers, model.n_heads)
     negative = torch.zeros(model.n_layers, model.n_heads)
     for layer in range(model.n_layers):
         for head in range(model.n_heads):
             out = normalized @ processed.W_V[layer, head] @ processed.W_O[layer, head]
-            logits = _normalize(out, processed.eps) @ processed.W_U  # [n, vocab]
+            logits = processed.normalize(out) @ processed.W_U  # [n, vocab]
             top = logits.topk(top_k, dim=1).indices
             bottom = (-logits).topk(top_k, dim=1).indices
             copying[layer, head] = (top == ids[:, None]).any(dim=1).float().mean().cpu()
@@ -286,25 +286,21 @@ def patching_effects(model: ProbedModel, prompts, seed: int, method: str = "acti
 
 
 def _head_gradients(model: ProbedModel, original, rows, ends, io, s) -> dict[Site, torch.Tensor]:
-    """d(mean LD)/d(each head's output) ``[b, p, d]`` on the original runs (processed GPT-2)."""
-    from inversionview.probed.processed import ProcessedGPT2, _normalize
+    """d(mean LD)/d(each head's output) ``[b, p, d]`` on the original runs (processed GPT-2;
+    ``ProcessedGPT2.head_output_gradients``: every layer's head outputs are leaves)."""
+    from inversionview.probed.processed import ProcessedGPT2
 
     processed = model.processed
     if not isinstance(processed, ProcessedGPT2):
         raise TaskInputError("attribution patching reads gradients of the processed GPT-2 "
                              "forward; use --patching activation for this architecture")
-    outputs = []
-    with torch.enable_grad():
-        resid = processed._embed(model.model_ids(original))
-        for layer in range(model.n_layers):
-            heads = processed._head_outputs(resid, layer, None).detach().requires_grad_(True)
-            outputs.append(heads)
-            resid = resid + heads.sum(dim=2) + processed.b_O[layer]
-            resid = resid + processed._mlp_out(resid, layer)
-        final = _normalize(resid, processed.eps)[rows, ends]
-        direction = processed.W_U.T[io] - processed.W_U.T[s]
-        difference = ((final * direction).sum(dim=1) + processed.b_U[io] - processed.b_U[s]).mean()
-        grads = torch.autograd.grad(difference, outputs)
+    direction = processed.W_U.T[io] - processed.W_U.T[s]  # [n, d]
+
+    def mean_difference(final: torch.Tensor) -> torch.Tensor:  # final: [b, p, d] normalised
+        at_end = final[rows, ends]
+        return ((at_end * direction).sum(dim=1) + processed.b_U[io] - processed.b_U[s]).mean()
+
+    grads = processed.head_output_gradients(model.model_ids(original), mean_difference)
     return {Site(layer, "head", head): grads[layer][:, :, head]
             for layer in range(model.n_layers) for head in range(model.n_heads)}
 

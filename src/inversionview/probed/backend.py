@@ -1,10 +1,11 @@
 """Model backends: how the activations of a probed causal LM are read.
 
 Every backend answers the same five questions about a batch of token ids ``[batch, pos]``
-(see ``Backend``): the activations of some sites (``run``), the logits with some sites
-replaced (``run_patched``), one layer's attention weights (``attention_pattern``), the logits
-(``logits``) and the direct effect of one summand of the final residual stream on the logits
-(``direct_logits``, for DLA). Two implementations:
+(see ``Backend``, defined with the helpers both backends share in probed/protocol.py): the
+activations of some sites (``run``), the logits with some sites replaced (``run_patched``),
+one layer's attention weights (``attention_pattern``), the logits (``logits``) and the direct
+effect of one summand of the final residual stream on the logits (``direct_logits``, for
+DLA). Two implementations:
 
 - ``ProcessedGPT2`` (probed/processed.py): GPT-2 only, a hand-written forward on
   TransformerLens-processed weights; fast, and pinned to the bridge by the tests.
@@ -54,56 +55,18 @@ from __future__ import annotations
 import copy
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from inversionview.errors import UserError
+from inversionview.probed.protocol import (Backend, Patches, check_sites, norm_direct_logits,
+                                           valid_tokens)
 from inversionview.probed.sites import Site
-
-Patches = dict[Site, tuple[torch.Tensor, torch.Tensor]]
 
 
 class BackendError(UserError, ValueError):
     """A model that no backend can read (an architecture TransformerBridge does not support)."""
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """What the toolkit asks of a probed model. Shapes: ``tokens`` ``[batch, pos]`` ids."""
-
-    n_layers: int
-    n_heads: int
-    d_model: int
-    n_ctx: int
-    vocab_size: int
-    processed: bool  # TransformerLens weight processing (the paper) or raw HF weights
-    b_O: torch.Tensor  # [n_layers, d_model]: attn_out minus the sum of the heads' results
-    b_U: torch.Tensor  # [vocab]: the logits' constant term (unembedding bias, final norm shift)
-
-    def run(self, tokens: torch.Tensor, sites: Sequence[Site]) -> dict[Site, torch.Tensor]:
-        """``[batch, pos, d_model]`` per site; runs no deeper than the deepest site needs."""
-
-    def run_patched(self, tokens: torch.Tensor, patches: Patches) -> torch.Tensor:
-        """``[batch, pos, vocab]`` logits with sites replaced at marked positions."""
-
-    def attention_pattern(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
-        """``[batch, head, query_pos, key_pos]`` attention weights of ``layer``."""
-
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[batch, pos, vocab]`` logits."""
-
-    def direct_logits(self, piece: torch.Tensor, final_resid: torch.Tensor) -> torch.Tensor:
-        """``[n, vocab]``: the direct effect of ``piece`` ``[n, d_model]``, one summand of the
-        final residual stream ``final_resid`` ``[n, d_model]``, sharing its final-norm scale.
-        The summands' direct logits sum, with ``b_U``, to the logits."""
-
-
-def valid_tokens(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """``tokens`` with every id outside ``[0, vocab_size)`` replaced by 0 (padding ids of a
-    task's own vocabulary, e.g. a decoder-only EOS/PAD, that the model's embedding lacks)."""
-    return tokens.where((tokens >= 0) & (tokens < vocab_size), 0)
 
 
 # ----- which architectures ---------------------------------------------------------------
@@ -250,10 +213,7 @@ class BridgeBackend:
         return valid_tokens(tokens.to(self.device), self.vocab_size)
 
     def _check_sites(self, sites: Sequence[Site]) -> None:
-        for site in sites:
-            if site.layer >= self.n_layers or (site.head is not None and site.head >= self.n_heads):
-                raise ValueError(f"site {site} does not exist in a {self.n_layers}-layer, "
-                                 f"{self.n_heads}-head model")
+        check_sites(sites, self.n_layers, self.n_heads)
 
     @staticmethod
     def _blocks_needed(site: Site) -> int:
@@ -396,17 +356,8 @@ class BridgeBackend:
         return norm_direct_logits(piece, final_resid, self.W_U, self.eps, self.rms_norm)
 
 
-def norm_direct_logits(piece: torch.Tensor, final_resid: torch.Tensor, W_U: torch.Tensor,
-                       eps: float, rms_norm: bool = False) -> torch.Tensor:
-    """``[n, vocab]``: ``piece`` ``[n, d]`` through a final norm whose scale is that of
-    ``final_resid`` ``[n, d]`` (LayerNorm: variance, piece centred; RMSNorm: mean square),
-    then ``W_U`` ``[d, vocab]`` (the norm's weight folded in)."""
-    if rms_norm:
-        scale = (final_resid.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
-        return (piece / scale) @ W_U
-    scale = (final_resid.var(dim=-1, unbiased=False, keepdim=True) + eps).sqrt()
-    return ((piece - piece.mean(dim=-1, keepdim=True)) / scale) @ W_U
-
-
-__all__ = ["Backend", "BackendError", "BridgeBackend", "architecture_of", "boot_bridge",
-           "make_backend", "norm_direct_logits", "supported_architectures", "valid_tokens"]
+# Backend, Patches, norm_direct_logits and valid_tokens live in probed/protocol.py (shared with
+# processed.py without an import cycle) and are re-exported here.
+__all__ = ["Backend", "BackendError", "BridgeBackend", "Patches", "architecture_of",
+           "boot_bridge", "make_backend", "norm_direct_logits", "supported_architectures",
+           "valid_tokens"]

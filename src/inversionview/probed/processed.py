@@ -12,20 +12,22 @@ stream need a few sites of thousands of inputs, fast:
 - ``run(tokens, sites)`` stops after the last layer a requested site needs;
 - a single head's output is computed from that head's q, k, v alone;
 - inputs are right-padded, so causal attention keeps every real position exact;
-- ids outside the vocabulary (a task's padding) are read as id 0 (backend.valid_tokens).
+- ids outside the vocabulary (a task's padding) are read as id 0 (protocol.valid_tokens).
 
-It is one implementation of ``backend.Backend``; ``backend.BridgeBackend`` is the other.
+Every method runs one layer loop, ``ProcessedGPT2._forward``, with a hook at each point of a
+layer (capture for ``run``, replace for ``run_patched``, leaves for ``head_output_gradients``).
+It is one implementation of ``protocol.Backend``; ``backend.BridgeBackend`` is the other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inversionview.probed.backend import norm_direct_logits, valid_tokens
+from inversionview.probed.protocol import Patches, check_sites, norm_direct_logits, valid_tokens
 from inversionview.probed.sites import Site
 
 
@@ -95,10 +97,29 @@ def _gelu_new(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-class ProcessedGPT2(nn.Module):
-    """GPT-2 forward on processed weights, capturing activation sites. Inference only."""
+#: The points of one layer at which ``ProcessedGPT2._forward`` calls its hook, in forward
+#: order. Each is a site kind, except "heads": the results of the layer's heads together,
+#: ``[batch, pos, n_heads, d_model]`` (TransformerLens' ``blocks.L.attn.hook_result``).
+POINTS = ("resid_pre", "heads", "attn_out", "resid_mid", "mlp_out", "resid_post")
+#: Where a forward can end early (``_forward``'s ``until``): attn_out is computed with
+#: resid_mid and mlp_out with resid_post, so the forward would not stop between them.
+STOPS = ("resid_pre", "heads", "resid_mid", "resid_post")
 
-    processed = True  # always TransformerLens-processed weights (backend.Backend)
+#: ``hook(layer, point, activation) -> activation``: sees each point's activation as the
+#: forward reaches it and returns what the forward goes on with (itself, or a replacement).
+Hook = Callable[[int, str, torch.Tensor], torch.Tensor]
+
+
+class ProcessedGPT2(nn.Module):
+    """GPT-2 forward on processed weights, capturing activation sites. Inference only
+    (the weights are buffers; ``head_output_gradients`` differentiates activations).
+
+    Every public method runs the same layer loop, ``_forward``, and differs only in the hook
+    it passes (capture, patch, make leaves for a gradient) and in where the loop starts and
+    ends, as TransformerLens runs one hooked forward for caching and patching alike.
+    """
+
+    processed = True  # always TransformerLens-processed weights (protocol.Backend)
 
     def __init__(self, weights: dict[str, torch.Tensor], layer_norm_eps: float = 1e-5):
         super().__init__()
@@ -123,7 +144,7 @@ class ProcessedGPT2(nn.Module):
                       ) -> torch.Tensor:
         """``[batch, pos, n_selected_heads, d_model]``: the selected heads' results (all if None)."""
         index = slice(None) if heads is None else list(heads)
-        normalized = _normalize(resid_pre, self.eps)
+        normalized = self.normalize(resid_pre)
         q, k = self._queries_keys(normalized, layer, index)
         v = torch.einsum("bpd,hdk->bhpk", normalized, self.W_V[layer, index])  # biases in b_O
         z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [b, h, p, dh]
@@ -136,14 +157,59 @@ class ProcessedGPT2(nn.Module):
         k = torch.einsum("bpd,hdk->bhpk", normalized, self.W_K[layer, index]) + self.b_K[layer, index][:, None]
         return q, k
 
-    def _attention_out(self, resid_pre: torch.Tensor, layer: int) -> torch.Tensor:
-        return self._head_outputs(resid_pre, layer, None).sum(dim=2) + self.b_O[layer]
-
     def _mlp_out(self, resid_mid: torch.Tensor, layer: int) -> torch.Tensor:
-        hidden = _gelu_new(_normalize(resid_mid, self.eps) @ self.W_in[layer] + self.b_in[layer])
+        hidden = _gelu_new(self.normalize(resid_mid) @ self.W_in[layer] + self.b_in[layer])
         return hidden @ self.W_out[layer] + self.b_out[layer]
 
+    # ----- the forward -----------------------------------------------------------------
+
+    def _forward(self, tokens: torch.Tensor, hook: Hook | None = None, *,
+                 start: tuple[int, torch.Tensor] | None = None,
+                 until: tuple[int, str] | None = None,
+                 heads: Sequence[int] | None = None) -> torch.Tensor:
+        """The one layer loop. ``tokens`` ``[batch, pos]`` (unused when ``start`` is given).
+
+        ``hook`` is called at every point of ``POINTS`` of every layer run (see ``Hook``).
+        ``start = (layer, resid_pre)`` begins at block ``layer`` from that residual stream
+        ``[batch, pos, d_model]`` instead of the embeddings. ``until = (layer, stop)``, stop
+        in ``STOPS``, ends right after that point of that layer and returns its activation;
+        when the stop is "heads", only the heads ``heads`` (all if None) are computed there,
+        in that order along dim 2. Without ``until``, every layer runs and the result is the
+        final residual stream normalised by the final LayerNorm (its weights are in W_U),
+        ``[batch, pos, d_model]``.
+        """
+        def unchanged(layer: int, point: str, activation: torch.Tensor) -> torch.Tensor:
+            return activation
+
+        hook = hook or unchanged
+        last, stop = (self.n_layers - 1, None) if until is None else until
+        if stop is not None and stop not in STOPS:
+            raise ValueError(f"a forward cannot stop at {stop!r}; use one of {', '.join(STOPS)}")
+        first, resid = (0, self._embed(tokens)) if start is None else start
+        for layer in range(first, last + 1):
+            stop_here = stop if layer == last else None
+            resid = hook(layer, "resid_pre", resid)
+            if stop_here == "resid_pre":
+                return resid
+            results = hook(layer, "heads", self._head_outputs(
+                resid, layer, heads if stop_here == "heads" else None))  # [b, p, h, d]
+            if stop_here == "heads":
+                return results
+            attention_out = hook(layer, "attn_out", results.sum(dim=2) + self.b_O[layer])
+            resid = hook(layer, "resid_mid", resid + attention_out)
+            if stop_here == "resid_mid":
+                return resid
+            mlp_out = hook(layer, "mlp_out", self._mlp_out(resid, layer))
+            resid = hook(layer, "resid_post", resid + mlp_out)
+        return resid if stop is not None else self.normalize(resid)
+
     # ----- public API ------------------------------------------------------------------
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[..., d_model]`` through a LayerNorm with its weights folded away (every
+        LayerNorm of this model, the final one included: their weights are in the matrices
+        that read from them)."""
+        return _normalize(x, self.eps)
 
     @torch.no_grad()
     def run(self, tokens: torch.Tensor, sites: Sequence[Site]) -> dict[Site, torch.Tensor]:
@@ -154,46 +220,35 @@ class ProcessedGPT2(nn.Module):
         """
         if not sites:
             return {}
-        for site in sites:
-            if site.layer >= self.n_layers or (site.head is not None and site.head >= self.n_heads):
-                raise ValueError(f"site {site} does not exist in a {self.n_layers}-layer, "
-                                 f"{self.n_heads}-head model")
+        check_sites(sites, self.n_layers, self.n_heads)
         wanted = set(sites)
-        last_layer = max(site.layer for site in wanted)
+        last = max(site.layer for site in wanted)
+        kinds = {site.kind for site in wanted if site.layer == last}
+        last_heads = sorted(site.head for site in wanted
+                            if site.layer == last and site.kind == "head")
+        if kinds & {"mlp_out", "resid_post"}:
+            stop = "resid_post"
+        elif kinds & {"attn_out", "resid_mid"}:
+            stop = "resid_mid"
+        else:  # only heads (computed alone) or only resid_pre at the last layer
+            stop = "heads" if last_heads else "resid_pre"
         found: dict[Site, torch.Tensor] = {}
-        resid = self._embed(tokens)
-        for layer in range(last_layer + 1):
-            here = {site for site in wanted if site.layer == layer}
-            if Site(layer, "resid_pre") in here:
-                found[Site(layer, "resid_pre")] = resid
-            is_last = layer == last_layer
-            needs_full_attention = not is_last or any(
-                site.kind in ("attn_out", "resid_mid", "mlp_out", "resid_post") for site in here)
-            heads = sorted(site.head for site in here if site.kind == "head")
-            if not needs_full_attention:
-                if heads:
-                    results = self._head_outputs(resid, layer, heads)
-                    for i, head in enumerate(heads):
-                        found[Site(layer, "head", head)] = results[:, :, i]
-                break
-            results = self._head_outputs(resid, layer, None)
-            for head in heads:
-                found[Site(layer, "head", head)] = results[:, :, head]
-            attention_out = results.sum(dim=2) + self.b_O[layer]
-            resid = resid + attention_out
-            found[Site(layer, "attn_out")] = attention_out
-            found[Site(layer, "resid_mid")] = resid
-            if is_last and not any(site.needs_mlp for site in here):
-                break
-            mlp_out = self._mlp_out(resid, layer)
-            resid = resid + mlp_out
-            found[Site(layer, "mlp_out")] = mlp_out
-            found[Site(layer, "resid_post")] = resid
+
+        def capture(layer: int, point: str, activation: torch.Tensor) -> torch.Tensor:
+            if point != "heads":
+                found[Site(layer, point)] = activation
+                return activation
+            # at the stop, dim 2 holds last_heads only; elsewhere every head
+            columns = last_heads if (layer, point) == (last, stop) else range(self.n_heads)
+            for column, head in enumerate(columns):
+                found[Site(layer, "head", head)] = activation[:, :, column]
+            return activation
+
+        self._forward(tokens, capture, until=(last, stop), heads=last_heads)
         return {site: found[site] for site in sites}
 
     @torch.no_grad()
-    def run_patched(self, tokens: torch.Tensor, patches: dict[Site, tuple[torch.Tensor, torch.Tensor]],
-                    ) -> torch.Tensor:
+    def run_patched(self, tokens: torch.Tensor, patches: Patches) -> torch.Tensor:
         """``[batch, pos, vocab]`` logits with activations replaced (activation patching).
 
         ``patches`` maps a site to (``where`` ``[batch, pos]`` bool, ``values`` ``[batch, pos,
@@ -204,31 +259,51 @@ class ProcessedGPT2(nn.Module):
         return self.final_normalized(tokens, patches) @ self.W_U + self.b_U
 
     @torch.no_grad()
-    def final_normalized(self, tokens: torch.Tensor,
-                         patches: dict[Site, tuple[torch.Tensor, torch.Tensor]],
+    def final_normalized(self, tokens: torch.Tensor, patches: Patches,
                          start: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
         """``[batch, pos, d_model]``: the final residual stream after the final LayerNorm's
         normalisation (its weights are folded into ``W_U``), with ``patches`` as in
         ``run_patched``. ``start = (layer, resid_pre)`` begins at ``layer`` from a given
         residual stream (an unpatched run's, reused across many patches of later layers)."""
-        def patch(site: Site, activation: torch.Tensor) -> torch.Tensor:
+        def replace(site: Site, activation: torch.Tensor) -> torch.Tensor:
             if site not in patches:
                 return activation
             where, values = patches[site]
             return torch.where(where[..., None], values.to(activation.dtype), activation)
 
-        first, resid = (0, self._embed(tokens)) if start is None else start
-        for layer in range(first, self.n_layers):
-            resid = patch(Site(layer, "resid_pre"), resid)
-            heads = self._head_outputs(resid, layer, None)  # [b, p, h, d]
-            if any(Site(layer, "head", h) in patches for h in range(self.n_heads)):
-                heads = torch.stack([patch(Site(layer, "head", h), heads[:, :, h])
-                                     for h in range(self.n_heads)], dim=2)
-            attention_out = patch(Site(layer, "attn_out"), heads.sum(dim=2) + self.b_O[layer])
-            resid = patch(Site(layer, "resid_mid"), resid + attention_out)
-            mlp_out = patch(Site(layer, "mlp_out"), self._mlp_out(resid, layer))
-            resid = patch(Site(layer, "resid_post"), resid + mlp_out)
-        return _normalize(resid, self.eps)
+        def patch(layer: int, point: str, activation: torch.Tensor) -> torch.Tensor:
+            if point != "heads":
+                return replace(Site(layer, point), activation)
+            if not any(Site(layer, "head", h) in patches for h in range(self.n_heads)):
+                return activation
+            return torch.stack([replace(Site(layer, "head", h), activation[:, :, h])
+                                for h in range(self.n_heads)], dim=2)
+
+        return self._forward(tokens, patch, start=start)
+
+    def head_output_gradients(self, tokens: torch.Tensor,
+                              objective: Callable[[torch.Tensor], torch.Tensor]
+                              ) -> list[torch.Tensor]:
+        """Per layer, ``[batch, pos, n_heads, d_model]``: the gradient of the scalar
+        ``objective(final)`` with respect to every head's result, ``final`` being the
+        normalised final residual stream ``[batch, pos, d_model]`` (as ``final_normalized``)
+        of ``tokens``, for attribution patching.
+
+        Every layer's head results are leaves of the graph (detached, then requiring grad):
+        a head's gradient reaches it along the residual stream, through the MLPs and the
+        final normalisation, but not through the attention of later layers.
+        """
+        leaves: list[torch.Tensor] = []
+
+        def leaf(layer: int, point: str, activation: torch.Tensor) -> torch.Tensor:
+            if point != "heads":
+                return activation
+            leaves.append(activation.detach().requires_grad_(True))
+            return leaves[-1]
+
+        with torch.enable_grad():
+            final = self._forward(tokens, leaf)
+            return list(torch.autograd.grad(objective(final), leaves))
 
     @torch.no_grad()
     def attention_pattern(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
@@ -236,11 +311,9 @@ class ProcessedGPT2(nn.Module):
         (TransformerLens' ``blocks.L.attn.hook_pattern``); zero above the diagonal."""
         if not 0 <= layer < self.n_layers:
             raise ValueError(f"layer {layer} does not exist in a {self.n_layers}-layer model")
-        resid = self._embed(tokens)
-        for earlier in range(layer):
-            resid = resid + self._attention_out(resid, earlier)
-            resid = resid + self._mlp_out(resid, earlier)
-        q, k = self._queries_keys(_normalize(resid, self.eps), layer, slice(None))
+        # the forward uses a fused attention kernel that never forms the pattern: recompute it
+        resid = self._forward(tokens, until=(layer, "resid_pre"))
+        q, k = self._queries_keys(self.normalize(resid), layer, slice(None))
         scores = q @ k.transpose(-1, -2) / self.d_head ** 0.5
         length = tokens.shape[1]
         future = torch.ones(length, length, dtype=torch.bool, device=tokens.device).triu(1)
@@ -249,11 +322,7 @@ class ProcessedGPT2(nn.Module):
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[batch, pos, vocab]`` logits (centred: log-softmax equals the unprocessed model's)."""
-        resid = self._embed(tokens)
-        for layer in range(self.n_layers):
-            resid = resid + self._attention_out(resid, layer)
-            resid = resid + self._mlp_out(resid, layer)
-        return _normalize(resid, self.eps) @ self.W_U + self.b_U
+        return self._forward(tokens) @ self.W_U + self.b_U
 
     def direct_logits(self, piece: torch.Tensor, final_resid: torch.Tensor) -> torch.Tensor:
         """``[n, vocab]``: the direct effect on the logits of ``piece`` ``[n, d_model]``, one
