@@ -37,8 +37,8 @@ def remeasure(directory: Path) -> dict:
     training = manifest.get("training", {})
     model = load_probed(manifest["probed_source"], manifest.get("task"))
     if getattr(model.task, "needs_corpus", False):
-        attach_corpus(model, training["corpus"], training.get("max_tokens", 32),
-                      training.get("field", "text"))
+        model = attach_corpus(model, training["corpus"], training.get("max_tokens", 32),
+                              training.get("field", "text"))
     decoder, _ = load_decoder(directory, model)
     started = time.perf_counter()
     queries = held_out_queries(model, training.get("eval_queries_per_site", 8),

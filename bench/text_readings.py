@@ -62,7 +62,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_probed(args.model)
-    attach_corpus(model, args.corpus, args.max_tokens)
+    model = attach_corpus(model, args.corpus, args.max_tokens)
     decoder, directory = decoder_for(model, args.model, Path(args.decoder) if args.decoder else None)
     decoder_name = str(directory)
     torch.manual_seed(args.seed)

@@ -50,7 +50,7 @@ class InversionView:
 
         self.model = load_probed(str(model), task, device, "raw" if raw else "processed")
         if corpus is not None:
-            attach_corpus(self.model, str(corpus), max_tokens, field)
+            self.model = attach_corpus(self.model, str(corpus), max_tokens, field)
         self.decoder, directory = decoder_for(self.model, str(model),
                                               None if decoder is None else Path(decoder))
         self.name, self.decoder_name = shown_name(str(model)), shown_name(str(directory))

@@ -149,14 +149,14 @@ def models(as_json: JsonOpt = False) -> None:
                "accuracy": manifest.get("accuracy")}
         for name, (path, manifest) in list_artifacts().items()
     }
-    from inversionview.probed.model import TEXT_TASKS
+    from inversionview.tasks import TEXT_TASKS, text_task
 
     record = {
         "artifacts": artifacts,
         "tasks": {name: {"sites": list(cls.sites), "positions": list(cls.position_names)}
                   for name, cls in TASKS.items()},
-        "language_model_tasks": {name: {"positions": list(cls.position_names)}
-                                 for name, cls in TEXT_TASKS.items()},
+        "language_model_tasks": {name: {"positions": list(text_task(name).position_names)}
+                                 for name in TEXT_TASKS},
         "model_kinds": ["probed-model directory (inversionview.json names its task)",
                         "HuggingFace GPT-2 directory (the task inferred from its vocabulary, "
                         "or --task)",

@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
             options.check_output_directory(out, "--out", force, marker="summary.json")
         _apply_threads(threads)
         probed, the_decoder, name, _, _, _ = _query_setup(model, task, raw, decoder, None, None, None)
-        attach_corpus(probed, None if corpus is None else str(corpus))
+        probed = attach_corpus(probed, None if corpus is None else str(corpus))
         config = summary_config(candidates, epsilon, metric.value)
 
         def progress(done: int, total: int, cell: str) -> None:
@@ -184,7 +184,7 @@ def register(app: typer.Typer) -> None:
         _apply_threads(threads)
         probed, the_decoder, name, _, site, position = _query_setup(
             model, task, raw, decoder, None, site, position)
-        attach_corpus(probed, None if corpus is None else str(corpus))
+        probed = attach_corpus(probed, None if corpus is None else str(corpus))
         config = summary_config(candidates, epsilon, metric.value)
         texts = query_texts(probed.task, position, queries, seed)
         results = [run_query(probed, the_decoder, text, site, position, config, seed=seed + i,

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.tasks.base import next_token_targets
 
 
@@ -21,6 +21,8 @@ class InspectReport:
     predictions: list[dict[str, Any]]  # graded positions: position, expected, predicted, p
     sites: list[str]
     norms: list[list[float]]  # [site][position]
+    #: Whether the task grades its answers (a toy task); else the next token is data.
+    graded: bool = True
 
     def to_record(self) -> dict[str, Any]:
         return {"model": self.model, "task": self.task, "input": self.text,
@@ -31,7 +33,7 @@ class InspectReport:
         right = sum(p["predicted"] == p["expected"] for p in self.predictions)
         lines = [f"model {self.model} (task {self.task})", f"input {self.text}"]
         for p in self.predictions:
-            if self.task == "text":  # a language model is not graded: the next token is data
+            if not self.graded:  # free text or a prompt: the next token is data
                 mark, expected = "" if p["predicted"] != p["expected"] else "  (top-1)", "next is"
             else:
                 mark = "  ok" if p["predicted"] == p["expected"] else "  WRONG"
@@ -39,7 +41,7 @@ class InspectReport:
             lines.append(f"  after {p['position']:>2} {self.tokens[p['position']]!r}: predicts "
                          f"{p['predicted']!r} (p={p['probability']:.3f}), {expected} "
                          f"{p['expected']!r}{mark}")
-        if self.task == "text":
+        if not self.graded:
             lines.append(f"top-1 next token right: {right} of {len(self.predictions)}")
         else:
             lines.append(f"solved: {'yes' if right == len(self.predictions) else 'no'}")
@@ -60,7 +62,7 @@ def _shown(token: str) -> str:
 
 
 @torch.no_grad()
-def inspect_input(model: ProbedModel, text: str | None = None, seed: int = 0) -> InspectReport:
+def inspect_input(model: Subject, text: str | None = None, seed: int = 0) -> InspectReport:
     """Prediction and per-site activation norms for ``text`` (a fresh sample if None)."""
     task = model.task
     text = task.normalize(text) if text is not None else task.sample(1, seed=seed)[0]
@@ -84,4 +86,4 @@ def inspect_input(model: ProbedModel, text: str | None = None, seed: int = 0) ->
              for site in model.sites]
     return InspectReport(model=model.source, task=task.name, text=text, tokens=strings,
                          predictions=predictions, sites=[s.short for s in model.sites],
-                         norms=norms)
+                         norms=norms, graded=task.grades_answers)

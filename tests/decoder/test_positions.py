@@ -168,7 +168,7 @@ def test_held_out_queries_follow_the_policy(model, tmp_path):
     corpus.write_text("\n".join(sentences(300, seed=5)))
     config = DecoderTrainingConfig(out=tmp_path / "unused", examples=1, corpus=str(corpus))
     text_model = load_probed(model.source)
-    attach_corpus(text_model, config.corpus, config.max_tokens, config.field)
+    text_model = attach_corpus(text_model, config.corpus, config.max_tokens, config.field)
     queries = held_out_queries(text_model, 2, seed=0, policy="last")
     assert torch.equal(queries.position, last_real_index(text_model, queries.tokens))
 

@@ -79,7 +79,7 @@ def test_a_kill_while_the_model_is_saved_resumes(tmp_path, monkeypatch):
     straight = train_probed(_config(tmp_path / "straight", steps=4), show_progress=False)
     real_save = ProbedModel.save
 
-    def dies(self, directory, manifest=None):
+    def dies(self, directory, manifest=None, dtype=None):
         (directory / "model.safetensors").write_bytes(b"half a file")
         raise KeyboardInterrupt("killed")
 

@@ -21,7 +21,7 @@ import torch
 
 from inversionview.decoder.positions import allowed_positions
 from inversionview.options import POSITIONS
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.probed.sites import Site
 
 
@@ -49,7 +49,7 @@ class ActivationStream:
     """An endless, seeded stream of ``DecoderBatch`` for one probed model; ``positions`` is
     the position policy (``positions.py``: uniform, last, low-bos-attention)."""
 
-    def __init__(self, model: ProbedModel, batch_size: int, generator: torch.Generator,
+    def __init__(self, model: Subject, batch_size: int, generator: torch.Generator,
                  bos_fraction: float = 0.01, texts: list[str] | None = None,
                  bucket_batches: int = 1, positions: str = "uniform"):
         self.model = model

@@ -14,7 +14,7 @@ import torch
 from inversionview.decoder.model import Decoder, random_like
 from inversionview.decoder.positions import allowed_positions
 from inversionview.probed.distance import candidate_distances
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 
 
 @dataclass
@@ -30,7 +30,7 @@ class QuerySet:
 EVAL_POSITIONS = {"counting": (":", "query"), "addition": ("+", "=", "A1", "A2", "A3")}
 
 
-def held_out_queries(model: ProbedModel, per_site: int, seed: int,
+def held_out_queries(model: Subject, per_site: int, seed: int,
                      positions: tuple[str, ...] | None = None, policy: str = "uniform"
                      ) -> QuerySet:
     """``per_site`` queries for every (site, named position): fresh inputs drawn from a
@@ -41,7 +41,7 @@ def held_out_queries(model: ProbedModel, per_site: int, seed: int,
     task = model.task
     generator = torch.Generator().manual_seed(seed + 1_000_003)
     rows, site_ids, query_positions = [], [], []
-    if task.sites is None and positions is None:
+    if task.free_text and positions is None:
         for site_id, _ in enumerate(model.sites):
             tokens = task.sample_tokens(per_site, generator, held_out=True)
             allowed = allowed_positions(model, tokens, torch.full((len(tokens),), site_id), policy)
@@ -69,7 +69,7 @@ def held_out_queries(model: ProbedModel, per_site: int, seed: int,
 
 
 @torch.no_grad()
-def in_epsilon_rates(decoder: Decoder, model: ProbedModel, queries: QuerySet, samples_per_query: int,
+def in_epsilon_rates(decoder: Decoder, model: Subject, queries: QuerySet, samples_per_query: int,
                      epsilon: float, generator: torch.Generator, controls: bool = True
                      ) -> dict[str, object]:
     """Per-site in-ε rate of the decoder's samples (T 1, no noise, no grammar mask), counting a

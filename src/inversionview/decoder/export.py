@@ -11,29 +11,31 @@ import torch
 from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates
 from inversionview.decoder.store import DecoderLoadError, load_decoder, read_manifest, save_decoder
 from inversionview.decoder.train import attach_corpus
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 
 
-def _attach_training_corpus(model: ProbedModel, training: dict[str, Any], run_dir: Path) -> None:
-    """A language model's held-out queries come from the corpus its decoder trained on (the
-    path as the training command gave it, relative to where it ran)."""
+def _with_training_corpus(model: Subject, training: dict[str, Any], run_dir: Path) -> Subject:
+    """``model`` drawing its inputs from the corpus its decoder trained on (the path as the
+    training command gave it, relative to where it ran): a language model's held-out queries
+    come from there."""
     corpus = training.get("corpus")
     if not isinstance(corpus, str) or not Path(corpus).exists():
         raise DecoderLoadError(f"{run_dir} was trained on the corpus {corpus!r}, which is not "
                                f"there; export it from the directory its training ran in (its "
                                f"held-out queries are drawn from that corpus)")
-    attach_corpus(model, corpus, training.get("max_tokens", 32), training.get("field", "text"))
+    return attach_corpus(model, corpus, training.get("max_tokens", 32),
+                         training.get("field", "text"))
 
 
-def export_decoder(run_dir: Path, destination: Path, model: ProbedModel, seed: int = 0,
+def export_decoder(run_dir: Path, destination: Path, model: Subject, seed: int = 0,
                    dtype: torch.dtype = torch.float16) -> dict[str, Any]:
     """Copy a trained decoder into ``destination`` with weights in ``dtype`` (fp16 halves a
     shipped decoder), re-measuring its in-ε rates as exported on the held-out queries of its
     training seed (same queries, sample draws from ``seed``). Returns the new manifest."""
     decoder, manifest = load_decoder(run_dir, model)
     training = manifest.get("training", {})
-    if getattr(model.task, "needs_corpus", False):
-        _attach_training_corpus(model, training, run_dir)
+    if model.task.needs_corpus:
+        model = _with_training_corpus(model, training, run_dir)
     save_decoder(decoder, model, destination, {}, dtype=dtype)
     exported, _ = load_decoder(destination, model)
     queries = held_out_queries(model, training.get("eval_queries_per_site", 8),

@@ -40,10 +40,10 @@ from __future__ import annotations
 import torch
 
 from inversionview.options import POSITIONS
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 
 
-def allowed_positions(model: ProbedModel, tokens: torch.Tensor, site_id: torch.Tensor,
+def allowed_positions(model: Subject, tokens: torch.Tensor, site_id: torch.Tensor,
                       policy: str = "uniform") -> torch.Tensor:
     """``[batch, pos]`` bool: where example i (input ``tokens[i]``, site
     ``model.sites[site_id[i]]``) may be read under ``policy`` (module docstring). A row may
@@ -65,7 +65,7 @@ FILTER_BOS_ATTENTION = 0.95
 
 
 @torch.no_grad()
-def last_or_least_bos(model: ProbedModel, tokens: torch.Tensor, site_id: torch.Tensor,
+def last_or_least_bos(model: Subject, tokens: torch.Tensor, site_id: torch.Tensor,
                       queryable: torch.Tensor) -> torch.Tensor:
     """``[batch, pos]``: for a head site, the last queryable position and the queryable one
     where the head attends least to BOS (one position when they coincide), or none when the
@@ -92,7 +92,7 @@ def last_position(queryable: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def low_bos_attention(model: ProbedModel, tokens: torch.Tensor, site_id: torch.Tensor,
+def low_bos_attention(model: Subject, tokens: torch.Tensor, site_id: torch.Tensor,
                       queryable: torch.Tensor) -> torch.Tensor:
     """``[batch, pos]``: for a head site, the queryable positions of the lower half by the
     head's attention to BOS; for any other site, every queryable position. One forward per
@@ -101,7 +101,7 @@ def low_bos_attention(model: ProbedModel, tokens: torch.Tensor, site_id: torch.T
                                      lambda to_bos, mask, rows: lowest_half(to_bos, mask))
 
 
-def _by_head_attention_to_bos(model: ProbedModel, tokens: torch.Tensor, site_id: torch.Tensor,
+def _by_head_attention_to_bos(model: Subject, tokens: torch.Tensor, site_id: torch.Tensor,
                               queryable: torch.Tensor, choose) -> torch.Tensor:
     """``queryable`` with each head example's row replaced by ``choose(to_bos [r, q],
     queryable [r, q], rows [r])``, its head's attention to BOS from every position; rows of

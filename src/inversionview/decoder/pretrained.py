@@ -39,7 +39,7 @@ import torch
 from inversionview.decoder.model import Decoder
 from inversionview.errors import UserError, echo
 from inversionview.files import positive_int, read_json_object, read_safetensors, sha256_file
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.text.tokenizer import TOKENIZER_FILES, HFTokenizer
 
 WEIGHTS = "model.safetensors"
@@ -140,7 +140,7 @@ def check_vocabulary(lm: PretrainedLM, vocab: Any) -> None:
     if not any((lm.directory / name).exists() for name in TOKENIZER_FILES):
         return
     theirs = HFTokenizer.from_directory(lm.directory, model_size).fingerprint()
-    ours = vocab.fingerprint() if hasattr(vocab, "fingerprint") else "a character vocabulary"
+    ours = vocab.fingerprint() or "a character vocabulary"
     if theirs != ours:
         raise PretrainedInitError(f"{where} has another tokenizer than the probed model "
                                   f"(sha256 {theirs[:12]} vs {ours[:12]}); the decoder must start "
@@ -158,7 +158,7 @@ def decoder_shape(lm: PretrainedLM, n_ctx: int) -> dict[str, int]:
             "n_heads": settings["n_head"], "d_mlp": settings["n_inner"] or 4 * settings["n_embd"]}
 
 
-def start_from(directory: str | Path, model: ProbedModel, overrides: dict[str, Any],
+def start_from(directory: str | Path, model: Subject, overrides: dict[str, Any],
                expected_sha256: str | None = None) -> tuple[PretrainedLM, dict[str, int]]:
     """(the LM in ``directory``, the DecoderConfig settings of its shape) for a decoder of
     ``model``; a PretrainedInitError if it does not fit the model, if a decoder setting in

@@ -22,7 +22,7 @@ from inversionview.decoder.model import Decoder, DecoderConfig
 from inversionview.errors import UserError, echo
 from inversionview.files import (atomic_path, first_line, positive_int, read_json_object,
                                 read_safetensors, weights_mismatch, write_json_atomic)
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.provenance import portable_path
 
 WEIGHTS, MANIFEST = "decoder.safetensors", "decoder.json"
@@ -32,7 +32,7 @@ class DecoderLoadError(UserError, ValueError):
     """A decoder directory that is missing, malformed, or trained on another probed model."""
 
 
-def save_decoder(decoder: Decoder, model: ProbedModel, directory: Path, manifest: dict[str, Any],
+def save_decoder(decoder: Decoder, model: Subject, directory: Path, manifest: dict[str, Any],
                  dtype: torch.dtype = torch.float32) -> None:
     """Write the weights (in ``dtype``; fp16 halves a shipped decoder) and the manifest."""
     directory = Path(directory)
@@ -45,7 +45,7 @@ def save_decoder(decoder: Decoder, model: ProbedModel, directory: Path, manifest
         "config": decoder.config.to_dict(), **manifest})
 
 
-def decoder_identity(model: ProbedModel) -> dict[str, Any]:
+def decoder_identity(model: Subject) -> dict[str, Any]:
     """What a decoder must match in the model it reads: its weights, the sites in the
     decoder's order, how activations are processed, and the token ids (a text model's
     tokenizer by fingerprint)."""
@@ -53,8 +53,9 @@ def decoder_identity(model: ProbedModel) -> dict[str, Any]:
     identity = {"sites": [site.short for site in model.sites],
                 "probed_weights_sha256": model.weights_hash(), "processing": model.processing,
                 "special_ids": {"bos": vocab.bos_id, "eos": vocab.eos_id, "pad": vocab.pad_id}}
-    if hasattr(vocab, "fingerprint"):
-        identity["tokenizer_sha256"] = vocab.fingerprint()
+    fingerprint = vocab.fingerprint()  # None for a toy task's characters
+    if fingerprint is not None:
+        identity["tokenizer_sha256"] = fingerprint
     return identity
 
 
@@ -99,7 +100,7 @@ _MANIFEST_FIELDS = [  # (name, type, required, what it must be)
 ]
 
 
-def load_decoder(directory: Path, model: ProbedModel | None = None, device: str = "cpu"
+def load_decoder(directory: Path, model: Subject | None = None, device: str = "cpu"
                  ) -> tuple[Decoder, dict[str, Any]]:
     """(decoder in float32, eval mode; manifest). With ``model``, check that the decoder was
     trained on exactly these probed weights. A file that cannot be used raises
@@ -144,7 +145,7 @@ def load_decoder(directory: Path, model: ProbedModel | None = None, device: str 
     return decoder.to(device).eval(), manifest
 
 
-def _check_identity(manifest: dict[str, Any], model: ProbedModel, path: Path) -> None:
+def _check_identity(manifest: dict[str, Any], model: Subject, path: Path) -> None:
     """Refuse a decoder whose processing, tokenizer, special ids or site list differ from
     the model's (older manifests lack some fields: those were written for processed toy
     tasks, whose ids and sites are fixed)."""
@@ -204,7 +205,7 @@ _FIELD_TYPES = {  # a DecoderConfig field's type -> (what it must be, check)
 }
 
 
-def _check_fits_model(config: DecoderConfig, model: ProbedModel, path: Path) -> None:
+def _check_fits_model(config: DecoderConfig, model: Subject, path: Path) -> None:
     needed = {"vocab_size": model.task.vocab.size, "activation_dim": model.d_model}
     if model.task.sites is not None:  # a toy task's decoder reads exactly the task's sites
         needed["n_sites"] = len(model.task.sites)
@@ -223,7 +224,7 @@ def shipped_decoders() -> dict[str, tuple[Path, dict[str, Any]]]:
             if entry[1].get("kind") == "decoder"}
 
 
-def find_decoder(model: ProbedModel) -> Path | None:
+def find_decoder(model: Subject) -> Path | None:
     """The bundled decoder trained on ``model``'s weights, if there is one."""
     digest = model.weights_hash()
     for directory, manifest in shipped_decoders().values():
@@ -232,7 +233,7 @@ def find_decoder(model: ProbedModel) -> Path | None:
     return None
 
 
-def decoder_for(model: ProbedModel, name: str, directory: Path | None = None
+def decoder_for(model: Subject, name: str, directory: Path | None = None
                 ) -> tuple[Decoder, Path]:
     """(decoder, its directory) for ``model``: ``directory``, or the bundled decoder trained
     on its weights; a DecoderLoadError that says how to get one otherwise. ``name`` is how

@@ -35,7 +35,7 @@ from inversionview.errors import OptionError, UserError, echo
 from inversionview.files import sha256_file
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, EPSILON, EXAMPLES,
                                    LEARNING_RATE, MAX_TOKENS, MINUTES, POSITIONS, REBALANCE, SEED)
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.probed.sites import check_site
 from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
                                     FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
@@ -182,7 +182,7 @@ def check_site_weights(weights: Any) -> dict[str, float] | None:
     return checked or None
 
 
-def site_weight_vector(model: ProbedModel, weights: dict[str, float] | None
+def site_weight_vector(model: Subject, weights: dict[str, float] | None
                        ) -> torch.Tensor | None:
     """The sampling distribution over ``model.sites`` that ``weights`` give (see
     ``DecoderTrainingConfig.site_weights``), or None for uniform."""
@@ -207,26 +207,20 @@ def site_weight_vector(model: ProbedModel, weights: dict[str, float] | None
     return (vector / vector.sum()).float()
 
 
-def attach_corpus(model: ProbedModel, corpus: str | None, max_tokens: int = 32,
-                  field: str = "text") -> None:
-    """Give a language model the corpus its inputs come from (a no-op for ``None`` when the
-    model has its inputs already)."""
-    from inversionview.text.sources import CorpusSource
-
+def attach_corpus(model: Subject, corpus: str | None, max_tokens: int = 32,
+                  field: str = "text") -> Subject:
+    """``model`` read as free text whose inputs come from ``corpus`` (``model`` itself for
+    ``None`` when its task draws its inputs already)."""
     if corpus is None:
-        if getattr(model.task, "needs_corpus", False):
+        if model.task.needs_corpus:
             raise UserError(f"{model.source} is a language model: give the text its decoder "
                             f"trains on with --corpus FILE (.txt lines, .jsonl or a datasets "
                             f"directory)")
-        return
-    if model.task.sites is not None:
-        raise UserError(f"the {model.task.name} task draws its own inputs; --corpus is for "
-                        f"language models read as free text")
-    model.task = model.task.with_source(CorpusSource.from_path(
-        corpus, model.task.vocab, max_tokens, field))
+        return model
+    return model.with_task(model.task.with_corpus(corpus, max_tokens, field))
 
 
-def continued_decoder(directory: str, model: ProbedModel
+def continued_decoder(directory: str, model: Subject
                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     """The weights (float32), the shape (``decoder_overrides``) and the weights' sha256 of a
     trained decoder of ``model`` that a new run continues. A directory that is no decoder of
@@ -263,7 +257,7 @@ def continued_record(directory: str, digest: str | None) -> dict[str, Any]:
     return record
 
 
-def build_decoder(model: ProbedModel, seed: int, **overrides: Any) -> Decoder:
+def build_decoder(model: Subject, seed: int, **overrides: Any) -> Decoder:
     config = DecoderConfig(vocab_size=model.task.vocab.size, n_ctx=model.task.n_ctx,
                            activation_dim=model.d_model, n_sites=len(model.sites), **overrides)
     with torch.random.fork_rng(devices=[]):
@@ -340,7 +334,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if supported else None
 
 
-def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: bool = False,
+def train_decoder(model: Subject, config: DecoderTrainingConfig, resume: bool = False,
                   show_progress: bool = True) -> Decoder:
     """Train a decoder for ``model`` within ``config``'s budget of examples or minutes of
     training (evaluation and checkpoint time are not counted). ``resume`` continues the run
@@ -355,7 +349,7 @@ def train_decoder(model: ProbedModel, config: DecoderTrainingConfig, resume: boo
     run from a trained decoder of the same model (its shape and weights; the optimizer and
     the schedule start fresh): training a shipped decoder for longer."""
     check_run_directory(config.out, resume)
-    attach_corpus(model, config.corpus, config.max_tokens, config.field)
+    model = attach_corpus(model, config.corpus, config.max_tokens, config.field)
     weighted = site_weight_vector(model, config.site_weights)  # a bad site fails here
     pretrained = None  # a resumed run's weights come from its checkpoint
     previous = None

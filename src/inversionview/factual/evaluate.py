@@ -9,11 +9,11 @@ import torch
 
 from inversionview.factual.knowledge import check_split
 from inversionview.probed.evaluate import answer_logits
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.tasks.base import TaskInputError
 
 
-def factual_task(model: ProbedModel):
+def factual_task(model: Subject):
     """The model's task, which must be factual recall."""
     if model.task.name != "factual":
         raise TaskInputError("this needs the model read as factual recall: give --task factual "
@@ -22,7 +22,7 @@ def factual_task(model: ProbedModel):
 
 
 @torch.no_grad()
-def evaluate_factual(model: ProbedModel, split: str = "eval",
+def evaluate_factual(model: Subject, split: str = "eval",
                      relations: Iterable[str] | None = None, kinds: Iterable[str] | None = None,
                      ) -> dict[str, Any]:
     """Every prompt of ``split``'s templates (all subjects): whether the answer's first token

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from inversionview.factual.knowledge import FactPrompt
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.probed.sites import Site
 from inversionview.tasks.base import TaskInputError
 
@@ -45,7 +45,7 @@ def upper_layers(n_layers: int) -> list[int]:
 
 
 @torch.no_grad()
-def attribution_heads(model: ProbedModel, prompts: Sequence[FactPrompt], threshold: float = 0.05,
+def attribution_heads(model: Subject, prompts: Sequence[FactPrompt], threshold: float = 0.05,
                       keep: int = 25, layers: Sequence[int] | None = None, batch: int = 64,
                       ) -> dict[str, Any]:
     """Each upper-layer head's norm share at END over ``prompts``, its active rate (share >=

@@ -21,7 +21,7 @@ from typing import Any, Collection, Sequence
 from inversionview.decoder.model import Decoder
 from inversionview.factual.evaluate import factual_task
 from inversionview.factual.knowledge import ATTRIBUTES, check_relations
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 
 READ_POSITIONS = ("SUBJ", "END")
 READ_ATTRIBUTES = ("subject", "kind", *ATTRIBUTES)
@@ -29,7 +29,7 @@ EPSILON = 0.25
 NOISE_COSINE = (0.75, 0.9)
 
 
-def read_factual(model: ProbedModel, decoder: Decoder, heads: Sequence[str],
+def read_factual(model: Subject, decoder: Decoder, heads: Sequence[str],
                  positions: Sequence[str] = READ_POSITIONS, relations: Sequence[str] | None = None,
                  queries: int = 10, seed: int = 0, candidates: int = 256,
                  epsilon: float = EPSILON, noise_cosine: tuple[float, float] | None = NOISE_COSINE,

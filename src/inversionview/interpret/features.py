@@ -96,9 +96,9 @@ def task_features(task) -> list[Feature]:
     features of a language model's text (the only ones for free text; a toy task's attributes
     already say what its characters mean)."""
     features = [_attribute(name) for name in task.attribute_names]
-    features += [_fuzzy(name) for name in getattr(task, "fuzzy_attributes", ())]
+    features += [_fuzzy(name) for name in task.fuzzy_attributes]
     features += [derived(r.name, r.value, r.fuzzy) for r in task.derived_relations()]
-    return features + (token_features() if getattr(task, "mines_tokens", False) else [])
+    return features + (token_features() if task.mines_tokens else [])
 
 
 __all__ = ["Feature", "TOKEN_OFFSETS", "derived", "task_features", "token_features"]

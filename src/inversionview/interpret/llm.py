@@ -109,7 +109,7 @@ def tagged_tokens(task, sample_text: str, tokens: list[str], position: int) -> s
         names = {index: name for name, index in task.named_positions(sample_text).items()}
     except Exception:  # a malformed sample has no named positions: shown untagged
         names = {}
-    free_text = getattr(task, "free_text", False)
+    free_text = task.free_text
     shown = []
     for index in range(1, min(position, len(tokens) - 1) + 1):
         token = repr(tokens[index]) if free_text else tokens[index]

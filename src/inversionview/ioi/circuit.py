@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from inversionview.probed.evaluate import answer_logits
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.probed.sites import Site
 from inversionview.tasks.base import TaskInputError
 
@@ -80,7 +80,7 @@ class HeadScore:
         return {"head": self.name, **dataclasses.asdict(self)}
 
 
-def _ioi_task(model: ProbedModel):
+def _ioi_task(model: Subject):
     if not hasattr(model.task, "prompts") or model.task.name != "ioi":
         raise TaskInputError("this needs the model read as IOI: give --task ioi (or a model "
                              "whose manifest says ioi)")
@@ -88,7 +88,7 @@ def _ioi_task(model: ProbedModel):
 
 
 @torch.no_grad()
-def evaluate_ioi(model: ProbedModel, n: int = 500, seed: int = 0, split: str = "eval",
+def evaluate_ioi(model: Subject, n: int = 500, seed: int = 0, split: str = "eval",
                  kind: str = "ioi") -> dict[str, Any]:
     """Top-1 accuracy (IO is the most likely next token), IO-over-S accuracy and the logit
     difference IO - S on ``n`` prompts of the ``split`` templates; per template and order.
@@ -125,7 +125,7 @@ def evaluate_ioi(model: ProbedModel, n: int = 500, seed: int = 0, split: str = "
 
 
 @torch.no_grad()
-def _ioi_attention(model: ProbedModel, prompts) -> dict[str, torch.Tensor]:
+def _ioi_attention(model: Subject, prompts) -> dict[str, torch.Tensor]:
     """``[layers, heads]`` mean attention END->IO, END->S1, END->S2, S2->S1, S2->S1+1."""
     tokens = model.tokens([p.text for p in prompts])
     at = {name: torch.tensor([p.positions[name] for p in prompts], device=tokens.device)
@@ -143,7 +143,7 @@ def _ioi_attention(model: ProbedModel, prompts) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def repeated_tokens(model: ProbedModel, n: int, seed: int, length: int = REPEAT_LENGTH
+def repeated_tokens(model: Subject, n: int, seed: int, length: int = REPEAT_LENGTH
                     ) -> torch.Tensor:
     """``[n, 1 + 2 * length]`` BOS, ``length`` random ordinary tokens, the same again."""
     vocab = model.task.vocab
@@ -157,7 +157,7 @@ def repeated_tokens(model: ProbedModel, n: int, seed: int, length: int = REPEAT_
 
 
 @torch.no_grad()
-def _repeat_scores(model: ProbedModel, n: int, seed: int) -> dict[str, torch.Tensor]:
+def _repeat_scores(model: Subject, n: int, seed: int) -> dict[str, torch.Tensor]:
     """``[layers, heads]`` duplicate-token, induction and previous-token scores."""
     tokens = repeated_tokens(model, n, seed)
     length = (tokens.shape[1] - 1) // 2
@@ -179,7 +179,7 @@ def _repeat_scores(model: ProbedModel, n: int, seed: int) -> dict[str, torch.Ten
 
 
 @torch.no_grad()
-def copying_scores(model: ProbedModel, names: list[int], top_k: int = TOP_K
+def copying_scores(model: Subject, names: list[int], top_k: int = TOP_K
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``[layers, heads]`` (copying, negative copying): the fraction of ``names`` (token ids)
     that each head's OV circuit, applied to the name's residual stream after layer 0 (a
@@ -214,7 +214,7 @@ PATCHING_METHODS = ("activation", "attribution")
 
 
 @torch.no_grad()
-def patching_effects(model: ProbedModel, prompts, seed: int, method: str = "activation",
+def patching_effects(model: Subject, prompts, seed: int, method: str = "activation",
                      direct: bool = False) -> dict[str, Any]:
     """``[layers, heads]`` change of the mean LD when each head's output (at every position,
     and at END only) comes from the ABC run, as a fraction of (ABC LD - original LD).
@@ -285,7 +285,7 @@ def patching_effects(model: ProbedModel, prompts, seed: int, method: str = "acti
             **effects}
 
 
-def _head_gradients(model: ProbedModel, original, rows, ends, io, s) -> dict[Site, torch.Tensor]:
+def _head_gradients(model: Subject, original, rows, ends, io, s) -> dict[Site, torch.Tensor]:
     """d(mean LD)/d(each head's output) ``[b, p, d]`` on the original runs (processed GPT-2;
     ``ProcessedGPT2.head_output_gradients``: every layer's head outputs are leaves)."""
     from inversionview.probed.processed import ProcessedGPT2
@@ -305,7 +305,7 @@ def _head_gradients(model: ProbedModel, original, rows, ends, io, s) -> dict[Sit
             for layer in range(model.n_layers) for head in range(model.n_heads)}
 
 
-def _patched_difference(model: ProbedModel, original, rows, ends, io, s, difference):
+def _patched_difference(model: Subject, original, rows, ends, io, s, difference):
     """``(site, where, values) -> mean LD`` of the original runs with one head patched. On
     the processed GPT-2 path it starts at the head's layer from the unpatched residual stream
     and reads only the two answers' logits at END (GPT-2 small: 50,257 logits at every
@@ -329,7 +329,7 @@ def _patched_difference(model: ProbedModel, original, rows, ends, io, s, differe
     return patched
 
 
-def direct_effects(model: ProbedModel, n: int = 200, seed: int = 0, split: str = "all"
+def direct_effects(model: Subject, n: int = 200, seed: int = 0, split: str = "all"
                    ) -> dict[str, Any]:
     """``[layers, heads]`` fractions of the ABC effect on the mean LD at END, per head: ``total``
     (the head's output at END from the ABC run, everything downstream recomputed; the
@@ -348,7 +348,7 @@ def direct_effects(model: ProbedModel, n: int = 200, seed: int = 0, split: str =
 # ----- together ----------------------------------------------------------------------------------
 
 
-def head_scores(model: ProbedModel, n: int = 200, seed: int = 0, split: str = "all",
+def head_scores(model: Subject, n: int = 200, seed: int = 0, split: str = "all",
                 patching: str = "activation") -> dict[str, Any]:
     """Every head's ``HeadScore`` on ``n`` prompts (and ``n`` repeated runs), seeded;
     ``patching``: activation (exact) or attribution (``patching_effects``)."""

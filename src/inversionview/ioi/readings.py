@@ -33,7 +33,7 @@ import random
 import torch
 
 from inversionview.decoder.model import Decoder
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.probed.sites import Site
 
 READ_ATTRIBUTES = ("io", "s", "order", "io_position", "s1_position", "s2_position", "template")
@@ -51,7 +51,7 @@ TOP = 30  # Table 4's "top 30 promoted (suppressed)"
 EDITS = ("io", "s", "order", "place", "object", "template")
 
 
-def read_heads(model: ProbedModel, decoder: Decoder, targets: Sequence[tuple[str, str]],
+def read_heads(model: Subject, decoder: Decoder, targets: Sequence[tuple[str, str]],
                queries: int = 20, seed: int = 0, candidates: int = 256,
                fixed_position: bool = True, epsilon: float = 0.1) -> list[dict[str, Any]]:
     """Per (site, position): the pooled inside / outside agreement of each attribute over
@@ -68,7 +68,7 @@ def read_heads(model: ProbedModel, decoder: Decoder, targets: Sequence[tuple[str
         READ_ATTRIBUTES, config, seed)
 
 
-def read_members(model: ProbedModel, decoder: Decoder, targets: Sequence[tuple[str, str]],
+def read_members(model: Subject, decoder: Decoder, targets: Sequence[tuple[str, str]],
                  queries: int = 20, seed: int = 0, candidates: int = 256, search: int | None = None,
                  epsilon: float = 0.1) -> list[dict[str, Any]]:
     """Per (site, position): the default text query (decoder draws, then the search; members
@@ -119,7 +119,7 @@ def read_members(model: ProbedModel, decoder: Decoder, targets: Sequence[tuple[s
     return rows
 
 
-def name_token_ids(model: ProbedModel) -> dict[str, list[int]]:
+def name_token_ids(model: Subject) -> dict[str, list[int]]:
     """Each name's single-token ids: with its leading space, and without where that is one
     token too."""
     prompts = model.task.prompts
@@ -149,7 +149,7 @@ def edited_prompts(generator, prompt, rng: random.Random) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def edit_table(model: ProbedModel, targets: Sequence[tuple[str, str]], n: int = 200,
+def edit_table(model: Subject, targets: Sequence[tuple[str, str]], n: int = 200,
                seed: int = 0, epsilon: float = 0.1) -> list[dict[str, Any]]:
     """Per (site, position): for each one-attribute edit (EDITS), the median normalised
     distance between the activation at the named position of ``n`` seeded prompts and of
@@ -185,7 +185,7 @@ def edit_table(model: ProbedModel, targets: Sequence[tuple[str, str]], n: int = 
 
 
 @torch.no_grad()
-def dla_table(model: ProbedModel, targets: Sequence[tuple[str, str, str]], n: int = 1000,
+def dla_table(model: Subject, targets: Sequence[tuple[str, str, str]], n: int = 1000,
               seed: int = 0, top: int = TOP) -> list[dict[str, Any]]:
     """Per (site, position, expected "io" or "s"): the Table 4 rates over ``n`` prompts."""
     task = model.task

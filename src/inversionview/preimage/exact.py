@@ -23,7 +23,7 @@ from inversionview.probed.distance import candidate_distances
 from inversionview.preimage.estimate import importance_size
 from inversionview.preimage.query import (QueryConfig, _fixed_positions, draw_candidates,
                                           resolve_query, score_rows, search_around)
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 
 
 @dataclass
@@ -69,7 +69,7 @@ class CompletenessReport:
 
 
 @torch.no_grad()
-def exact_distances(model: ProbedModel, site, query_activation: torch.Tensor,
+def exact_distances(model: Subject, site, query_activation: torch.Tensor,
                     universe: torch.Tensor, metric: str = "euclidean",
                     fixed_position: torch.Tensor | None = None, chunk: int = 1024) -> torch.Tensor:
     """``[N]`` distance of every input of ``universe`` ``[N, n_ctx]`` to the query."""
@@ -92,7 +92,7 @@ def _row_keys(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def completeness(model: ProbedModel, decoder: Decoder, text: str, site, position: str | int,
+def completeness(model: Subject, decoder: Decoder, text: str, site, position: str | int,
                  config: QueryConfig | None = None, seed: int = 0,
                  universe: torch.Tensor | None = None, distances: torch.Tensor | None = None
                  ) -> CompletenessReport:
@@ -199,7 +199,7 @@ class Separation:
 
 
 @torch.no_grad()
-def separation(model: ProbedModel, decoder: Decoder, text: str, site, position: str | int,
+def separation(model: Subject, decoder: Decoder, text: str, site, position: str | int,
                distances: torch.Tensor, epsilon: float, universe: torch.Tensor,
                sample: int = 4096, seed: int = 0) -> Separation | None:
     """The decoder's log-probability (free: no grammar mask) of up to ``sample`` inputs of
@@ -225,7 +225,7 @@ def separation(model: ProbedModel, decoder: Decoder, text: str, site, position: 
 
 
 @torch.no_grad()
-def plot_completeness(report: CompletenessReport, model: ProbedModel, decoder: Decoder,
+def plot_completeness(report: CompletenessReport, model: Subject, decoder: Decoder,
                       universe: torch.Tensor, path: Path, background: int = 20000,
                       seed: int = 0) -> Path:
     """The paper's completeness scatter: each input's distance against the decoder's

@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from inversionview.decoder.model import Decoder
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 
 
-def pooled_agreement(model: ProbedModel, decoder: Decoder, targets: Sequence[tuple[str, str]],
+def pooled_agreement(model: Subject, decoder: Decoder, targets: Sequence[tuple[str, str]],
                      texts_of: Callable[[int], Sequence[str]], attributes: Sequence[str],
                      config, seed: int = 0) -> list[dict[str, Any]]:
     """Per (site, position): the pooled inside / outside agreement of each of ``attributes``

@@ -32,7 +32,7 @@ from inversionview.preimage.result import (Completeness, PreimageResult, QueryIn
 from inversionview.preimage.sample import (PAPER_SETTINGS, ROUND_SIZE, Draws, SamplingRound,
                                            make_schedule, sample_candidates)
 from inversionview.preimage.search import SearchConfig, SearchOutcome, local_search
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks.base import Task, TaskInputError
 
@@ -106,7 +106,7 @@ def query_config(candidates: int = 1024, epsilon: float = 0.1, metric: str = "eu
                        banned=banned)
 
 
-def decoder_site_id(model: ProbedModel, decoder: Decoder, site: Site) -> int:
+def decoder_site_id(model: Subject, decoder: Decoder, site: Site) -> int:
     """The decoder's index of ``site`` (its own site order); a clear error otherwise."""
     names = list(decoder.site_names) or [s.short for s in model.sites]
     if decoder.config.n_sites != len(names):
@@ -191,7 +191,7 @@ class ResolvedQuery:
 
 
 @torch.no_grad()
-def resolve_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
+def resolve_query(model: Subject, decoder: Decoder, text: str, site: str | Site,
                   position: str | int) -> ResolvedQuery:
     """Parse and check the query; bad input raises TaskInputError or SiteError (an unknown
     site's message lists the sites the decoder reads)."""
@@ -225,7 +225,7 @@ def has_grammar(task: Task) -> bool:
     return task.next_token_mask(torch.tensor([[task.vocab.bos_id]])) is not None
 
 
-def score_rows(model: ProbedModel, query: ResolvedQuery, config: QueryConfig, position: str | int,
+def score_rows(model: Subject, query: ResolvedQuery, config: QueryConfig, position: str | int,
                rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``candidate_distances`` of ``rows`` to the query as ``config`` reads them (at the
     query's named position in each row with ``fixed_position``), on the CPU."""
@@ -235,7 +235,7 @@ def score_rows(model: ProbedModel, query: ResolvedQuery, config: QueryConfig, po
     return tuple(t.cpu() for t in scored)
 
 
-def search_preimage(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
+def search_preimage(model: Subject, decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
                     position: str | int, seeds: torch.Tensor, seed_distance: torch.Tensor,
                     on_round: Callable[[int, int], None] | None = None,
                     seed_best: torch.Tensor | None = None) -> SearchOutcome:
@@ -253,7 +253,7 @@ def search_preimage(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, 
                         truncate=seed_best is not None and not has_grammar(model.task))
 
 
-def search_around(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
+def search_around(model: Subject, decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
                   position: str | int, candidates: torch.Tensor, distance: torch.Tensor,
                   on_round: Callable[[int, int], None] | None = None,
                   best: torch.Tensor | None = None,
@@ -293,7 +293,7 @@ class QueryCancelled(Exception):
 
 
 @torch.no_grad()
-def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
+def run_query(model: Subject, decoder: Decoder, text: str, site: str | Site,
               position: str | int, config: QueryConfig | None = None, seed: int = 0,
               decoder_name: str = "<memory>", progress: Progress | None = None) -> PreimageResult:
     """Sample, score and colour the ε-preimage of ``site``'s activation at ``position`` of
@@ -436,7 +436,7 @@ def run_query(model: ProbedModel, decoder: Decoder, text: str, site: str | Site,
 SUBSTITUTIONS_PER_TOKEN = 8
 
 
-def read_tokens(model: ProbedModel, decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
+def read_tokens(model: Subject, decoder: Decoder, query: ResolvedQuery, config: QueryConfig,
                 position: str | int, drawn: torch.Tensor, distance: torch.Tensor, best: torch.Tensor,
                 outcome: SearchOutcome | None, query_row: torch.Tensor | None,
                 query_scored: tuple | None) -> tuple[dict, list[dict]]:

@@ -34,8 +34,8 @@ def position_distances(query: torch.Tensor, candidates: torch.Tensor, metric: Me
 
 def scorable_positions(model: ProbedModel, tokens: torch.Tensor) -> torch.Tensor:
     """``[batch, pos]`` bool: positions that count (not PAD, not EOS; BOS counts)."""
-    vocab = model.task.vocab
-    return (tokens != vocab.pad_id) & (tokens != vocab.eos_id)
+    tokenizer = model.tokenizer
+    return (tokens != tokenizer.pad_id) & (tokens != tokenizer.eos_id)
 
 
 @torch.no_grad()

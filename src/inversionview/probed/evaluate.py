@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 
 from inversionview import options
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.tasks.base import next_token_targets
 
 
 @torch.no_grad()
-def solved(model: ProbedModel, tokens: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def solved(model: Subject, tokens: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """``[batch]`` bool: whether the model solves each input of ``tokens`` ``[batch, n_ctx]``."""
     task = model.task
     results = []
@@ -29,7 +29,7 @@ def solved(model: ProbedModel, tokens: torch.Tensor, chunk: int = 4096) -> torch
     return torch.cat(results)
 
 
-def accuracy(model: ProbedModel, n: int = 20_000, seed: int = 0) -> float:
+def accuracy(model: Subject, n: int = 20_000, seed: int = 0) -> float:
     """Accuracy on ``n`` fresh samples of the task distribution drawn with ``seed``."""
     n, seed = options.EVAL_SAMPLES.check(n), options.SEED.check(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -38,7 +38,7 @@ def accuracy(model: ProbedModel, n: int = 20_000, seed: int = 0) -> float:
 
 
 @torch.no_grad()
-def answer_logits(model: ProbedModel, texts: list[str], batch: int = 128) -> torch.Tensor:
+def answer_logits(model: Subject, texts: list[str], batch: int = 128) -> torch.Tensor:
     """``[n, vocab]`` logits after each text's last token (centred when processed)."""
     task = model.task
     rows = []

@@ -1,9 +1,11 @@
 """The probed model: build, load (offline), save, and read activations.
 
-A probed model is a HuggingFace causal LM together with its task: a toy task's GPT-2 (the
-form the authors released and the form we train and save), or any architecture that
-TransformerLens' ``TransformerBridge`` supports (GPT-2, GPT-NeoX/Pythia, Llama, ...) read
-with its own tokenizer as free text (``tasks.text.TextTask``). Activations are read with
+A probed model is a HuggingFace causal LM, the tokenizer its inputs are written in and the
+sites of its shape: a toy task's GPT-2 with the task's character vocabulary (the form the
+authors released and the form we train and save), or any architecture that TransformerLens'
+``TransformerBridge`` supports (GPT-2, GPT-NeoX/Pythia, Llama, ...) with its own tokenizer.
+It carries no task: ``probed.subject.Subject`` pairs it with the task it is read as, and
+``load_probed`` assembles that pair from a MODEL argument. Activations are read with
 TransformerLens' default weight processing (``processing="processed"``, the paper's) or as
 the raw HuggingFace activations (``"raw"``), through a ``Backend`` (``probed/backend.py``):
 the fast ``ProcessedGPT2`` for a processed GPT-2, the bridge otherwise.
@@ -42,16 +44,13 @@ from inversionview.errors import UserError, echo
 from inversionview.files import (atomic_path, first_line, positive_int, read_json_object,
                                 read_safetensors, weights_mismatch, write_json_atomic)
 from inversionview.probed.sites import Site, SiteError, check_site
-from inversionview.tasks import TASKS, Task, TaskInputError, get_task
-from inversionview.factual.task import FactualTask
-from inversionview.ioi.task import IOITask
+from inversionview.probed.subject import Subject
+from inversionview.tasks import TASKS, TEXT_TASKS, Task, TaskInputError, get_task, text_task
+from inversionview.tasks.base import Vocabulary
 from inversionview.tasks.text import TextTask
 from inversionview.text.tokenizer import TOKENIZER_FILES, HFTokenizer
 
 TEXT = TextTask.name
-#: Tasks over a language model's own tokenizer: any LM may be read as any of them.
-TEXT_TASKS: dict[str, type[TextTask]] = {TextTask.name: TextTask, IOITask.name: IOITask,
-                                         FactualTask.name: FactualTask}
 
 MANIFEST = "inversionview.json"
 _TIED_OR_BUFFERS = ("lm_head.weight", ".attn.bias", ".attn.masked_bias")
@@ -66,8 +65,10 @@ PROCESSINGS = ("processed", "raw")
 
 @dataclass
 class ProbedModel:
-    task: Task
     hf_model: PreTrainedModel
+    #: What its inputs are written in: a toy task's character vocabulary, or the language
+    #: model's own tokenizer. Both give ``size``, the special ids, ``encode`` and ``decode``.
+    tokenizer: Vocabulary | HFTokenizer
     source: str = "<memory>"
     manifest: dict[str, Any] = field(default_factory=dict)
     #: "processed": TransformerLens' default weight processing (the paper's); "raw": the
@@ -109,13 +110,9 @@ class ProbedModel:
 
     @property
     def sites(self) -> list[Site]:
-        """The sites a decoder reads, in order (index = site id): the task's list for a toy
-        task, every site of the model's shape otherwise (``model_sites``)."""
-        if self.task.sites is None:
-            kinds = getattr(self.task, "site_kinds", None)
-            return [site for site in model_sites(self.n_layers, self.n_heads)
-                    if kinds is None or site.kind in kinds]
-        return [self.site(name) for name in self.task.sites]
+        """Every distinct site of the model's shape, in forward order (``model_sites``); a
+        task may read a subset (``Subject.sites``)."""
+        return model_sites(self.n_layers, self.n_heads)
 
     def site(self, name: str | Site) -> Site:
         """Parse and check a site name against this model (any existing site is allowed)."""
@@ -144,11 +141,6 @@ class ProbedModel:
         They only ever follow a text's last token, so no real position's activation changes."""
         tokens = tokens.to(self.device)
         return tokens.masked_fill(tokens >= self.config.vocab_size, 0)
-
-    def tokens(self, texts: str | list[str]) -> torch.Tensor:
-        """``[batch, n_ctx]`` right-padded token ids of one or more texts, on the model's device."""
-        texts = [texts] if isinstance(texts, str) else texts
-        return self.task.encode_batch(texts).to(self.device)
 
     def activations(self, tokens: torch.Tensor, site: str | Site,
                     positions: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -184,15 +176,6 @@ class ProbedModel:
         final residual stream ``final_resid`` (whose final-norm scale it shares)."""
         return self.processed.direct_logits(piece, final_resid)
 
-    def attention_pattern(self, text: str, layer: int) -> torch.Tensor:
-        """``[head, query_pos, key_pos]`` attention weights of every head of ``layer`` for one
-        text (its real positions only, BOS included)."""
-        if not 0 <= layer < self.n_layers:
-            raise SiteError(f"layer {layer} does not exist; the model has layers 0..{self.n_layers - 1}")
-        ids = self.task.encode(text)
-        tokens = torch.tensor([ids], device=self.device)
-        return self.attention_patterns(tokens, layer)[0]
-
     def attention_patterns(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
         """``[batch, head, query_pos, key_pos]`` attention weights of every head of ``layer``
         for a batch of token ids (right padding changes no real position's weights)."""
@@ -207,7 +190,7 @@ class ProbedModel:
     def hf_forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits of the HuggingFace model (in its current train/eval mode). Masking the PAD
         keys changes nothing for the right-padded real positions and tells HF they are pads."""
-        mask = (tokens != self.task.vocab.pad_id).long()
+        mask = (tokens != self.tokenizer.pad_id).long()
         return self.hf_model(self.model_ids(tokens), attention_mask=mask).logits
 
     def bridge(self, dtype: torch.dtype | None = None):
@@ -258,7 +241,8 @@ class ProbedModel:
     def save(self, directory: str | Path, manifest: dict[str, Any] | None = None,
              dtype: torch.dtype | None = None) -> Path:
         """Write config.json, model.safetensors (in ``dtype``, default as trained), the
-        tokenizer of a language model and inversionview.json, each atomically."""
+        tokenizer of a language model and inversionview.json (``manifest``, which names the
+        task the model is read as: ``Subject.save`` fills it in), each atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         weights = self.weights()
@@ -267,10 +251,10 @@ class ProbedModel:
         with atomic_path(directory / "model.safetensors") as tmp:
             save_file(weights, str(tmp), metadata={"format": "pt"})
         write_json_atomic(directory / "config.json", self.config.to_dict())
-        tokenizer = getattr(self.task.vocab, "hf", None)
+        tokenizer = getattr(self.tokenizer, "hf", None)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(directory))
-        record = {"kind": "probed-model", "task": self.task.name, **(manifest or self.manifest)}
+        record = {"kind": "probed-model", **(manifest or self.manifest)}
         record["weights_sha256"] = self.weights_hash()
         write_json_atomic(directory / MANIFEST, record)
         return directory
@@ -297,22 +281,23 @@ def _make_backend(model: ProbedModel):
 # ----- building and loading ------------------------------------------------------------
 
 
-def build_probed(task: Task | str, seed: int = 0, **overrides: Any) -> ProbedModel:
+def build_probed(task: Task | str, seed: int = 0, **overrides: Any) -> Subject:
     """A probed model with random weights (GPT-2 init), its config from the task's defaults
-    updated with ``overrides`` (GPT2Config keyword arguments)."""
+    updated with ``overrides`` (GPT2Config keyword arguments), read as ``task``."""
     task = get_task(task) if isinstance(task, str) else task
     config = GPT2Config(**{**task.probed_config(), **overrides})
     config.tie_word_embeddings = True
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
-    return ProbedModel(task=task, hf_model=model, source="<random init>",
-                       manifest={"seed": seed})
+    return Subject(ProbedModel(hf_model=model, tokenizer=task.vocab, source="<random init>",
+                               manifest={"seed": seed}), task)
 
 
 def load_probed(model: str | Path, task: str | None = None, device: str = "cpu",
-                processing: str = "processed") -> ProbedModel:
-    """Resolve a MODEL argument (see the module docstring) and load it, fully offline.
+                processing: str = "processed") -> Subject:
+    """Resolve a MODEL argument (see the module docstring) and load it, fully offline, read
+    as its task: the probed model and the task, assembled once for every later stage.
 
     Without ``task`` the task is the one named in inversionview.json; else a directory with a
     tokenizer is read as free text (``text``), and a plain GPT-2 directory as the one toy
@@ -342,8 +327,8 @@ def load_probed(model: str | Path, task: str | None = None, device: str = "cpu",
     state, weights_path = _read_state_dict(directory)
     _load_state(hf_model, state, weights_path, config_path)
     hf_model.to(device).eval()
-    return ProbedModel(task=the_task, hf_model=hf_model, source=str(directory), manifest=manifest,
-                       processing=processing)
+    return Subject(ProbedModel(hf_model=hf_model, tokenizer=the_task.vocab, source=str(directory),
+                               manifest=manifest, processing=processing), the_task)
 
 
 def _is_gpt2(config_path: Path) -> bool:
@@ -352,7 +337,7 @@ def _is_gpt2(config_path: Path) -> bool:
 
 
 def _load_language_model(directory: Path, manifest: dict[str, Any], device: str,
-                         processing: str, task_name: str = TEXT) -> ProbedModel:
+                         processing: str, task_name: str = TEXT) -> Subject:
     """A causal LM of any supported architecture with the tokenizer in its directory."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as transformers_logging
@@ -385,12 +370,13 @@ def _load_language_model(directory: Path, manifest: dict[str, Any], device: str,
                              f"({first_line(error)})") from None
     context = _context_length(config)
     settings = manifest.get("default_query") or {}
-    task_type = TEXT_TASKS[task_name]
+    task_type = text_task(task_name)
     task = task_type(tokenizer, context, example=settings.get("input", task_type.example_text),
                      default_query=(settings.get("site", "a0.0"),
                                     str(settings.get("position", task_type.position_names[-1]))))
-    return ProbedModel(task=task, hf_model=hf_model.to(device).eval(), source=str(directory),
-                       manifest=manifest, processing=processing)
+    return Subject(ProbedModel(hf_model=hf_model.to(device).eval(), tokenizer=tokenizer,
+                               source=str(directory), manifest=manifest, processing=processing),
+                   task)
 
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -439,7 +425,7 @@ def _resolve_directory(model: str) -> Path | None:
     return None
 
 
-def _load_from_hub_cache(name: str, task: str | None, device: str) -> ProbedModel:
+def _load_from_hub_cache(name: str, task: str | None, device: str) -> Subject:
     """Load a pretrained model by hub name from the local HuggingFace cache, never the network."""
     try:
         config = GPT2Config.from_pretrained(name, local_files_only=True)
@@ -456,7 +442,8 @@ def _load_from_hub_cache(name: str, task: str | None, device: str) -> ProbedMode
         hf_model = GPT2LMHeadModel.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelLoadError(f"{where} cannot be loaded ({first_line(error)})") from None
-    return ProbedModel(task=the_task, hf_model=hf_model.to(device).eval(), source=name)
+    return Subject(ProbedModel(hf_model=hf_model.to(device).eval(), tokenizer=the_task.vocab,
+                               source=name), the_task)
 
 
 def _read_manifest(path: Path, task: str | None) -> dict[str, Any]:
@@ -582,4 +569,5 @@ def _load_state(hf_model: GPT2LMHeadModel, state: dict[str, torch.Tensor], weigh
     hf_model.tie_weights()
 
 
-__all__ = ["ModelLoadError", "ProbedModel", "TaskInputError", "build_probed", "load_probed"]
+__all__ = ["ModelLoadError", "ProbedModel", "Subject", "TaskInputError", "build_probed",
+           "load_probed"]

@@ -26,7 +26,8 @@ from inversionview.errors import OptionError
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, HEADS, LAYERS, LEARNING_RATE,
                                    MINUTES, SEED, STEPS, WIDTH)
 from inversionview.probed.evaluate import solved
-from inversionview.probed.model import ProbedModel, build_probed
+from inversionview.probed.model import build_probed
+from inversionview.probed.subject import Subject
 from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
                                     FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
                                     WARMUP_STEPS, WEIGHT_DECAY, budget_progress, check_settings,
@@ -115,7 +116,7 @@ def _learning_rate(config: ProbedTrainingConfig, step: int, progress: float) -> 
     return warmup_cosine(config.lr, step, progress, config.warmup_steps, config.min_lr_fraction)
 
 
-def loss_on(model: ProbedModel, tokens: torch.Tensor, objective: str = "task") -> torch.Tensor:
+def loss_on(model: Subject, tokens: torch.Tensor, objective: str = "task") -> torch.Tensor:
     """Mean next-token cross-entropy over the task's trained positions (or all, for "lm")."""
     task = model.task
     logits = model.hf_forward(tokens)
@@ -125,7 +126,7 @@ def loss_on(model: ProbedModel, tokens: torch.Tensor, objective: str = "task") -
 
 
 def train_probed(config: ProbedTrainingConfig, resume: bool = False,
-                 show_progress: bool = True) -> ProbedModel:
+                 show_progress: bool = True) -> Subject:
     """Train within ``config``'s budget of steps or minutes (checkpoint time not counted).
     ``resume`` continues the run in ``config.out`` from its checkpoint
     (``ProbedTrainingConfig.resumed`` gives the config it was started with); without it, a
@@ -229,7 +230,7 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
         "training": _jsonable(config),
         "history": run.history,
     }
-    model.manifest = manifest
+    model.model.manifest = manifest
     # Without inversionview.json the directory is no model of this toolkit: a kill while
     # saving leaves no manifest that describes other weights; --resume saves again.
     (config.out / "inversionview.json").unlink(missing_ok=True)

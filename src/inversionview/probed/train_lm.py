@@ -47,6 +47,7 @@ from inversionview.files import read_json_object, read_safetensors, sha256_file
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, HEADS, LAYERS, LEARNING_RATE,
                                    MINUTES, SEED, STEPS, WIDTH, Range)
 from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.text.counts import TOKEN_COUNTS, write_token_counts
 from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
                                     FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
@@ -308,7 +309,7 @@ def _optimizer(model: GPT2LMHeadModel, config: LMTrainingConfig) -> torch.optim.
 
 
 def train_lm(config: LMTrainingConfig, resume: bool = False,
-             show_progress: bool = True) -> ProbedModel:
+             show_progress: bool = True) -> Subject:
     """Train within ``config``'s budget of steps or minutes (checkpoint time not counted).
     ``resume`` continues the run in ``config.out`` from its checkpoint
     (``LMTrainingConfig.resumed`` gives the config it was started with); without it, a
@@ -327,7 +328,7 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
                           name=corpus["name"])
     task = TextTask(tokenizer, config.context).with_source(source)
     hf_model = _build_model(task, config)
-    model = ProbedModel(task=task, hf_model=hf_model, source=str(config.out))
+    model = Subject(ProbedModel(hf_model=hf_model, tokenizer=tokenizer, source=str(config.out)), task)
     optimizer = _optimizer(hf_model, config)
     batches = LengthGroupedBatches(source, config.batch_size, config.length_pool, config.seed)
     eval_tokens = held_out_tokens(source, config.eval_examples, config.seed)
@@ -436,7 +437,7 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
         "training": _jsonable(config),
         "history": run.history,
     }
-    model.manifest = manifest
+    model.model.manifest = manifest
     # Without inversionview.json the directory is no model of this toolkit: a kill while
     # saving leaves no manifest that describes other weights; --resume saves again.
     (config.out / "inversionview.json").unlink(missing_ok=True)
@@ -457,13 +458,14 @@ def _check_same_run(config: LMTrainingConfig, record: dict[str, Any], corpus: di
                               f"trained with ({where}); resume needs the run's own tokenizer")
 
 
-def _save(model: ProbedModel, directory: Path, manifest: dict[str, Any],
+def _save(model: Subject, directory: Path, manifest: dict[str, Any],
           dtype: torch.dtype) -> None:
     """Save ``model`` (weights in ``dtype``) and its tokenizer in ``directory``."""
     if dtype != torch.float32:
         copy = GPT2LMHeadModel(model.config)
         copy.load_state_dict(model.hf_model.state_dict())
-        model = ProbedModel(task=model.task, hf_model=copy.to(dtype), source=model.source)
+        model = Subject(ProbedModel(hf_model=copy.to(dtype), tokenizer=model.tokenizer,
+                                    source=model.source), model.task)
     if directory.resolve() != Path(model.task.vocab.source).resolve():
         model.task.vocab.hf.save_pretrained(str(directory))
     model.save(directory, manifest)
@@ -497,7 +499,7 @@ def ship_lm(run_directory: str | Path, destination: str | Path,
     in ``dtype``, config, tokenizer and manifest; no checkpoint, optimizer or metrics.
     ``task``: what the shipped manifest says the model is read as (``text``, ``ioi``);
     ``extra``: more manifest fields (quality figures, the default query)."""
-    from inversionview.probed.model import TEXT_TASKS
+    from inversionview.tasks import TEXT_TASKS, text_task
 
     run_directory, destination = Path(run_directory), Path(destination)
     manifest = read_json_object(run_directory / "inversionview.json", UserError,
@@ -514,7 +516,7 @@ def ship_lm(run_directory: str | Path, destination: str | Path,
     if task not in TEXT_TASKS:
         raise UserError(f"unknown task {task!r} for a language model; use one of "
                         f"{', '.join(TEXT_TASKS)}")
-    task = TEXT_TASKS[task](tokenizer, hf_model.config.n_positions)
+    task = text_task(task)(tokenizer, hf_model.config.n_positions)
     record = {key: value for key, value in manifest.items()
               if key not in ("kind", "task", "weights_sha256")}
     record.update(weights_dtype=str(dtype).removeprefix("torch."),
@@ -523,7 +525,7 @@ def ship_lm(run_directory: str | Path, destination: str | Path,
     tokenizer.hf.save_pretrained(str(destination))
     if (run_directory / TOKEN_COUNTS).is_file():
         shutil.copyfile(run_directory / TOKEN_COUNTS, destination / TOKEN_COUNTS)
-    ProbedModel(task=task, hf_model=hf_model.to(dtype)).save(destination, record)
+    Subject(ProbedModel(hf_model=hf_model.to(dtype), tokenizer=tokenizer), task).save(destination, record)
     return destination
 
 

@@ -69,6 +69,11 @@ class Vocabulary:
     def id_of(self, char: str) -> int:
         return self._index[char]
 
+    def fingerprint(self) -> None:
+        """None: a character vocabulary is fixed by its task, so a decoder is matched to it
+        by the task (a language model's tokenizer gives its sha256 here)."""
+        return None
+
     @property
     def _index(self) -> dict[str, int]:
         # Cached on first use; the dataclass is frozen, so bypass __setattr__.
@@ -118,6 +123,29 @@ class Task(ABC):
     #: Numeric attributes whose "within one of the query's" a per-site summary counts too
     #: (the paper's numerically close digits; ``interpret/features.py``).
     fuzzy_attributes: tuple[str, ...] = ()
+
+    # ----- abilities a stage relies on (declared here, so that no stage asks which task
+    # it holds) ------------------------------------------------------------------------
+
+    #: The kinds of site a decoder reads when ``sites`` is None (the model's shape gives the
+    #: sites): None for every kind, e.g. ("resid_pre", "head", "mlp_out") for IOI's.
+    site_kinds: tuple[str, ...] | None = None
+    #: Whether a per-site summary mines the tokens shared with the query (free text, whose
+    #: attributes say nothing; a toy task's attributes say what its characters mean).
+    mines_tokens: bool = False
+    #: Whether an input's answer is the task's to grade: a toy task writes the right count
+    #: or sum in the input; free text's next token is data, and a prompt stops before its
+    #: answer.
+    grades_answers: bool = True
+    #: Whether inputs can only come from a corpus the user gives (free text has no sampler
+    #: of its own; ``with_corpus``).
+    needs_corpus: bool = False
+
+    def with_corpus(self, path: str, max_tokens: int = 32, field: str = "text") -> "Task":
+        """This task drawing its inputs from the corpus at ``path``: only a language model
+        read as free text can; a task with a sampler of its own refuses."""
+        raise TaskInputError(f"the {self.name} task draws its own inputs; a corpus is for "
+                             f"language models read as free text")
 
     def derived_relations(self) -> list[Relation]:
         """Relations between attributes a per-site summary counts besides the attributes

@@ -34,13 +34,11 @@ class TextTask(Task):
     attribute_names = ()
     # A per-site summary mines shared tokens from the samples (interpret/features.py).
     mines_tokens = True
-    sites = None  # derived from the probed model's shape (ProbedModel.sites)
+    sites = None  # the model's shape gives them (Subject.sites; site_kinds may narrow them)
     # The local search on text (edits inside a member's cut prefix, issue 28): 4,096 inputs
     # keep the default lm-kjv query within about 6 s on one CPU thread (bench/text_readings.py).
     default_search = 4_096
     free_text = True
-    #: The kinds of site a decoder reads (None: every site of the model, ``model_sites``).
-    site_kinds: tuple[str, ...] | None = None
     example_text = "The quick brown fox jumps over the lazy dog"
 
     def __init__(self, tokenizer: HFTokenizer, context: int, source: CorpusSource | None = None,
@@ -53,6 +51,14 @@ class TextTask(Task):
         self.n_ctx = source.n_ctx if source is not None else min(DEFAULT_MAX_TOKENS + 2, context)
         self.example = example
         self.default_query = default_query
+
+    #: Free text's next token is data, not an answer to grade.
+    grades_answers = False
+
+    def with_corpus(self, path: str, max_tokens: int = 32, field: str = "text") -> "TextTask":
+        """This task drawing its inputs from pieces of at most ``max_tokens`` tokens of the
+        corpus at ``path`` (.txt lines, .jsonl ``field``, a datasets directory)."""
+        return self.with_source(CorpusSource.from_path(path, self.vocab, max_tokens, field))
 
     def with_source(self, source: CorpusSource) -> "TextTask":
         """This task drawing its inputs from ``source`` (its pieces set the decoder's length)."""

@@ -14,13 +14,13 @@ import torch
 
 from inversionview import options
 from inversionview.errors import OptionError
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.probed.sites import Site, SiteError
 from inversionview.verify.patching import Component
 
 
 @torch.no_grad()
-def head_logit_attribution(model: ProbedModel, texts: list[str], component: Component) -> torch.Tensor:
+def head_logit_attribution(model: Subject, texts: list[str], component: Component) -> torch.Tensor:
     """``[n, vocab]`` direct logit attribution of a head site at a position of each text."""
     site = component.site
     if site.kind != "head":
@@ -34,7 +34,7 @@ def head_logit_attribution(model: ProbedModel, texts: list[str], component: Comp
     return logit_attribution(model, found[site][rows, at], found[last][rows, at])
 
 
-def logit_attribution(model: ProbedModel, piece: torch.Tensor, final_resid: torch.Tensor
+def logit_attribution(model: Subject, piece: torch.Tensor, final_resid: torch.Tensor
                       ) -> torch.Tensor:
     """``[n, vocab]``: the direct effect on the logits of ``piece`` ``[n, d_model]``, one
     summand of the final residual stream ``final_resid`` ``[n, d_model]`` (whose LayerNorm
@@ -48,7 +48,7 @@ def _check_k(k: int, vocabulary_size: int) -> None:
         raise OptionError(f"k must be at most the vocabulary size ({vocabulary_size}); got {k}")
 
 
-def top_tokens(model: ProbedModel, text: str, component: Component, k: int = 5
+def top_tokens(model: Subject, text: str, component: Component, k: int = 5
                ) -> dict[str, list[tuple[str, float]]]:
     """The ``k`` tokens the head promotes most and suppresses most at the position."""
     vocab = model.task.vocab
@@ -59,7 +59,7 @@ def top_tokens(model: ProbedModel, text: str, component: Component, k: int = 5
             "suppressed": [(vocab.tokens[i], round(-v, 4)) for v, i in zip(down.values.tolist(), down.indices.tolist())]}
 
 
-def expected_token_rates(model: ProbedModel, texts: list[str], component: Component,
+def expected_token_rates(model: Subject, texts: list[str], component: Component,
                          expected: list[str], k: int = 3) -> dict[str, Any]:
     """Table 4 style: how often the ``expected`` token of each text (e.g. its answer digit)
     is among the head's top ``k`` promoted, and among its top ``k`` suppressed, tokens."""

@@ -25,7 +25,7 @@ import torch
 
 from inversionview import options
 from inversionview.errors import echo
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.probed.sites import Site
 from inversionview.tasks.base import Task, TaskInputError
 
@@ -45,7 +45,7 @@ class Component:
         return f"{self.site.short}@{self.position}"
 
 
-def parse_components(model: ProbedModel, spec: str) -> list[Component]:
+def parse_components(model: Subject, spec: str) -> list[Component]:
     """``"a0.0@query,a1.0@:"`` -> components, checked against the model and the task. On
     free text a position is anything a query takes (``last``, ``-2``, ``'last " John"'``),
     resolved in each text; a comma inside quotes does not split."""
@@ -268,7 +268,7 @@ class PatchingReport:
 class PatchingExperiment:
     """The original and contrast runs of a set of pairs, ready to patch."""
 
-    def __init__(self, model: ProbedModel, pairs: ContrastPairs):
+    def __init__(self, model: Subject, pairs: ContrastPairs):
         if not pairs.originals:
             raise TaskInputError("no pairs to patch")
         self.model, self.pairs = model, pairs
@@ -381,7 +381,7 @@ def _positions(task: Task, texts: list[str], component: Component, which: str) -
 
 
 @torch.no_grad()
-def mean_ablation(model: ProbedModel, texts: list[str], component: Component,
+def mean_ablation(model: Subject, texts: list[str], component: Component,
                   targets: tuple[str, ...], reference: list[str]) -> list[dict[str, Any]]:
     """Replace ``component`` by its mean over ``reference`` inputs; per target answer token:
     the mean KL(original || ablated) of the next-token distribution where it is predicted,

@@ -11,11 +11,11 @@ import torch
 
 from inversionview import options
 from inversionview.preimage.result import PreimageResult, Sample
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 
 
 @torch.no_grad()
-def output_change(model: ProbedModel, query_text: str, site_name: str, position: int,
+def output_change(model: Subject, query_text: str, site_name: str, position: int,
                   replacements: torch.Tensor) -> list[dict[str, float]]:
     """For each replacement activation ``[k, d_model]`` at (site, position) of the query:
     the KL(original || patched) of the next-token distribution at every real position from
@@ -36,7 +36,7 @@ def output_change(model: ProbedModel, query_text: str, site_name: str, position:
              "top_prediction_changed": round(flip.mean().item(), 4)} for row, flip in zip(kl, changed)]
 
 
-def verify_readout(model: ProbedModel, result: PreimageResult, per_side: int = 5
+def verify_readout(model: Subject, result: PreimageResult, per_side: int = 5
                    ) -> dict[str, Any]:
     """Patch the query's activation with that of up to ``per_side`` shown samples inside ε
     (the nearest) and outside ε (the nearest beyond the rule), each taken at its best
@@ -56,7 +56,7 @@ def verify_readout(model: ProbedModel, result: PreimageResult, per_side: int = 5
     return report
 
 
-def _changes(model: ProbedModel, result: PreimageResult, samples: list[Sample]) -> list[dict]:
+def _changes(model: Subject, result: PreimageResult, samples: list[Sample]) -> list[dict]:
     if not samples:
         return []
     site = model.site(result.site)

@@ -13,14 +13,14 @@ from pathlib import Path
 
 from inversionview.artifacts import bundled_model_names, shown_name  # noqa: F401 (re-exported)
 from inversionview.decoder.model import Decoder
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.web.schemas import ModelInfo
 
 
 @dataclass
 class LoadedModel:
     name: str
-    probed: ProbedModel
+    probed: Subject
     decoder: Decoder
     decoder_name: str
 

@@ -26,7 +26,7 @@ from typing import Any
 from inversionview.errors import UserError, echo
 from inversionview.options import GRID_CANDIDATES, SERVER_CANDIDATES, Range
 from inversionview.preimage.query import QueryCancelled, query_config, run_query
-from inversionview.probed.model import ProbedModel
+from inversionview.probed.subject import Subject
 from inversionview.web.models import (LoadedModel, bundled_model_names, load_model,
                                       with_unique_names)
 from inversionview.tasks.base import TaskInputError
@@ -382,7 +382,7 @@ def _cache_key(kind: str, request_json: str) -> str:
     return f"{kind}:{request_json}"
 
 
-def _head_attention(probed: ProbedModel, text: str, site_name: str, position: int
+def _head_attention(probed: Subject, text: str, site_name: str, position: int
                     ) -> list[float] | None:
     """A head site's attention weights from ``position`` over ``text`` (None for other sites)."""
     site = probed.site(site_name)
