@@ -27,6 +27,7 @@ from inversionview.errors import UserError
 if TYPE_CHECKING:
     import pandas
 
+    from inversionview.interpret.interpretation import Interpretation
     from inversionview.interpret.summary import Summary
     from inversionview.preimage.result import PreimageResult
     from inversionview.verify.patching import PatchingReport
@@ -140,6 +141,30 @@ class InversionView:
         return summarize(self.model, self.decoder, sites, positions, queries, seed,
                          summary_config(candidates, epsilon, metric), model_name=self.name,
                          decoder_name=self.decoder_name)
+
+    def interpret(self, site: str | None = None, position: str | None = None, *,
+                  queries: int = 5, candidates: int = 256, epsilon: float = 0.1,
+                  metric: str = "euclidean", seed: int = 0,
+                  ask: bool = False, timeout: float = 120.0) -> "Interpretation":
+        """Describe one site and position (default: the task's query) from ``queries``
+        queries: what their in-ε samples keep, and the paper's LLM prompt built from them
+        (``.messages``); ``ask=True`` sends it to the endpoint named by INVERSIONVIEW_LLM_URL
+        and INVERSIONVIEW_LLM_MODEL and keeps the answer (``.answer``), as ``inversionview
+        interpret --ask`` does. ``.to_record()`` is that command's JSON."""
+        from inversionview import options
+        from inversionview.interpret.interpretation import interpret
+        from inversionview.interpret.llm import Endpoint
+
+        default_site, default_position = self.model.task.default_query
+        endpoint = Endpoint.from_environment(options.LLM_TIMEOUT.check(timeout)) if ask else None
+        interpretation = interpret(
+            self.model, self.decoder, default_site if site is None else site,
+            default_position if position is None else str(position),
+            options.SUMMARY_QUERIES.check(queries), candidates=candidates, epsilon=epsilon,
+            metric=metric, seed=seed, model_name=self.name, decoder_name=self.decoder_name)
+        if endpoint is not None:
+            interpretation.ask(endpoint)
+        return interpretation
 
     def verify(self, result: PreimageResult, per_side: int = 5) -> dict[str, Any]:
         """Patch the query's activation with the nearest in-ε and out-of-ε samples' and

@@ -202,3 +202,27 @@ def test_interpret_ask_without_an_endpoint_says_what_to_set(monkeypatch):
     monkeypatch.delenv(ENV_URL, raising=False)
     result = invoke(["interpret", "counting", "--ask"])
     assert result.exit_code == 2 and ENV_URL in result.stderr
+
+
+def test_the_notebook_interprets_as_the_command_does(llm, monkeypatch):
+    from inversionview import InversionView
+
+    monkeypatch.setenv(ENV_URL, llm.url)
+    monkeypatch.setenv(ENV_MODEL, "m")
+    command = json.loads(invoke(["interpret", "counting", "--queries", "2", "--candidates", "16",
+                                 "--json"]).stdout)
+    interpretation = InversionView("counting").interpret(queries=2, candidates=16)
+    record = interpretation.to_record()
+    assert record["summary"] == command["summary"] and record["messages"] == command["messages"]
+    assert record["queries"] == command["queries"] and not llm.requests
+    assert interpretation.answer is None and interpretation.llm is None
+    asked = InversionView("counting").interpret(queries=2, candidates=16, ask=True)
+    assert asked.answer == "It encodes the count." and len(llm.requests) == 1
+
+
+@pytest.mark.parametrize("position", ["bogus", "60"])
+def test_interpret_at_a_position_no_input_has_is_one_line(position):
+    result = invoke(["interpret", "counting", "--position", position, "--queries", "2",
+                     "--candidates", "16"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: "), result.output
+    assert "position" in result.stderr and "Traceback" not in result.output

@@ -19,7 +19,6 @@ from transformers import GPT2LMHeadModel
 from cli_runner import invoke
 from inversionview import cli
 from inversionview.checkpoint import RunExistsError
-from inversionview.cli_train_lm import register
 from inversionview.errors import OptionError, UserError
 from inversionview.probed import train_lm as train_lm_module
 from inversionview.probed.train_lm import (LengthGroupedBatches, LMTrainingConfig, held_out_loss,
@@ -227,10 +226,8 @@ def test_a_new_run_does_not_overwrite_a_run(corpus, tmp_path):
 
 @pytest.fixture
 def command(monkeypatch):
-    """``inversionview train-lm`` on the real app (registered here if cli.py does not yet)."""
-    if not any(info.name == "train-lm" for info in cli.app.registered_commands):
-        monkeypatch.setattr(cli.app, "registered_commands", list(cli.app.registered_commands))
-        register(cli.app)
+    """``inversionview train-lm`` on the real app."""
+    assert any(info.name == "train-lm" for info in cli.app.registered_commands)
     return lambda *args: invoke(["train-lm", *args])
 
 

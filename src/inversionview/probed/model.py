@@ -43,7 +43,7 @@ from inversionview.artifacts import bundled_model_names, find_artifact
 from inversionview.errors import UserError, echo
 from inversionview.files import (atomic_path, first_line, positive_int, read_json_object,
                                 read_safetensors, weights_mismatch, write_json_atomic)
-from inversionview.probed.sites import Site, SiteError, check_site
+from inversionview.probed.sites import Site, check_site
 from inversionview.probed.subject import Subject
 from inversionview.tasks import TASKS, TEXT_TASKS, Task, TaskInputError, get_task, text_task
 from inversionview.tasks.base import Vocabulary

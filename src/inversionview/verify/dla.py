@@ -73,3 +73,14 @@ def expected_token_rates(model: Subject, texts: list[str], component: Component,
             "top_k_promoted_rate": round(promoted.float().mean().item(), 4),
             "top_k_suppressed_rate": round(suppressed.float().mean().item(), 4),
             "most_promoted_rate": round(first.float().mean().item(), 4)}
+
+
+def sampled_expected_rates(model: Subject, component: Component, n: int, k: int = 3,
+                           target: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """``expected_token_rates`` on ``n`` inputs of the task drawn with ``seed``, the expected
+    token of each being its ``target`` answer token (default: the task's first)."""
+    task = model.task
+    texts = task.sample(n, seed=seed)
+    the_target = target or task.targets[0]
+    expected = [text[task.target_index(text, the_target)] for text in texts]
+    return {**expected_token_rates(model, texts, component, expected, k), "target": the_target}

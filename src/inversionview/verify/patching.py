@@ -412,3 +412,12 @@ def mean_ablation(model: Subject, texts: list[str], component: Component,
                      "accuracy": round((clean[r, at].argmax(-1) == answer).float().mean().item(), 4),
                      "ablated_accuracy": round((ablated[r, at].argmax(-1) == answer).float().mean().item(), 4)})
     return rows
+
+
+def sampled_mean_ablation(model: Subject, component: Component, n: int, seed: int = 0
+                          ) -> list[dict[str, Any]]:
+    """``mean_ablation`` at every answer token of the task, on ``n`` inputs drawn with
+    ``seed``, the mean taken over ``n`` others (drawn with ``seed + 1``)."""
+    texts = model.task.sample(n, seed=seed)
+    reference = model.task.sample(n, seed=seed + 1)
+    return mean_ablation(model, texts, component, model.task.targets, reference)

@@ -1,0 +1,5 @@
+"""``python -m inversionview.cli``: the ``inversionview`` command."""
+
+from inversionview.cli import main
+
+main()
