@@ -25,11 +25,6 @@ class QuerySet:
     activation: torch.Tensor  # [n, d]
 
 
-#: Query positions of the held-out evaluation set (the issue's target): counting ``:`` and
-#: the query letter, addition ``+ = A1 A2 A3``; other tasks: all their named positions.
-EVAL_POSITIONS = {"counting": (":", "query"), "addition": ("+", "=", "A1", "A2", "A3")}
-
-
 def held_out_queries(model: Subject, per_site: int, seed: int,
                      positions: tuple[str, ...] | None = None, policy: str = "uniform"
                      ) -> QuerySet:
@@ -50,7 +45,7 @@ def held_out_queries(model: Subject, per_site: int, seed: int,
             site_ids.extend([site_id] * per_site)
             query_positions.extend(scores.argmax(dim=1).tolist())
     else:
-        positions = positions or EVAL_POSITIONS.get(task.name, task.position_names)
+        positions = positions or task.eval_positions or task.position_names
         for site_id, _ in enumerate(model.sites):
             for name in positions:
                 tokens = task.sample_tokens(per_site, generator)

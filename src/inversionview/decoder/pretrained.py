@@ -131,7 +131,7 @@ def _check_settings(settings: dict[str, Any], config_path: Path) -> None:
 def check_vocabulary(lm: PretrainedLM, vocab: Any) -> None:
     """The LM must have the probed model's ids: as many (``vocab.model_size``; a toy task's
     whole vocabulary) and, where its directory holds a tokenizer, the same tokenizer."""
-    model_size = getattr(vocab, "model_size", vocab.size)
+    model_size = vocab.model_size
     where = f"--init-from {echo(str(lm.directory))}"
     if lm.settings["vocab_size"] != model_size:
         raise PretrainedInitError(f"{where} has a vocabulary of {lm.settings['vocab_size']:,} ids "

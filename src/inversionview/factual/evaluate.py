@@ -8,14 +8,15 @@ from typing import Any, Iterable
 import torch
 
 from inversionview.factual.knowledge import check_split
+from inversionview.factual.task import FactualTask
 from inversionview.probed.evaluate import answer_logits
 from inversionview.probed.subject import Subject
 from inversionview.tasks.base import TaskInputError
 
 
-def factual_task(model: Subject):
-    """The model's task, which must be factual recall."""
-    if model.task.name != "factual":
+def factual_task(model: Subject) -> FactualTask:
+    """The subject's task, which must be this case study's own."""
+    if not isinstance(model.task, FactualTask):
         raise TaskInputError("this needs the model read as factual recall: give --task factual "
                              "(or a model whose manifest says factual)")
     return model.task

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from inversionview.ioi.task import IOITask
 from inversionview.probed.evaluate import answer_logits
 from inversionview.probed.subject import Subject
 from inversionview.probed.sites import Site
@@ -80,8 +81,9 @@ class HeadScore:
         return {"head": self.name, **dataclasses.asdict(self)}
 
 
-def _ioi_task(model: Subject):
-    if not hasattr(model.task, "prompts") or model.task.name != "ioi":
+def _ioi_task(model: Subject) -> IOITask:
+    """The subject's task, which must be this case study's own."""
+    if not isinstance(model.task, IOITask):
         raise TaskInputError("this needs the model read as IOI: give --task ioi (or a model "
                              "whose manifest says ioi)")
     return model.task

@@ -39,6 +39,8 @@ class AdditionTask(Task):
     # After layer-0 attention at '=': the hundreds digits combined with the tens' carry.
     default_query = ("x0.mid", "=")
     fuzzy_attributes = ("F1", "F2", "F3", "S1", "S2", "S3", "A1", "A2", "A3")
+    # The decoder's held-out evaluation: the operator, "=" and the answer digits.
+    eval_positions = ("+", "=", "A1", "A2", "A3")
 
     targets = _ANSWER_NAMES  # A4 is the 'E' of a 3-digit sum
     contrast_kinds = ("resample",)

@@ -69,6 +69,12 @@ class Vocabulary:
     def id_of(self, char: str) -> int:
         return self._index[char]
 
+    @property
+    def model_size(self) -> int:
+        """Ids the probed model reads: all of them (a language model's tokenizer may add
+        decoder-only ids beyond its model's vocabulary)."""
+        return self.size
+
     def fingerprint(self) -> None:
         """None: a character vocabulary is fixed by its task, so a decoder is matched to it
         by the task (a language model's tokenizer gives its sha256 here)."""
@@ -140,6 +146,8 @@ class Task(ABC):
     #: Whether inputs can only come from a corpus the user gives (free text has no sampler
     #: of its own; ``with_corpus``).
     needs_corpus: bool = False
+    #: The named positions a decoder's held-out evaluation queries (None: all of them).
+    eval_positions: tuple[str, ...] | None = None
 
     def with_corpus(self, path: str, max_tokens: int = 32, field: str = "text") -> "Task":
         """This task drawing its inputs from the corpus at ``path``: only a language model

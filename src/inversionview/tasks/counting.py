@@ -36,6 +36,9 @@ class CountingTask(Task):
     # a1.0 at ':' attends to the query letter's occurrences: it carries the count, not the letter.
     default_query = ("a1.0", ":")
     fuzzy_attributes = ("count",)
+    # The decoder's held-out evaluation reads the count where it is predicted and at the
+    # query letter (decoder/evaluate.py).
+    eval_positions = (":", "query")
 
     targets = ("count",)  # the count digit, predicted at ':'
     contrast_kinds = ("flip",)
