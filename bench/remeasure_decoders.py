@@ -36,7 +36,7 @@ def remeasure(directory: Path) -> dict:
     manifest = json.loads((directory / "decoder.json").read_text())
     training = manifest.get("training", {})
     model = load_probed(manifest["probed_source"], manifest.get("task"))
-    if getattr(model.task, "needs_corpus", False):
+    if model.task.needs_corpus:
         model = attach_corpus(model, training["corpus"], training.get("max_tokens", 32),
                               training.get("field", "text"))
     decoder, _ = load_decoder(directory, model)

@@ -16,10 +16,9 @@ from inversionview.decoder.train import build_decoder
 from inversionview.preimage.estimate import SizeEstimate, why_not_estimable
 from inversionview.preimage.members import cut_key, merge_by_cut
 from inversionview.preimage.query import QueryConfig, run_query
-from inversionview.preimage.reading import (distinct_prefixes, epsilon_profile, token_reading,
-                                            token_shade)
+from inversionview.preimage.reading import distinct_prefixes, epsilon_profile, token_reading
 from inversionview.views.html import render_html
-from inversionview.views.terminal import coloured_reading, reading_rgb
+from inversionview.views.terminal import coloured_reading, reading_rgb, token_shade
 from inversionview.preimage.result import Sample
 from inversionview.preimage.search import edit_proposals
 from inversionview.probed import build_probed

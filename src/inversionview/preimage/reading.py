@@ -100,20 +100,6 @@ def token_reading(query: list[int], position: int, scored: Scored, epsilon: floa
     return rows
 
 
-#: A token whose substitutions stay inside ε at least this often is read as ignored.
-IGNORED_SHARE = 0.5
-
-
-def token_shade(row: dict) -> tuple[float, bool]:
-    """How a token of the query is coloured under it: how much more often the members keep it
-    anywhere than the inputs outside ε do (0 to 1; 0 when one side is empty), and whether the
-    activation ignores it (its substitutions mostly stay inside ε)."""
-    inside, outside = row.get("anywhere_inside"), row.get("anywhere_outside")
-    kept = max(0.0, inside - outside) if inside is not None and outside is not None else 0.0
-    ignored = row.get("stays") is not None and row["stays"] >= IGNORED_SHARE
-    return kept, ignored
-
-
 def _share(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 

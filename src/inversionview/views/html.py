@@ -8,9 +8,8 @@ import json
 import math
 from typing import TYPE_CHECKING
 
-from inversionview.preimage.reading import token_shade
 from inversionview.views.terminal import (CONSTRAINED, context_line, delta_p_rgb, format_value,
-                                          profile_lines, reading_rgb, shown_tokens)
+                                          profile_lines, reading_rgb, shown_tokens, token_shade)
 
 if TYPE_CHECKING:  # the record's types only: a result renders itself with these views
     from inversionview.preimage.result import PreimageResult, Sample

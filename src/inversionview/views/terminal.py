@@ -13,7 +13,6 @@ from typing import Any
 
 from typing import TYPE_CHECKING
 
-from inversionview.preimage.reading import token_shade
 
 if TYPE_CHECKING:  # the record's types only: a result renders itself with these views
     from inversionview.preimage.result import PreimageResult, Sample
@@ -98,6 +97,20 @@ def _fraction(value: float | None) -> str:
 
 #: How the views say that the decoder drew only the task's inputs (QueryConfig.constrain).
 CONSTRAINED = " (drawn within the task's grammar)"
+
+
+#: A token whose substitutions stay inside ε at least this often is read as ignored.
+IGNORED_SHARE = 0.5
+
+
+def token_shade(row: dict) -> tuple[float, bool]:
+    """How a token of the query is coloured under it: how much more often the members keep it
+    anywhere than the inputs outside ε do (0 to 1; 0 when one side is empty), and whether the
+    activation ignores it (its substitutions mostly stay inside ε)."""
+    inside, outside = row.get("anywhere_inside"), row.get("anywhere_outside")
+    kept = max(0.0, inside - outside) if inside is not None and outside is not None else 0.0
+    ignored = row.get("stays") is not None and row["stays"] >= IGNORED_SHARE
+    return kept, ignored
 
 
 def context_line(record: dict[str, int] | None) -> str:
