@@ -1,5 +1,6 @@
 """Learning-rate schedule, training budgets and the ranges of the training settings, shared by
-the training loops (``probed.train``, ``decoder.train``)."""
+the training loop (``training``) and the training configs (``probed.train``,
+``probed.train_lm``, ``decoder.train``)."""
 
 from __future__ import annotations
 

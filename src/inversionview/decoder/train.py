@@ -13,7 +13,6 @@ bench/train_decoder.py and the README).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from inversionview import distributed, provenance
-from inversionview.checkpoint import (CheckpointSchedule, RunLog, check_run_directory,
-                                      resumed_config)
+from inversionview.checkpoint import RunLog, check_run_directory, resumed_config
 from inversionview.decoder.data import ActivationStream, DecoderBatch, site_probabilities
 from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates
 from inversionview.decoder.plot import plot_curves
@@ -39,8 +37,9 @@ from inversionview.probed.subject import Subject
 from inversionview.probed.sites import check_site
 from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
                                     FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
-                                    WARMUP_STEPS, WEIGHT_DECAY, budget_progress, check_settings,
-                                    count, warmup_cosine)
+                                    WARMUP_STEPS, WEIGHT_DECAY, check_settings, count)
+from inversionview.training import (LoopSettings, Trainer, evaluation_entry, run_manifest,
+                                    run_training)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper: lr 1e-4 constant, weight decay 0.01, batch 256, dropout 0.1.
@@ -428,9 +427,8 @@ def train_decoder(model: Subject, config: DecoderTrainingConfig, resume: bool = 
         with torch.no_grad(), torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
             held_out = chunked_loss(decoder, loss_batch, pad_id)
         decoder.train()
-        entry = {"step": run.step, "seconds": round(run.elapsed, 1),
-                 "examples": run.step * examples_per_step, "loss": held_out, **quality,
-                 "site_probabilities": stream.site_probs.tolist()}
+        entry = evaluation_entry(run, examples=run.step * examples_per_step, loss=held_out,
+                                 **quality, site_probabilities=stream.site_probs.tolist())
         run.log(entry)
         plot_curves(run.history, config.out / "curves.png")
         return entry
@@ -441,6 +439,20 @@ def train_decoder(model: Subject, config: DecoderTrainingConfig, resume: bool = 
             probabilities = site_probabilities(rates, config.rebalance)
             stream.set_site_probabilities(
                 probabilities if weighted is None else probabilities * weighted)
+
+    def evaluate_and_rebalance() -> None:
+        """An evaluation during training: rank 0 evaluates and reports; with rebalancing,
+        every rank then samples the sites alike, from rank 0's in-ε rates."""
+        if lead:
+            entry = evaluate_now()
+            tqdm.write(f"step {run.step}: in-eps {entry['in_epsilon_mean']:.3f} "
+                       f"(min {min(entry['in_epsilon'].values()):.3f}), loss {entry['loss']:.4f}")
+            rates = list(entry["in_epsilon"].values())
+        else:
+            rates = [0.0] * len(model.sites)
+        if config.rebalance:
+            rates = world.broadcast_floats(rates)
+            rebalance_after({"in_epsilon": dict(enumerate(rates))})
 
     def checkpoint_now() -> None:
         pool_state, stream_record = stream.state()
@@ -454,76 +466,28 @@ def train_decoder(model: Subject, config: DecoderTrainingConfig, resume: bool = 
                            config=_jsonable(config), world_size=world.size,
                            probed_weights_sha256=probed_hash)
 
-    total = config.steps_for(world.size) or int(config.minutes * 60)
-    bar = tqdm(total=total, disable=not (show_progress and lead), dynamic_ncols=True,
-               unit="step" if config.examples else "s", desc=f"decoder {task.name}")
-    start = time.perf_counter() - run.elapsed
-    last_eval = time.perf_counter()
-    schedule = CheckpointSchedule(config.checkpoint_every_seconds,
-                                  config.first_checkpoint_seconds, config.first_checkpoint_steps)
-    schedule.begin(run.step)
-    window_start, window_examples = time.perf_counter(), 0
-    decoder.train()
-    while True:
-        # rank 0 decides: progress (for the lr and the stop), evaluate?, checkpoint?
-        now = time.perf_counter()
-        run.elapsed = now - start
-        progress, do_eval, do_checkpoint = world.broadcast_floats([
-            budget_progress(run.step, run.elapsed, config.steps_for(world.size), config.minutes),
-            float(run.step > 0 and now - last_eval >= config.eval_every_seconds
-                  and not (run.history and run.history[-1]["step"] == run.step)),
-            float(schedule.due(run.step, now))])
-        if progress >= 1.0:
-            break
-        paused_at = time.perf_counter()
-        if do_eval:
-            if lead:
-                entry = evaluate_now()
-                bar.write(f"step {run.step}: in-eps {entry['in_epsilon_mean']:.3f} "
-                          f"(min {min(entry['in_epsilon'].values()):.3f}), loss {entry['loss']:.4f}")
-                rates = list(entry["in_epsilon"].values())
-            else:
-                rates = [0.0] * len(model.sites)
-            if config.rebalance:
-                rates = world.broadcast_floats(rates)
-                rebalance_after({"in_epsilon": dict(enumerate(rates))})
-            last_eval = time.perf_counter()
-        if do_checkpoint:
-            checkpoint_now()
-            schedule.written()
-        # Training time excludes evaluation and checkpoints: budgets and curves count training.
-        start += time.perf_counter() - paused_at
-        lr = warmup_cosine(config.lr, run.step, progress, config.warmup_steps,
-                           config.min_lr_fraction)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    def batch_loss(step: int) -> tuple[torch.Tensor, int]:
         batch = stream.next_batch().to(device)
         with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
             loss = decoder_loss(trained, batch.tokens, batch.activation, batch.site_id, pad_id)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder.parameters(), config.grad_clip)
-        optimizer.step()
-        run.step += 1
-        window_examples += examples_per_step
-        if run.step % 10 == 0 and lead:
-            now = time.perf_counter()
-            rate = window_examples / max(now - window_start, 1e-9)
-            window_start, window_examples = now, 0
-            bar.set_postfix(loss=f"{loss.item():.4f}", ex_s=f"{rate:.0f}", lr=f"{lr:.2e}",
-                            refresh=False)
-            bar.n = min(run.step if config.examples else int(run.elapsed), total)
-            bar.refresh()
-    bar.close()
-    # A run resumed from its final checkpoint keeps the final evaluation it already made.
-    final = (run.last_evaluation_at_this_step() or evaluate_now()) if lead else None
-    checkpoint_now()  # the final state, so that a kill while saving below can be resumed
+        return loss, examples_per_step
+
+    run_training(run, Trainer(
+        name=f"decoder {task.name}", model=decoder, optimizer=optimizer, batch_loss=batch_loss,
+        evaluate=evaluate_and_rebalance, final_evaluation=evaluate_now,
+        checkpoint=checkpoint_now,
+        postfix=lambda loss, rate, lr: dict(loss=f"{loss.item():.4f}", ex_s=f"{rate:.0f}",
+                                            lr=f"{lr:.2e}"),
+        # Training time excludes evaluation and checkpoints: budgets and curves count training.
+        evaluation_counts_towards_budget=False),
+        LoopSettings.of(config, steps=config.steps_for(world.size)), show_progress, world)
     if lead:
+        final = run.last_evaluation_at_this_step()
         manifest = {
-            **run.manifest_commands(), "seed": config.seed, "commit": started_at_commit,
-            "machine": provenance.machine(), "device": str(device), "world_size": world.size,
-            "steps": run.step, "examples": run.step * examples_per_step,
-            "wall_seconds": round(run.elapsed, 1), "in_epsilon": final["in_epsilon"],
+            **run_manifest(run, config.seed, started_at_commit, device=str(device),
+                           world_size=world.size, steps=run.step,
+                           examples=run.step * examples_per_step),
+            "in_epsilon": final["in_epsilon"],
             "in_epsilon_mean": final["in_epsilon_mean"], "well_formed": final["well_formed"],
             "distinct_in_epsilon": final["distinct_in_epsilon"], "training": _jsonable(config),
             "probed_source": provenance.portable_path(model.source),

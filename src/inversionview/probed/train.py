@@ -10,18 +10,15 @@ counted in a budget of minutes.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from inversionview import provenance
-from inversionview.checkpoint import (CheckpointSchedule, RunLog, check_run_directory,
-                                      resumed_config)
+from inversionview.checkpoint import RunLog, check_run_directory, resumed_config
 from inversionview.errors import OptionError
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, HEADS, LAYERS, LEARNING_RATE,
                                    MINUTES, SEED, STEPS, WIDTH)
@@ -30,10 +27,11 @@ from inversionview.probed.model import build_probed
 from inversionview.probed.subject import Subject
 from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
                                     FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
-                                    WARMUP_STEPS, WEIGHT_DECAY, budget_progress, check_settings,
-                                    count, warmup_cosine)
+                                    WARMUP_STEPS, WEIGHT_DECAY, check_settings, count)
 from inversionview.tasks import get_task
 from inversionview.tasks.base import next_token_targets
+from inversionview.training import (LoopSettings, Trainer, evaluation_entry, run_manifest,
+                                    run_training)
 
 
 @dataclass
@@ -108,14 +106,6 @@ class ProbedTrainingConfig:
         return resumed_config(cls, out, {"minutes": minutes, "steps": steps}, changes, fixed)
 
 
-def _progress(config: ProbedTrainingConfig, step: int, elapsed: float) -> float:
-    return budget_progress(step, elapsed, config.steps, config.minutes)
-
-
-def _learning_rate(config: ProbedTrainingConfig, step: int, progress: float) -> float:
-    return warmup_cosine(config.lr, step, progress, config.warmup_steps, config.min_lr_fraction)
-
-
 def loss_on(model: Subject, tokens: torch.Tensor, objective: str = "task") -> torch.Tensor:
     """Mean next-token cross-entropy over the task's trained positions (or all, for "lm")."""
     task = model.task
@@ -150,67 +140,35 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
     else:
         run.start(dropout_seed=config.seed + 1)
 
-    total = config.steps if config.steps is not None else int(config.minutes * 60)
-    bar = tqdm(total=total, initial=min(run.step if config.steps else int(run.elapsed), total),
-               disable=not show_progress, unit="step" if config.steps else "s",
-               dynamic_ncols=True, desc=f"train {task.name}")
-    last_eval = time.perf_counter()
-    start = time.perf_counter() - run.elapsed
-    schedule = CheckpointSchedule(config.checkpoint_every_seconds,
-                                  config.first_checkpoint_seconds, config.first_checkpoint_steps)
-    schedule.begin(run.step)
-    examples_since, window_start = 0, time.perf_counter()
     loss_value = float("nan")
     accuracy = run.history[-1]["accuracy"] if run.history else float("nan")
+
+    def batch_loss(step: int) -> tuple[torch.Tensor, int]:
+        nonlocal loss_value
+        tokens = task.sample_tokens(config.batch_size, data_generator)
+        loss = loss_on(model, tokens, config.objective)
+        loss_value = loss.item()
+        return loss, config.batch_size
 
     def evaluate_now() -> None:
         nonlocal accuracy
         model.hf_model.eval()
         accuracy = solved(model, eval_tokens).float().mean().item()
         model.hf_model.train()
-        run.log({"step": run.step, "seconds": round(run.elapsed, 1),
-                 "examples": run.step * config.batch_size, "loss": loss_value,
-                 "accuracy": accuracy})
+        run.log(evaluation_entry(run, examples=run.step * config.batch_size, loss=loss_value,
+                                 accuracy=accuracy))
 
     def checkpoint_now() -> None:
         run.checkpoint(model.weights(), optimizer, config=_jsonable(config))
 
-    model.hf_model.train()
-    while _progress(config, run.step, run.elapsed) < 1.0:
-        lr = _learning_rate(config, run.step, _progress(config, run.step, run.elapsed))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        tokens = task.sample_tokens(config.batch_size, data_generator)
-        loss = loss_on(model, tokens, config.objective)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.hf_model.parameters(), config.grad_clip)
-        optimizer.step()
-        run.step += 1
-        loss_value = loss.item()
-        now = time.perf_counter()
-        run.elapsed = now - start
-        examples_since += config.batch_size
-        if now - last_eval >= config.eval_every_seconds:
-            evaluate_now()
-            last_eval = time.perf_counter()
-        if schedule.due(run.step, now):
-            paused_at = time.perf_counter()
-            checkpoint_now()
-            schedule.written()
-            start += time.perf_counter() - paused_at  # not counted in the budget
-        if run.step % 20 == 0:
-            rate = examples_since / max(now - window_start, 1e-9)
-            examples_since, window_start = 0, now
-            bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{accuracy:.4f}", ex_s=f"{rate:.0f}",
-                            refresh=False)
-            bar.n = min(run.step if config.steps else int(run.elapsed), total)
-            bar.refresh()
-    bar.close()
-    # A run resumed from its final checkpoint keeps the final evaluation it already made.
-    if run.last_evaluation_at_this_step() is None:
-        evaluate_now()
-    checkpoint_now()  # the final state, so that a kill while saving below can be resumed
+    run_training(run, Trainer(
+        name=f"train {task.name}", model=model.hf_model, optimizer=optimizer,
+        batch_loss=batch_loss, evaluate=evaluate_now, checkpoint=checkpoint_now,
+        postfix=lambda loss, rate, lr: dict(loss=f"{loss_value:.4f}", acc=f"{accuracy:.4f}",
+                                            ex_s=f"{rate:.0f}"),
+        # A budget of minutes leaves out checkpoint time only (its evaluations are short).
+        progress_every=20, evaluation_counts_towards_budget=True),
+        LoopSettings.of(config, steps=config.steps), show_progress)
 
     model.hf_model.eval()
     model.refresh()
@@ -218,13 +176,8 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
                                       torch.Generator().manual_seed(config.seed + 2_000_029))
     final_accuracy = solved(model, final_tokens).float().mean().item()
     manifest = {
-        **run.manifest_commands(),
-        "seed": config.seed,
-        "commit": started_at_commit,
-        "machine": provenance.machine(),
-        "steps": run.step,
-        "examples": run.step * config.batch_size,
-        "wall_seconds": round(run.elapsed, 1),
+        **run_manifest(run, config.seed, started_at_commit, steps=run.step,
+                       examples=run.step * config.batch_size),
         "accuracy": final_accuracy,
         "accuracy_examples": config.final_eval_examples,
         "training": _jsonable(config),

@@ -29,19 +29,17 @@ import dataclasses
 import hashlib
 import math
 import shutil
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from inversionview import provenance
-from inversionview.checkpoint import (CheckpointError, CheckpointSchedule, RunLog,
-                                      check_run_directory, resumed_config)
+from inversionview.checkpoint import (CheckpointError, RunLog, check_run_directory,
+                                      resumed_config)
 from inversionview.errors import OptionError, UserError
 from inversionview.files import read_json_object, read_safetensors, sha256_file
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, HEADS, LAYERS, LEARNING_RATE,
@@ -51,13 +49,14 @@ from inversionview.probed.subject import Subject
 from inversionview.text.counts import TOKEN_COUNTS, write_token_counts
 from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
                                     FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
-                                    WARMUP_STEPS, WEIGHT_DECAY, budget_progress, check_settings,
-                                    count, warmup_cosine)
+                                    WARMUP_STEPS, WEIGHT_DECAY, check_settings, count)
 from inversionview.tasks.base import next_token_targets
 from inversionview.tasks.text import TextTask
 from inversionview.text.bpe import VOCAB_SIZE, train_bpe
 from inversionview.text.sources import CORPUS_FORMATS, CorpusError, CorpusSource, read_texts
 from inversionview.text.tokenizer import TOKENIZER_FILES, HFTokenizer
+from inversionview.training import (LoopSettings, Trainer, evaluation_entry, run_manifest,
+                                    run_training)
 
 MAX_TOKENS = Range("max-tokens", 1, 100_000)
 LENGTH_POOL = Range("length_pool", 1, 10_000)
@@ -328,7 +327,8 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
                           name=corpus["name"])
     task = TextTask(tokenizer, config.context).with_source(source)
     hf_model = _build_model(task, config)
-    model = Subject(ProbedModel(hf_model=hf_model, tokenizer=tokenizer, source=str(config.out)), task)
+    model = Subject(ProbedModel(hf_model=hf_model, tokenizer=tokenizer, source=str(config.out)),
+                    task)
     optimizer = _optimizer(hf_model, config)
     batches = LengthGroupedBatches(source, config.batch_size, config.length_pool, config.seed)
     eval_tokens = held_out_tokens(source, config.eval_examples, config.seed)
@@ -344,80 +344,39 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
     else:
         run.start(dropout_seed=_derived_seed(config.seed, "dropout"))
 
-    total = config.steps if config.steps is not None else int(config.minutes * 60)
-    bar = tqdm(total=total, initial=min(run.step if config.steps else int(run.elapsed), total),
-               disable=not show_progress, unit="step" if config.steps else "s",
-               dynamic_ncols=True, desc="train-lm")
-    start = time.perf_counter() - run.elapsed
-    last_eval = time.perf_counter()
-    schedule = CheckpointSchedule(config.checkpoint_every_seconds,
-                                  config.first_checkpoint_seconds, config.first_checkpoint_steps)
-    schedule.begin(run.step)
-    window_tokens, window_start = 0, time.perf_counter()
-    lr = config.lr
+    def batch_loss(step: int) -> tuple[torch.Tensor, int]:
+        nonlocal trained_tokens
+        losses = token_losses(hf_model, task, batches.get(step))
+        loss = losses.mean()
+        trained_tokens += losses.numel()
+        window_losses.append(loss.item())
+        return loss, losses.numel()
 
     def evaluate_now() -> None:
         loss, _ = held_out_loss(hf_model, task, eval_tokens)
         train_loss = sum(window_losses) / len(window_losses) if window_losses else None
         window_losses.clear()
-        run.log({"step": run.step, "seconds": round(run.elapsed, 1), "tokens": trained_tokens,
-                 "lr": lr, "train_loss": train_loss, "held_out_loss": loss,
-                 "held_out_perplexity": math.exp(loss)})
+        lr = optimizer.param_groups[0]["lr"]  # the last step's
+        run.log(evaluation_entry(run, tokens=trained_tokens, lr=lr, train_loss=train_loss,
+                                 held_out_loss=loss, held_out_perplexity=math.exp(loss)))
 
     def checkpoint_now() -> None:
         run.checkpoint(model.weights(), optimizer, config=_jsonable(config),
                        tokens=trained_tokens, window=window_losses, corpus_sha256=corpus["sha256"],
                        tokenizer_fingerprint=tokenizer.fingerprint())
 
-    hf_model.train()
-    while budget_progress(run.step, run.elapsed, config.steps, config.minutes) < 1.0:
-        progress = budget_progress(run.step, run.elapsed, config.steps, config.minutes)
-        lr = warmup_cosine(config.lr, run.step, progress, config.warmup_steps,
-                           config.min_lr_fraction)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        losses = token_losses(hf_model, task, batches.get(run.step))
-        loss = losses.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf_model.parameters(), config.grad_clip)
-        optimizer.step()
-        run.step += 1
-        trained_tokens += losses.numel()
-        window_losses.append(loss.item())
-        window_tokens += losses.numel()
-        now = time.perf_counter()
-        run.elapsed = now - start
-        if now - last_eval >= config.eval_every_seconds:
-            evaluate_now()
-            last_eval = time.perf_counter()
-        if schedule.due(run.step, now):
-            paused_at = time.perf_counter()
-            checkpoint_now()
-            schedule.written()
-            start += time.perf_counter() - paused_at  # not counted in the budget
-        if run.step % 10 == 0:
-            rate = window_tokens / max(now - window_start, 1e-9)
-            window_tokens, window_start = 0, now
-            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}", refresh=False)
-            bar.n = min(run.step if config.steps else int(run.elapsed), total)
-            bar.refresh()
-    bar.close()
-    # A run resumed from its final checkpoint keeps the final evaluation it already made.
-    if run.last_evaluation_at_this_step() is None:
-        evaluate_now()
-    checkpoint_now()  # the final state, so that a kill while saving below can be resumed
+    run_training(run, Trainer(
+        name="train-lm", model=hf_model, optimizer=optimizer, batch_loss=batch_loss,
+        evaluate=evaluate_now, checkpoint=checkpoint_now,
+        postfix=lambda loss, rate, lr: dict(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}"),
+        evaluation_counts_towards_budget=True),  # a budget of minutes leaves out checkpoints
+        LoopSettings.of(config, steps=config.steps), show_progress)
 
     final = run.history[-1]
     manifest = {
-        **run.manifest_commands(),
-        "seed": config.seed,
-        "commit": started_at_commit,
-        "machine": provenance.machine(),
-        "steps": run.step,
-        "tokens": trained_tokens,
-        "tokens_per_second": round(trained_tokens / max(run.elapsed, 1e-9), 1),
-        "wall_seconds": round(run.elapsed, 1),
+        **run_manifest(run, config.seed, started_at_commit, steps=run.step,
+                       tokens=trained_tokens,
+                       tokens_per_second=round(trained_tokens / max(run.elapsed, 1e-9), 1)),
         "held_out_loss": final["held_out_loss"],
         "held_out_perplexity": final["held_out_perplexity"],
         "held_out": {"pieces": len(eval_tokens),
@@ -525,7 +484,8 @@ def ship_lm(run_directory: str | Path, destination: str | Path,
     tokenizer.hf.save_pretrained(str(destination))
     if (run_directory / TOKEN_COUNTS).is_file():
         shutil.copyfile(run_directory / TOKEN_COUNTS, destination / TOKEN_COUNTS)
-    Subject(ProbedModel(hf_model=hf_model.to(dtype), tokenizer=tokenizer), task).save(destination, record)
+    Subject(ProbedModel(hf_model=hf_model.to(dtype), tokenizer=tokenizer), task).save(
+        destination, record)
     return destination
 
 
