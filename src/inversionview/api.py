@@ -23,6 +23,11 @@ import torch
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 from inversionview.errors import UserError
+from inversionview.preimage.config import GRID_CONFIG, QueryConfig
+
+#: The defaults of ``query`` and ``grid``: the library's one declaration of them
+#: (preimage/config.py), never repeated here.
+_QUERY, _GRID = QueryConfig(), GRID_CONFIG
 
 if TYPE_CHECKING:
     import pandas
@@ -96,13 +101,15 @@ class InversionView:
     # ----- the method ------------------------------------------------------------------
 
     def query(self, text: str | None = None, site: str | None = None,
-              position: str | int | None = None, *, candidates: int = 1024,
-              epsilon: float = 0.1, metric: str = "euclidean", fixed_position: bool = False,
-              temperature: float | None = None, noise: float | None = None, shown: int = 100,
-              all_samples: bool = False, seed: int = 0, verify: bool = False,
-              search: int | None = None, constrain: bool = True,
-              noise_cosine: tuple[float, float] | None = None,
-              banned: tuple[int, ...] = ()) -> PreimageResult:
+              position: str | int | None = None, *, candidates: int = _QUERY.candidates,
+              epsilon: float = _QUERY.epsilon, metric: str = _QUERY.metric,
+              fixed_position: bool = _QUERY.fixed_position,
+              temperature: float | None = _QUERY.temperature, noise: float | None = _QUERY.noise,
+              shown: int = _QUERY.shown, all_samples: bool = _QUERY.all_samples, seed: int = 0,
+              verify: bool = False, search: int | None = _QUERY.search,
+              constrain: bool = _QUERY.constrain,
+              noise_cosine: tuple[float, float] | None = _QUERY.noise_cosine,
+              banned: tuple[int, ...] = _QUERY.banned) -> PreimageResult:
         """Sample, score and colour the ε-preimage of ``site`` at ``position`` of ``text``
         (the task's default query for what is left out); ``verify`` also patches the query's
         activation with samples' (see ``verify``); ``search`` is the local search's budget
@@ -112,15 +119,16 @@ class InversionView:
         the paper's free sampling); ``noise_cosine`` (low, high) conditions each candidate on a
         vector at a cosine drawn from that range to the query (the paper's factual-recall
         noise), and ``banned`` token ids are never drawn (``text.counts.rare_tokens``).
-        The same seed gives the same result."""
-        from inversionview import options
-        from inversionview.preimage.query import query_config, run_query
+        The same seed gives the same result. Every setting is a ``QueryConfig`` field
+        (preimage/config.py), which declares its default and range."""
+        from inversionview.preimage.query import run_query
 
         task = self.model.task
         default_site, default_position = task.default_query
-        config = query_config(options.CANDIDATES.check(candidates), epsilon, metric,
-                              fixed_position, temperature, noise, all_samples, shown, search,
-                              constrain, noise_cosine, tuple(banned))
+        config = QueryConfig(candidates=candidates, epsilon=epsilon, metric=metric,
+                             fixed_position=fixed_position, temperature=temperature, noise=noise,
+                             all_samples=all_samples, shown=shown, search=search,
+                             constrain=constrain, noise_cosine=noise_cosine, banned=tuple(banned))
         result = run_query(self.model, self.decoder, task.example if text is None else text,
                            default_site if site is None else site,
                            default_position if position is None else position, config,
@@ -174,26 +182,23 @@ class InversionView:
         return verify_readout(self.model, result, per_side)
 
     def grid(self, text: str | None = None, position: str | int | None = None, *,
-             candidates: int = 256, epsilon: float = 0.1, metric: str = "euclidean",
-             seed: int = 0) -> pandas.DataFrame:
+             candidates: int = _GRID.candidates, epsilon: float = _GRID.epsilon,
+             metric: str = _GRID.metric, seed: int = 0) -> pandas.DataFrame:
         """Every site at one input and position: in-ε rate, distinct in-ε samples, valid
-        rate and the attribute that agrees most with the query, one row per site (the
-        decoder's draws only, as the paper: an overview, not a search per site)."""
-        import pandas
+        rate and the attribute that agrees most with the query (the highest contrast; None
+        where no attribute has one) with its inside, outside and contrast, one row per site
+        (the decoder's draws only, as the paper: an overview, not a search per site). The
+        same rows as the web page's grid (``preimage.grid.run_grid``)."""
+        from dataclasses import replace
+
+        from inversionview.preimage.grid import run_grid
 
         task = self.model.task
-        text = task.example if text is None else text
-        position = task.default_query[1] if position is None else position
-        rows = []
-        for site in self.sites:
-            result = self.query(text, site, position, candidates=candidates, epsilon=epsilon,
-                                metric=metric, shown=1, seed=seed, search=0)
-            top = result.attribute_agreement[0] if result.attribute_agreement else {}
-            rows.append({"site": site, "in_epsilon_rate": result.stats.in_epsilon_rate,
-                         "in_epsilon_distinct": result.stats.in_epsilon_distinct,
-                         "valid_rate": result.stats.valid_rate,
-                         "top_attribute": top.get("attribute"), "contrast": top.get("contrast")})
-        return pandas.DataFrame(rows).set_index("site")
+        config = replace(GRID_CONFIG, candidates=candidates, epsilon=epsilon, metric=metric)
+        grid = run_grid(self.model, self.decoder, task.example if text is None else text,
+                        task.default_query[1] if position is None else position, config,
+                        seed=seed, decoder_name=self.decoder_name)
+        return grid.to_dataframe()
 
     def patch(self, pairs: list[dict[str, str]], components: str,
               cumulative: bool = False) -> PatchingReport:

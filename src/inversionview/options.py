@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from inversionview.errors import OptionError, echo
 
@@ -124,6 +124,9 @@ SHOWN = Range("shown", 1, 1_000)
 TEMPERATURE = Range("temperature", 0, 100, integer=False, low_open=True)
 NOISE = Range("noise", 0, 100, integer=False)
 NOISE_COSINE = Range("noise cosine", 0, 1, integer=False)
+# How a candidate's activation is compared with the query's (probed/distance.py).
+Metric = Literal["euclidean", "cosine"]
+METRIC = Choice("metric", get_args(Metric))
 BAN_COUNT = Range("ban-rare", 1, 10**9)
 
 

@@ -19,91 +19,22 @@ import torch
 
 from inversionview import options
 from inversionview.decoder.model import Decoder
-from inversionview.errors import OptionError, echo
+from inversionview.errors import echo
 from inversionview.preimage.agreement import attribute_agreement
 from inversionview.preimage.colour import delta_p, sequence_log_probability
-from inversionview.probed.distance import Metric, candidate_distances
+from inversionview.preimage.config import QueryConfig, query_config  # noqa: F401 (re-exported)
+from inversionview.probed.distance import candidate_distances
 from inversionview.preimage.estimate import importance_size, why_not_estimable
 from inversionview.preimage.members import cut_key, cut_keys, merge_by_cut, query_key
 from inversionview.preimage.reading import (distinct_prefixes, epsilon_profile, substitution_rows,
                                             token_reading)
 from inversionview.preimage.result import (Completeness, PreimageResult, QueryInput, QueryStats,
                                            Sample, _finite_or_none)
-from inversionview.preimage.sample import (PAPER_SETTINGS, ROUND_SIZE, Draws, SamplingRound,
-                                           make_schedule, sample_candidates)
+from inversionview.preimage.sample import Draws, sample_candidates
 from inversionview.preimage.search import SearchConfig, SearchOutcome, local_search
 from inversionview.probed.subject import Subject
 from inversionview.probed.sites import Site, SiteError, check_site
 from inversionview.tasks.base import Task, TaskInputError
-
-
-
-@dataclass
-class QueryConfig:
-    candidates: int = 1024
-    settings: tuple[tuple[float, float], ...] = PAPER_SETTINGS  # (temperature, noise) cycle
-    round_size: int = ROUND_SIZE
-    epsilon: float = 0.1
-    metric: Metric = "euclidean"
-    # Read D at the query's position in each candidate (the same name, or the same index for
-    # an integer position) instead of the minimum over positions.
-    fixed_position: bool = False
-    shown: int = 100  # samples displayed (the paper shows 100)
-    shown_inside_fraction: float = 0.7  # the paper shows about 60-80 % inside ε
-    all_samples: bool = False  # show every distinct candidate
-    # Draw only tokens that can lead to an input of the task (Task.next_token_mask) where the
-    # task has a grammar; False: the paper's free sampling, where malformed candidates are drawn
-    # and then scored as they are.
-    constrain: bool = True
-    # The paper's factual-recall noise: condition each candidate on a vector at a cosine to
-    # the query drawn from [low, high] (replaces the Gaussian noise); None: no such noise.
-    noise_cosine: tuple[float, float] | None = None
-    banned: tuple[int, ...] = ()  # token ids never drawn (``rare_tokens``)
-    # Inputs the local search around the decoder's candidates may score (0: the paper's
-    # decoder-only sampling); it stops sooner when ``candidates`` members are found.
-    search: int | None = None  # None: the task's default (Task.default_search)
-    search_settings: SearchConfig | None = None  # the search's other settings (its defaults)
-
-    def __post_init__(self) -> None:
-        if self.metric not in ("euclidean", "cosine"):
-            raise OptionError(f"unknown metric {echo(self.metric)}; use euclidean or cosine")
-        self.candidates = options.CANDIDATES.check(self.candidates)
-        self.epsilon = options.EPSILON.check(self.epsilon)
-        self.shown = options.SHOWN.check(self.shown)
-        if self.search is not None:
-            self.search = options.SEARCH_EVALUATIONS.check(self.search)
-        if self.noise_cosine is not None:
-            low, high = (options.NOISE_COSINE.check(v) for v in self.noise_cosine)
-            if low > high:
-                raise OptionError(f"the noise cosine range {low:g}:{high:g} is empty; give LOW:HIGH "
-                                  "with LOW <= HIGH")
-            self.noise_cosine = (float(low), float(high))
-        self.banned = tuple(int(i) for i in self.banned)
-
-    @property
-    def schedule(self) -> tuple[SamplingRound, ...]:
-        return make_schedule(self.candidates, self.settings, self.round_size)
-
-    def for_task(self, task: Task) -> "QueryConfig":
-        """This config with the task's search budget where it leaves it unsaid (None)."""
-        return self if self.search is not None else replace(self, search=task.default_search)
-
-
-def query_config(candidates: int = 1024, epsilon: float = 0.1, metric: str = "euclidean",
-                 fixed_position: bool = False, temperature: float | None = None,
-                 noise: float | None = None, all_samples: bool = False, shown: int = 100,
-                 search: int | None = None, constrain: bool = True,
-                 noise_cosine: tuple[float, float] | None = None,
-                 banned: tuple[int, ...] = ()) -> QueryConfig:
-    """A QueryConfig from the query command's options: one ``temperature`` and/or ``noise``
-    replaces the paper's schedule by that single setting (T 1 and noise 0 where unsaid)."""
-    settings = PAPER_SETTINGS
-    if temperature is not None or noise is not None:
-        settings = ((1.0 if temperature is None else temperature, 0.0 if noise is None else noise),)
-    return QueryConfig(candidates=candidates, settings=settings, epsilon=epsilon, metric=metric,
-                       fixed_position=fixed_position, shown=shown, all_samples=all_samples,
-                       search=search, constrain=constrain, noise_cosine=noise_cosine,
-                       banned=banned)
 
 
 def decoder_site_id(model: Subject, decoder: Decoder, site: Site) -> int:

@@ -8,14 +8,11 @@ its best position; or the value at one fixed position.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
+from inversionview.options import Metric
 from inversionview.probed.model import ProbedModel
 from inversionview.probed.sites import Site
-
-Metric = Literal["euclidean", "cosine"]
 
 
 def position_distances(query: torch.Tensor, candidates: torch.Tensor, metric: Metric = "euclidean",

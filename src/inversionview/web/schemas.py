@@ -1,21 +1,32 @@
 """The contract between the server and the page: every request and response of the JSON API.
 
-A query's response is the same record as ``inversionview query --json``
-(``PreimageResult.to_record()``); ``QueryResult`` describes it field for field, and a test
-validates real records against it so the two cannot drift apart.
+Nothing here repeats a declaration of the library; it is derived from it:
+
+- a query's settings (``QueryRequest``, ``GridRequest``) are ``preimage.config.QueryConfig``'s
+  fields (``_setting_fields``): their names (``all`` for ``all_samples``), types, defaults,
+  ranges and help; only this server's tighter limits (candidates, search) are its own;
+- a query's response is the record of ``inversionview query --json``
+  (``PreimageResult.to_record()``) and a grid's is ``Grid.to_record()``; their schemas
+  (``QueryResult``, ``GridResult`` and the records inside) are built from those dataclasses
+  (``_record_model``), with the JSON forms of what the dataclass keeps in another form (an
+  infinite distance is null, a dict's shape) and the descriptions of the API's document.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import types
+from dataclasses import MISSING, fields
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from pydantic import (BaseModel, ConfigDict, Field, create_model, field_validator,
                       model_validator)
 from pydantic_core import PydanticCustomError
 
-from inversionview.options import (BAN_COUNT, SERVER_SEARCH_EVALUATIONS, EPSILON, GRID_CANDIDATES,
-                                   LAYERS, NOISE, SEED, SERVER_CANDIDATES, SHOWN, TEMPERATURE,
-                                   Range)
+from inversionview.options import (BAN_COUNT, GRID_CANDIDATES, LAYERS, SEED, SERVER_CANDIDATES,
+                                   SERVER_SEARCH_EVALUATIONS, Choice, Range)
+from inversionview.preimage import grid as _grid, result as _result
+from inversionview.preimage.config import (GRID_CONFIG, GRID_HELP, GRID_SETTINGS, SETTINGS,
+                                           QueryConfig)
 
 MAX_INPUT_CHARACTERS = 512  # the task's own n_ctx check gives the exact limit below this
 
@@ -30,6 +41,8 @@ class _Request(BaseModel):
     as one, and a JavaScript client may send it), and an empty ``input``, ``site`` or
     ``position`` is refused (null or absent means the default): "" is more likely a form left
     blank by mistake than a request for the default."""
+
+    model_config = REQUEST_CONFIG
 
     @model_validator(mode="before")
     @classmethod
@@ -48,13 +61,65 @@ class _Request(BaseModel):
         return value
 
 
-Cosine = Annotated[float, Field(ge=0, le=1)]
+# ----- a query's settings, from QueryConfig -------------------------------------------------
+
+#: The JSON names of the settings the API names otherwise (the CLI's flag is ``--all``).
+JSON_NAMES = {"all_samples": "all"}
+#: This server's limits where they are tighter than the library's: one request must not
+#: hold a shared server (options.SERVER_*).
+SERVER_LIMITS = {"candidates": SERVER_CANDIDATES, "search": SERVER_SEARCH_EVALUATIONS}
+#: The query settings a request cannot give: token ids to ban are chosen from the model's
+#: stored token counts (``ban_rare``), not sent.
+NOT_REQUESTED = ("banned",)
 
 
-class QueryRequest(_Request):
-    """The query command's parameters; what is left out takes the command's default."""
+def _setting_fields(names: tuple[str, ...], defaults: QueryConfig, limits: dict[str, Range],
+                    about: dict[str, str] | None = None) -> dict[str, Any]:
+    """``create_model`` definitions of the query settings ``names`` as QueryConfig declares
+    them (type, allowed values, help), with ``defaults``' values, ``limits`` where this
+    server allows less and ``about`` where a setting means more here than its help says.
+    A tuple is a JSON array of its length (a strict model refuses a list for a tuple, and
+    JSON has only lists)."""
+    hints = get_type_hints(QueryConfig)
+    definitions: dict[str, Any] = {}
+    for name in names:
+        declared = SETTINGS[name]
+        allowed = limits.get(name, declared.metadata["allowed"])
+        kind, bounds = hints[name], allowed.bounds if isinstance(allowed, Range) else {}
+        optional = type(None) in get_args(kind)
+        if isinstance(allowed, Choice):
+            kind = Literal[allowed.allowed]
+        if declared.metadata["each"]:  # the bounds hold for each item of a fixed-size tuple
+            items = get_args(_not_none(kind) if optional else kind)
+            kind = list[Annotated[items[0], Field(**bounds)]]
+            bounds = {"min_length": len(items), "max_length": len(items)}
+        if optional and type(None) not in get_args(kind):
+            kind = kind | None
+        description = (about or {}).get(name, declared.metadata["help"])
+        definitions[JSON_NAMES.get(name, name)] = (
+            kind, Field(getattr(defaults, name), description=description, **bounds))
+    return definitions
 
-    model_config = REQUEST_CONFIG
+
+def _not_none(kind: Any) -> Any:
+    """``X`` of ``X | None``."""
+    (inner,) = [arg for arg in get_args(kind) if arg is not type(None)]
+    return inner
+
+
+def settings_of(request: BaseModel) -> dict[str, Any]:
+    """The QueryConfig settings ``request`` gives, under their library names."""
+    settings = {}
+    for name, declared in SETTINGS.items():
+        json_name = JSON_NAMES.get(name, name)
+        if json_name in type(request).model_fields:
+            value = getattr(request, json_name)
+            settings[name] = tuple(value) if declared.metadata["each"] and value is not None else value
+    return settings
+
+
+class _Query(_Request):
+    """What a query reads: model, input, site, position; and its seed."""
 
     model: str = Field(description="A model name from GET /api/models.")
     input: str | None = Field(None, min_length=1, max_length=MAX_INPUT_CHARACTERS,
@@ -63,55 +128,33 @@ class QueryRequest(_Request):
                              "name (default: the task's default query).")
     position: Position = Field(None, description="Named position or index (0 = BOS; "
                                "default: the task's default query).")
-    candidates: int = Field(1024, **SERVER_CANDIDATES.bounds)
-    temperature: float | None = Field(None, **TEMPERATURE.bounds, description="One "
-                                      "temperature for every round (replaces the paper's "
-                                      "schedule).")
-    noise: float | None = Field(None, **NOISE.bounds, description="One noise level for every "
-                                "round.")
     seed: int = Field(0, **SEED.bounds)
-    epsilon: float = Field(0.1, **EPSILON.bounds)
-    metric: Literal["euclidean", "cosine"] = "euclidean"
-    fixed_position: bool = Field(False, description="D at the query's position in each "
-                                 "candidate instead of the minimum over positions.")
-    shown: int = Field(100, **SHOWN.bounds, description="Samples shown.")
-    all: bool = Field(False, description="Show every distinct candidate (at most `candidates`).")
-    search: int | None = Field(None, **SERVER_SEARCH_EVALUATIONS.bounds,
-                               description="Inputs the local search may score beyond the decoder's "
-                                           "candidates (0: decoder-only sampling, as in the paper; "
-                                           "default: 16,384 on the toy tasks, 4,096 on free text).")
-    noise_cosine: list[Cosine] | None = Field(
-        None, min_length=2, max_length=2, description="[low, high]: condition each candidate on a vector of the query's norm "
-        "at a cosine drawn from [low, high] to it (the paper's factual-recall noise, e.g. "
-        "[0.75, 0.9]); replaces noise.")
-    constrain: bool = Field(True, description="Draw only tokens that can lead to an input of "
-                            "the task, where it has a grammar (counting, addition); false: the "
-                            "paper's free sampling.")
-    ban_rare: int | None = Field(None, **BAN_COUNT.bounds, description="Never sample tokens "
-                                 "seen fewer than this many times in the language model's "
-                                 "training corpus (its stored token counts; the paper's "
-                                 "factual-recall recipe).")
 
 
-class GridRequest(_Request):
-    """Every site of the model at one input and position."""
+QueryRequest = create_model(
+    "QueryRequest", __base__=_Query,
+    __doc__="The query command's parameters; what is left out takes the command's default.",
+    **_setting_fields(tuple(name for name in SETTINGS if name not in NOT_REQUESTED),
+                      QueryConfig(), SERVER_LIMITS),
+    ban_rare=(int | None, Field(None, **BAN_COUNT.bounds, description="Never sample tokens "
+                                "seen fewer than this many times in the language model's "
+                                "training corpus (its stored token counts; the paper's "
+                                "factual-recall recipe).")))
 
-    model_config = REQUEST_CONFIG
 
+class _GridAt(_Request):
     model: str
     input: str | None = Field(None, min_length=1, max_length=MAX_INPUT_CHARACTERS)
     position: Position = None
-    candidates: int = Field(256, **GRID_CANDIDATES.bounds,
-                            description="Candidates per site (fewer than a query's 1,024: "
-                                        "the grid is an overview).")
     seed: int = Field(0, **SEED.bounds)
-    epsilon: float = Field(0.1, **EPSILON.bounds)
-    metric: Literal["euclidean", "cosine"] = "euclidean"
+
+
+GridRequest = create_model(
+    "GridRequest", __base__=_GridAt, __doc__="Every site of the model at one input and position.",
+    **_setting_fields(GRID_SETTINGS, GRID_CONFIG, {"candidates": GRID_CANDIDATES}, GRID_HELP))
 
 
 class AttentionRequest(_Request):
-    model_config = REQUEST_CONFIG
-
     model: str
     input: str | None = Field(None, min_length=1, max_length=MAX_INPUT_CHARACTERS)
     layer: int = Field(0, ge=0, le=int(LAYERS.high) - 1)
@@ -119,8 +162,6 @@ class AttentionRequest(_Request):
 
 class TokensRequest(_Request):
     """An input to cut into the model's tokens (the page's position picker)."""
-
-    model_config = REQUEST_CONFIG
 
     model: str = Field(description="A model name from GET /api/models.")
     input: str | None = Field(None, min_length=1, max_length=MAX_INPUT_CHARACTERS,
@@ -136,14 +177,15 @@ def served_requests(model_names: list[str], n_layers: int, candidates: Range = S
     model = (str, Field(description="A model name from GET /api/models.",
                         json_schema_extra={"enum": list(model_names)}))
 
-    def candidates_field(limits: Range, default: int, description: str | None = None):
-        return (int, Field(min(default, int(limits.high)), **limits.bounds, description=description))
+    def candidates_field(request: type[BaseModel], limits: Range):
+        declared = request.model_fields["candidates"]
+        return (int, Field(min(declared.default, int(limits.high)), **limits.bounds,
+                           description=declared.description))
 
     query = create_model("QueryRequest", __base__=QueryRequest, __doc__=QueryRequest.__doc__,
-                         model=model, candidates=candidates_field(candidates, 1024))
+                         model=model, candidates=candidates_field(QueryRequest, candidates))
     grid = create_model("GridRequest", __base__=GridRequest, __doc__=GridRequest.__doc__,
-                        model=model, candidates=candidates_field(
-                            grid_candidates, 256, GridRequest.model_fields["candidates"].description))
+                        model=model, candidates=candidates_field(GridRequest, grid_candidates))
     attention = create_model("AttentionRequest", __base__=AttentionRequest, model=model,
                              layer=(int, Field(0, ge=0, le=n_layers - 1)))
     return query, grid, attention
@@ -176,73 +218,61 @@ class Example(BaseModel):
     seed: int
 
 
-class SampleRecord(BaseModel):
-    text: str
-    tokens: list[str]
-    distance: float | None = Field(description="null when no position could be scored.")
-    best_position: int
-    best_position_label: str
-    in_epsilon: bool
-    valid: bool
-    correct: bool | None
-    reason: str
-    attributes: dict[str, Any]
-    multiplicity: int
-    position_distances: list[float | None]
-    delta_p: list[float | None] | None
-    log_probability: float | None
-    found_by: str = "decoder"
-    continuations: int = Field(1, description="Distinct scored inputs sharing this sample's cut "
-                               "prefix (its tokens up to best_position, its only evidence).")
-    ids: list[int] = Field(default_factory=list, description="The token ids of tokens.")
+# ----- results, from the library's dataclasses ---------------------------------------------
+
+#: The records send every field, so the response schemas say so (a field with a default in
+#: the dataclass is still always there).
+RECORD_CONFIG = ConfigDict(json_schema_serialization_defaults_required=True)
+_RECORDS: dict[type, type[BaseModel]] = {}  # dataclass -> its record's model, as built
 
 
-class QueryInputRecord(BaseModel):
-    text: str
-    tokens: list[str]
-    attributes: dict[str, Any]
-    valid: bool
-    reason: str
+def _record_model(source: type, name: str, doc: str | None = None, *,
+                  json_types: dict[str, Any] | None = None, about: dict[str, str] | None = None,
+                  extra: dict[str, Any] | None = None, after: str | None = None
+                  ) -> type[BaseModel]:
+    """The schema of ``source``'s record (a result dataclass): its fields in its order, with
+    its types and defaults; a dataclass type inside (``list[Sample]``) is its record's model.
+    ``json_types`` are the JSON forms that differ from the dataclass's, ``about`` the fields'
+    descriptions, ``extra`` fields the record adds (after the field ``after``, else at the
+    end). A name that is not a field of ``source`` is an error here, at import, so a field
+    renamed in the dataclass cannot leave a stale description or type behind."""
+    json_types, about, extra = json_types or {}, about or {}, extra or {}
+    names = [f.name for f in fields(source)]
+    stale = (set(json_types) | set(about)) - set(names)
+    if stale or (after is not None and after not in names):
+        raise TypeError(f"{source.__name__} has no field {', '.join(sorted(stale)) or after}")
+    hints = get_type_hints(source)
+    definitions: dict[str, Any] = {}
+    for declared in fields(source):
+        if declared.default is not MISSING:
+            default = Field(declared.default, description=about.get(declared.name))
+        elif declared.default_factory is not MISSING:
+            default = Field(default_factory=declared.default_factory,
+                            description=about.get(declared.name))
+        else:
+            default = Field(description=about.get(declared.name))
+        definitions[declared.name] = (json_types.get(declared.name, _as_record(hints[declared.name])),
+                                      default)
+        if declared.name == after:
+            definitions.update(extra)
+    if after is None:
+        definitions.update(extra)
+    model = create_model(name, __config__=RECORD_CONFIG, __doc__=doc, **definitions)
+    _RECORDS[source] = model
+    return model
 
 
-class QueryStatsRecord(BaseModel):
-    candidates: int
-    distinct: int
-    in_epsilon: int
-    in_epsilon_rate: float
-    in_epsilon_distinct: int
-    valid_rate: float
-    shown: int
-    shown_in_epsilon: int
-    seconds: float
-    seconds_sampling: float
-    seconds_scoring: float
-    seconds_colouring: float
-    seconds_search: float = 0.0
-    distinct_inputs: int = Field(0, description="Distinct inputs drawn (raw: continuations counted).")
-    in_epsilon_inputs: int = Field(0, description="Distinct drawn inputs inside ε (raw: the query's "
-                                   "context included).")
-    query_context: int = Field(0, description="Draws whose cut prefix is the query's own.")
-
-
-class CompletenessRecord(BaseModel):
-    """How much of the ε-preimage the query has seen (``PreimageResult.completeness``)."""
-
-    found: int = Field(description="Distinct members (cut prefixes of inputs of the task's space, the "
-                                   "query's own left out) found inside ε.")
-    found_by_decoder: int
-    found_by_search: int
-    estimate: float | None = Field(description="Importance-sampling estimate of the preimage's "
-                                               "size from the decoder's noise-free draws.")
-    estimate_stderr: float | None
-    estimate_draws: int
-    estimated_size: float | None = Field(description="max(found, estimate).")
-    coverage: float | None = Field(description="found / estimated_size.")
-    search: dict[str, Any] | None = Field(description="The local search: evaluations, budget, "
-                                                      "rounds, stop, members_wanted.")
-    not_estimable: str | None = Field(None, description="Why the estimate says nothing about "
-                                      "the size here (null: usable).")
-    description: str = Field(description="One line for people.")
+def _as_record(kind: Any) -> Any:
+    """``kind`` with every result dataclass in it replaced by its record's model."""
+    if kind in _RECORDS:
+        return _RECORDS[kind]
+    arguments = get_args(kind)
+    if not arguments or get_origin(kind) is Literal:
+        return kind
+    replaced = tuple(_as_record(argument) for argument in arguments)
+    if get_origin(kind) in (Union, types.UnionType):
+        return Union[replaced]
+    return get_origin(kind)[replaced]
 
 
 class AgreementRow(BaseModel):
@@ -264,91 +294,6 @@ class ScheduleRound(BaseModel):
     temperature: float
     noise: float
     candidates: int
-
-
-class QueryResult(BaseModel):
-    """``inversionview query --json``, plus ``attention`` for head sites."""
-
-    model: str
-    task: str
-    decoder: str
-    site: str
-    hook: str
-    position: int
-    position_label: str
-    metric: str
-    epsilon: float
-    fixed_position: bool
-    seed: int
-    schedule: list[ScheduleRound]
-    query: QueryInputRecord
-    stats: QueryStatsRecord
-    histogram: Histogram
-    attribute_agreement: list[AgreementRow]
-    samples: list[SampleRecord]
-    all_samples: bool
-    attention: list[float] | None = Field(
-        None, description="For a head site: the head's attention weights from the query "
-                          "position over the query's tokens (web UI only).")
-    verification: "VerifyResult | None" = Field(None, description="Set by `query --verify`.")
-    completeness: CompletenessRecord | None = None
-    constrained: bool = Field(False, description="The decoder drew only tokens that can lead "
-                              "to an input of the task (its grammar); false: the paper's free "
-                              "sampling.")
-    noise_cosine: list[float] | None = Field(None, description="The cosine noise's range, if any.")
-    banned_tokens: int = Field(0, description="Token ids the sampler never drew.")
-    query_context: dict[str, int] | None = Field(
-        None, description="Scored inputs whose cut prefix is the query's own: draws and "
-                          "distinct continuations (left out of every reading and rate).")
-    epsilon_profile: dict[str, Any] | None = Field(
-        None, description="Distinct members within several radii (radii, members) and the "
-                          "nearest members (tokens, distance, found_by).")
-    token_reading: list[dict[str, Any]] = Field(
-        default_factory=list, description="Per token of the query's prefix: shares of members and "
-        "outside inputs keeping it (aligned back from the best position, and anywhere), and of "
-        "its substitutions staying inside ε.")
-
-
-class GridRow(BaseModel):
-    site: str
-    in_epsilon_rate: float
-    in_epsilon_distinct: int
-    valid_rate: float
-    top_attribute: str | None = Field(description="The attribute with the highest contrast.")
-    inside: float | None
-    outside: float | None
-    contrast: float | None
-
-
-class GridResult(BaseModel):
-    model: str
-    input: str
-    position: int
-    position_label: str
-    candidates: int
-    epsilon: float
-    metric: str
-    seed: int
-    rows: list[GridRow]
-    seconds: float
-
-
-class AttentionResult(BaseModel):
-    model: str
-    input: str
-    tokens: list[str]
-    layer: int
-    n_heads: int
-    patterns: list[list[list[float]]] = Field(description="[head][query position][key position]")
-
-
-class TokensResult(BaseModel):
-    model: str
-    input: str
-    tokens: list[str] = Field(description="The input as the model reads it, one string per "
-                              "token (index 0 = BOS).")
-    positions: dict[str, int] = Field(description="The model's named positions in this input "
-                                      "and their indices.")
 
 
 class OutputChange(BaseModel):
@@ -378,6 +323,75 @@ class VerifyResult(BaseModel):
     outside_mean: OutputChangeMean | None
 
 
+SampleRecord = _record_model(
+    _result.Sample, "SampleRecord",
+    json_types={"distance": float | None},  # inf (nothing scored) is null in JSON
+    about={"distance": "null when no position could be scored.",
+           "continuations": "Distinct scored inputs sharing this sample's cut prefix (its tokens "
+                            "up to best_position, its only evidence).",
+           "ids": "The token ids of tokens."})
+QueryInputRecord = _record_model(_result.QueryInput, "QueryInputRecord")
+QueryStatsRecord = _record_model(_result.QueryStats, "QueryStatsRecord", about={
+    "distinct_inputs": "Distinct inputs drawn (raw: continuations counted).",
+    "in_epsilon_inputs": "Distinct drawn inputs inside ε (raw: the query's context included).",
+    "query_context": "Draws whose cut prefix is the query's own."})
+CompletenessRecord = _record_model(
+    _result.Completeness, "CompletenessRecord",
+    "How much of the ε-preimage the query has seen (``PreimageResult.completeness``).",
+    about={"found": "Distinct members (cut prefixes of inputs of the task's space, the query's "
+                    "own left out) found inside ε.",
+           "estimate": "Importance-sampling estimate of the preimage's size from the decoder's "
+                       "noise-free draws.",
+           "estimated_size": "max(found, estimate).",
+           "coverage": "found / estimated_size.",
+           "search": "The local search: evaluations, budget, rounds, stop, members_wanted.",
+           "not_estimable": "Why the estimate says nothing about the size here (null: usable)."},
+    extra={"description": (str, Field(description="One line for people."))})
+QueryResult = _record_model(
+    _result.PreimageResult, "QueryResult",
+    "``inversionview query --json``, plus ``attention`` for head sites.",
+    # the shapes of what the dataclass keeps as plain dicts
+    json_types={"schedule": list[ScheduleRound], "histogram": Histogram,
+           "attribute_agreement": list[AgreementRow], "verification": VerifyResult | None},
+    about={"verification": "Set by `query --verify`.",
+           "constrained": "The decoder drew only tokens that can lead to an input of the task "
+                          "(its grammar); false: the paper's free sampling.",
+           "noise_cosine": "The cosine noise's range, if any.",
+           "banned_tokens": "Token ids the sampler never drew.",
+           "query_context": "Scored inputs whose cut prefix is the query's own: draws and "
+                            "distinct continuations (left out of every reading and rate).",
+           "epsilon_profile": "Distinct members within several radii (radii, members) and the "
+                              "nearest members (tokens, distance, found_by).",
+           "token_reading": "Per token of the query's prefix: shares of members and outside "
+                            "inputs keeping it (aligned back from the best position, and "
+                            "anywhere), and of its substitutions staying inside ε."},
+    extra={"attention": (list[float] | None, Field(
+        None, description="For a head site: the head's attention weights from the query "
+                          "position over the query's tokens (web UI only)."))},
+    after="all_samples")
+GridRow = _record_model(_grid.GridRow, "GridRow", about={
+    "top_attribute": "The attribute with the highest contrast."})
+GridResult = _record_model(_grid.Grid, "GridResult")
+
+
+class AttentionResult(BaseModel):
+    model: str
+    input: str
+    tokens: list[str]
+    layer: int
+    n_heads: int
+    patterns: list[list[list[float]]] = Field(description="[head][query position][key position]")
+
+
+class TokensResult(BaseModel):
+    model: str
+    input: str
+    tokens: list[str] = Field(description="The input as the model reads it, one string per "
+                              "token (index 0 = BOS).")
+    positions: dict[str, int] = Field(description="The model's named positions in this input "
+                                      "and their indices.")
+
+
 class JobStatus(BaseModel):
     id: str
     kind: Literal["query", "grid", "verify", "attention"]
@@ -392,5 +406,3 @@ class JobStatus(BaseModel):
 class ErrorMessage(BaseModel):
     detail: str
 
-
-QueryResult.model_rebuild()

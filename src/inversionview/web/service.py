@@ -20,17 +20,20 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from inversionview.errors import UserError, echo
 from inversionview.options import GRID_CANDIDATES, SERVER_CANDIDATES, Range
-from inversionview.preimage.query import QueryCancelled, query_config, run_query
+from inversionview.preimage.config import GRID_CONFIG, QueryConfig
+from inversionview.preimage.grid import run_grid
+from inversionview.preimage.query import QueryCancelled, run_query
 from inversionview.probed.subject import Subject
 from inversionview.web.models import (LoadedModel, bundled_model_names, load_model,
                                       with_unique_names)
 from inversionview.tasks.base import TaskInputError
-from inversionview.web.schemas import AttentionRequest, GridRequest, QueryRequest, TokensRequest
+from inversionview.web.schemas import (AttentionRequest, GridRequest, QueryRequest, TokensRequest,
+                                      settings_of)
 
 __all__ = ["QueryService", "Job", "ServerBusy", "InternalError", "LoadedModel", "load_model",
            "bundled_model_names"]
@@ -299,11 +302,7 @@ class QueryService:
                 raise UserError("ban_rare is for language models; a toy task's vocabulary has "
                                 "no rare tokens")
             banned = stored_rare_tokens(loaded.probed.source, task.vocab, request.ban_rare)
-        config = query_config(request.candidates, request.epsilon, request.metric,
-                              request.fixed_position, request.temperature, request.noise,
-                              request.all, request.shown, request.search, request.constrain,
-                              None if request.noise_cosine is None else tuple(request.noise_cosine),
-                              banned)
+        config = QueryConfig(**settings_of(request), banned=banned)
         result = run_query(loaded.probed, loaded.decoder, text, site, position, config,
                            seed=request.seed, decoder_name=loaded.decoder_name, progress=report)
         record = result.to_record()
@@ -324,34 +323,14 @@ class QueryService:
 
     @staticmethod
     def _grid(loaded: LoadedModel, request: GridRequest, report) -> dict[str, Any]:
-        started = time.perf_counter()
         task = loaded.probed.task
         text = request.input if request.input is not None else task.example
         position = request.position if request.position is not None else task.default_query[1]
-        # An overview: the decoder's draws only (a search per site would cost a query each).
-        config = query_config(request.candidates, request.epsilon, request.metric, shown=1, search=0)
-        sites = [site.short for site in loaded.probed.sites]
-        rows, result = [], None
-        for index, site in enumerate(sites):
-            def site_report(stage: str, fraction: float, index: int = index) -> None:
-                report(f"{sites[index]}: {stage}", (index + fraction) / len(sites))
-
-            result = run_query(loaded.probed, loaded.decoder, text, site, position, config,
-                               seed=request.seed, decoder_name=loaded.decoder_name,
-                               progress=site_report)
-            top = result.attribute_agreement[0] if result.attribute_agreement else None
-            rows.append({"site": site, "in_epsilon_rate": result.stats.in_epsilon_rate,
-                         "in_epsilon_distinct": result.stats.in_epsilon_distinct,
-                         "valid_rate": result.stats.valid_rate,
-                         "top_attribute": top["attribute"] if top and top["contrast"] is not None else None,
-                         "inside": top["inside"] if top else None,
-                         "outside": top["outside"] if top else None,
-                         "contrast": top["contrast"] if top else None})
-        assert result is not None
-        return {"model": loaded.name, "input": result.query.text, "position": result.position,
-                "position_label": result.position_label, "candidates": request.candidates,
-                "epsilon": request.epsilon, "metric": request.metric, "seed": request.seed,
-                "rows": rows, "seconds": round(time.perf_counter() - started, 3)}
+        config = replace(GRID_CONFIG, **settings_of(request))  # the decoder's draws only
+        grid = run_grid(loaded.probed, loaded.decoder, text, position, config, seed=request.seed,
+                        decoder_name=loaded.decoder_name, progress=report)
+        grid.model = loaded.name
+        return grid.to_record()
 
     @staticmethod
     def _attention(loaded: LoadedModel, request: AttentionRequest) -> dict[str, Any]:
