@@ -10,7 +10,8 @@ from typing import get_args, get_type_hints
 
 import pytest
 
-from inversionview import cli, options
+from inversionview import options
+from inversionview.cli import query as query_commands, verify as verify_commands
 from inversionview.api import InversionView
 from inversionview.errors import OptionError
 from inversionview.preimage.config import (GRID_CONFIG, GRID_SETTINGS, SETTINGS, QueryConfig,
@@ -68,7 +69,8 @@ def test_a_request_becomes_the_declared_config():
         name: getattr(GRID_CONFIG, name) for name in GRID_SETTINGS}
 
 
-@pytest.mark.parametrize("command", [cli.query, cli.completeness, cli.verify])
+@pytest.mark.parametrize("command", [query_commands.query, query_commands.completeness,
+                                     verify_commands.verify])
 def test_the_cli_options_have_the_declared_defaults_and_ranges(command):
     hints = get_type_hints(command, include_extras=True)
     checked = 0
@@ -102,7 +104,7 @@ def test_the_notebook_api_takes_the_declared_defaults():
 
 
 def test_query_config_takes_the_cli_arguments_in_their_order():
-    # cli.py calls query_config(candidates, epsilon, metric, fixed_position, temperature,
+    # the CLI calls query_config(candidates, epsilon, metric, fixed_position, temperature,
     # noise, all_samples, ...) positionally
     config = query_config(64, 0.2, "cosine", True, 2.0, None, True, 5, 0, False, (0.1, 0.2), (7,))
     assert (config.candidates, config.epsilon, config.metric, config.fixed_position,
