@@ -220,3 +220,15 @@ def test_free_text_has_no_grammar(ioi_tokenizer):
 
     task = TextTask(ioi_tokenizer, context=16)
     assert task.next_token_mask(torch.zeros(2, 3, dtype=torch.long)) is None
+
+
+@pytest.mark.parametrize("model", ["counting", "addition", "lm-kjv", "lm-ioi", "lm-factual"])
+def test_every_task_has_the_abilities_the_stages_take(model):
+    """Every task the bundled models are read as (counting, addition, free text, IOI,
+    factual) is a Grammar, an Annotator and Contrasts (tasks/abilities.py)."""
+    from inversionview.probed import load_probed
+    from inversionview.tasks.abilities import Annotator, Contrasts, Grammar
+
+    task = load_probed(model).task
+    for ability in (Grammar, Annotator, Contrasts):
+        assert isinstance(task, ability), (task.name, ability.__name__)

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from inversionview.tasks.abilities import Annotator
+
 #: Offsets from the query position whose tokens the mined features compare (0: the token at
 #: the position itself; -1: the one before it, ...).
 TOKEN_OFFSETS = (0, -1, -2, -3)
@@ -90,7 +92,7 @@ def token_features(offsets: tuple[int, ...] = TOKEN_OFFSETS) -> list[Feature]:
     return [_token_at(offset, anywhere) for anywhere in (False, True) for offset in offsets]
 
 
-def task_features(task) -> list[Feature]:
+def task_features(task: Annotator) -> list[Feature]:
     """The features of ``task``: its attributes (numeric ones the task names as fuzzy also
     within one), the relations it derives (``Task.derived_relations``), and the mined token
     features of a language model's text (the only ones for free text; a toy task's attributes

@@ -34,6 +34,7 @@ from inversionview.preimage.sample import Draws, sample_candidates
 from inversionview.preimage.search import SearchConfig, SearchOutcome, local_search
 from inversionview.probed.subject import Subject
 from inversionview.probed.sites import Site, SiteError, check_site
+from inversionview.tasks.abilities import Grammar
 from inversionview.tasks.base import Task, TaskInputError
 
 
@@ -151,7 +152,7 @@ def constrained(task: Task, config: QueryConfig) -> bool:
     return config.constrain and has_grammar(task)
 
 
-def has_grammar(task: Task) -> bool:
+def has_grammar(task: Grammar) -> bool:
     """Whether ``task`` says which tokens can lead to an input (``Task.next_token_mask``)."""
     return task.next_token_mask(torch.tensor([[task.vocab.bos_id]])) is not None
 

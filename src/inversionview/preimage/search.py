@@ -37,7 +37,7 @@ import torch
 from inversionview import options
 from inversionview.decoder.model import Decoder
 from inversionview.errors import OptionError
-from inversionview.tasks.base import Task
+from inversionview.tasks.abilities import Grammar
 
 
 @dataclass
@@ -233,7 +233,7 @@ def _pick(keep: torch.Tensor, values: torch.Tensor, tokens: torch.Tensor):
 
 
 @torch.no_grad()
-def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, task: Task,
+def local_search(decoder: Decoder, activation: torch.Tensor, site_id: int, task: Grammar,
                  score: Score, seeds: torch.Tensor, seed_distance: torch.Tensor, epsilon: float,
                  members_wanted: int, config: SearchConfig | None = None,
                  on_round: Callable[[int, int], None] | None = None,

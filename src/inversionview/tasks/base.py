@@ -354,6 +354,14 @@ class Task(ABC):
     #: Contrast kinds besides "random" (see ``make_contrast``).
     contrast_kinds: tuple[str, ...] = ()
 
+    def answer_pairs(self, n: int, kind: str, seed: int = 0) -> dict[str, list]:
+        """``n`` (original, contrast) pairs with their two answer tokens (keys ``original``,
+        ``contrast``, ``answer``, ``contrast_answer``), for a task without ``targets`` of its
+        own to flip (IOI draws them; free text asks the user)."""
+        raise TaskInputError(f"the {self.name} task draws no contrast pairs itself; give your "
+                             f"own (a pairs file: original, contrast, answer, contrast_answer "
+                             f"per line)")
+
     def target_index(self, text: str, target: str) -> int:
         """Index of the answer token ``target`` in ``text``; the model predicts it at the
         index before."""

@@ -27,6 +27,7 @@ from inversionview import options
 from inversionview.errors import echo
 from inversionview.probed.subject import Subject
 from inversionview.probed.sites import Site
+from inversionview.tasks.abilities import Annotator
 from inversionview.tasks.base import Task, TaskInputError
 
 
@@ -80,7 +81,7 @@ _COMPARISONS = {"==": operator.eq, "!=": operator.ne, "<=": operator.le, ">=": o
 _CLAUSE = re.compile(r"^\s*(\w+)\s*(==|!=|<=|>=|<|>)\s*(-?\d+)\s*$")
 
 
-def parse_filter(task: Task, expression: str | None) -> Callable[[dict[str, Any]], bool]:
+def parse_filter(task: Annotator, expression: str | None) -> Callable[[dict[str, Any]], bool]:
     """``"A1==1"`` or ``"A1==1 and C2==0"`` (also ``,``) over the task's attributes."""
     if not expression:
         return lambda attributes: True
@@ -204,14 +205,11 @@ def contrast_pairs(task: Task, n: int, kind: str, target: str | None = None, see
     """``n`` (original, contrast) pairs: originals from the task sampler (seeded) that pass
     ``filter``, each with a contrast of ``kind`` whose ``target`` answer token differs."""
     n, seed = options.PAIRS.check(n), options.SEED.check(seed)
-    if task.free_text:
+    if not task.targets:  # no answer token of its own to flip: pairs with their answers
         drawn = task.answer_pairs(n, kind, seed)
         pairs = given_pairs(task, [dict(zip(drawn, row)) for row in zip(*drawn.values())], kind)
         pairs.kind = kind
         return pairs
-    if not task.targets:
-        raise TaskInputError(f"the {task.name} task draws no contrast pairs itself; give your "
-                             f"own (a pairs file: {', '.join(PAIR_FIELDS)} per line)")
     target = target or task.targets[0]
     keep = parse_filter(task, filter)
     generator = torch.Generator().manual_seed(seed)
