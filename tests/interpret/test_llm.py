@@ -211,13 +211,13 @@ def test_the_notebook_interprets_as_the_command_does(llm, monkeypatch):
     monkeypatch.setenv(ENV_MODEL, "m")
     command = json.loads(invoke(["interpret", "counting", "--queries", "2", "--candidates", "16",
                                  "--json"]).stdout)
-    interpretation = InversionView("counting").interpret(queries=2, candidates=16)
+    assert not llm.requests and command["answer"] is None
+    interpretation = InversionView("counting").interpret(queries=2, candidates=16, ask=True)
     record = interpretation.to_record()
     assert record["summary"] == command["summary"] and record["messages"] == command["messages"]
-    assert record["queries"] == command["queries"] and not llm.requests
-    assert interpretation.answer is None and interpretation.llm is None
-    asked = InversionView("counting").interpret(queries=2, candidates=16, ask=True)
-    assert asked.answer == "It encodes the count." and len(llm.requests) == 1
+    assert record["queries"] == command["queries"] and record["site"] == command["site"]
+    assert interpretation.answer == "It encodes the count." and len(llm.requests) == 1
+    assert record["llm"]["model"] == "m"
 
 
 @pytest.mark.parametrize("position", ["bogus", "60"])
