@@ -13,12 +13,16 @@ import typer
 from inversionview import options
 
 ModelArg = Annotated[str, typer.Argument(
-    help="A bundled artifact (see `inversionview models`), a model directory, or a "
-         "HuggingFace GPT-2 directory (its task inferred from its vocabulary).")]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", help="counting, addition or text "
-                                                "(default: the model's manifest; text for a "
-                                                "directory with a tokenizer; else the one task "
-                                                "its vocabulary fits).")]
+    help="A bundled artifact (see `inversionview models`), a model directory of this tool, a "
+         "HuggingFace causal-LM directory with its tokenizer (any architecture "
+         "TransformerBridge reads), or a GPT-2 directory without one (a toy task's, inferred "
+         "from its vocabulary).")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="What the model is read as: "
+                                                "counting or addition (toy tasks), text, ioi or "
+                                                "factual (a language model with its tokenizer). "
+                                                "Default: the model's manifest; text for a "
+                                                "directory with a tokenizer; else the one toy "
+                                                "task its vocabulary fits.")]
 
 
 def _flag(name: str, help: str) -> Any:
