@@ -26,7 +26,7 @@ import torch
 from inversionview import provenance
 from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates
 from inversionview.decoder.store import load_decoder, read_manifest
-from inversionview.decoder.train import attach_corpus
+from inversionview.decoder.export import with_training_corpus
 from inversionview.probed import load_probed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,11 +46,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     first = read_manifest(args.decoders[0])
-    model = load_probed(first["probed_source"], first.get("task"))
-    training = first.get("training", {})
-    if model.task.needs_corpus:
-        model = attach_corpus(model, training["corpus"], training.get("max_tokens", 32),
-                              training.get("field", "text"))
+    model = with_training_corpus(load_probed(first["probed_source"], first.get("task")),
+                                 first.get("training", {}), args.decoders[0])
     queries = held_out_queries(model, args.per_site, args.seed)
     record = {"benchmark": "compare_decoders", "machine": provenance.machine(),
               "commit": provenance.commit(),

@@ -25,7 +25,7 @@ import torch
 from inversionview import provenance
 from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates
 from inversionview.decoder.store import load_decoder
-from inversionview.decoder.train import attach_corpus
+from inversionview.decoder.export import with_training_corpus
 from inversionview.probed import load_probed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +35,8 @@ RESULTS = ROOT / "bench" / "results"
 def remeasure(directory: Path) -> dict:
     manifest = json.loads((directory / "decoder.json").read_text())
     training = manifest.get("training", {})
-    model = load_probed(manifest["probed_source"], manifest.get("task"))
-    if model.task.needs_corpus:
-        model = attach_corpus(model, training["corpus"], training.get("max_tokens", 32),
-                              training.get("field", "text"))
+    model = with_training_corpus(load_probed(manifest["probed_source"], manifest.get("task")),
+                                 training, directory)
     decoder, _ = load_decoder(directory, model)
     started = time.perf_counter()
     queries = held_out_queries(model, training.get("eval_queries_per_site", 8),

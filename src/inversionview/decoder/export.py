@@ -14,10 +14,13 @@ from inversionview.decoder.train import attach_corpus
 from inversionview.probed.subject import Subject
 
 
-def _with_training_corpus(model: Subject, training: dict[str, Any], run_dir: Path) -> Subject:
-    """``model`` drawing its inputs from the corpus its decoder trained on (the path as the
-    training command gave it, relative to where it ran): a language model's held-out queries
-    come from there."""
+def with_training_corpus(model: Subject, training: dict[str, Any], run_dir: Path) -> Subject:
+    """``model`` as the decoder in ``run_dir`` was trained on it (``training``: its manifest's
+    training settings): free text draws its inputs from the same corpus (the path as the
+    training command gave it, relative to where it ran), since its held-out queries come from
+    there; a task with inputs of its own is returned as it is."""
+    if not model.task.needs_corpus:
+        return model
     corpus = training.get("corpus")
     if not isinstance(corpus, str) or not Path(corpus).exists():
         raise DecoderLoadError(f"{run_dir} was trained on the corpus {corpus!r}, which is not "
@@ -34,8 +37,7 @@ def export_decoder(run_dir: Path, destination: Path, model: Subject, seed: int =
     training seed (same queries, sample draws from ``seed``). Returns the new manifest."""
     decoder, manifest = load_decoder(run_dir, model)
     training = manifest.get("training", {})
-    if model.task.needs_corpus:
-        model = _with_training_corpus(model, training, run_dir)
+    model = with_training_corpus(model, training, run_dir)
     save_decoder(decoder, model, destination, {}, dtype=dtype)
     exported, _ = load_decoder(destination, model)
     queries = held_out_queries(model, training.get("eval_queries_per_site", 8),
@@ -54,4 +56,4 @@ def export_decoder(run_dir: Path, destination: Path, model: Subject, seed: int =
     return read_manifest(destination)
 
 
-__all__ = ["export_decoder"]
+__all__ = ["export_decoder", "with_training_corpus"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Collection
 
-from inversionview.reproduce.claims import CONTROL, TRAINED, Claim, Verdict, fmt
+from inversionview.reproduce.claims import TRAINED, Claim, Verdict, fmt
 
 #: A name or attribute the in-ε samples "keep": inside rate and contrast at least these.
 KEEP_INSIDE, KEEP_CONTRAST = 0.5, 0.2

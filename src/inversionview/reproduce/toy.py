@@ -12,8 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
-from inversionview.reproduce.claims import (CONTROL, TRAINED, Claim, Verdict, fmt, fraction,
-                                            margin, row)
+from inversionview.reproduce.claims import TRAINED, Claim, Verdict, fmt, fraction, margin, row
 
 #: A component "carries the whole effect" when it reaches this share of it: the paper's
 #: "the whole patching effect", with 10 % left for the pairs' noise.
