@@ -146,8 +146,13 @@ class Conditioning(nn.Module):
                        floor: float = 1e-3) -> None:
         """Each site's mean ``[n_sites, d]`` and whitening matrix from its covariance
         ``[n_sites, d, d]``: U diag((λ + δ)^-1/2) Uᵀ (ZCA), with δ = ``floor`` x the mean
-        eigenvalue, so directions that never vary are not blown up to unit variance."""
-        eigenvalues, vectors = torch.linalg.eigh(covariances.double())
+        eigenvalue, so directions that never vary are not blown up to unit variance. Pass the
+        covariances in float64: the smallest eigenvalues of a badly conditioned one do not
+        survive a round trip through float32."""
+        if covariances.dtype != torch.float64:
+            raise ValueError("init_whitening needs float64 covariances (float32 loses the "
+                             f"smallest eigenvalues of a badly conditioned one), got {covariances.dtype}")
+        eigenvalues, vectors = torch.linalg.eigh(covariances)
         eigenvalues = eigenvalues.clamp_min(0)
         delta = floor * eigenvalues.mean(dim=-1, keepdim=True)
         inverse_root = (eigenvalues + delta).rsqrt()
