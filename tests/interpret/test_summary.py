@@ -156,6 +156,19 @@ def test_summarize_runs_every_cell_and_is_seeded(tiny, tmp_path):
     assert "<table>" in page and "http" not in page.replace("http-equiv", "")
 
 
+def test_a_cells_queries_do_not_depend_on_the_other_sites_and_positions_asked(tiny):
+    """Issue 31: `--positions query,:` and `--positions :,query` read the cell a0.0@: alike,
+    and so does asking it alone."""
+    model, decoder = tiny
+    config = summary_config(candidates=16, epsilon=0.5)
+    cells = [{(c.site, c.position): json.dumps(c.to_dict()) for c in summary.cells}
+             for summary in (summarize(model, decoder, ["a0.0"], ["query", ":"], 2, 3, config),
+                             summarize(model, decoder, ["x0.post", "a0.0"], [":", "query"], 2, 3, config),
+                             summarize(model, decoder, ["a0.0"], [":"], 2, 3, config))]
+    assert cells[0][("a0.0", ":")] == cells[1][("a0.0", ":")] == cells[2][("a0.0", ":")]
+    assert cells[0][("a0.0", "query")] == cells[1][("a0.0", "query")]
+
+
 def test_summarize_refuses_unknown_sites_and_positions(tiny):
     from inversionview.errors import UserError
 

@@ -245,9 +245,10 @@ def summarize(model, decoder, sites: Sequence[str] | None = None,
               config=None, model_name: str = "<memory>", decoder_name: str = "<memory>",
               progress: Callable[[int, int, str], None] | None = None) -> Summary:
     """The summary over ``sites`` x ``positions`` (default: every site of the decoder and
-    every named position of the task), ``queries`` inputs per cell: the inputs of the k-th
-    position are drawn with ``seed + 1000 k`` and shared by its sites, and query i runs with
-    ``seed + i``, so the same arguments give the same summary."""
+    every named position of the task), ``queries`` inputs per cell: the inputs at the task's
+    k-th named position are drawn with ``seed + 1000 k`` and shared by its sites, and query i
+    runs with ``seed + i``. A cell's queries depend on its site, position and seed alone, not on
+    which other sites and positions are asked or in what order."""
     from inversionview import options
 
     task = model.task
@@ -268,8 +269,9 @@ def summarize(model, decoder, sites: Sequence[str] | None = None,
     mined = not task.attribute_names
     cells = []
     total = len(site_names) * len(position_names)
-    for p_index, position in enumerate(position_names):
-        texts = query_texts(task, position, queries, seed + 1000 * p_index)
+    for position in position_names:
+        texts = query_texts(task, position, queries,
+                            seed + 1000 * task.position_names.index(position))
         for site in site_names:
             if progress:
                 progress(len(cells), total, f"{site}@{position}")
