@@ -60,6 +60,8 @@ def test_query_on_text_is_seeded_and_scored_on_the_model(trained):
     assert result.query.tokens == model.task.text_tokens(TEXT)
     assert "".join(result.query.tokens[1:]) == TEXT
     assert result.query.tokens[result.position].strip() == "Alice"
+    # the header names the query position by its token, not by its index (issue 31)
+    assert result.position_label == result.query.tokens[result.position]
     assert result.stats.candidates == 64
     for sample in result.samples:
         assert sample.tokens[0] == model.task.vocab.token_string(model.task.vocab.bos_id)

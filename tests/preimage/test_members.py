@@ -242,3 +242,17 @@ def test_copies_of_the_querys_context_do_not_count_and_the_site_is_flagged(text_
     assert all(rate == 0.0 for rate in quality["in_epsilon"].values())
     assert quality["flagged"] == [s.short for s in sites]
     assert set(quality["controls"]) == {"other_activation", "random_decoder"}
+
+
+def test_the_completeness_line_counts_rounds_in_english():
+    """Issue 31: "1 rounds" read wrong."""
+    from dataclasses import replace
+
+    from inversionview.preimage.result import Completeness
+
+    search = {"evaluations": 64, "budget": 4096, "rounds": 1, "stop": "saturated", "members_wanted": 0}
+    one = Completeness(found=3, found_by_decoder=1, found_by_search=2, estimate=None,
+                       estimate_stderr=None, estimate_draws=0, estimated_size=None, coverage=None,
+                       search=search, not_estimable="no grammar")
+    assert "in 1 round," in one.describe()
+    assert "in 2 rounds," in replace(one, search={**search, "rounds": 2}).describe()

@@ -135,7 +135,8 @@ def completeness(
              f"({report.outside_universe} outside the input space), {report.found_by_decoder} "
              f"of the true in-epsilon inputs (precision {precision})\n"
              + (f"search: {report.search['evaluations']:,} inputs scored in "
-                f"{report.search['rounds']} rounds ({report.search['stop']}), "
+                f"{report.search['rounds']} round{'s' * (report.search['rounds'] != 1)} "
+                f"({report.search['stop']}), "
                 f"{report.found_by_search:,} more found, {report.reported_outside} reported "
                 f"wrongly\n" if report.search else "search: off (--search 0)\n")
              + f"recall {recall} ({report.found_in_epsilon:,} found; at this budget "

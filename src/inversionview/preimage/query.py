@@ -345,7 +345,7 @@ def run_query(model: Subject, decoder: Decoder, text: str, site: str | Site,
     query_attributes = task.attributes(text)
     return PreimageResult(
         model=model.source, task=task.name, decoder=decoder_name, site=site.short, hook=site.hook,
-        position=index, position_label=task.position_label(text, index), metric=config.metric,
+        position=index, position_label=_query_label(task, text, index), metric=config.metric,
         epsilon=config.epsilon, fixed_position=config.fixed_position, seed=seed,
         schedule=[r.to_dict() for r in schedule],
         query=QueryInput(text=text, tokens=task.text_tokens(text), attributes=query_attributes,
@@ -436,6 +436,15 @@ def _sample(task: Task, text: str, ids: torch.Tensor, distance: float, best: int
         reason=validity.reason, attributes=task.attributes(text), multiplicity=multiplicity,
         position_distances=_finite_or_none(per_position[:len(tokens)].tolist()),
         found_by=found_by, ids=ids[:len(tokens)].tolist())
+
+
+def _query_label(task: Task, text: str, index: int) -> str:
+    """The query position's name (``:``, END), or on free text its token (``' Aaron'``
+    reads better than index 5, which the header gives beside it)."""
+    label = task.position_label(text, index)
+    if label == str(index) and task.free_text:
+        return task.text_tokens(text)[index]
+    return label
 
 
 def _label(task: Task, text: str, index: int) -> str:

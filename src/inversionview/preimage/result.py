@@ -147,7 +147,8 @@ class Completeness:
                     "no-closer": "nothing inside ε and no edit got closer",
                     }.get(self.search["stop"], self.search["stop"])
             parts.append(f"search: {self.search['evaluations']:,} inputs scored in "
-                         f"{self.search['rounds']} rounds, stopped: {stop}")
+                         f"{self.search['rounds']} round{'s' * (self.search['rounds'] != 1)}, "
+                         f"stopped: {stop}")
         return "; ".join(parts)
 
 
