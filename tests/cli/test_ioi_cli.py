@@ -90,3 +90,31 @@ def test_patch_draws_ioi_pairs_itself(ioi_lm_dir):
     assert swapped["contrast"] == "swap" and swapped["n"] == 6
     refused(["patch", str(ioi_lm_dir), "--components", "a1.0@END"],
             "unknown contrast 'random' for IOI; use one of: abc, swap")
+
+
+def test_read_shows_the_roles_heads_gives():
+    """Issue 31: `ioi read lm-ioi --heads a2.0` showed "-" as the role of a head that `ioi
+    heads` classes as S-inhibition (the bundled model and decoder: the tiny one classes none)."""
+    common = ["--n", "20", "--threads", "1"]
+    heads = json.loads(ok(["ioi", "heads", "lm-ioi", "--json", *common]))
+    role_of = {}
+    for role, names in heads["roles"].items():
+        for name in names:
+            role_of.setdefault(name, []).append(role)
+    head = sorted(role_of)[0]
+    record = json.loads(ok(["ioi", "read", "lm-ioi", "--heads", head, "--queries", "1",
+                            "--candidates", "8", "--dla-n", "5", "--edit-n", "4", "--json", *common]))
+    assert record["roles"] == {head: role_of[head]} and role_of[head]
+
+
+def test_heads_lists_heads_by_the_size_of_their_effect(ioi_lm_dir):
+    """Issue 31: `ioi heads` listed its heads by signed effect (a 0.95 effect came last)."""
+    heads = json.loads(ok(["ioi", "heads", str(ioi_lm_dir), "--n", "6", "--json"]))
+    in_role = {name for names in heads["roles"].values() for name in names}
+    table = ok(["ioi", "heads", str(ioi_lm_dir), "--n", "6"]).splitlines()
+    start = next(i for i, line in enumerate(table) if line.startswith("head ")) + 1
+    shown = [line.split()[0] for line in table[start: start + len(heads["heads"])]]
+    effect = {h["name"]: abs(h["patch_all"] or 0.0) for h in heads["heads"]}
+    assert sorted(shown) == sorted(effect)
+    expected = sorted(effect, key=lambda name: (name not in in_role, -effect[name], name))
+    assert shown == expected

@@ -137,7 +137,7 @@ def read_command(
     candidates: CandidatesOpt = 256,
     dla_n: Annotated[int, typer.Option("--dla-n", help="Prompts for the DLA baseline.",
                                        callback=options.PAIRS.callback)] = 1000,
-    n: Annotated[int, typer.Option("--n", help="Prompts for finding the heads.",
+    n: Annotated[int, typer.Option("--n", help="Prompts for classing the heads (also the roles shown for --heads).",
                                    callback=options.PAIRS.callback)] = 200,
     edit_n: Annotated[int, typer.Option(
         "--edit-n", help="Prompts for the one-attribute edits (no decoder).",
@@ -158,18 +158,20 @@ def read_command(
     _apply_threads(threads)
     probed = _load(model, "ioi")
     trained, _ = decoder_for(probed, model, decoder)
+    # the heads' roles as `ioi heads` classes them, also for heads named in --heads
+    classified: dict[str, list[str]] = {}
+    for role, names in classify(head_scores(probed, n, seed)["heads"]).items():
+        for name in names:
+            classified.setdefault(name, []).append(role)
     roles: dict[str, list[str]] = {}
     if heads is None:
-        found = classify(head_scores(probed, n, seed)["heads"])
-        for role, names in found.items():
-            for name in names:
-                roles.setdefault(name, []).append(role)
+        roles = classified
     else:
         for name in (part.strip() for part in heads.split(",") if part.strip()):
             site = probed.site(name)
             if site.kind != "head":
                 raise IOIError(f"--heads takes heads such as a3.1, not {name!r}")
-            roles[site.short] = []
+            roles[site.short] = classified.get(site.short, [])
     targets = [(head, position) for head in roles for position in READ_POSITIONS]
     readings = read_heads(probed, trained, targets, queries, seed, candidates)
     dla = dla_table(probed, [(head, position, "io" if "name mover" in roles[head] else "s")
@@ -233,7 +235,8 @@ def format_edits(rows) -> str:
 
 
 def format_heads(scores, roles) -> str:
-    """The head table (a row per head, heads in any role first) and the roles."""
+    """The head table (a row per head: heads in any role first, each group by the size of its
+    patching effect) and the roles."""
     def number(value) -> str:
         return "     -" if value is None else f"{value:>6.2f}"
 
@@ -246,7 +249,9 @@ def format_heads(scores, roles) -> str:
     for role, names in roles.items():
         for name in names:
             role_of.setdefault(name, []).append(role)
-    ordered = sorted(scores["heads"], key=lambda h: (h.name not in role_of, h.patch_all))
+    # heads in a role first, then by the size of their patching effect, largest first
+    ordered = sorted(scores["heads"], key=lambda h: (h.name not in role_of,
+                                                     -abs(h.patch_all or 0.0), h.name))
     for head in ordered:
         lines.append(f"{head.name:6} {number(head.attn_end_io)} {number(head.attn_end_s2)} "
                      f"{number(head.attn_s2_s1)} {number(head.duplicate)} "

@@ -78,7 +78,7 @@ class HeadScore:
         return f"a{self.layer}.{self.head}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"head": self.name, **dataclasses.asdict(self)}
+        return {"name": self.name, **dataclasses.asdict(self)}  # head: its index in the layer
 
 
 def _ioi_task(model: Subject) -> IOITask:
