@@ -127,6 +127,44 @@ def test_endpoint_from_the_environment(monkeypatch):
         "http://localhost:8000/v1", "m", "k", 5)
 
 
+@pytest.mark.parametrize("url, message", [
+    ("http://127.0.0.1:abc/v1", "Port could not be cast to integer value as 'abc'"),
+    ("http://127.0.0.1:70000/v1", "Port out of range"),
+    ("http://127.0.0.1:0/v1", "port 0"),
+    ("http://127.0.0.1:8000/my v1", "has ' ' at character 25"),
+    ("http://127.0.0.1:8000/v1\tx", "has '\\\\t' at character 25"),
+    ("http://hôst/v1", "has 'ô' at character 9.*punycode"),
+    ("http://[::1", "Invalid IPv6 URL"),
+    ("http://:8000/v1", "has no host"),
+    ("http://a..b/v1", "host name that cannot be looked up"),
+    ("http://user:secret@host/v1", f"user name or password.*{ENV_KEY}"),
+    ("http://host/v1?key=x", "query or fragment")])
+def test_an_unusable_url_is_refused_before_any_request(monkeypatch, no_network, url, message):
+    monkeypatch.setenv(ENV_URL, url)
+    monkeypatch.setenv(ENV_MODEL, "m")
+    monkeypatch.delenv(ENV_KEY, raising=False)
+    with pytest.raises(LLMError, match=f"^{ENV_URL} .*{message}"):
+        Endpoint.from_environment()
+    with pytest.raises(LLMError, match=message):
+        Endpoint(url, "m")
+    assert not no_network
+
+
+@pytest.mark.parametrize("key, message", [
+    ("secret\nkey", "a newline at character 7 of 10"),
+    ("secret\x1bkey", "the character U\\+001B at character 7"),
+    ("sécret", "the character U\\+00E9 at character 2")])
+def test_an_unusable_key_is_refused_and_not_shown(monkeypatch, key, message):
+    monkeypatch.setenv(ENV_URL, "http://127.0.0.1:8000/v1")
+    monkeypatch.setenv(ENV_MODEL, "m")
+    monkeypatch.setenv(ENV_KEY, key)
+    with pytest.raises(LLMError, match=f"^{ENV_KEY} has {message}.*printable ASCII") as error:
+        Endpoint.from_environment()
+    assert "secret" not in str(error.value) and "cret" not in str(error.value)
+    monkeypatch.setenv(ENV_KEY, "  secret-key\n")  # the whitespace around a key is not part of it
+    assert Endpoint.from_environment().key == "secret-key"
+
+
 def test_addition_samples_are_cut_at_their_position_and_tagged_by_place():
     task = get_task("addition")
     text = "B615+861=1476E"
@@ -196,6 +234,21 @@ def test_interpret_ask_failure_loses_nothing(llm, monkeypatch, tmp_path):
     assert "Traceback" not in result.output
     stored = json.loads((tmp_path / "run" / "interpretation.json").read_text())
     assert stored["answer"] is None and stored["summary"]["queries"] == 2 and stored["messages"]
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    (ENV_URL, "http://127.0.0.1:abc/v1", "Port could not be cast"),
+    (ENV_URL, "http://[::1", "Invalid IPv6 URL"),
+    (ENV_KEY, "secret\nkey", "a newline")])
+def test_interpret_ask_with_an_unusable_endpoint_is_one_line(monkeypatch, variable, value,
+                                                             message):
+    monkeypatch.setenv(ENV_URL, "http://127.0.0.1:8000/v1")
+    monkeypatch.setenv(ENV_MODEL, "m")
+    monkeypatch.setenv(variable, value)
+    result = invoke(["interpret", "counting", "--ask", "--threads", "1"])
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {variable} "), result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output and "secret" not in result.output
 
 
 def test_interpret_ask_without_an_endpoint_says_what_to_set(monkeypatch):

@@ -21,10 +21,12 @@ import json
 import os
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from inversionview import options
 from inversionview.errors import UserError, echo
 
 ENV_URL, ENV_MODEL, ENV_KEY = "INVERSIONVIEW_LLM_URL", "INVERSIONVIEW_LLM_MODEL", "INVERSIONVIEW_LLM_KEY"
@@ -44,6 +46,12 @@ class Endpoint:
     key: str | None = None
     timeout: float = 120.0
 
+    def __post_init__(self):
+        check_url(self.url, "the LLM endpoint's URL")
+        if self.key is not None:
+            check_key(self.key, "the LLM endpoint's key")
+        options.LLM_TIMEOUT.check(self.timeout)
+
     @classmethod
     def from_environment(cls, timeout: float = 120.0) -> "Endpoint":
         url, model = os.environ.get(ENV_URL, "").strip(), os.environ.get(ENV_MODEL, "").strip()
@@ -52,12 +60,67 @@ class Endpoint:
             raise LLMError(f"set {' and '.join(missing)} to ask an LLM (an OpenAI-compatible chat "
                            f"endpoint, e.g. {ENV_URL}=http://localhost:8000/v1); without --ask "
                            "the prompt is only shown")
-        if not url.startswith(("http://", "https://")):
-            raise LLMError(f"{ENV_URL} must be an http:// or https:// URL, not {echo(url)}")
-        return cls(url.rstrip("/"), model, os.environ.get(ENV_KEY) or None, timeout)
+        key = os.environ.get(ENV_KEY, "").strip() or None
+        if key is not None:
+            check_key(key, ENV_KEY)
+        return cls(check_url(url, ENV_URL), model, key, timeout)
 
     def describe(self) -> str:
         return f"{self.model} at {self.url}"
+
+
+URL_ALLOWED = "an http:// or https:// base URL such as http://localhost:8000/v1"
+
+
+def check_url(url: str, name: str) -> str:
+    """``url`` without its trailing slash, or an LLMError naming ``name`` that says what is
+    wrong: the scheme is http or https, there is a host, the port (if any) is a number from 1
+    to 65,535, and the text is printable ASCII without spaces, user name, query or fragment
+    (what a request line can carry; {url}/chat/completions must still be the endpoint)."""
+    unusable = next((index for index, char in enumerate(url) if not "!" <= char <= "~"), None)
+    if unusable is not None:
+        raise LLMError(f"{name} has {echo(url[unusable])} at character {unusable + 1} "
+                       f"({echo(url)}); it must be {URL_ALLOWED}, in printable ASCII without "
+                       "spaces (percent-encode the path, give the host in punycode)")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as error:  # "Invalid IPv6 URL", "Port could not be cast to integer"
+        raise LLMError(f"{name} is not a URL that can be used ({error}): {echo(url)}; it must "
+                       f"be {URL_ALLOWED}, the port a number from 1 to 65535") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise LLMError(f"{name} must be an http:// or https:// URL, not {echo(url)}")
+    if parts.username is not None or parts.password is not None:
+        raise LLMError(f"{name} has a user name or password in it ({echo(parts.netloc)}); "
+                       f"give the key in {ENV_KEY} instead")
+    if not parts.hostname:
+        raise LLMError(f"{name} has no host: {echo(url)}; it must be {URL_ALLOWED}")
+    try:
+        parts.hostname.encode("idna")  # what the name lookup does; a label is 1-63 characters
+    except UnicodeError:
+        raise LLMError(f"{name} has a host name that cannot be looked up "
+                       f"({echo(parts.hostname)}): each dot-separated part must be 1 to 63 "
+                       "characters") from None
+    if port == 0:
+        raise LLMError(f"{name} has port 0 ({echo(url)}); the port must be a number from 1 "
+                       "to 65535")
+    if parts.query or parts.fragment:
+        raise LLMError(f"{name} has a query or fragment ({echo(url)}); give only the base "
+                       f"URL: the request goes to {{URL}}/chat/completions")
+    return url.rstrip("/")
+
+
+def check_key(key: str, name: str) -> str:
+    """``key``, or an LLMError naming ``name`` when it cannot go in an HTTP header: a key is
+    printable ASCII (no newline or other control character). The key itself is not echoed."""
+    for index, char in enumerate(key):
+        if not " " <= char <= "~":
+            what = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}.get(
+                char, f"the character U+{ord(char):04X}")
+            raise LLMError(f"{name} has {what} at character {index + 1} of {len(key)}; a key "
+                           "is printable ASCII text without control characters, sent as "
+                           "'Authorization: Bearer KEY' (the key is not shown)")
+    return key
 
 
 # ----- the prompt -------------------------------------------------------------------------
@@ -200,4 +263,4 @@ def parse_completion(raw: bytes, where: str = "the endpoint") -> dict[str, Any]:
 
 
 __all__ = ["ENV_KEY", "ENV_MODEL", "ENV_URL", "Endpoint", "LLMError", "ask", "build_messages",
-           "parse_completion", "tagged_tokens"]
+           "check_key", "check_url", "parse_completion", "tagged_tokens"]
