@@ -10,8 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from cli_runner import invoke
 
-from inversionview.interpret.llm import (ENV_KEY, ENV_MODEL, ENV_URL, Endpoint, LLMError, ask,
-                                         build_messages, parse_completion, tagged_tokens)
+from inversionview.interpret.llm import (ENV_KEY, ENV_MODEL, ENV_URL, MAX_ANSWER_BYTES, Endpoint,
+                                         LLMError, ask, build_messages, parse_completion,
+                                         tagged_tokens)
 from inversionview.tasks import get_task
 
 
@@ -31,6 +32,10 @@ class FakeLLM:
                 outer.requests.append({"path": self.path, "body": body,
                                        "authorization": self.headers.get("Authorization")})
                 mode = outer.mode
+                if mode in BROKEN_ANSWERS:
+                    return self._send_raw(BROKEN_ANSWERS[mode])
+                if mode.startswith("drip"):
+                    return self._drip(mode)
                 if mode == "slow":
                     time.sleep(3)
                 if mode == "error":
@@ -50,6 +55,23 @@ class FakeLLM:
                          "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
                 self._send(200, json.dumps(reply).encode())
 
+            def _send_raw(self, answer):
+                self.wfile.write(answer)
+
+            def _drip(self, mode):
+                """One byte every 0.5 s for 10 s: of the status line, or of a body after
+                prompt headers."""
+                answer = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n" + b" " * 20
+                if mode == "drip body":
+                    self.wfile.write(answer[:-20])
+                    answer = answer[-20:]
+                try:
+                    for byte in answer[:20]:
+                        self.wfile.write(bytes([byte]))
+                        time.sleep(0.5)
+                except OSError:  # the client gave up
+                    pass
+
             def _send(self, status, payload):
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -59,12 +81,32 @@ class FakeLLM:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
         self.thread.start()
 
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def _answer(head: bytes, body: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\n" + head + b"\r\n" + body
+
+
+# Answers no HTTP library should take for a chat completion: written to the socket as they are.
+BROKEN_ANSWERS = {
+    "bad status line": b"HTTP/1.1 two hundred OK\r\n\r\n",
+    "short body": _answer(b"Content-Length: 1000\r\n", b'{"choices":'),  # 11 of 1,000 bytes
+    "bad chunk size": _answer(b"Transfer-Encoding: chunked\r\n", b"zz\r\nabc\r\n0\r\n\r\n"),
+    "cut chunk": _answer(b"Transfer-Encoding: chunked\r\n", b"100\r\nabc"),
+    "long header line": _answer(b"X-Long: " + b"a" * 70_000 + b"\r\n"),
+    "150 headers": _answer(b"".join(b"X-%d: a\r\n" % number for number in range(150))),
+    "deep json": _answer(b"Content-Length: 100000\r\n", b"[" * 100_000),
+    "huge body": _answer(b"", b" " * (MAX_ANSWER_BYTES + 1)),  # read until the server closes
+    "redirect": b"HTTP/1.1 307 Temporary Redirect\r\nLocation: ftp://elsewhere/x\r\n"
+                b"Content-Length: 0\r\n\r\n",
+}
 
 
 @pytest.fixture
@@ -100,6 +142,33 @@ def test_a_slow_endpoint_times_out(llm):
         ask(Endpoint(llm.url, "m", timeout=0.5), [{"role": "user", "content": "u"}])
 
 
+@pytest.mark.parametrize("mode, message", [
+    ("bad status line", "broken HTTP answer: the status line 'HTTP/1.1 two hundred OK"),
+    ("short body", "broken HTTP answer: its body broke off after 11 bytes, of 1,000 announced"),
+    ("bad chunk size", "broken HTTP answer: its body broke off after 0 bytes .a chunk"),
+    ("cut chunk", "broken HTTP answer: its body broke off after 0 bytes .a chunk"),
+    ("long header line", "broken HTTP answer: got more than 65536 bytes"),
+    ("150 headers", "broken HTTP answer: got more than 100 headers"),
+    ("deep json", "JSON nested too deeply to read"),
+    ("huge body", "answered more than 4,194,304 bytes"),
+    ("redirect", "redirects to 'ftp://elsewhere/x' \\(HTTP 307\\)")])
+def test_a_broken_http_answer_is_one_clear_error(llm, mode, message):
+    llm.mode = mode
+    with pytest.raises(LLMError, match=message) as error:
+        ask(Endpoint(llm.url, "m", timeout=10), [{"role": "user", "content": "u"}])
+    assert str(error.value).startswith(f"the LLM endpoint (m at {llm.url})")
+
+
+@pytest.mark.parametrize("mode", ["drip status line", "drip body"])
+def test_the_timeout_bounds_the_whole_answer(llm, mode):
+    """A byte every 0.5 s for 10 s: each read is quick, the whole answer is not."""
+    llm.mode = mode
+    start = time.monotonic()
+    with pytest.raises(LLMError, match="did not answer within 1 s"):
+        ask(Endpoint(llm.url, "m", timeout=1), [{"role": "user", "content": "u"}])
+    assert time.monotonic() - start < 2
+
+
 def test_an_unreachable_endpoint():
     with pytest.raises(LLMError, match="cannot reach the LLM endpoint"):
         ask(Endpoint("http://127.0.0.1:9/v1", "m", timeout=2), [{"role": "user", "content": "u"}])
@@ -125,6 +194,44 @@ def test_endpoint_from_the_environment(monkeypatch):
     endpoint = Endpoint.from_environment(timeout=5)
     assert (endpoint.url, endpoint.model, endpoint.key, endpoint.timeout) == (
         "http://localhost:8000/v1", "m", "k", 5)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://127.0.0.1:abc/v1", "Port could not be cast to integer value as 'abc'"),
+    ("http://127.0.0.1:70000/v1", "Port out of range"),
+    ("http://127.0.0.1:0/v1", "port 0"),
+    ("http://127.0.0.1:8000/my v1", "has ' ' at character 25"),
+    ("http://127.0.0.1:8000/v1\tx", "has '\\\\t' at character 25"),
+    ("http://hôst/v1", "has 'ô' at character 9.*punycode"),
+    ("http://[::1", "Invalid IPv6 URL"),
+    ("http://:8000/v1", "has no host"),
+    ("http://a..b/v1", "host name that cannot be looked up"),
+    ("http://user:secret@host/v1", f"user name or password.*{ENV_KEY}"),
+    ("http://host/v1?key=x", "query or fragment")])
+def test_an_unusable_url_is_refused_before_any_request(monkeypatch, no_network, url, message):
+    monkeypatch.setenv(ENV_URL, url)
+    monkeypatch.setenv(ENV_MODEL, "m")
+    monkeypatch.delenv(ENV_KEY, raising=False)
+    with pytest.raises(LLMError, match=f"^{ENV_URL} .*{message}"):
+        Endpoint.from_environment()
+    with pytest.raises(LLMError, match=message):
+        Endpoint(url, "m")
+    assert not no_network
+
+
+@pytest.mark.parametrize("key, message", [
+    ("secret\nkey", "a newline at character 7 of 10"),
+    ("secret\x1bkey", "the character U\\+001B at character 7"),
+    ("sécret", "the character U\\+00E9 at character 2")])
+def test_an_unusable_key_is_refused_and_not_shown(monkeypatch, key, message):
+    monkeypatch.setenv(ENV_URL, "http://127.0.0.1:8000/v1")
+    monkeypatch.setenv(ENV_MODEL, "m")
+    monkeypatch.setenv(ENV_KEY, key)
+    with pytest.raises(LLMError, match=f"^{ENV_KEY} has {message}.*printable ASCII") as error:
+        Endpoint.from_environment()
+    assert "secret" not in str(error.value) and "cret" not in str(error.value)
+    monkeypatch.setenv(ENV_KEY, "  secret-key\n")  # the whitespace around a key is not part of it
+    assert Endpoint.from_environment().key == "secret-key"
 
 
 def test_addition_samples_are_cut_at_their_position_and_tagged_by_place():
@@ -196,6 +303,37 @@ def test_interpret_ask_failure_loses_nothing(llm, monkeypatch, tmp_path):
     assert "Traceback" not in result.output
     stored = json.loads((tmp_path / "run" / "interpretation.json").read_text())
     assert stored["answer"] is None and stored["summary"]["queries"] == 2 and stored["messages"]
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    (ENV_URL, "http://127.0.0.1:abc/v1", "Port could not be cast"),
+    (ENV_URL, "http://[::1", "Invalid IPv6 URL"),
+    (ENV_KEY, "secret\nkey", "a newline")])
+def test_interpret_ask_with_an_unusable_endpoint_is_one_line(monkeypatch, variable, value,
+                                                             message):
+    monkeypatch.setenv(ENV_URL, "http://127.0.0.1:8000/v1")
+    monkeypatch.setenv(ENV_MODEL, "m")
+    monkeypatch.setenv(variable, value)
+    result = invoke(["interpret", "counting", "--ask", "--threads", "1"])
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {variable} "), result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output and "secret" not in result.output
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("bad status line", "broken HTTP answer"), ("short body", "broke off after 11 bytes"),
+    ("deep json", "nested too deeply"), ("drip body", "did not answer within 1 s")])
+def test_interpret_ask_with_a_broken_endpoint_is_one_line(llm, monkeypatch, mode, message):
+    monkeypatch.setenv(ENV_URL, llm.url)
+    monkeypatch.setenv(ENV_MODEL, "m")
+    llm.mode = mode
+    start = time.monotonic()
+    result = invoke(["interpret", "counting", "--queries", "2", "--candidates", "16", "--ask",
+                     "--timeout", "1", "--threads", "1"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: "), result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output and "this is a bug" not in result.output
+    assert time.monotonic() - start < 6  # the drip goes on for 10 s
 
 
 def test_interpret_ask_without_an_endpoint_says_what_to_set(monkeypatch):

@@ -159,7 +159,8 @@ def interpret(
                                       "INVERSIONVIEW_LLM_URL and INVERSIONVIEW_LLM_MODEL "
                                       "(key: INVERSIONVIEW_LLM_KEY); without it nothing is "
                                       "sent and the prompt is shown.", metavar="")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the LLM.",
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds the whole request to "
+                                           "the LLM may take, its answer included.",
                                            callback=options.LLM_TIMEOUT.callback)] = 120.0,
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Write DIR/interpretation.json (summary, prompt, then the answer) "
