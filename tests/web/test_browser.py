@@ -230,6 +230,30 @@ def test_verify_button_shows_the_output_change(page):
     assert "mean inside ε: KL max" in page.inner_text("#verify-summary")
 
 
+def takes_space(page, selector: str) -> bool:
+    """Whether ``selector`` is laid out on the page (its computed display and its box), not
+    merely whether it lacks the hidden attribute."""
+    return page.locator(selector).evaluate(
+        "e => getComputedStyle(e).display !== 'none' && e.getBoundingClientRect().height > 0")
+
+
+def test_actions_and_progress_are_shown_only_when_they_apply(page):
+    # style.css's display: flex on both once beat their hidden attribute: Save, Export, Verify
+    # and an empty progress bar before any query, "done 100 %" after one.
+    page.select_option("#model", "counting")
+    assert not takes_space(page, "#actions") and not takes_space(page, "#progress-box")
+    # Verify before a query patches nothing (it once ran the form's query unasked)
+    verify_requests = []
+    page.on("request", lambda request: verify_requests.append(request.url)
+            if "/api/verify" in request.url else None)
+    assert page.is_disabled("#verify-button")
+    page.evaluate("document.querySelector('#verify-button').click()")
+    assert not takes_space(page, "#verify") and not verify_requests
+    run_query(page, candidates=64)
+    assert takes_space(page, "#actions") and page.is_enabled("#verify-button")
+    assert not takes_space(page, "#progress-box")
+
+
 @pytest.fixture
 def text_page(browser, text_live_server):
     yield from _open(browser, text_live_server)

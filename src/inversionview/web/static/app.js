@@ -2,7 +2,8 @@
 // outside this server. The view's state lives in the URL, so a link reproduces it.
 "use strict";
 
-const state = { models: {}, job: null, cancelRequested: false, record: null };
+// record: the result shown; request: the query that gave it (what Verify patches).
+const state = { models: {}, job: null, cancelRequested: false, record: null, request: null };
 const SAVED_KEY = "inversionview.saved";
 const QUERY_FIELDS = ["model", "input", "site", "position", "metric", "epsilon", "shown",
                       "candidates", "temperature", "seed", "fixed", "noise_cosine", "ban_rare"];
@@ -186,10 +187,13 @@ async function runQuery(event) {
   $("progress-box").hidden = false;
   setProgress(0, "queued");
   try {
-    const job = await startJob("/api/jobs/query", queryRequest(values));
+    const request = queryRequest(values);
+    const job = await startJob("/api/jobs/query", request);
     const done = await pollJob(job);
     if (done.state === "done") {
       state.record = done.result;
+      state.request = request;
+      $("verify-button").disabled = false;
       renderQuery($("result"), done.result, { colour: $("colour").checked });
       $("actions").hidden = false;
       $("grid").hidden = true;
@@ -451,12 +455,14 @@ function renderGrid(container, grid) {
 // ----- causal check of the readout ----------------------------------------------------------
 
 async function runVerify() {
+  // Patches the query shown, never a new one: nothing to patch before a query has run.
+  if (!state.request) return;
   showError("");
   const box = $("verify");
   box.hidden = false;
   box.replaceChildren(el("p", { class: "meta" }, "patching…"));
   try {
-    const report = await api("POST", "/api/verify", queryRequest(formValues()));
+    const report = await api("POST", "/api/verify", state.request);
     const rows = [el("tr", {}, ["side", "sample", "D", "KL max", "KL mean", "top prediction changed"].map((h) => el("th", {}, h)))];
     for (const side of ["inside", "outside"]) {
       for (const row of report[side]) {
