@@ -293,6 +293,30 @@ def test_a_language_model_input_is_shown_as_its_tokens_and_a_click_picks_the_pos
     screenshot(page, "query-text-tokens")
 
 
+def test_a_long_text_input_fits_the_window(text_page):
+    # A language model's input runs to its context (64 tokens here): the table once ran off a
+    # 1440-px window, its "best" and "×" columns out of sight, "input" at its column's far end.
+    page = text_page
+    page.set_viewport_size({"width": 1440, "height": 900})
+    page.select_option("#model", "tiny-lm")
+    page.fill("#input", "When Alice and Bob went to the park, Bob gave a key to Alice. "
+                        "When Carol and Dave went to the store, Dave sent a map to Carol.")
+    page.wait_for_function("document.querySelectorAll('#input-tokens .token').length > 50")
+    run_query(page, site="a1.2", candidates=64, shown=20)
+    assert page.locator("#result tr.sample").count() > 0
+    width, window = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert width <= window
+    header = page.locator("#result table.samples tr").first
+    rights = header.locator("th").evaluate_all("ths => ths.map(th => th.getBoundingClientRect().right)")
+    assert max(rights) <= window
+    # the header's text starts where its column does
+    text_left, column_left = header.locator("th.input").evaluate(
+        "th => { const range = document.createRange(); range.selectNodeContents(th);"
+        " return [range.getBoundingClientRect().left, th.getBoundingClientRect().left]; }")
+    assert text_left - column_left < 10
+    screenshot(page, "query-text-long-input")
+
+
 def test_cosine_noise_and_ban_rare_fields(page):
     """The factual-recall options on the page: the cosine noise reaches the query (the meta
     line says so, the URL keeps it) and ban rare on a toy model shows the server's reason."""

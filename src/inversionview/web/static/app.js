@@ -264,7 +264,7 @@ function renderQuery(container, record, options = {}) {
   const attributes = record.attribute_agreement.map((row) => row.attribute).slice(0, options.compact ? 3 : 8);
   const scale = Math.max(2 * record.epsilon, ...record.samples.map((s) => s.distance ?? 0));
   const query = record.query;
-  const header = el("tr", {}, el("th", {}, "D"), el("th", {}, ""), el("th", {}, "input"), el("th", {}, "best"),
+  const header = el("tr", {}, el("th", {}, "D"), el("th", {}, ""), el("th", { class: "input" }, "input"), el("th", {}, "best"),
                     attributes.map((a) => el("th", {}, a)), el("th", { title: "times drawn" }, "×"));
   const rows = [header,
     el("tr", { class: "query" }, el("td", {}, "query"), el("td"),
