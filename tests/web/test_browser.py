@@ -116,6 +116,27 @@ def test_query_renders_sorted_rows_and_the_epsilon_rule(page):
     screenshot(page, "query-counting-a1.0")
 
 
+def test_the_delta_p_legend_is_the_exports(page):
+    page.select_option("#model", "counting")
+    run_query(page, candidates=64)
+    legend = page.locator("#result #legend")
+    assert legend.count() == 1
+    shown = legend.evaluate("p => [p.textContent, [...p.querySelectorAll('span')].map("
+                            "s => getComputedStyle(s).backgroundColor)]")
+    assert shown[1] == ["rgb(64, 64, 255)", "rgb(255, 64, 64)"]  # raised, lowered
+    # word for word and colour for colour the HTML export's legend (views/html.py)
+    exported = page.evaluate("""async () => {
+        const response = await fetch("/api/query/html", { method: "POST",
+            headers: { "Content-Type": "application/json" }, body: JSON.stringify(state.request) });
+        const legend = new DOMParser().parseFromString(await response.text(), "text/html")
+            .querySelector(".legend");
+        return [legend.textContent, [...legend.querySelectorAll("span")].map((s) => s.style.background)];
+    }""")
+    assert shown == exported
+    page.uncheck("#colour")  # no colours, no legend
+    assert page.locator("#legend").count() == 0
+
+
 def test_url_reproduces_the_view(page, browser, live_server):
     page.select_option("#model", "addition")
     page.wait_for_function("document.querySelector('#input').value.includes('+')")

@@ -46,6 +46,13 @@ function deltaPColour(change) {  // white-to-blue for a rise, white-to-red for a
   return change > 0 ? `rgb(${fade},${fade},255)` : `rgb(255,${fade},${fade})`;
 }
 
+function deltaPLegend(id) {  // the HTML export's legend (views/html.py), in the same colours
+  return el("p", { class: "legend", id }, "token colour = ΔP: ",
+    el("span", { style: `background:${deltaPColour(1)}` }, "raised"),
+    el("span", { style: `background:${deltaPColour(-1)}` }, "lowered"),
+    " by the query activation (against z", el("sub", {}, "BOS"), ")");
+}
+
 function showError(message) {
   const box = $("error");
   box.textContent = message;
@@ -324,6 +331,7 @@ function renderQuery(container, record, options = {}) {
     record.epsilon_profile && !options.compact
       ? el("p", { class: "meta", id: "epsilon-profile" }, profileText(record))
       : null,
+    colour ? deltaPLegend(options.compact ? null : "legend") : null,
   ].filter(Boolean);
   const samples = el("table", { class: "samples" }, rows);
   const agreement = record.attribute_agreement.length
