@@ -137,6 +137,27 @@ def test_the_delta_p_legend_is_the_exports(page):
     assert page.locator("#legend").count() == 0
 
 
+def test_every_resource_of_the_page_loads(browser, live_server):
+    # The page once named no icon: the browser's /favicon.ico answered 404 on every load.
+    page = browser.new_page()
+    page.set_default_timeout(STATE_TIMEOUT_MS)
+    failures = []
+    page.on("response", lambda response: failures.append(f"{response.status} {response.url}")
+            if response.status >= 400 else None)
+    page.on("console", lambda message: failures.append(message.text)
+            if message.type == "error" else None)
+    page.goto(live_server)
+    page.wait_for_selector("#model option", state="attached")
+    # the icon the browser asks for (the browser's own request is not among the page's)
+    status, kind = page.evaluate("""async () => {
+        const link = document.querySelector("link[rel~='icon']");
+        const response = await fetch(link ? link.href : "/favicon.ico");
+        return [response.status, response.headers.get("content-type")]; }""")
+    assert status == 200 and kind.startswith("image/")
+    page.close()
+    assert not failures
+
+
 def test_url_reproduces_the_view(page, browser, live_server):
     page.select_option("#model", "addition")
     page.wait_for_function("document.querySelector('#input').value.includes('+')")
