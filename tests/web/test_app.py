@@ -225,7 +225,7 @@ def test_unknown_job_is_404(client):
 def test_page_static_files_and_openapi(client):
     page = client.get("/")
     assert page.status_code == 200 and "/static/app.js" in page.text
-    for name in ("app.js", "style.css"):
+    for name in ("app.js", "style.css", "favicon.svg"):
         assert client.get(f"/static/{name}").status_code == 200
     for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
         assert "https://" not in text and "cdn" not in text.lower()

@@ -116,6 +116,48 @@ def test_query_renders_sorted_rows_and_the_epsilon_rule(page):
     screenshot(page, "query-counting-a1.0")
 
 
+def test_the_delta_p_legend_is_the_exports(page):
+    page.select_option("#model", "counting")
+    run_query(page, candidates=64)
+    legend = page.locator("#result #legend")
+    assert legend.count() == 1
+    shown = legend.evaluate("p => [p.textContent, [...p.querySelectorAll('span')].map("
+                            "s => getComputedStyle(s).backgroundColor)]")
+    assert shown[1] == ["rgb(64, 64, 255)", "rgb(255, 64, 64)"]  # raised, lowered
+    # word for word and colour for colour the HTML export's legend (views/html.py)
+    exported = page.evaluate("""async () => {
+        const response = await fetch("/api/query/html", { method: "POST",
+            headers: { "Content-Type": "application/json" }, body: JSON.stringify(state.request) });
+        const legend = new DOMParser().parseFromString(await response.text(), "text/html")
+            .querySelector(".legend");
+        return [legend.textContent, [...legend.querySelectorAll("span")].map((s) => s.style.background)];
+    }""")
+    assert shown == exported
+    page.uncheck("#colour")  # no colours, no legend
+    assert page.locator("#legend").count() == 0
+
+
+def test_every_resource_of_the_page_loads(browser, live_server):
+    # The page once named no icon: the browser's /favicon.ico answered 404 on every load.
+    page = browser.new_page()
+    page.set_default_timeout(STATE_TIMEOUT_MS)
+    failures = []
+    page.on("response", lambda response: failures.append(f"{response.status} {response.url}")
+            if response.status >= 400 else None)
+    page.on("console", lambda message: failures.append(message.text)
+            if message.type == "error" else None)
+    page.goto(live_server)
+    page.wait_for_selector("#model option", state="attached")
+    # the icon the browser asks for (the browser's own request is not among the page's)
+    status, kind = page.evaluate("""async () => {
+        const link = document.querySelector("link[rel~='icon']");
+        const response = await fetch(link ? link.href : "/favicon.ico");
+        return [response.status, response.headers.get("content-type")]; }""")
+    assert status == 200 and kind.startswith("image/")
+    page.close()
+    assert not failures
+
+
 def test_url_reproduces_the_view(page, browser, live_server):
     page.select_option("#model", "addition")
     page.wait_for_function("document.querySelector('#input').value.includes('+')")
@@ -230,6 +272,30 @@ def test_verify_button_shows_the_output_change(page):
     assert "mean inside ε: KL max" in page.inner_text("#verify-summary")
 
 
+def takes_space(page, selector: str) -> bool:
+    """Whether ``selector`` is laid out on the page (its computed display and its box), not
+    merely whether it lacks the hidden attribute."""
+    return page.locator(selector).evaluate(
+        "e => getComputedStyle(e).display !== 'none' && e.getBoundingClientRect().height > 0")
+
+
+def test_actions_and_progress_are_shown_only_when_they_apply(page):
+    # style.css's display: flex on both once beat their hidden attribute: Save, Export, Verify
+    # and an empty progress bar before any query, "done 100 %" after one.
+    page.select_option("#model", "counting")
+    assert not takes_space(page, "#actions") and not takes_space(page, "#progress-box")
+    # Verify before a query patches nothing (it once ran the form's query unasked)
+    verify_requests = []
+    page.on("request", lambda request: verify_requests.append(request.url)
+            if "/api/verify" in request.url else None)
+    assert page.is_disabled("#verify-button")
+    page.evaluate("document.querySelector('#verify-button').click()")
+    assert not takes_space(page, "#verify") and not verify_requests
+    run_query(page, candidates=64)
+    assert takes_space(page, "#actions") and page.is_enabled("#verify-button")
+    assert not takes_space(page, "#progress-box")
+
+
 @pytest.fixture
 def text_page(browser, text_live_server):
     yield from _open(browser, text_live_server)
@@ -267,6 +333,30 @@ def test_a_language_model_input_is_shown_as_its_tokens_and_a_click_picks_the_pos
     page.wait_for_selector("#input-tokens .problem")
     assert "context holds at most 64" in page.inner_text("#input-tokens")
     screenshot(page, "query-text-tokens")
+
+
+def test_a_long_text_input_fits_the_window(text_page):
+    # A language model's input runs to its context (64 tokens here): the table once ran off a
+    # 1440-px window, its "best" and "×" columns out of sight, "input" at its column's far end.
+    page = text_page
+    page.set_viewport_size({"width": 1440, "height": 900})
+    page.select_option("#model", "tiny-lm")
+    page.fill("#input", "When Alice and Bob went to the park, Bob gave a key to Alice. "
+                        "When Carol and Dave went to the store, Dave sent a map to Carol.")
+    page.wait_for_function("document.querySelectorAll('#input-tokens .token').length > 50")
+    run_query(page, site="a1.2", candidates=64, shown=20)
+    assert page.locator("#result tr.sample").count() > 0
+    width, window = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert width <= window
+    header = page.locator("#result table.samples tr").first
+    rights = header.locator("th").evaluate_all("ths => ths.map(th => th.getBoundingClientRect().right)")
+    assert max(rights) <= window
+    # the header's text starts where its column does
+    text_left, column_left = header.locator("th.input").evaluate(
+        "th => { const range = document.createRange(); range.selectNodeContents(th);"
+        " return [range.getBoundingClientRect().left, th.getBoundingClientRect().left]; }")
+    assert text_left - column_left < 10
+    screenshot(page, "query-text-long-input")
 
 
 def test_cosine_noise_and_ban_rare_fields(page):

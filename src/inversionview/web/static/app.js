@@ -2,7 +2,8 @@
 // outside this server. The view's state lives in the URL, so a link reproduces it.
 "use strict";
 
-const state = { models: {}, job: null, cancelRequested: false, record: null };
+// record: the result shown; request: the query that gave it (what Verify patches).
+const state = { models: {}, job: null, cancelRequested: false, record: null, request: null };
 const SAVED_KEY = "inversionview.saved";
 const QUERY_FIELDS = ["model", "input", "site", "position", "metric", "epsilon", "shown",
                       "candidates", "temperature", "seed", "fixed", "noise_cosine", "ban_rare"];
@@ -43,6 +44,13 @@ function deltaPColour(change) {  // white-to-blue for a rise, white-to-red for a
   if (change === null || change === undefined || Math.abs(change) < 0.02) return null;
   const fade = Math.round(255 * (1 - 0.75 * Math.min(Math.abs(change), 1)));
   return change > 0 ? `rgb(${fade},${fade},255)` : `rgb(255,${fade},${fade})`;
+}
+
+function deltaPLegend(id) {  // the HTML export's legend (views/html.py), in the same colours
+  return el("p", { class: "legend", id }, "token colour = ΔP: ",
+    el("span", { style: `background:${deltaPColour(1)}` }, "raised"),
+    el("span", { style: `background:${deltaPColour(-1)}` }, "lowered"),
+    " by the query activation (against z", el("sub", {}, "BOS"), ")");
 }
 
 function showError(message) {
@@ -186,10 +194,13 @@ async function runQuery(event) {
   $("progress-box").hidden = false;
   setProgress(0, "queued");
   try {
-    const job = await startJob("/api/jobs/query", queryRequest(values));
+    const request = queryRequest(values);
+    const job = await startJob("/api/jobs/query", request);
     const done = await pollJob(job);
     if (done.state === "done") {
       state.record = done.result;
+      state.request = request;
+      $("verify-button").disabled = false;
       renderQuery($("result"), done.result, { colour: $("colour").checked });
       $("actions").hidden = false;
       $("grid").hidden = true;
@@ -260,7 +271,7 @@ function renderQuery(container, record, options = {}) {
   const attributes = record.attribute_agreement.map((row) => row.attribute).slice(0, options.compact ? 3 : 8);
   const scale = Math.max(2 * record.epsilon, ...record.samples.map((s) => s.distance ?? 0));
   const query = record.query;
-  const header = el("tr", {}, el("th", {}, "D"), el("th", {}, ""), el("th", {}, "input"), el("th", {}, "best"),
+  const header = el("tr", {}, el("th", {}, "D"), el("th", {}, ""), el("th", { class: "input" }, "input"), el("th", {}, "best"),
                     attributes.map((a) => el("th", {}, a)), el("th", { title: "times drawn" }, "×"));
   const rows = [header,
     el("tr", { class: "query" }, el("td", {}, "query"), el("td"),
@@ -320,6 +331,7 @@ function renderQuery(container, record, options = {}) {
     record.epsilon_profile && !options.compact
       ? el("p", { class: "meta", id: "epsilon-profile" }, profileText(record))
       : null,
+    colour ? deltaPLegend(options.compact ? null : "legend") : null,
   ].filter(Boolean);
   const samples = el("table", { class: "samples" }, rows);
   const agreement = record.attribute_agreement.length
@@ -451,12 +463,14 @@ function renderGrid(container, grid) {
 // ----- causal check of the readout ----------------------------------------------------------
 
 async function runVerify() {
+  // Patches the query shown, never a new one: nothing to patch before a query has run.
+  if (!state.request) return;
   showError("");
   const box = $("verify");
   box.hidden = false;
   box.replaceChildren(el("p", { class: "meta" }, "patching…"));
   try {
-    const report = await api("POST", "/api/verify", queryRequest(formValues()));
+    const report = await api("POST", "/api/verify", state.request);
     const rows = [el("tr", {}, ["side", "sample", "D", "KL max", "KL mean", "top prediction changed"].map((h) => el("th", {}, h)))];
     for (const side of ["inside", "outside"]) {
       for (const row of report[side]) {
