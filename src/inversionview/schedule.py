@@ -44,11 +44,17 @@ def budget_progress(step: int, elapsed_seconds: float, steps: int | None,
     return elapsed_seconds / (minutes * 60.0)
 
 
+#: The warm-up ends by this share of the budget at the latest, so that a short budget (two
+#: minutes of a 400-step warm-up at one step a second) is not spent warming up.
+WARMUP_SHARE = 0.1
+
+
 def warmup_cosine(peak: float, step: int, progress: float, warmup_steps: int,
                   min_fraction: float) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_fraction`` x peak at
-    the end of the budget (``progress`` 1.0)."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
+    """Linear warm-up over ``warmup_steps`` or over the first ``WARMUP_SHARE`` of the budget,
+    whichever ends first, then cosine decay to ``min_fraction`` x peak at the end of the
+    budget (``progress`` 1.0)."""
+    if step < warmup_steps and progress < WARMUP_SHARE:
+        return peak * max((step + 1) / warmup_steps, progress / WARMUP_SHARE)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     return peak * (min_fraction + (1.0 - min_fraction) * cosine)

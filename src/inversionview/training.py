@@ -1,9 +1,10 @@
 """The one training loop of the three trainers: a decoder (``decoder.train``), a toy-task
 model (``probed.train``) and a small language model (``probed.train_lm``).
 
-The loop owns what the three share: the budget (steps, or minutes of training time) and
-what counts towards it, the learning rate (linear warm-up, then cosine decay over the
-budget), when to evaluate and when to checkpoint, the optimizer step with its clipped
+The loop owns what the three share: the budget (steps, or minutes of the loop's wall time:
+training, evaluations and checkpoints, so that a user waits about that long; loading before
+the loop and the final evaluation and save after it are outside), the learning rate (linear
+warm-up, ended by 10 % of the budget at the latest, then cosine decay over the budget), when to evaluate and when to checkpoint, the optimizer step with its clipped
 gradients, the progress bar, and the run's bookkeeping in ``checkpoint.RunLog`` (the step,
 the training time, metrics.jsonl, the commands). A trainer supplies only what is its own, as
 a ``Trainer``: its model and optimizer, the loss of a step's batch, an evaluation, what a
@@ -41,7 +42,7 @@ class LoopSettings:
     """The settings the loop reads, which every training config spells the same way."""
 
     steps: int | None  # the budget in optimizer steps (None: a budget of minutes)
-    minutes: float | None  # the budget in minutes of training time (None: of steps)
+    minutes: float | None  # the budget in minutes of the loop's wall time (None: of steps)
     lr: float  # the peak learning rate
     warmup_steps: int  # steps of linear warm-up to the peak
     min_lr_fraction: float  # the fraction of the peak the cosine decays to at the budget's end
@@ -87,9 +88,6 @@ class Trainer:
     # in-loop evaluation also rebalances the sites it trains on, pointless after the last).
     final_evaluation: Callable[[], Any] | None = None
     progress_every: int = 10  # steps between updates of the progress bar
-    # Whether the time spent evaluating counts towards a budget of minutes (checkpoints
-    # never do): the decoder's does not, the probed models' does.
-    evaluation_counts_towards_budget: bool = False
 
 
 def run_training(run: RunLog, trainer: Trainer, settings: LoopSettings,
@@ -103,12 +101,15 @@ def run_training(run: RunLog, trainer: Trainer, settings: LoopSettings,
     in_steps = settings.steps is not None
     total = settings.steps if in_steps else int(settings.minutes * 60)
 
-    def spent() -> int:  # the progress bar's position: steps, or seconds of training
+    def spent() -> int:  # the progress bar's position: steps, or seconds of the budget
         return min(run.step if in_steps else int(run.elapsed), total)
 
-    bar = tqdm(total=total, initial=spent(), disable=not (show_progress and lead),
-               unit="step" if in_steps else "s", dynamic_ncols=True, desc=trainer.name)
-    start = time.perf_counter() - run.elapsed  # moved forward by every pause not counted
+    shown = show_progress and lead
+    bar = (tqdm(total=total, initial=spent(), disable=not shown, unit="step", dynamic_ncols=True,
+                desc=trainer.name) if in_steps else
+           _TimeBar(total=total, initial=spent(), disable=not shown, dynamic_ncols=True,
+                    desc=trainer.name, bar_format=_TimeBar.FORMAT))
+    start = time.perf_counter() - run.elapsed
     last_eval = time.perf_counter()
     checkpoints = CheckpointSchedule(settings.checkpoint_every_seconds,
                                      settings.first_checkpoint_seconds,
@@ -131,16 +132,11 @@ def run_training(run: RunLog, trainer: Trainer, settings: LoopSettings,
         if progress >= 1.0:
             break
         if evaluate:
-            paused_at = time.perf_counter()
             trainer.evaluate()
             last_eval = time.perf_counter()
-            if not trainer.evaluation_counts_towards_budget:
-                start += last_eval - paused_at
         if checkpoint:
-            paused_at = time.perf_counter()
             trainer.checkpoint()
             checkpoints.written()
-            start += time.perf_counter() - paused_at
 
         lr = settings.learning_rate(run.step, progress)
         for group in trainer.optimizer.param_groups:
@@ -165,6 +161,19 @@ def run_training(run: RunLog, trainer: Trainer, settings: LoopSettings,
     if lead and run.last_evaluation_at_this_step() is None:
         (trainer.final_evaluation or trainer.evaluate)()
     trainer.checkpoint()  # the final state, so that a kill while the result is saved resumes
+
+
+class _TimeBar(tqdm):
+    """The bar of a budget of minutes, in time: ``decoder ioi:  95%|███▌| 01:54 of 02:00,
+    loss=...`` (tqdm's own units would read ``114/120 [03:28<00:10, 1.83s/s]``)."""
+
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {spent} of {budget}{postfix}"
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        values = super().format_dict
+        return {**values, "spent": self.format_interval(values["n"]),
+                "budget": self.format_interval(values["total"] or 0)}
 
 
 def evaluation_entry(run: RunLog, **figures: Any) -> dict[str, Any]:

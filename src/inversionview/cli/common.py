@@ -30,6 +30,9 @@ def _flag(name: str, help: str) -> Any:
     return typer.Option(name, help=help, metavar="")
 
 
+MINUTES_HELP = ("Budget in minutes of wall time for the whole run: training, evaluations and "
+                "checkpoints count; loading before and the final evaluation and save after do "
+                "not. On --resume it replaces the run's budget.")
 JsonOpt = Annotated[bool, _flag("--json", "Print one JSON object.")]
 RawOpt = Annotated[bool, _flag("--raw", "Read the raw HuggingFace activations instead of "
                                "TransformerLens-processed ones (the paper's default).")]

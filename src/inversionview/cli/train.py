@@ -11,7 +11,7 @@ import typer
 
 from inversionview import options
 from inversionview.cli.app import app
-from inversionview.cli.common import (ForceOpt, JsonOpt, ModelArg, RawOpt, SeedOpt, TaskOpt,
+from inversionview.cli.common import (MINUTES_HELP, ForceOpt, JsonOpt, ModelArg, RawOpt, SeedOpt, TaskOpt,
                                       ThreadsOpt, _apply_threads, _emit, _explicit, _figure, _load,
                                       _shape_overrides)
 from inversionview.errors import UserError
@@ -24,8 +24,7 @@ def train_probed_command(
     task: Annotated[str, typer.Argument(help="counting or addition.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory (becomes a model directory).")],
     minutes: Annotated[Optional[float], typer.Option(
-        "--minutes", help="Budget in minutes of training (checkpoints not counted) for the whole "
-        "run; on --resume it replaces the run's budget.", callback=options.MINUTES.callback)] = None,
+        "--minutes", help=MINUTES_HELP, callback=options.MINUTES.callback)] = None,
     steps: Annotated[Optional[int], typer.Option(
         "--steps", help="Budget in steps for the whole run; on --resume it replaces the run's "
         "budget.", callback=options.STEPS.callback)] = None,
@@ -87,8 +86,7 @@ def train_decoder_command(
     out: Annotated[Path, typer.Option("--out", help="Run directory.")],
     task: TaskOpt = None, raw: RawOpt = False,
     minutes: Annotated[Optional[float], typer.Option(
-        "--minutes", help="Budget in minutes of training (evaluations and checkpoints not "
-        "counted) for the whole run; on --resume it replaces the run's budget.",
+        "--minutes", help=MINUTES_HELP,
         callback=options.MINUTES.callback)] = None,
     examples: Annotated[Optional[int], typer.Option(
         "--examples", help="Budget in training examples for the whole run; on --resume it "

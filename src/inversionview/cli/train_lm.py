@@ -8,7 +8,7 @@ import typer
 
 from inversionview import options
 from inversionview.cli.app import app
-from inversionview.cli.common import (ForceOpt, JsonOpt, SeedOpt, ThreadsOpt, _apply_threads,
+from inversionview.cli.common import (MINUTES_HELP, ForceOpt, JsonOpt, SeedOpt, ThreadsOpt, _apply_threads,
                                       _emit, _explicit, _shape_overrides)
 from inversionview.errors import UserError
 from inversionview.schedule import EVAL_SECONDS
@@ -37,8 +37,7 @@ def train_lm_command(
     max_tokens: Annotated[int, typer.Option(
         "--max-tokens", help="Longest piece of text (tokens); longer texts are cut.")] = 64,
     minutes: Annotated[Optional[float], typer.Option(
-        "--minutes", help="Budget in minutes of training (checkpoints not counted) for the "
-        "whole run; on --resume it replaces the run's budget.",
+        "--minutes", help=MINUTES_HELP,
         callback=options.MINUTES.callback)] = None,
     steps: Annotated[Optional[int], typer.Option(
         "--steps", help="Budget in steps for the whole run; on --resume it replaces the "

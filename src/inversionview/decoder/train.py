@@ -477,9 +477,7 @@ def train_decoder(model: Subject, config: DecoderTrainingConfig, resume: bool = 
         evaluate=evaluate_and_rebalance, final_evaluation=evaluate_now,
         checkpoint=checkpoint_now,
         postfix=lambda loss, rate, lr: dict(loss=f"{loss.item():.4f}", ex_s=f"{rate:.0f}",
-                                            lr=f"{lr:.2e}"),
-        # Training time excludes evaluation and checkpoints: budgets and curves count training.
-        evaluation_counts_towards_budget=False),
+                                            lr=f"{lr:.2e}")),
         LoopSettings.of(config, steps=config.steps_for(world.size)), show_progress, world)
     if lead:
         final = run.last_evaluation_at_this_step()

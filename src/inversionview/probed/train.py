@@ -166,8 +166,7 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
         batch_loss=batch_loss, evaluate=evaluate_now, checkpoint=checkpoint_now,
         postfix=lambda loss, rate, lr: dict(loss=f"{loss_value:.4f}", acc=f"{accuracy:.4f}",
                                             ex_s=f"{rate:.0f}"),
-        # A budget of minutes leaves out checkpoint time only (its evaluations are short).
-        progress_every=20, evaluation_counts_towards_budget=True),
+        progress_every=20),
         LoopSettings.of(config, steps=config.steps), show_progress)
 
     model.hf_model.eval()

@@ -368,8 +368,7 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
     run_training(run, Trainer(
         name="train-lm", model=hf_model, optimizer=optimizer, batch_loss=batch_loss,
         evaluate=evaluate_now, checkpoint=checkpoint_now,
-        postfix=lambda loss, rate, lr: dict(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}"),
-        evaluation_counts_towards_budget=True),  # a budget of minutes leaves out checkpoints
+        postfix=lambda loss, rate, lr: dict(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}")),
         LoopSettings.of(config, steps=config.steps), show_progress)
 
     final = run.history[-1]
