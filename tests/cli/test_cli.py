@@ -29,6 +29,12 @@ def test_models_lists_tasks_and_kinds():
     assert record["model_kinds"]
     human = invoke(["models"])
     assert human.exit_code == 0 and "Bundled artifacts:" in human.stdout
+    # every artifact's row has its kind, task and path in the same columns (issue 31)
+    rows = human.stdout.split("Bundled artifacts:\n", 1)[1].split("Tasks:", 1)[0].splitlines()
+    assert len(rows) == len(record["artifacts"]) > 1
+    for marker in (" probed-model ", " decoder ", "task=", "/"):
+        starts = {row.index(marker.strip()) for row in rows if marker in row}
+        assert len(starts) <= 1, (marker, rows)
 
 
 def test_eval_probed_json(model_dir):

@@ -38,10 +38,11 @@ def models(as_json: JsonOpt = False) -> None:
                         "--task text, ioi or factual)"],
     }
     lines = ["Bundled artifacts:"]
+    name_width = max([12] + [len(name) for name in artifacts])
     for name, info in artifacts.items():
         accuracy = f"accuracy {info['accuracy']:.4f}" if isinstance(info["accuracy"], float) else ""
-        lines.append(f"  {name:<12} {info['kind'] or '?':<14} task={info['task'] or '?':<9} "
-                     f"{accuracy}  {info['path']}")
+        lines.append(f"  {name:<{name_width}} {info['kind'] or '?':<14} task={info['task'] or '?':<9} "
+                     f"{accuracy:<15} {info['path']}")
     if not artifacts:
         lines.append("  (none)")
     lines.append("Tasks:")

@@ -91,6 +91,22 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+#: The widest an attribute cell grows (a longer value ends in "…"): "Republic of the Congo"
+#: fits, a template sentence does not.
+MAX_CELL = 22
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in "…" where it was cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _cell_widths(attributes: list[str], rows: list[dict[str, Any]]) -> list[int]:
+    """Each attribute column as wide as its name or its widest value, up to ``MAX_CELL``."""
+    return [min(MAX_CELL, max([len(name), 5] + [len(format_value(row.get(name))) for row in rows]))
+            for name in attributes]
+
+
 def _fraction(value: float | None) -> str:
     return "   -" if value is None else f"{value:4.2f}"
 
@@ -145,11 +161,11 @@ def render_result(result: PreimageResult) -> str:
         *profile_lines(result),
         "",
     ]
-    widths = [max(len(name), 5) for name in attributes]
+    widths = _cell_widths(attributes, [query.attributes] + [s.attributes for s in result.samples])
     header = (f"{'distance':<{BAR_WIDTH + 7}} {'input':<{width}} {'(best)':<8} "
               + " ".join(f"{name:>{w}}" for name, w in zip(attributes, widths)) + "  ×")
     lines.append(header)
-    query_cells = " ".join(f"{format_value(query.attributes.get(n)):>{w}}"
+    query_cells = " ".join(f"{fit(format_value(query.attributes.get(n)), w):>{w}}"
                            for n, w in zip(attributes, widths))
     lines.append(f"{'query':<{BAR_WIDTH + 7}} {query.text:<{width}} "
                  f"{'(' + result.position_label + ')':<8} {query_cells}")
@@ -164,11 +180,14 @@ def render_result(result: PreimageResult) -> str:
     lines.append(f"showing {stats.shown} of {stats.distinct} distinct "
                  f"({stats.shown_in_epsilon} in ε); colours: ΔP (blue up, red down)")
     if result.attribute_agreement:
+        names = max([14] + [len(row["attribute"]) for row in result.attribute_agreement])
+        values = max(10, _cell_widths(["query"], [{"query": row["query_value"]}
+                                                  for row in result.attribute_agreement])[0])
         lines += ["", "attribute agreement with the query (the decoder's distinct well-formed samples):",
-                  f"{'attribute':<14} {'query':>10} {'inside':>7} {'outside':>8} {'contrast':>9}"]
+                  f"{'attribute':<{names}} {'query':>{values}} {'inside':>7} {'outside':>8} {'contrast':>9}"]
     for row in result.attribute_agreement:
-        contrast = "      -" if row["contrast"] is None else f"{row['contrast']:+9.2f}"
-        lines.append(f"{row['attribute']:<14} {format_value(row['query_value'])[:10]:>10} "
+        contrast = f"{'-':>9}" if row["contrast"] is None else f"{row['contrast']:+9.2f}"
+        lines.append(f"{row['attribute']:<{names}} {fit(format_value(row['query_value']), values):>{values}} "
                      f"{_fraction(row['inside']):>7} {_fraction(row['outside']):>8} {contrast}")
     if not result.attribute_agreement and result.token_reading:
         lines += ["", *token_reading_lines(result)]
@@ -188,7 +207,7 @@ def _sample_row(sample: Sample, attributes: list[str], widths: list[int], width:
     distance = "  inf" if not math.isfinite(sample.distance) else f"{sample.distance:5.3f}"
     cells = []
     for name, w in zip(attributes, widths):
-        text = f"{format_value(sample.attributes.get(name)):>{w}}"
+        text = f"{fit(format_value(sample.attributes.get(name)), w):>{w}}"
         same = name in sample.attributes and sample.attributes.get(name) == query_attributes.get(name)
         cells.append(f"\x1b[1m{text}{RESET}" if same else text)
     flag = "" if sample.valid else f"  invalid: {sample.reason}"
