@@ -8,7 +8,7 @@ import pytest
 
 from inversionview.decoder.train import build_decoder
 from inversionview.interpret.features import task_features
-from inversionview.interpret.summary import (KEPT_CONTRAST, KEPT_INSIDE, Summary,
+from inversionview.interpret.summary import (KEPT_CONTRAST, KEPT_INSIDE, Cell, FeatureRow, Summary,
                                              cell_from_results, html_table, markdown_table,
                                              plot_summary, query_texts, summarize,
                                              summary_config, terminal_table)
@@ -203,3 +203,36 @@ def test_summarize_command_on_free_text_mines_tokens(tmp_path):
     assert record["mined"] and record["positions"] == ["last"]
     assert {row["kind"] for cell in record["cells"] for row in cell["rows"]} == {"token"}
     assert (tmp_path / "out" / "summary.md").read_text().startswith("| site | `last` |")
+
+
+def _summary_of(rows_per_cell: int, sites: int = 1) -> Summary:
+    rows = [FeatureRow(f"feature{i}", "attribute", 0.9, 0.1 + 0.01 * i, 5) for i in range(rows_per_cell)]
+    cells = [Cell(f"a{s}.0", ":", 5, 5, 40, rows) for s in range(sites)]
+    return Summary("counting", "decoder-counting", "counting", [c.site for c in cells], [":"], 5,
+                   0, {"candidates": 64, "epsilon": 0.1, "metric": "euclidean", "search": 0,
+                       "constrain": True}, False, cells)
+
+
+def test_the_markdown_table_says_how_many_more_are_kept():
+    """Issue 31: summary.md showed two kept features and dropped the "+1 more" the terminal
+    table gives."""
+    table = markdown_table(_summary_of(3), per_cell=2)
+    assert "+1 more" in table and "+1 more" in terminal_table(_summary_of(4), per_cell=3)
+    assert "more" not in markdown_table(_summary_of(2), per_cell=2)
+
+
+@pytest.mark.parametrize("sites", [1, 2, 9])
+def test_the_heat_map_shows_its_colour_bar_label_whole(sites, tmp_path):
+    """Issue 31: the colour bar's label was clipped on a short figure."""
+    from matplotlib.text import Text
+
+    from inversionview.interpret.summary import summary_figure
+
+    figure = summary_figure(_summary_of(2, sites))
+    figure.tight_layout()
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    label = [t for t in figure.findobj(Text) if "strongest contrast" in t.get_text()]
+    assert label
+    box, frame = label[0].get_window_extent(renderer), figure.bbox
+    assert frame.y0 <= box.y0 and box.y1 <= frame.y1 and frame.x0 <= box.x0 and box.x1 <= frame.x1

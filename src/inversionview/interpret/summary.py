@@ -331,6 +331,8 @@ def markdown_table(summary: Summary, per_cell: int = 2) -> str:
             if not cell.queries_with_both:
                 kept = ("every draw in ε" if cell.all_inside == cell.queries else
                         "no draw in ε" if cell.none_inside == cell.queries else "-")
+            if cell.queries_with_both and len(cell.kept) > per_cell:
+                kept += f", +{len(cell.kept) - per_cell} more"
             cells.append(f"{kept} ({cell.queries_with_both})".replace("|", "\\|"))
         lines.append(f"| {site} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -346,6 +348,13 @@ def _one_sided(cell: Cell) -> str:
 
 
 def plot_summary(summary: Summary, path: Path) -> Path:
+    """``summary_figure`` written to ``path``."""
+    from inversionview.figures import save_figure
+
+    return save_figure(summary_figure(summary), path, dpi=130)
+
+
+def summary_figure(summary: Summary):
     """A heat map: sites down, positions across, each cell coloured by its strongest
     contrast (in-ε minus out-of-ε keeping) and labelled with its top kept features and the
     number of queries behind it."""
@@ -353,7 +362,7 @@ def plot_summary(summary: Summary, path: Path) -> Path:
 
     import numpy as np
 
-    from inversionview.figures import pyplot, save_figure
+    from inversionview.figures import pyplot
 
     plt = pyplot()
     grid = np.full((len(summary.sites), len(summary.positions)), np.nan)
@@ -378,8 +387,9 @@ def plot_summary(summary: Summary, path: Path) -> Path:
     title = (f"{summary.model} (decoder {summary.decoder}): what the in-ε samples keep, "
              f"{summary.queries} queries per cell")
     axis.set_title(textwrap.fill(title, int(12 * width)), fontsize=8)
-    figure.colorbar(image, ax=axis, label="strongest contrast (in-ε - out-of-ε)")
-    return save_figure(figure, path, dpi=130)
+    # two short lines: one long line was clipped on a summary of one or two sites (issue 31)
+    figure.colorbar(image, ax=axis, label="strongest contrast\n(in-ε − out-of-ε)")
+    return figure
 
 
 def html_table(summary: Summary, image: str | None = None) -> str:
