@@ -8,7 +8,7 @@ seeded held-out query set every --eval-every seconds, and writes
 bench/results/train_decoder-<model>-<variant>-<minutes>min.json: the machine, the commit, the
 command, examples/s and the curve. Run two variants at once with --threads 1 each to compare
 them under the same conditions. Variants (what each changes from the one before it is in
-VARIANTS) are the configurations compared in the README.
+VARIANTS) are the configurations compared in docs/decoders.md.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 The paper's factual-recall decoder started from GPT-2 medium (method.md §6): a decoder over a
 language model's vocabulary learns its inputs far sooner from a model that already knows the
 language (on the bundled KJV model, 2,048 examples: held-out loss 3.40 nats/token started
-from its weights, 7.51 fresh; README). DIR is a local HuggingFace GPT-2 directory
-(config.json + model.safetensors, read offline, never pickle) whose vocabulary is the probed
-model's: as many ids and, where DIR holds a tokenizer, the same tokenizer
+from its weights, 7.51 fresh; docs/language-models.md). DIR is a local HuggingFace GPT-2
+directory (config.json + model.safetensors, read offline, never pickle) whose vocabulary is
+the probed model's: as many ids and, where DIR holds a tokenizer, the same tokenizer
 (``HFTokenizer.fingerprint``).
 
 Taken from it:

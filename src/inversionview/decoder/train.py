@@ -7,7 +7,7 @@ after 10 s or 100 steps, whichever comes first (see ``checkpoint.CheckpointSched
 
 Presets: ``paper`` is the authors' recipe (AdamW, lr 1e-4 constant, weight decay 0.01);
 ``fast`` is the configuration this project measured to learn fastest on a CPU (see
-bench/train_decoder.py and the README).
+bench/train_decoder.py and docs/decoders.md).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper: lr 1e-4 constant, weight decay 0.01, batch 256, dropout 0.1.
     "paper": dict(lr=1e-4, warmup_steps=0, min_lr_fraction=1.0, batch_size=256,
                   bucket_batches=1, precision="auto", decoder={}),
-    # Measured here (issue 3, bench/train_decoder.py, README): lr 1e-3 with warmup and
+    # Measured here (issue 3, bench/train_decoder.py, docs/decoders.md): lr 1e-3 with warmup and
     # cosine decay, batch 64 (4x the steps of 256 for the same examples: 2x the in-ε rate
     # after 10 min), no dropout (every example is fresh), length-bucketed batches, bf16
     # autocast where native.
