@@ -71,6 +71,7 @@ def train_probed_command(
         config = ProbedTrainingConfig(task=task, out=out, minutes=minutes, steps=steps, seed=seed,
                                       batch_size=batch_size, lr=lr, model_overrides=overrides,
                                       objective=objective, **interval)
+        options.check_output_directory(out, "--out")
         check_run_directory(out, resume=False)
     model = train_probed(config, resume=resume, show_progress=not as_json)
     record = {"out": str(out), "task": task, **{k: model.manifest[k] for k in (
@@ -183,6 +184,7 @@ def train_decoder_command(
                                        max_tokens=max_tokens, positions=positions,
                                        init_from=init_from, continue_from=continue_from,
                                        **interval)
+        options.check_output_directory(out, "--out")
         check_run_directory(out, resume=False)  # before the model loads
         if init_from is not None:
             read_pretrained(init_from)  # its config: a wrong directory fails before the model loads
