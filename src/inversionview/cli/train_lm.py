@@ -9,7 +9,7 @@ import typer
 from inversionview import options
 from inversionview.cli.app import app
 from inversionview.cli.common import (ForceOpt, JsonOpt, SeedOpt, ThreadsOpt, _apply_threads,
-                                      _emit, _explicit, _shape_overrides)
+                                      _emit, _explicit, _hold_run_directory, _shape_overrides)
 from inversionview.errors import UserError
 from inversionview.schedule import EVAL_SECONDS
 from inversionview.text.bpe import VOCAB_SIZE
@@ -94,6 +94,7 @@ def train_lm_command(
             ("--n-heads", "model_shape.n_head", n_heads, "n_heads")])
         config = LMTrainingConfig.resumed(out, minutes=minutes, steps=steps,
                                           changes=changes, fixed=fixed)
+        _hold_run_directory(ctx, out)
     else:
         if (minutes is None) == (steps is None):
             raise UserError("give exactly one of --minutes or --steps (--resume continues "
@@ -107,6 +108,7 @@ def train_lm_command(
             init_from=init_from,
             **{name: value for name, value in changes.items() if value is not None})
         options.check_output_directory(out, "--out")
+        _hold_run_directory(ctx, out)
         if force:
             remove_run(out)
         check_run_directory(out, resume=False)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from inversionview import provenance
-from inversionview.checkpoint import (CheckpointError, RunLog, check_run_directory,
+from inversionview.checkpoint import (CheckpointError, RunLog, claim_run_directory,
                                       resumed_config)
 from inversionview.errors import OptionError, UserError
 from inversionview.files import read_json_object, read_safetensors, sha256_file
@@ -312,8 +312,13 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
     """Train within ``config``'s budget of steps or minutes (checkpoint time not counted).
     ``resume`` continues the run in ``config.out`` from its checkpoint
     (``LMTrainingConfig.resumed`` gives the config it was started with); without it, a
-    directory that holds a checkpoint is refused."""
-    check_run_directory(config.out, resume)
+    directory that holds a checkpoint is refused, and so is a directory another run is
+    training in (``checkpoint.claim_run_directory``)."""
+    with claim_run_directory(config.out, resume):
+        return _train(config, resume, show_progress)
+
+
+def _train(config: LMTrainingConfig, resume: bool, show_progress: bool) -> Subject:
     texts = read_texts(config.corpus, config.field)
     if not texts:
         raise CorpusError(f"corpus {config.corpus} holds no text; give {CORPUS_FORMATS}")
