@@ -73,7 +73,8 @@ def train_lm_command(
 ) -> None:
     """Train a small GPT-2 language model and its BPE tokenizer on a text corpus."""
     from inversionview.checkpoint import check_run_directory
-    from inversionview.probed.train_lm import LMTrainingConfig, remove_run, train_lm
+    from inversionview.probed.train_lm import (LMTrainingConfig, check_init_from, remove_run,
+                                               train_lm)
 
     _apply_threads(threads)
     changes = {"checkpoint_every_seconds": checkpoint_every, "eval_every_seconds": eval_every}
@@ -107,6 +108,8 @@ def train_lm_command(
             save_dtype="float16" if fp16 else "float32", corpus_licence=corpus_licence,
             init_from=init_from,
             **{name: value for name, value in changes.items() if value is not None})
+        if init_from is not None:
+            check_init_from(config)  # before --force removes the run in OUT
         options.check_output_directory(out, "--out")
         _hold_run_directory(ctx, out)
         if force:
