@@ -7,12 +7,16 @@ width 16) with a step budget, one thread and a checkpoint every 0.2 s; the unint
 reference runs in this process with the same settings. The decoder's loop shares the
 checkpoint code (``checkpoint.RunLog``); tests/test_checkpoint.py kills a save at each of its
 file operations and tests/decoder/test_train.py resumes a decoder killed while it is saved.
+
+A running process holds its run directory: a second command there is refused, and a killed
+process's hold does not outlive it (tests/test_locks.py tests the lock itself).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shlex
 import subprocess
 import sys
 import time
@@ -143,3 +147,80 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     assert steps == sorted(steps) and all(0 < step <= STEPS for step in steps)
     for leftover in ("checkpoint.tmp", "checkpoint.old"):
         assert not (run / leftover).exists()
+
+
+# ----- one run at a time in a directory (issue 31) ------------------------------------------
+
+LONG_RUN = [*NEW_RUN[:NEW_RUN.index("--steps")], "--minutes", "0.3",
+            *NEW_RUN[NEW_RUN.index("--steps") + 2:]]  # 18 s of training
+
+
+def _wait_for_checkpoint(process: subprocess.Popen, run: Path) -> int:
+    """The step of the first checkpoint ``process`` writes in ``run`` (something to resume)."""
+    deadline = time.monotonic() + TIMEOUT
+    while process.poll() is None and time.monotonic() < deadline:
+        step = _checkpoint_step(run)
+        if step is not None:
+            return step
+        time.sleep(0.05)
+    raise AssertionError(f"the run wrote no checkpoint in {run}: {process.communicate()}")
+
+
+@pytest.mark.slow
+def test_a_second_run_in_a_running_directory_is_refused_and_the_first_finishes_intact(tmp_path):
+    """Two runs on one --out both said "saved" and the manifest held the second's result;
+    now every command that would write there is refused at once, naming the running process,
+    and the first run ends as if alone."""
+    from cli_runner import invoke
+
+    import inversionview.decoder.train  # noqa: F401  loaded before the clock runs
+    import inversionview.probed.train_lm  # noqa: F401
+
+    run, corpus = tmp_path / "run", tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"line {i} of a corpus" for i in range(50)) + "\n")
+    first = _start(tmp_path, LONG_RUN)
+    try:
+        _wait_for_checkpoint(first, run)
+        same_out = [str(run) if arg == "run" else arg for arg in NEW_RUN]
+        for argv in [[*RESUME[:3], str(run), *RESUME[4:]], same_out,
+                     ["train-lm", "--corpus", corpus, "--out", run, "--steps", "2", "--force"],
+                     ["train-decoder", "counting", "--out", run, "--examples", "4"]]:
+            result = invoke(argv)
+            assert result.exit_code == 2, result.output
+            assert result.stderr.startswith(f"error: {run} is in use by process {first.pid} "
+                                            f"(inversionview train-probed addition --out run")
+            assert result.stderr.count("\n") == 1
+        assert first.poll() is None, "the first run ended before the others were tried"
+        out, err = first.communicate(timeout=TIMEOUT)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err
+    manifest = json.loads((run / "inversionview.json").read_text())
+    assert json.loads(out)["steps"] == manifest["steps"] > 0
+    assert [c["command"] for c in manifest["commands"]] == [shlex.join(["inversionview", *LONG_RUN])]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics == manifest["history"] and metrics[-1]["step"] == manifest["steps"]
+    assert sorted(path.name for path in run.iterdir()) == [
+        "checkpoint", "config.json", "inversionview.json", "metrics.jsonl", "model.safetensors"]
+
+
+@pytest.mark.slow
+def test_a_killed_runs_lock_does_not_block_its_resume(tmp_path):
+    """A run killed while it holds its directory leaves its lock file behind; the lock died
+    with the process, so --resume goes on."""
+    from cli_runner import invoke
+
+    from inversionview.locks import LOCK_FILE
+
+    run = tmp_path / "run"
+    process = _start(tmp_path, [*NEW_RUN[:NEW_RUN.index("--steps") + 1], "1000000",
+                                *NEW_RUN[NEW_RUN.index("--steps") + 2:]])
+    _wait_for_checkpoint(process, run)
+    assert _kill(process)
+    step = _checkpoint_step(run)
+    assert (run / LOCK_FILE).exists()  # left behind, its lock gone with its process
+    resumed = invoke([*RESUME[:3], str(run), *RESUME[4:], "--steps", str(step + 3)])
+    assert resumed.exit_code == 0, resumed.output
+    manifest = json.loads((run / "inversionview.json").read_text())
+    assert manifest["steps"] == step + 3 and len(manifest["commands"]) == 2
+    assert not (run / LOCK_FILE).exists()

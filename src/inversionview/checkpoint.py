@@ -16,11 +16,13 @@ A checkpoint is complete when its ``state.json`` exists: it is written last.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,11 @@ import torch
 from safetensors.torch import save_file
 
 from inversionview import provenance
+from inversionview.distributed import is_lead_process
 from inversionview.errors import OptionError, UserError
 from inversionview.files import read_json_object, read_safetensors
+from inversionview.locks import hold_directory
+from inversionview.options import check_output_directory
 
 RECORD = "state.json"  # written last: its presence marks a complete checkpoint
 
@@ -181,6 +186,21 @@ def check_run_directory(out: Path, resume: bool) -> None:
         raise RunExistsError(
             f"{out} already holds a training run (checkpoint at step {step}); continue it "
             f"with --resume, or give another --out (delete {checkpoint} to start over)")
+
+
+@contextlib.contextmanager
+def claim_run_directory(out: Path, resume: bool) -> Iterator[None]:
+    """Hold ``out`` for this run until the block ends (``locks.hold_directory``; under
+    torchrun rank 0 holds it for every rank), once it is checked: a path that can be a
+    directory, then, held, a checkpoint to resume from or none to overwrite
+    (``check_run_directory``). Every trainer runs inside it, so two runs never write in
+    one directory: the second is refused at once, naming the first."""
+    out = check_output_directory(Path(out), "--out")
+    if resume:
+        existing_checkpoint(out / "checkpoint")  # nothing to resume: said before OUT is made
+    with hold_directory(out) if is_lead_process() else contextlib.nullcontext():
+        check_run_directory(out, resume)
+        yield
 
 
 def resumed_config(config_class: type, out: Path, budget: dict[str, Any],

@@ -15,6 +15,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
+def is_lead_process() -> bool:
+    """Whether this process writes the run: rank 0 under torchrun, or the only process."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
 @dataclass
 class World:
     rank: int = 0

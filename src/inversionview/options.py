@@ -269,7 +269,9 @@ def check_output_directory(path: Path, option: str, force: bool = False,
 
 
 def _plain_path(path: Path | str, option: str) -> Path:
-    """``path`` if the file system can take it as a name at all."""
+    """``path`` if the file system can take it as a name at all, and, if it is a symbolic
+    link, one that leads somewhere (writing through a dangling link or a loop of links fails
+    with "File exists" only once the work is done)."""
     if not str(path) or "\x00" in str(path):
         raise OptionError(f"{option} needs a file path; got {echo(str(path))}")
     try:
@@ -279,6 +281,14 @@ def _plain_path(path: Path | str, option: str) -> Path:
     except OSError as error:  # a name too long, a loop of links, a file used as a folder
         if error.errno != errno.ENOTDIR:
             raise OptionError(f"{option} {echo(str(path))}: {error.strerror}") from None
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as error:
+            leads = ("a loop of symbolic links" if error.errno == errno.ELOOP else
+                     f"a symbolic link to {echo(os.readlink(path))}, which does not exist")
+            raise OptionError(f"{option} {echo(str(path))} is {leads}; give a path that leads "
+                              f"somewhere, or remove the link") from None
     return Path(path)
 
 

@@ -8,13 +8,15 @@ warm-up, ended by 10 % of the budget at the latest, then cosine decay over the b
 gradients, the progress bar, and the run's bookkeeping in ``checkpoint.RunLog`` (the step,
 the training time, metrics.jsonl, the commands). A trainer supplies only what is its own, as
 a ``Trainer``: its model and optimizer, the loss of a step's batch, an evaluation, what a
-checkpoint holds and the figures its progress bar shows. It builds all of that, starts or
-resumes its ``RunLog``, calls ``run_training`` and saves its result with the manifest's
-shared fields (``run_manifest``)::
+checkpoint holds and the figures its progress bar shows. Holding its run directory
+(``checkpoint.claim_run_directory``: one run at a time in a directory), it builds all of
+that, starts or resumes its ``RunLog``, calls ``run_training`` and saves its result with the
+manifest's shared fields (``run_manifest``)::
 
-    run = RunLog(out, generators)       # run.resume(optimizer), or run.start(dropout_seed)
-    run_training(run, Trainer(...), LoopSettings.of(config, config.steps), show_progress)
-    manifest = {**run_manifest(run, seed, commit, steps=run.step, ...), ...}
+    with claim_run_directory(out, resume):  # another run there: refused at once
+        run = RunLog(out, generators)       # run.resume(optimizer), or run.start(dropout_seed)
+        run_training(run, Trainer(...), LoopSettings.of(config, config.steps), show_progress)
+        manifest = {**run_manifest(run, seed, commit, steps=run.step, ...), ...}
 
 Resume is exact because the loop keeps no state of its own beyond the ``RunLog``: each
 iteration depends only on the step, the training time and the history, which a checkpoint

@@ -77,7 +77,7 @@ OUTPUT_FILE = st.sampled_from(["out.html", "plot.png", "plot.svg", "adir", "afil
                                "/dev/null", "", "readonly/out.png", "new/dir/out.png",
                                "x" * 300 + ".png"])
 OUTPUT_DIR = st.sampled_from(["run", "adir", "afile", "afile/below", "", "readonly/run",
-                              "/proc/self", "exported"])
+                              "/proc/self", "exported", "aloop", "adangling"])
 SOME_PATH = st.sampled_from(["adir", "afile", "no/such/file.jsonl", "broken-model", ""])
 DECODER_DIR = st.sampled_from(["adir", "afile", "no/such/dir", "broken-decoder", "",
                                "DECODER_COUNTING", "DECODER_ADDITION"])
@@ -244,10 +244,13 @@ def command_lines(draw, command: Command) -> list[str]:
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     """A working directory with the paths the values name: a directory, a file, files that
-    exist, a read-only directory, broken model and decoder directories."""
+    exist, a read-only directory, a loop of links and a dangling link, broken model and
+    decoder directories."""
     root = tmp_path_factory.mktemp("fuzz")
     (root / "adir").mkdir()
     (root / "afile").write_text("a file\n")
+    (root / "aloop").symlink_to("aloop")
+    (root / "adangling").symlink_to("nowhere")
     (root / "existing.html").write_text("<p>keep me</p>\n")
     (root / "existing.png").write_bytes(b"\x89PNG keep me")
     (root / "readonly").mkdir()

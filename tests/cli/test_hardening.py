@@ -115,6 +115,37 @@ def test_unwritable_outputs_are_refused_before_any_work(places, command, option,
     assert (places / "kept.html").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("link", ["loop", "dangling"])
+@pytest.mark.parametrize("argv", [
+    ["train-lm", "--corpus", "corpus.txt", "--steps", "1", "--out"],
+    ["train-decoder", "counting", "--examples", "4", "--out"],
+    ["train-probed", "counting", "--steps", "1", "--out"],
+    ["reproduce", "--studies", "counting", "--quick", "--out"],
+    ["summarize", "counting", "--out"],
+    ["interpret", "counting", "--out"],
+    ["export-decoder", "DECODER", "--out"],
+    ["query", "--html"],
+], ids=lambda argv: argv[0])
+def test_a_link_that_leads_nowhere_is_refused_before_any_work(tmp_path, argv, link):
+    """A dangling link or a loop of links as --out (issue 31: the training commands and
+    reproduce failed with 'internal error (FileExistsError)', the others only once their work
+    was done); the link is left as it was."""
+    from inversionview.artifacts import find_artifact
+
+    (tmp_path / "loop").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    argv = [str(find_artifact("decoder-counting")) if arg == "DECODER" else arg for arg in argv]
+    started = time.perf_counter()
+    line = one_error_line(invoke([*argv, tmp_path / link]))
+    assert time.perf_counter() - started < 10
+    assert f"{argv[-1]} '{tmp_path / link}' is " in line
+    assert ("a loop of symbolic links" if link == "loop" else
+            "a symbolic link to 'nowhere', which does not exist") in line
+    assert os.readlink(tmp_path / link) == {"loop": "loop2", "dangling": "nowhere"}[link]
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_force_replaces_an_existing_page(places):
     page = places / "kept.html"
     result = invoke(["query", "--candidates", "8", "--html", str(page), "--force"])

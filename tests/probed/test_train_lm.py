@@ -337,3 +337,44 @@ def test_init_from_starts_from_a_models_weights_and_tokenizer(tmp_path):
         train_lm(LMTrainingConfig(corpus=other, out=tmp_path / "fourth", steps=1,
                                   init_from=tmp_path, tokenizer=tmp_path / "first"),
                  show_progress=False)
+
+
+def test_init_from_refuses_another_tokenizer_or_shape(command, corpus, tmp_path):
+    """Issue 31: --init-from with another --tokenizer saved the source's embeddings with a
+    tokenizer that does not index them, and --d-model and the like were silently ignored;
+    each is now refused before anything is written, and the model's own tokenizer, wherever
+    it is copied, is taken."""
+    import shutil
+
+    from inversionview.text.bpe import train_bpe
+
+    source = tmp_path / "source"
+    train_lm(_config(corpus, source, steps=1), show_progress=False)
+    size = len(HFTokenizer.from_directory(source, 10**6).hf)
+    smaller = train_bpe(corpus.read_text().splitlines(), size - 20, tmp_path / "smaller")
+    swapped = tmp_path / "swapped"  # as many tokens, two of them with each other's ids
+    swapped.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, swapped / name)
+    spec = json.loads((swapped / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["!"], vocab['"'] = vocab['"'], vocab["!"]
+    (swapped / "tokenizer.json").write_text(json.dumps(spec))
+    same = tmp_path / "same"
+    shutil.copytree(swapped, same)
+    shutil.copy(source / "tokenizer.json", same / "tokenizer.json")
+
+    out = tmp_path / "out"
+    start = ["--corpus", corpus, "--out", out, "--init-from", source, "--steps", "1",
+             "--max-tokens", "8", "--batch-size", "4", "--threads", "1"]
+    cases = [(["--tokenizer", smaller], [f"{size - 20} tokens but", f"has {size} token embeddings"]),
+             (["--tokenizer", swapped], ["is not the tokenizer of --init-from", "sha256"]),
+             (["--d-model", "64"], ["--d-model 64 differs from the 32 of --init-from"]),
+             (["--n-heads", "4"], ["--n-heads 4 differs from the 2 of --init-from"]),
+             (["--n-layers", "1"], ["--n-layers 1 differs from the 2 of --init-from"])]
+    for extra, fragments in cases:
+        _one_line_error(command(*start, *extra), str(source), *fragments)
+        assert not out.exists()
+    taken = command(*start, "--tokenizer", same, "--d-model", "32", "--json")
+    assert taken.exit_code == 0, taken.output
+    assert _manifest(out)["tokenizer"]["fingerprint"] == _manifest(source)["tokenizer"]["fingerprint"]

@@ -112,6 +112,17 @@ def _explicit(ctx: typer.Context, given: list[tuple[str, str, Any, str]]
             if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
 
 
+def _hold_run_directory(ctx: typer.Context, out: Path) -> None:
+    """Hold the run directory OUT until the command ends (``locks.hold_directory``; under
+    torchrun rank 0 holds it for every rank): a second command training there is refused at
+    once, before a model loads or --force removes anything."""
+    from inversionview.distributed import is_lead_process
+    from inversionview.locks import hold_directory
+
+    if is_lead_process():
+        ctx.with_resource(hold_directory(out))
+
+
 def _shape_overrides(d_model: int | None, n_heads: int | None, n_layers: int | None
                      ) -> dict[str, Any]:
     """GPT2Config overrides from --d-model (with a 4x MLP), --n-heads and --n-layers."""

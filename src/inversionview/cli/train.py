@@ -11,9 +11,9 @@ import typer
 
 from inversionview import options
 from inversionview.cli.app import app
-from inversionview.cli.common import (MINUTES_HELP, ForceOpt, JsonOpt, ModelArg, RawOpt, SeedOpt, TaskOpt,
-                                      ThreadsOpt, _apply_threads, _emit, _explicit, _figure, _load,
-                                      _shape_overrides)
+from inversionview.cli.common import (MINUTES_HELP, ForceOpt, JsonOpt, ModelArg, RawOpt, SeedOpt,
+                                      TaskOpt, ThreadsOpt, _apply_threads, _emit, _explicit,
+                                      _figure, _hold_run_directory, _load, _shape_overrides)
 from inversionview.errors import UserError
 from inversionview.schedule import EVAL_SECONDS
 
@@ -62,6 +62,7 @@ def train_probed_command(
         fixed = _explicit(ctx, given)
         config = ProbedTrainingConfig.resumed(out, minutes=minutes, steps=steps, changes=interval,
                                               fixed=fixed)
+        _hold_run_directory(ctx, out)
     else:
         if (minutes is None) == (steps is None):
             raise UserError("give exactly one of --minutes or --steps (--resume continues a run "
@@ -70,6 +71,8 @@ def train_probed_command(
         config = ProbedTrainingConfig(task=task, out=out, minutes=minutes, steps=steps, seed=seed,
                                       batch_size=batch_size, lr=lr, model_overrides=overrides,
                                       objective=objective, **interval)
+        options.check_output_directory(out, "--out")
+        _hold_run_directory(ctx, out)
         check_run_directory(out, resume=False)
     model = train_probed(config, resume=resume, show_progress=not as_json)
     record = {"out": str(out), "task": task, **{k: model.manifest[k] for k in (
@@ -170,6 +173,7 @@ def train_decoder_command(
         config = DecoderTrainingConfig.resumed(
             out, minutes=minutes, examples=examples, fixed=fixed,
             changes={**interval, "device": device if explicit_device else None})
+        _hold_run_directory(ctx, out)
     else:
         if (minutes is None) == (examples is None):
             raise UserError("give exactly one of --minutes or --examples (--resume continues a "
@@ -181,6 +185,8 @@ def train_decoder_command(
                                        max_tokens=max_tokens, positions=positions,
                                        init_from=init_from, continue_from=continue_from,
                                        **interval)
+        options.check_output_directory(out, "--out")
+        _hold_run_directory(ctx, out)
         check_run_directory(out, resume=False)  # before the model loads
         if init_from is not None:
             read_pretrained(init_from)  # its config: a wrong directory fails before the model loads

@@ -8,8 +8,9 @@ import typer
 
 from inversionview import options
 from inversionview.cli.app import app
-from inversionview.cli.common import (MINUTES_HELP, ForceOpt, JsonOpt, SeedOpt, ThreadsOpt, _apply_threads,
-                                      _emit, _explicit, _shape_overrides)
+from inversionview.cli.common import (MINUTES_HELP, ForceOpt, JsonOpt, SeedOpt, ThreadsOpt,
+                                      _apply_threads, _emit, _explicit, _hold_run_directory,
+                                      _shape_overrides)
 from inversionview.errors import UserError
 from inversionview.schedule import EVAL_SECONDS
 from inversionview.text.bpe import VOCAB_SIZE
@@ -72,7 +73,8 @@ def train_lm_command(
 ) -> None:
     """Train a small GPT-2 language model and its BPE tokenizer on a text corpus."""
     from inversionview.checkpoint import check_run_directory
-    from inversionview.probed.train_lm import LMTrainingConfig, remove_run, train_lm
+    from inversionview.probed.train_lm import (LMTrainingConfig, check_init_from, remove_run,
+                                               train_lm)
 
     _apply_threads(threads)
     changes = {"checkpoint_every_seconds": checkpoint_every, "eval_every_seconds": eval_every}
@@ -93,6 +95,7 @@ def train_lm_command(
             ("--n-heads", "model_shape.n_head", n_heads, "n_heads")])
         config = LMTrainingConfig.resumed(out, minutes=minutes, steps=steps,
                                           changes=changes, fixed=fixed)
+        _hold_run_directory(ctx, out)
     else:
         if (minutes is None) == (steps is None):
             raise UserError("give exactly one of --minutes or --steps (--resume continues "
@@ -105,7 +108,10 @@ def train_lm_command(
             save_dtype="float16" if fp16 else "float32", corpus_licence=corpus_licence,
             init_from=init_from,
             **{name: value for name, value in changes.items() if value is not None})
+        if init_from is not None:
+            check_init_from(config)  # before --force removes the run in OUT
         options.check_output_directory(out, "--out")
+        _hold_run_directory(ctx, out)
         if force:
             remove_run(out)
         check_run_directory(out, resume=False)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from inversionview import distributed, provenance
-from inversionview.checkpoint import RunLog, check_run_directory, resumed_config
+from inversionview.checkpoint import RunLog, claim_run_directory, resumed_config
 from inversionview.decoder.data import ActivationStream, DecoderBatch, site_probabilities
 from inversionview.decoder.evaluate import held_out_queries, in_epsilon_rates
 from inversionview.decoder.plot import plot_curves
@@ -346,8 +346,14 @@ def train_decoder(model: Subject, config: DecoderTrainingConfig, resume: bool = 
     (``pretrained.py``); its shape and weights' sha256 go into the run's config, so a resume
     rebuilds the same decoder without the directory. ``config.continue_from`` starts a new
     run from a trained decoder of the same model (its shape and weights; the optimizer and
-    the schedule start fresh): training a shipped decoder for longer."""
-    check_run_directory(config.out, resume)
+    the schedule start fresh): training a shipped decoder for longer. A directory another
+    run is training in is refused at once (``checkpoint.claim_run_directory``)."""
+    with claim_run_directory(config.out, resume):
+        return _train(model, config, resume, show_progress)
+
+
+def _train(model: Subject, config: DecoderTrainingConfig, resume: bool,
+           show_progress: bool) -> Decoder:
     model = attach_corpus(model, config.corpus, config.max_tokens, config.field)
     weighted = site_weight_vector(model, config.site_weights)  # a bad site fails here
     pretrained = None  # a resumed run's weights come from its checkpoint

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from inversionview import provenance
-from inversionview.checkpoint import RunLog, check_run_directory, resumed_config
+from inversionview.checkpoint import RunLog, claim_run_directory, resumed_config
 from inversionview.errors import OptionError
 from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, HEADS, LAYERS, LEARNING_RATE,
                                    MINUTES, SEED, STEPS, WIDTH)
@@ -29,7 +29,7 @@ from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
                                     FIRST_CHECKPOINT_STEPS, GRAD_CLIP, MIN_LR_FRACTION,
                                     WARMUP_STEPS, WEIGHT_DECAY, check_settings, count)
 from inversionview.tasks import get_task
-from inversionview.tasks.base import next_token_targets
+from inversionview.tasks.base import Task, next_token_targets
 from inversionview.training import (LoopSettings, Trainer, evaluation_entry, run_manifest,
                                     run_training)
 
@@ -120,9 +120,15 @@ def train_probed(config: ProbedTrainingConfig, resume: bool = False,
     """Train within ``config``'s budget of steps or minutes (checkpoint time not counted).
     ``resume`` continues the run in ``config.out`` from its checkpoint
     (``ProbedTrainingConfig.resumed`` gives the config it was started with); without it, a
-    directory that holds a checkpoint is refused."""
+    directory that holds a checkpoint is refused, and so is a directory another run is
+    training in (``checkpoint.claim_run_directory``)."""
     task = get_task(config.task)
-    check_run_directory(config.out, resume)
+    with claim_run_directory(config.out, resume):
+        return _train(task, config, resume, show_progress)
+
+
+def _train(task: Task, config: ProbedTrainingConfig, resume: bool, show_progress: bool
+           ) -> Subject:
     config.out.mkdir(parents=True, exist_ok=True)
     started_at_commit = provenance.commit()
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from inversionview import provenance
-from inversionview.checkpoint import (CheckpointError, RunLog, check_run_directory,
+from inversionview.checkpoint import (CheckpointError, RunLog, claim_run_directory,
                                       resumed_config)
 from inversionview.errors import OptionError, UserError
 from inversionview.files import read_json_object, read_safetensors, sha256_file
@@ -277,6 +277,54 @@ def _build_model(task: TextTask, config: LMTrainingConfig) -> GPT2LMHeadModel:
         return GPT2LMHeadModel(gpt2_config)
 
 
+#: The option that sets each model setting (``_shape_overrides`` in the CLI).
+_SHAPE_OPTIONS = {"n_embd": "--d-model", "n_head": "--n-heads", "n_layer": "--n-layers"}
+
+
+def check_init_from(config: LMTrainingConfig) -> None:
+    """Refuse a new run whose ``init_from`` model does not fit what else it was given: a
+    model setting (``model_overrides``: --d-model, --n-heads, --n-layers) other than the
+    model's own (it keeps its shape), or a tokenizer other than the model's (its embeddings
+    are indexed by its own tokenizer): another vocabulary where the directory holds one, or
+    another number of tokens than it has embeddings. Reads only configs and tokenizers, so
+    the command calls it before any work."""
+    directory = config.init_from
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"--init-from {directory} has no config.json; give a GPT-2 model "
+                              "directory")
+    try:
+        settings = GPT2Config.from_pretrained(str(directory), local_files_only=True).to_dict()
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"--init-from {directory} cannot be read as a GPT-2 model "
+                              f"({str(error).splitlines()[0]})") from None
+    settings["n_inner"] = settings.get("n_inner") or 4 * settings["n_embd"]
+    overrides = dict(config.model_overrides)
+    if overrides.get("n_inner") == 4 * overrides.get("n_embd", -1):
+        del overrides["n_inner"]  # --d-model's MLP: a --d-model that agrees keeps the model's
+    for name, value in overrides.items():
+        if name in settings and settings[name] != value:
+            option = _SHAPE_OPTIONS.get(name, f"model setting {name}")
+            raise OptionError(f"{option} {value} differs from the {settings[name]} of --init-from "
+                              f"{directory}: a model started from another keeps its shape "
+                              f"(leave the option out)")
+    if config.tokenizer.resolve() == directory.resolve():
+        return
+    rows = settings["vocab_size"]
+    given = HFTokenizer.from_directory(config.tokenizer, model_size=rows)
+    if len(given.hf) != rows:
+        raise OptionError(f"--tokenizer {config.tokenizer} has {len(given.hf):,} tokens but "
+                          f"--init-from {directory} has {rows:,} token embeddings, indexed by "
+                          f"its own tokenizer; leave --tokenizer out to train with that one")
+    if any((directory / name).exists() for name in TOKENIZER_FILES):
+        own = HFTokenizer.from_directory(directory, model_size=rows).fingerprint()
+        if given.fingerprint() != own:
+            raise OptionError(f"--tokenizer {config.tokenizer} is not the tokenizer of "
+                              f"--init-from {directory} (vocabulary sha256 "
+                              f"{given.fingerprint()[:12]} vs {own[:12]}), whose token "
+                              f"embeddings are its own tokenizer's; leave --tokenizer out to "
+                              f"train with that one")
+
+
 def _initial_model(task: TextTask, config: LMTrainingConfig) -> GPT2LMHeadModel:
     """The model in ``config.init_from``, checked against the run's tokenizer and pieces."""
     directory = config.init_from
@@ -312,8 +360,15 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
     """Train within ``config``'s budget of steps or minutes (checkpoint time not counted).
     ``resume`` continues the run in ``config.out`` from its checkpoint
     (``LMTrainingConfig.resumed`` gives the config it was started with); without it, a
-    directory that holds a checkpoint is refused."""
-    check_run_directory(config.out, resume)
+    directory that holds a checkpoint is refused, and so is a directory another run is
+    training in (``checkpoint.claim_run_directory``)."""
+    with claim_run_directory(config.out, resume):
+        return _train(config, resume, show_progress)
+
+
+def _train(config: LMTrainingConfig, resume: bool, show_progress: bool) -> Subject:
+    if config.init_from is not None and not resume:
+        check_init_from(config)
     texts = read_texts(config.corpus, config.field)
     if not texts:
         raise CorpusError(f"corpus {config.corpus} holds no text; give {CORPUS_FORMATS}")
@@ -488,8 +543,8 @@ def ship_lm(run_directory: str | Path, destination: str | Path,
     return destination
 
 
-__all__ = ["LMTrainingConfig", "LengthGroupedBatches", "held_out_loss", "held_out_tokens",
-           "remove_run", "ship_lm", "token_losses", "train_lm"]
+__all__ = ["LMTrainingConfig", "LengthGroupedBatches", "check_init_from", "held_out_loss",
+           "held_out_tokens", "remove_run", "ship_lm", "token_losses", "train_lm"]
 
 
 def _sha256_or_none(path: Path) -> str | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from inversionview.errors import UserError
+from inversionview.locks import hold_directory
 from inversionview.reproduce.claims import (CONTROL, FAIL, NOT_MEASURED, PASS, STATUSES,
                                             TRAINED, UNSETTLED, Claim)
 
@@ -81,11 +82,8 @@ def reproduce(out: Path, quick: bool = False, seed: int = 0, authors: Path | Non
               progress: Callable[[str], None] | None = None,
               seeds: int | None = None) -> dict[str, Any]:
     """Run ``studies`` over ``seeds`` seeds (``seed``, ``seed + 1``, ...; default SEEDS) and
-    write ``out``/report.html and report.json; returns the record."""
-    from inversionview import provenance
-    from inversionview.reproduce.case_studies import factual_claims, ioi_claims
-    from inversionview.reproduce.toy import addition_claims, completeness_claim, counting_claims
-
+    write ``out``/report.html and report.json; returns the record. ``out`` is held while the
+    studies run (``locks.hold_directory``): a second report there is refused at once."""
     unknown = [s for s in studies if s not in STUDIES]
     if unknown:
         raise UserError(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDIES)}")
@@ -94,9 +92,18 @@ def reproduce(out: Path, quick: bool = False, seed: int = 0, authors: Path | Non
     if count < 1:
         raise UserError(f"--seeds is how many seeds each claim runs over, at least 1, not {count}")
     seed_list = [seed + k for k in range(count)]
-    say = progress or (lambda message: None)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with hold_directory(Path(out)) as out:
+        return _run(out, quick, seed, seed_list, authors, ioi_model, factual_model, studies,
+                    progress or (lambda message: None))
+
+
+def _run(out: Path, quick: bool, seed: int, seed_list: list[int], authors: Path | None,
+         ioi_model: str, factual_model: str, studies: tuple[str, ...],
+         say: Callable[[str], None]) -> dict[str, Any]:
+    from inversionview import provenance
+    from inversionview.reproduce.case_studies import factual_claims, ioi_claims
+    from inversionview.reproduce.toy import addition_claims, completeness_claim, counting_claims
+
     started = time.perf_counter()
     claims: list[Claim] = []
     problems: dict[str, str] = {}
