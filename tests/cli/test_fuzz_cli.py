@@ -145,7 +145,25 @@ COMMANDS = [
                                      "--precision": texts("auto", "fp32", "bf16", "fp8"),
                                      "--positions": texts("uniform", "last", "low-bos-attention"),
                                      "--init-from": SOME_PATH, "--corpus": SOME_PATH,
+                                     "--continue-from": DECODER_DIR,
+                                     "--eval-every": floats(10, 0), "--checkpoint-every": floats(60, 0),
+                                     "--field": texts("text"),
                                      "--max-tokens": ints(1, 32, 5000), "--json": FLAG}),
+    Command("train-lm", None, {"--corpus": st.sampled_from(["corpus.txt", "afile", "adir", "aloop",
+                                                            "no/such/file.txt", "empty.txt", ""]),
+                               "--out": OUTPUT_DIR, "--field": texts("text"),
+                               "--init-from": st.sampled_from(["ioi-lm", "adir", "afile", "counting", ""]),
+                               "--tokenizer": st.sampled_from(["ioi-lm", "adir", "afile", ""]),
+                               "--vocab-size": ints(300, 64, 100000), "--max-tokens": ints(8, 16),
+                               "--minutes": floats(0.001), "--steps": ints(1, 2), "--seed": SEED,
+                               "--batch-size": ints(2, 4), "--lr": floats(0.001),
+                               "--d-model": ints(16, 7), "--n-layers": ints(1, 2),
+                               "--n-heads": ints(1, 2, 3), "--fp16": FLAG,
+                               "--corpus-licence": texts("public domain"),
+                               "--eval-every": floats(10, 0), "--checkpoint-every": floats(60, 0),
+                               "--threads": THREADS, "--resume": FLAG, "--force": FLAG,
+                               "--json": FLAG},
+            required=("--corpus", "--steps")),
     Command("export-decoder", DECODER_DIR, {"--out": OUTPUT_DIR, "--model": MODEL, "--task": TASK,
                                             "--seed": SEED, "--force": FLAG, "--json": FLAG}),
     Command("ioi corpus", None, {"--out": st.sampled_from(["mix.txt", "mix.json", "adir", "afile",
@@ -249,6 +267,9 @@ def sandbox(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     (root / "adir").mkdir()
     (root / "afile").write_text("a file\n")
+    (root / "corpus.txt").write_text("".join(f"And the word {i} was good, and it was so.\n"
+                                             for i in range(200)))
+    (root / "empty.txt").write_text("")
     (root / "aloop").symlink_to("aloop")
     (root / "adangling").symlink_to("nowhere")
     (root / "existing.html").write_text("<p>keep me</p>\n")
@@ -355,7 +376,7 @@ def run_case(argv: list[str], sandbox: Path, exit_one: bool = False) -> None:
 # Cases per command: the cheap ones get more. Together about 750 per suite run.
 BUDGET = {"models": 20, "eval-probed": 50, "activation": 70, "inspect": 50, "decoders": 40,
           "query": 90, "verify": 50, "completeness": 40, "patch": 60, "dla": 60, "ablate": 50,
-          "train-probed": 50, "train-decoder": 40, "export-decoder": 40, "serve": 50,
+          "train-probed": 50, "train-decoder": 40, "train-lm": 30, "export-decoder": 40, "serve": 50,
           "ioi corpus": 20, "ioi eval": 30, "ioi heads": 20, "ioi read": 20,
           "factual corpus": 15, "factual eval": 20, "factual heads": 20, "factual read": 15,
           "summarize": 30, "interpret": 25, "reproduce": 20}
