@@ -201,6 +201,7 @@ EXAMPLES = Range("examples", 1, 10**15)
 BATCH_SIZE = Range("batch-size", 1, 1_000_000)
 LEARNING_RATE = Range("lr", 0, 10, integer=False, low_open=True)
 REBALANCE = Range("rebalance", 0, 100, integer=False)
+BALL_NOISE = Range("ball_noise", 0, 1, integer=False)  # a radius in units of the activation's norm
 CHECKPOINT_SECONDS = Range("checkpoint-every", 0, 86_400, integer=False, low_open=True)
 WIDTH = Range("d-model", 1, 65_536)
 HEADS = Range("n-heads", 1, 1_024)

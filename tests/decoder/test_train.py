@@ -436,3 +436,33 @@ def test_site_weights_set_the_mix_of_training_sites(tmp_path, monkeypatch, capsy
     code, _, err = _cli(capsys, monkeypatch, model_dir, "--task", "addition", "--out",
                         tmp_path / "cli", "--resume", "--site-weights", "a0.0=1")
     assert code == 2 and "--site-weights" in err and "differs" in err
+
+
+def test_ball_noise_moves_each_activation_within_its_ball_and_is_seeded(tmp_path):
+    """ball_noise r: each training activation z is conditioned on as a point at normalized
+    distance at most r from z, in a random direction; the same seed and step give the same
+    points, so a resumed run trains on the same noise; 0 leaves z alone; out of range is
+    refused."""
+    from inversionview.decoder.train import in_ball
+    from inversionview.errors import OptionError
+
+    z = torch.randn(512, 16, generator=torch.Generator().manual_seed(0)) * 5
+    moved = in_ball(z, 0.1, torch.Generator().manual_seed(3))
+    distance = (moved - z).norm(dim=-1) / z.norm(dim=-1)
+    assert distance.max() <= 0.1 + 1e-6 and distance.min() >= 0 and distance.mean() > 0.03
+    assert torch.equal(moved, in_ball(z, 0.1, torch.Generator().manual_seed(3)))
+    directions = (moved - z) / (moved - z).norm(dim=-1, keepdim=True)
+    assert directions.mean(0).norm() < 0.2  # no preferred direction
+    with pytest.raises(OptionError, match="ball_noise"):
+        _config(tmp_path / "bad", 16, ball_noise=1.5)
+    # a run with ball noise trains, and two runs with one seed give the same decoder
+    probed = _probed()
+    first = train_decoder(probed, _config(tmp_path / "a", 48, ball_noise=0.1, rebalance=0.0),
+                          show_progress=False)
+    again = train_decoder(probed, _config(tmp_path / "b", 48, ball_noise=0.1, rebalance=0.0),
+                          show_progress=False)
+    plain = train_decoder(probed, _config(tmp_path / "c", 48, rebalance=0.0), show_progress=False)
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
+    assert any(not torch.equal(value, plain.state_dict()[name])
+               for name, value in first.state_dict().items())

@@ -138,6 +138,14 @@ def train_decoder_command(
         "--continue-from", help="A trained decoder of this model (a run directory or an "
         "exported decoder, e.g. artifacts/decoder-counting): the run starts from its shape and "
         "weights with a fresh optimizer and schedule, to train it for longer.")] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        "--lr", help="Peak learning rate (default: the preset's: fast 1e-3, paper 1e-4); "
+        "lower, e.g. 3e-4, to go on from --continue-from without undoing it.",
+        callback=options.LEARNING_RATE.callback)] = None,
+    ball_noise: Annotated[float, typer.Option(
+        "--ball-noise", help="Train on the epsilon-ball: each training activation z is moved by "
+        "r x |z| in a random direction, r uniform in [0, BALL_NOISE] (0: the paper's recipe, "
+        "no noise; 0.1: the ball of epsilon 0.1).", callback=options.BALL_NOISE.callback)] = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a decoder on a probed model's activations (fresh data every step).
@@ -167,7 +175,8 @@ def train_decoder_command(
                  ("--init-from", "init_from", None if init_from is None else str(init_from),
                   "init_from"),
                  ("--continue-from", "continue_from",
-                  None if continue_from is None else str(continue_from), "continue_from")]
+                  None if continue_from is None else str(continue_from), "continue_from"),
+                 ("--lr", "lr", lr, "lr"), ("--ball-noise", "ball_noise", ball_noise, "ball_noise")]
         fixed = _explicit(ctx, given)
         explicit_device = ctx.get_parameter_source("device").name not in ("DEFAULT", "DEFAULT_MAP")
         config = DecoderTrainingConfig.resumed(
@@ -184,7 +193,7 @@ def train_decoder_command(
                                        precision=precision, corpus=corpus, field=text_field,
                                        max_tokens=max_tokens, positions=positions,
                                        init_from=init_from, continue_from=continue_from,
-                                       **interval)
+                                       lr=lr, ball_noise=ball_noise, **interval)
         options.check_output_directory(out, "--out")
         _hold_run_directory(ctx, out)
         check_run_directory(out, resume=False)  # before the model loads

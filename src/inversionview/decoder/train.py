@@ -31,7 +31,7 @@ from inversionview.decoder.store import DecoderLoadError, save_decoder
 from inversionview.decoder.model import Decoder, DecoderConfig
 from inversionview.errors import OptionError, UserError, echo
 from inversionview.files import sha256_file
-from inversionview.options import (BATCH_SIZE, CHECKPOINT_SECONDS, EPSILON, EXAMPLES,
+from inversionview.options import (BALL_NOISE, BATCH_SIZE, CHECKPOINT_SECONDS, EPSILON, EXAMPLES,
                                    LEARNING_RATE, MAX_TOKENS, MINUTES, POSITIONS, REBALANCE, SEED)
 from inversionview.probed.subject import Subject
 from inversionview.probed.sites import check_site
@@ -98,6 +98,11 @@ class DecoderTrainingConfig:
     # Where each example's activation is read (decoder/positions.py): uniform (the paper's
     # toy tasks and IOI), last, or low-bos-attention (its factual recall).
     positions: str = "uniform"
+    # Train on the ε-ball (issue 28): each example's activation z is moved, before the decoder
+    # sees it, by r x |z| in a random direction, r uniform in [0, ball_noise]. A decoder then
+    # learns the inputs whose activation lies near z, not only the one input behind z.
+    # 0 (the paper's recipe): no noise.
+    ball_noise: float = 0.0
     # A local GPT-2 directory with the probed model's tokenizer whose transformer the decoder
     # starts from (decoder/pretrained.py; the paper's factual-recall decoder: GPT-2 medium),
     # and the sha256 of its model.safetensors, filled in when the run starts.
@@ -143,6 +148,7 @@ class DecoderTrainingConfig:
             "batch_size": BATCH_SIZE, "warmup_steps": WARMUP_STEPS,
             "min_lr_fraction": MIN_LR_FRACTION, "weight_decay": WEIGHT_DECAY,
             "grad_clip": GRAD_CLIP, "rebalance": REBALANCE, "epsilon": EPSILON,
+            "ball_noise": BALL_NOISE,
             "eval_every_seconds": EVAL_SECONDS, "checkpoint_every_seconds": CHECKPOINT_SECONDS,
             "first_checkpoint_seconds": FIRST_CHECKPOINT_SECONDS,
             "first_checkpoint_steps": FIRST_CHECKPOINT_STEPS,
@@ -162,6 +168,15 @@ class DecoderTrainingConfig:
         if self.examples is None:
             return None
         return -(-self.examples // (self.batch_size * world_size))
+
+
+def in_ball(activation: torch.Tensor, radius: float, generator: torch.Generator) -> torch.Tensor:
+    """Each row ``z`` of ``activation`` moved by ``r |z|`` in a uniformly random direction, ``r``
+    uniform in [0, ``radius``]: a point of z's ball at normalized distance ``r``."""
+    direction = torch.randn(activation.shape, generator=generator).to(activation)
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    r = torch.rand(activation.shape[0], 1, generator=generator).to(activation) * radius
+    return activation + r * activation.norm(dim=-1, keepdim=True) * direction
 
 
 def check_site_weights(weights: Any) -> dict[str, float] | None:
@@ -474,8 +489,12 @@ def _train(model: Subject, config: DecoderTrainingConfig, resume: bool,
 
     def batch_loss(step: int) -> tuple[torch.Tensor, int]:
         batch = stream.next_batch().to(device)
+        activation = batch.activation
+        if config.ball_noise:  # seeded by the step: a resumed run draws the same noise
+            noise = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 17 + world.rank)
+            activation = in_ball(activation, config.ball_noise, noise)
         with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
-            loss = decoder_loss(trained, batch.tokens, batch.activation, batch.site_id, pad_id)
+            loss = decoder_loss(trained, batch.tokens, activation, batch.site_id, pad_id)
         return loss, examples_per_step
 
     run_training(run, Trainer(
