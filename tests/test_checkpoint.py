@@ -220,3 +220,18 @@ def test_portable_paths(tmp_path, monkeypatch):
     entry = provenance.command_entry(resumed_from_step=12)
     assert entry["command"] == line and entry["resumed_from_step"] == 12
     assert entry["started"].endswith("+00:00")
+
+
+def test_a_run_of_another_trainer_is_refused_by_name(tmp_path):
+    """Issue 31 (found by the run-directory work): `train-probed --resume` on a `train-lm` run
+    was an internal error (TypeError: no task), `train-decoder --resume` on it asked for
+    minutes or examples. Each trainer now says the run is another command's."""
+    from inversionview.decoder.train import DecoderTrainingConfig
+    from inversionview.probed.train_lm import LMTrainingConfig
+
+    out = _stored_run(tmp_path, _probed_config(tmp_path / "run"))
+    for config_class, command in ((LMTrainingConfig, "train-lm"),
+                                  (DecoderTrainingConfig, "train-decoder")):
+        with pytest.raises(OptionError, match=f"started by another command .* that {command} does not take"):
+            config_class.resumed(out)
+    assert ProbedTrainingConfig.resumed(out).seed == 5  # its own trainer goes on

@@ -203,6 +203,11 @@ def claim_run_directory(out: Path, resume: bool) -> Iterator[None]:
         yield
 
 
+#: The command that trains with each config, for messages.
+_COMMANDS = {"DecoderTrainingConfig": "train-decoder", "ProbedTrainingConfig": "train-probed",
+             "LMTrainingConfig": "train-lm"}
+
+
 def resumed_config(config_class: type, out: Path, budget: dict[str, Any],
                    changes: dict[str, Any] | None = None,
                    fixed: dict[str, tuple[str, Any]] | None = None) -> Any:
@@ -233,6 +238,14 @@ def resumed_config(config_class: type, out: Path, budget: dict[str, Any],
     saved.update({name: value for name, value in (changes or {}).items() if value is not None})
     saved["out"] = Path(out)
     known = {item.name for item in dataclasses.fields(config_class)}
+    required = {item.name for item in dataclasses.fields(config_class)
+                if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING}
+    foreign = sorted(set(saved) - known)
+    if foreign or required - set(saved):
+        raise OptionError(
+            f"the run in {out} was started by another command (its checkpoint holds settings "
+            f"such as {', '.join(foreign[:3]) or 'others'} that {_COMMANDS.get(config_class.__name__, 'this command')} "
+            f"does not take); resume it with the command that started it")
     config = config_class(**{name: value for name, value in saved.items() if name in known})
     for label, (path, value) in (fixed or {}).items():
         stored = _lookup(config, path)
