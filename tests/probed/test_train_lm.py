@@ -375,6 +375,13 @@ def test_init_from_refuses_another_tokenizer_or_shape(command, corpus, tmp_path)
     for extra, fragments in cases:
         _one_line_error(command(*start, *extra), str(source), *fragments)
         assert not out.exists()
+    # --vocab-size trains a tokenizer, which --init-from or --tokenizer replaces: refused, not
+    # ignored
+    for given in (["--init-from", source], ["--tokenizer", source]):
+        plain = [arg for arg in start if arg not in ("--init-from", source)]
+        _one_line_error(command(*plain, *given, "--vocab-size", "300"),
+                        "--vocab-size trains a new tokenizer", f"with {given[0]}")
+        assert not out.exists()
     taken = command(*start, "--tokenizer", same, "--d-model", "32", "--json")
     assert taken.exit_code == 0, taken.output
     assert _manifest(out)["tokenizer"]["fingerprint"] == _manifest(source)["tokenizer"]["fingerprint"]

@@ -100,6 +100,11 @@ def train_lm_command(
         if (minutes is None) == (steps is None):
             raise UserError("give exactly one of --minutes or --steps (--resume continues "
                             "a run with its own)")
+        if (init_from is not None or tokenizer is not None) and _explicit(
+                ctx, [("--vocab-size", "vocab_size", vocab_size, "vocab_size")]):
+            given = "--init-from" if init_from is not None else "--tokenizer"
+            raise UserError(f"--vocab-size trains a new tokenizer; with {given} the model uses "
+                            f"that tokenizer's vocabulary: give one or the other")
         overrides = _shape_overrides(d_model, n_heads, n_layers)
         config = LMTrainingConfig(
             corpus=corpus, out=out, field=field, tokenizer=tokenizer, vocab_size=vocab_size,
