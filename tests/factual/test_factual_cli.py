@@ -50,6 +50,8 @@ def test_factual_commands_reject_bad_input(factual_lm_dir):
         (["factual", "eval", str(factual_lm_dir), "--split", "test"], "unknown split 'test'"),
         (["factual", "eval", "counting"], "trained on 'counting', not 'factual'"),
         (["factual", "corpus", "--out", "/tmp/x.csv"], ".txt"),
+        (["factual", "read", str(factual_lm_dir), "--heads", ","],  # as `ioi read` (issue 31)
+         "--heads ',' names no head; give heads such as"),
     ]:
         result = invoke(args)
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)

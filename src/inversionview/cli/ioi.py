@@ -8,7 +8,8 @@ import typer
 from inversionview import options
 from inversionview.cli.app import app
 from inversionview.cli.common import (CandidatesOpt, DecoderOpt, ForceOpt, JsonOpt, ModelArg,
-                                      SeedOpt, ThreadsOpt, _apply_threads, _emit, _load)
+                                      SeedOpt, ThreadsOpt, _apply_threads, _emit, _head_names,
+                                      _heads_of, _load)
 from inversionview.ioi.prompts import IOIError
 from inversionview.options import Range
 
@@ -155,21 +156,21 @@ def read_command(
     from inversionview.ioi.circuit import classify, head_scores
     from inversionview.ioi.readings import READ_POSITIONS, dla_table, edit_table, read_heads
 
+    named = None if heads is None else _head_names(heads)
     _apply_threads(threads)
     probed = _load(model, "ioi")
     trained, _ = decoder_for(probed, model, decoder)
     roles: dict[str, list[str]] = {}
-    if heads is None:
+    if named is None:
         found = classify(head_scores(probed, n, seed)["heads"])
         for role, names in found.items():
             for name in names:
                 roles.setdefault(name, []).append(role)
+        if not roles:
+            raise IOIError(f"no heads to read: no head was put in a role on --n {n} prompts; "
+                           "give --heads, or more prompts with --n")
     else:
-        for name in (part.strip() for part in heads.split(",") if part.strip()):
-            site = probed.site(name)
-            if site.kind != "head":
-                raise IOIError(f"--heads takes heads such as a3.1, not {name!r}")
-            roles[site.short] = []
+        roles = {head: [] for head in _heads_of(probed, named)}
     targets = [(head, position) for head in roles for position in READ_POSITIONS]
     readings = read_heads(probed, trained, targets, queries, seed, candidates)
     dla = dla_table(probed, [(head, position, "io" if "name mover" in roles[head] else "s")
