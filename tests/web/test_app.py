@@ -115,6 +115,9 @@ def test_single_temperature_replaces_the_schedule(client):
     ({"model": "counting", "bogus": 1}, 422, "bogus"),
     ({"input": "B"}, 422, "model"),
     ({"model": "gpt-5"}, 404, "unknown model 'gpt-5'"),
+    # issue 31: was accepted (4,095 of a language model's 4,096 tokens banned)
+    ({"model": "counting", "ban_rare": 10**9}, 422, "ban_rare: Input should be less than or "
+                                                      "equal to 1000000"),
 ])
 def test_bad_query_answers_4xx_with_a_message(client, body, status, words):
     response = client.post("/api/query", json=body)

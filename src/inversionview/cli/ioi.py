@@ -40,7 +40,7 @@ def corpus_command(
     from inversionview.text.sources import read_texts
 
     options.check_output_file(out, "--out", (".txt",), force)
-    text_lines = read_texts(text) if text is not None else []
+    text_lines = read_texts(text, what="--text") if text is not None else []
     written = mixture_lines(lines, seed, text_lines)
     with atomic_path(out) as temporary:
         temporary.write_text("\n".join(written) + "\n", encoding="utf-8")
