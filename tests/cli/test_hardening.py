@@ -269,3 +269,73 @@ def test_a_ban_that_leaves_nearly_no_token_is_refused():
     assert line.endswith("give --ban-rare 2,987 or less")
     assert "from 1 to 1,000,000" in one_error_line(invoke(["query", "lm-factual", "--ban-rare",
                                                             str(10**9)]))
+
+
+@pytest.fixture
+def counting_pairs(tmp_path):
+    """30 counting pairs whose counts differ, and one more whose counts do not (line 33)."""
+    from inversionview.probed import load_probed
+    from inversionview.verify.patching import contrast_pairs
+
+    drawn = contrast_pairs(load_probed("counting").task, 30, "flip", seed=0)
+    rows = [{"original": o, "contrast": c} for o, c in zip(drawn.originals, drawn.contrasts)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    same = tmp_path / "same.jsonl"
+    same.write_text("\n".join(json.dumps(row) for row in rows) + "\n\n\n"
+                    + json.dumps({"original": "Baab|a:2E", "contrast": "Bacb|a:2E"}) + "\n")
+    return path, same
+
+
+def test_patch_n_caps_the_pairs_of_a_file_and_says_so(counting_pairs):
+    """Was: --n ignored with --pairs (10,000 pairs ran for 3 minutes)."""
+    path, _ = counting_pairs
+    argv = ["patch", "counting", "--components", "a1.0@:", "--pairs", path, "--n", "5"]
+    record = json.loads(invoke(argv + ["--json"]).stdout)
+    assert record["n"] == 5 and record["pairs_in_file"] == 30
+    result = invoke(argv)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"the first 5 of the 30 pairs (--n 5) from {path}")
+    every = json.loads(invoke(["patch", "counting", "--components", "a1.0@:", "--pairs", path,
+                               "--json"]).stdout)
+    assert every["n"] == 30
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--contrast", "flip"], "--contrast says how pairs are drawn"),
+    (["--filter", "count>1"], "--filter says how pairs are drawn"),
+    (["--target", "count"], "--target says how pairs are drawn"),
+    (["--contrast", "random", "--target", "count"], "--contrast and --target say how"),
+])
+def test_patch_refuses_drawing_options_beside_given_pairs(counting_pairs, extra, says):
+    """Was: silently ignored."""
+    path, _ = counting_pairs
+    line = one_error_line(invoke(["patch", "counting", "--components", "a1.0@:", "--pairs",
+                                  path, *extra]))
+    assert says in line and "give one or the other" in line
+
+
+def test_patch_refuses_a_pair_whose_contrast_keeps_the_answer(counting_pairs, tmp_path):
+    """Was: such a pair's LD is 0 on every run, patched or not, and was averaged in."""
+    _, same = counting_pairs
+    line = one_error_line(invoke(["patch", "counting", "--components", "a1.0@:", "--pairs",
+                                  same, "--n", "100"]))
+    assert line.startswith("error: same.jsonl line 33 (count): the answer and the contrast's "
+                           "answer are the same token ('2')")
+    text = tmp_path / "text.jsonl"
+    pair = {"original": "When Mary and John went to the store, John gave a drink to",
+            "contrast": "When Mary and John went to the store, Mary gave a drink to",
+            "answer": " Mary", "contrast_answer": " John"}
+    text.write_text(json.dumps(pair) + "\n" + json.dumps({**pair, "contrast_answer": " Mary"}))
+    line = one_error_line(invoke(["patch", "lm-ioi", "--components", "a0.0@END", "--pairs", text]))
+    assert line.startswith("error: text.jsonl line 2: the answer and the contrast's answer are "
+                           "the same token (' Mary')")
+
+
+@pytest.mark.parametrize("name, says", [("/dev/zero", "is not a regular file"),
+                                        ("fifo", "is not a regular file"),
+                                        ("loop", "is a symlink loop")])
+def test_a_pairs_file_that_cannot_be_read_is_refused(bad_files, name, says):
+    path = name if name.startswith("/") else str(bad_files / name)
+    line = one_error_line(invoke(["patch", "counting", "--components", "a1.0@:", "--pairs", path]))
+    assert says in line
