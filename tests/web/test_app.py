@@ -263,6 +263,30 @@ def test_a_seed_beyond_64_bits_is_a_422_not_a_500(client):
     assert top.status_code == 200 and top.json()["seed"] == SEED.high
 
 
+@pytest.mark.parametrize("path, body, says", [
+    ("/api/query", b'{"model": "counting", "seed": 9X}', "seed: a number of 5,000 digits"),
+    ("/api/grid", b'{"model": "counting", "seed": 9X}', "seed: a number of 5,000 digits"),
+    ("/api/query", b'{"model": "counting", "candidates": -9X}', "candidates: a number of 5,000"),
+    ("/api/query", b'{"model": "counting", "noise_cosine": [0.5, 9X]}', "noise_cosine[1]: a number"),
+])
+def test_a_number_beyond_the_digits_python_reads_names_its_field(client, path, body, says):
+    """Issue 31: a 5,000-digit seed was 'the request body is not JSON text' (Python reads at
+    most 4,300 digits of an integer; json.loads raises ValueError); now the field, and its
+    range where it has one."""
+    response = client.post(path, content=body.replace(b"9X", b"9" * 5000),
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert says in detail and "not JSON" not in detail
+    if "seed" in says:
+        assert detail.endswith("seed must be from 0 to 9,223,372,036,854,775,807")
+    query = client.get("/api/models/counting/example", params={"seed": "9" * 5000})
+    assert query.status_code == 422
+    assert query.json()["detail"].endswith("seed must be from 0 to 9,223,372,036,854,775,807")
+    broken = client.post(path, content=b"\xff{", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 422 and "JSON" in broken.json()["detail"]
+
+
 def test_the_schema_states_the_limits_the_server_applies(client, service):
     document = client.get("/openapi.json").json()
     schemas = document["components"]["schemas"]
