@@ -213,7 +213,7 @@ def test_text_pair_errors_are_one_line(trained, tmp_path):
     pairs.write_text(json.dumps(PAIRS[0]) + "\n{not json\n")
     for args, message in [([], "needs your contrast pairs: --pairs FILE.jsonl"),
                           (["--pairs", str(pairs)], "line 2 is not JSON"),
-                          (["--pairs", str(tmp_path / "none.jsonl")], "cannot read"),
+                          (["--pairs", str(tmp_path / "none.jsonl")], "does not exist"),
                           (["--pairs", str(pairs), "--components", "a1.0"], "is not SITE@POSITION")]:
         failed = invoke(["patch", str(directory), *(["--components", "a1.0@last"]
                                                     if "--components" not in args else []), *args])

@@ -199,3 +199,16 @@ def make_factual_lm(directory: Path, n_layer: int = 2, n_head: int = 4, n_embd: 
     (directory / "inversionview.json").write_text(json.dumps({"kind": "probed-model",
                                                               "task": "factual"}))
     return directory
+
+
+def keep_spaces_apart(directory: Path) -> Path:
+    """Drop every BPE merge of the tokenizer in ``directory`` that joins the space ("Ġ") to
+    what follows: " Paris" is then spelled " " + "Paris" (or its letters), as a tester's
+    model spelled every answer and name (issue 31). The ids do not change."""
+    path = Path(directory) / "tokenizer.json"
+    tokenizer = json.loads(path.read_text())
+    merges = tokenizer["model"]["merges"]
+    tokenizer["model"]["merges"] = [m for m in merges if not (m[0] if isinstance(m, list)
+                                                                else m).startswith("Ġ")]
+    path.write_text(json.dumps(tokenizer))
+    return Path(directory)

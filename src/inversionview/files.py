@@ -7,9 +7,11 @@ file and says what it should hold; writers replace a file only once the new one 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,36 @@ def weights_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.T
                  if name not in state and not name.endswith(ignored)]
     more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
     return "; ".join(problems[:3]) + more if problems else None
+
+
+def input_kind(path: Path, error: type[UserError], what: str, expected: str,
+               max_bytes: int) -> str:
+    """"file" or "directory": what a path a user gave to read is. ``error``, one line naming
+    ``what`` and the path and saying what is ``expected``, for one that does not exist, is a
+    broken link or a symlink loop, is neither a regular file nor a directory (a device or a
+    FIFO: /dev/zero never ends, a FIFO without a writer never starts), or is a file of more
+    than ``max_bytes`` (it would be read into memory whole)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise error(f"{what} {path} is a symlink to {os.readlink(path)}, which does not "
+                        f"exist; give {expected}") from None
+        raise error(f"{what} {path} does not exist; give {expected}") from None
+    except OSError as problem:
+        if problem.errno == errno.ELOOP:
+            raise error(f"{what} {path} is a symlink loop (its links lead back to themselves); "
+                        f"give {expected}") from None
+        raise error(f"{what} {path} cannot be read ({first_line(problem)})") from None
+    if stat.S_ISDIR(info.st_mode):
+        return "directory"
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} {path} is not a regular file (a device, a FIFO or a socket); "
+                    f"give {expected}")
+    if info.st_size > max_bytes:
+        raise error(f"{what} {path} holds {info.st_size:,} bytes, more than the {max_bytes:,} "
+                    f"it may (it is read into memory whole); give a part of it")
+    return "file"
 
 
 def positive_int(value: Any) -> bool:

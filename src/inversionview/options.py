@@ -127,7 +127,9 @@ NOISE_COSINE = Range("noise cosine", 0, 1, integer=False)
 # How a candidate's activation is compared with the query's (probed/distance.py).
 Metric = Literal["euclidean", "cosine"]
 METRIC = Choice("metric", get_args(Metric))
-BAN_COUNT = Range("ban-rare", 1, 10**9)
+# A rare token's count in the corpus it is banned by: a token seen a million times is common
+# in any corpus (and a ban that leaves too few tokens is refused: text/counts.py).
+BAN_COUNT = Range("ban-rare", 1, 1_000_000)
 
 
 def parse_cosine_range(text: str | None, option: str) -> tuple[float, float] | None:

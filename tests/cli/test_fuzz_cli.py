@@ -79,6 +79,9 @@ OUTPUT_FILE = st.sampled_from(["out.html", "plot.png", "plot.svg", "adir", "afil
 OUTPUT_DIR = st.sampled_from(["run", "adir", "afile", "afile/below", "", "readonly/run",
                               "/proc/self", "exported", "aloop", "adangling"])
 SOME_PATH = st.sampled_from(["adir", "afile", "no/such/file.jsonl", "broken-model", ""])
+# Files read whole: empty, blank, not regular (a device, a FIFO), a symlink loop (issue 31).
+TEXT_FILE = st.sampled_from(["text.txt", "empty.txt", "blank.txt", "/dev/zero", "fifo", "loop",
+                             "adir", "afile", "no/such/file.txt", ""])
 DECODER_DIR = st.sampled_from(["adir", "afile", "no/such/dir", "broken-decoder", "",
                                "DECODER_COUNTING", "DECODER_ADDITION"])
 
@@ -112,7 +115,7 @@ COMMANDS = [
                              "--all": FLAG, "--html": OUTPUT_FILE, "--force": FLAG, "--verify": FLAG,
                              "--search": ints(0, 64, 256), "--free": FLAG, "--constrain": FLAG,
                              "--noise-cosine": texts("0.8", "0.75:0.9", "0.9:0.1", "1:1", "x:"),
-                             "--ban-rare": ints(1, 5), "--ban-corpus": OUTPUT_FILE}),
+                             "--ban-rare": ints(1, 5), "--ban-corpus": TEXT_FILE}),
     Command("verify", MODEL, {**QUERY_OPTIONS, "--temperature": floats(0.5, 1), "--noise": floats(0, 0.1),
                               "--per-side": ints(1, 3, 5)}),
     Command("completeness", CHEAP_MODEL, {**QUERY_OPTIONS, "--plot": OUTPUT_FILE, "--force": FLAG,
@@ -170,7 +173,7 @@ COMMANDS = [
                                                            "existing.html", "readonly/x.txt", ""]),
                                  "--lines": st.sampled_from(["1", "50", "0", "-1", "x", "1e3",
                                                              "99999999999999999999", "٣"]),
-                                 "--text": SOME_PATH, "--seed": SEED, "--force": FLAG,
+                                 "--text": TEXT_FILE, "--seed": SEED, "--force": FLAG,
                                  "--json": FLAG}),
     Command("ioi eval", IOI_MODEL, {"--n": ints(1, 8), "--split": texts("eval", "train", "all"),
                                     "--seed": SEED, "--threads": THREADS, "--json": FLAG}),
@@ -187,7 +190,7 @@ COMMANDS = [
     Command("factual corpus", None, {"--out": st.sampled_from(["facts.txt", "facts.json", "adir",
                                                                 "afile", "readonly/x.txt", ""]),
                                      "--lines": st.sampled_from(["1", "40", "0", "x", "1e3"]),
-                                     "--text": SOME_PATH, "--seed": SEED, "--force": FLAG,
+                                     "--text": TEXT_FILE, "--seed": SEED, "--force": FLAG,
                                      "--json": FLAG}),
     Command("factual eval", FACTUAL_MODEL, {"--split": texts("eval", "train", "all"),
                                             "--relation": texts("capital", "region", "birthplace"),
@@ -275,6 +278,11 @@ def sandbox(tmp_path_factory):
     (root / "existing.html").write_text("<p>keep me</p>\n")
     (root / "existing.png").write_bytes(b"\x89PNG keep me")
     (root / "readonly").mkdir()
+    (root / "text.txt").write_text("In the beginning was the word.\nAnd the word was good.\n")
+    (root / "empty.txt").write_text("")
+    (root / "blank.txt").write_text("\n  \n")
+    os.mkfifo(root / "fifo")
+    (root / "loop").symlink_to(root / "loop")
     broken_model = root / "broken-model"
     shutil.copytree(find_artifact("counting"), broken_model)
     (broken_model / "model.safetensors").write_bytes(b"\x00" * 5)

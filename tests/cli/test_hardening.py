@@ -231,3 +231,142 @@ def test_export_without_a_probed_source_asks_for_the_model(tmp_path):
     (run / "decoder.json").write_text(json.dumps(manifest))
     line = one_error_line(invoke(["export-decoder", run, "--out", tmp_path / "out"]))
     assert "--model" in line
+
+
+# ----- issue 31: input files that are not what they say, and options that did nothing ------
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    """An empty file, a one-line file, a symlink loop, a FIFO, a file with a 1 MB line, and a
+    (sparse) file of more than 1 GiB."""
+    from inversionview.text.sources import MAX_CORPUS_BYTES, MAX_LINE_BYTES
+
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("\n   \n")
+    (tmp_path / "one.txt").write_text("In the beginning\n")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere.txt")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "long.txt").write_text("a" * (MAX_LINE_BYTES + 1))
+    with open(tmp_path / "huge.txt", "wb") as huge:
+        huge.truncate(MAX_CORPUS_BYTES + 1)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, says", [
+    ("empty.txt", "holds no text"),
+    ("blank.txt", "holds no text"),
+    ("loop", "is a symlink loop"),
+    ("dangling", "is a symlink to"),
+    ("fifo", "is not a regular file"),
+    ("/dev/zero", "is not a regular file"),
+    ("long.txt", "line 1: longer than 1,000,000 bytes"),
+    ("huge.txt", "holds 1,073,741,825 bytes, more than the 1,073,741,824"),
+])
+@pytest.mark.parametrize("command", ["ioi corpus", "factual corpus", "query"])
+def test_a_corpus_file_that_cannot_be_used_is_refused_at_once(bad_files, command, name, says):
+    """Was: an empty --text accepted, an empty --ban-corpus banning every token but EOS, a
+    FIFO read forever, /dev/zero read until the kernel killed the process (23.9 GB), and a
+    symlink loop 'does not exist'."""
+    path = name if name.startswith("/") else str(bad_files / name)
+    argv = {"ioi corpus": ["ioi", "corpus", "--out", bad_files / "mix.txt", "--text", path],
+            "factual corpus": ["factual", "corpus", "--out", bad_files / "f.txt", "--text", path],
+            "query": ["query", "lm-kjv", "--ban-rare", "1", "--ban-corpus", path]}[command]
+    started = time.perf_counter()
+    line = one_error_line(invoke(argv))
+    option = "--ban-corpus" if command == "query" else "--text"
+    assert line.startswith(f"error: {option} {path}") and says in line, line
+    assert time.perf_counter() - started < 10
+    assert not (bad_files / "mix.txt").exists() and not (bad_files / "f.txt").exists()
+
+
+def test_a_ban_that_leaves_nearly_no_token_is_refused():
+    """Was: --ban-corpus with one line banned all but a few tokens, and --ban-rare 10**9 was
+    accepted (the web API's ban_rare too: tests/web)."""
+    import pathlib
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        one = pathlib.Path(folder) / "one.txt"
+        one.write_text("In the beginning\n")
+        line = one_error_line(invoke(["query", "lm-kjv", "--ban-rare", "1", "--ban-corpus", one,
+                                      "--candidates", "8"]))
+    assert "a ban must leave at least 10% of the tokens" in line
+    assert "give texts that use more of the vocabulary" in line
+    line = one_error_line(invoke(["query", "lm-factual", "--ban-rare", "100000"]))
+    assert "--ban-rare 100,000 bans 4,087 of the 4,095 tokens" in line
+    assert line.endswith("give --ban-rare 2,987 or less")
+    assert "from 1 to 1,000,000" in one_error_line(invoke(["query", "lm-factual", "--ban-rare",
+                                                            str(10**9)]))
+
+
+@pytest.fixture
+def counting_pairs(tmp_path):
+    """30 counting pairs whose counts differ, and one more whose counts do not (line 33)."""
+    from inversionview.probed import load_probed
+    from inversionview.verify.patching import contrast_pairs
+
+    drawn = contrast_pairs(load_probed("counting").task, 30, "flip", seed=0)
+    rows = [{"original": o, "contrast": c} for o, c in zip(drawn.originals, drawn.contrasts)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    same = tmp_path / "same.jsonl"
+    same.write_text("\n".join(json.dumps(row) for row in rows) + "\n\n\n"
+                    + json.dumps({"original": "Baab|a:2E", "contrast": "Bacb|a:2E"}) + "\n")
+    return path, same
+
+
+def test_patch_n_caps_the_pairs_of_a_file_and_says_so(counting_pairs):
+    """Was: --n ignored with --pairs (10,000 pairs ran for 3 minutes)."""
+    path, _ = counting_pairs
+    argv = ["patch", "counting", "--components", "a1.0@:", "--pairs", path, "--n", "5"]
+    record = json.loads(invoke(argv + ["--json"]).stdout)
+    assert record["n"] == 5 and record["pairs_in_file"] == 30
+    result = invoke(argv)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"the first 5 of the 30 pairs (--n 5) from {path}")
+    every = json.loads(invoke(["patch", "counting", "--components", "a1.0@:", "--pairs", path,
+                               "--json"]).stdout)
+    assert every["n"] == 30
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--contrast", "flip"], "--contrast says how pairs are drawn"),
+    (["--filter", "count>1"], "--filter says how pairs are drawn"),
+    (["--target", "count"], "--target says how pairs are drawn"),
+    (["--contrast", "random", "--target", "count"], "--contrast and --target say how"),
+])
+def test_patch_refuses_drawing_options_beside_given_pairs(counting_pairs, extra, says):
+    """Was: silently ignored."""
+    path, _ = counting_pairs
+    line = one_error_line(invoke(["patch", "counting", "--components", "a1.0@:", "--pairs",
+                                  path, *extra]))
+    assert says in line and "give one or the other" in line
+
+
+def test_patch_refuses_a_pair_whose_contrast_keeps_the_answer(counting_pairs, tmp_path):
+    """Was: such a pair's LD is 0 on every run, patched or not, and was averaged in."""
+    _, same = counting_pairs
+    line = one_error_line(invoke(["patch", "counting", "--components", "a1.0@:", "--pairs",
+                                  same, "--n", "100"]))
+    assert line.startswith("error: same.jsonl line 33 (count): the answer and the contrast's "
+                           "answer are the same token ('2')")
+    text = tmp_path / "text.jsonl"
+    pair = {"original": "When Mary and John went to the store, John gave a drink to",
+            "contrast": "When Mary and John went to the store, Mary gave a drink to",
+            "answer": " Mary", "contrast_answer": " John"}
+    text.write_text(json.dumps(pair) + "\n" + json.dumps({**pair, "contrast_answer": " Mary"}))
+    line = one_error_line(invoke(["patch", "lm-ioi", "--components", "a0.0@END", "--pairs", text]))
+    assert line.startswith("error: text.jsonl line 2: the answer and the contrast's answer are "
+                           "the same token (' Mary')")
+
+
+@pytest.mark.parametrize("name, says", [("/dev/zero", "is not a regular file"),
+                                        ("fifo", "is not a regular file"),
+                                        ("loop", "is a symlink loop")])
+def test_a_pairs_file_that_cannot_be_read_is_refused(bad_files, name, says):
+    path = name if name.startswith("/") else str(bad_files / name)
+    line = one_error_line(invoke(["patch", "counting", "--components", "a1.0@:", "--pairs", path]))
+    assert says in line

@@ -55,6 +55,8 @@ def test_eval_and_heads_print_their_tables(ioi_lm_dir, tmp_path):
     (["ioi", "heads", "IOI", "--patching", "path"], "unknown --patching 'path'"),
     (["ioi", "read", "IOI"], "no bundled decoder was trained on"),
     (["ioi", "heads", "IOI", "--plot", "x.svg"], "must end in .png"),
+    # issue 31: printed empty tables; refused as `factual read` refuses it
+    (["ioi", "read", "IOI", "--heads", ","], "--heads ',' names no head; give heads such as"),
 ])
 def test_bad_input_is_one_line(ioi_lm_dir, args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -50,10 +50,31 @@ def test_factual_commands_reject_bad_input(factual_lm_dir):
         (["factual", "eval", str(factual_lm_dir), "--split", "test"], "unknown split 'test'"),
         (["factual", "eval", "counting"], "trained on 'counting', not 'factual'"),
         (["factual", "corpus", "--out", "/tmp/x.csv"], ".txt"),
+        (["factual", "read", str(factual_lm_dir), "--heads", ","],  # as `ioi read` (issue 31)
+         "--heads ',' names no head; give heads such as"),
     ]:
         result = invoke(args)
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_eval_refuses_a_tokenizer_that_spells_answers_from_a_bare_space(factual_lm_dir, tmp_path):
+    """Issue 31: every answer's first token was the space alone, so factual eval graded one
+    token for all answers (top-1 1.000 on a trained model, exit 0); `ioi eval` refused the
+    same model (its names are not one token). Both refuse it now, and so do factual pairs."""
+    import shutil
+
+    from tiny_lms import keep_spaces_apart
+
+    model = keep_spaces_apart(shutil.copytree(factual_lm_dir, tmp_path / "spaced"))
+    result = invoke(["factual", "eval", str(model), "--relation", "region"])
+    assert result.exit_code == 2, result.output
+    assert ("the tokenizer begins 5 of 5 answers with a token that is only the space (' Asia'"
+            in result.stderr) and result.stderr.count("\n") == 1
+    assert "IOI needs" in invoke(["ioi", "eval", str(model)]).stderr
+    pairs = invoke(["patch", str(model), "--components", "a1.0@END", "--contrast", "subject",
+                    "--n", "4"])
+    assert pairs.exit_code == 2 and "only the space" in pairs.stderr, pairs.output
 
 
 def test_read_command_on_a_tiny_model(factual_lm_dir, tmp_path):

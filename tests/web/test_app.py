@@ -115,6 +115,9 @@ def test_single_temperature_replaces_the_schedule(client):
     ({"model": "counting", "bogus": 1}, 422, "bogus"),
     ({"input": "B"}, 422, "model"),
     ({"model": "gpt-5"}, 404, "unknown model 'gpt-5'"),
+    # issue 31: was accepted (4,095 of a language model's 4,096 tokens banned)
+    ({"model": "counting", "ban_rare": 10**9}, 422, "ban_rare: Input should be less than or "
+                                                      "equal to 1000000"),
 ])
 def test_bad_query_answers_4xx_with_a_message(client, body, status, words):
     response = client.post("/api/query", json=body)
@@ -258,6 +261,30 @@ def test_a_seed_beyond_64_bits_is_a_422_not_a_500(client):
         assert client.post("/api/query", json=body).status_code == 422
     top = client.get("/api/models/counting/example", params={"seed": SEED.high})
     assert top.status_code == 200 and top.json()["seed"] == SEED.high
+
+
+@pytest.mark.parametrize("path, body, says", [
+    ("/api/query", b'{"model": "counting", "seed": 9X}', "seed: a number of 5,000 digits"),
+    ("/api/grid", b'{"model": "counting", "seed": 9X}', "seed: a number of 5,000 digits"),
+    ("/api/query", b'{"model": "counting", "candidates": -9X}', "candidates: a number of 5,000"),
+    ("/api/query", b'{"model": "counting", "noise_cosine": [0.5, 9X]}', "noise_cosine[1]: a number"),
+])
+def test_a_number_beyond_the_digits_python_reads_names_its_field(client, path, body, says):
+    """Issue 31: a 5,000-digit seed was 'the request body is not JSON text' (Python reads at
+    most 4,300 digits of an integer; json.loads raises ValueError); now the field, and its
+    range where it has one."""
+    response = client.post(path, content=body.replace(b"9X", b"9" * 5000),
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert says in detail and "not JSON" not in detail
+    if "seed" in says:
+        assert detail.endswith("seed must be from 0 to 9,223,372,036,854,775,807")
+    query = client.get("/api/models/counting/example", params={"seed": "9" * 5000})
+    assert query.status_code == 422
+    assert query.json()["detail"].endswith("seed must be from 0 to 9,223,372,036,854,775,807")
+    broken = client.post(path, content=b"\xff{", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 422 and "JSON" in broken.json()["detail"]
 
 
 def test_the_schema_states_the_limits_the_server_applies(client, service):

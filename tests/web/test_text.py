@@ -88,11 +88,22 @@ def test_query_bans_rare_tokens_from_the_models_stored_counts(text_client, text_
     assert "/" not in missing.json()["detail"].split(TOKEN_COUNTS)[0]  # no server path
     toy = text_client.post("/api/query", json={"model": "counting", "ban_rare": 2})
     assert toy.status_code == 400 and "language models" in toy.json()["detail"]
+    from tiny_lms import sentences
+
     counts = Path(text_model.probed.source) / TOKEN_COUNTS
-    write_token_counts(counts.parent, text_model.probed.task.vocab, ["the the the of", "a b c"])
+    write_token_counts(counts.parent, text_model.probed.task.vocab, sentences())
     try:
         record = text_client.post("/api/query", json=request).json()
         assert record["banned_tokens"] > 0
         assert text_client.post("/api/query", json={**request, "ban_rare": 0}).status_code == 422
+        # issue 31: a ban of nearly every token was accepted; refused, with what would do
+        everything = text_client.post("/api/query", json={**request, "ban_rare": 1_000_000})
+        assert everything.status_code == 400, everything.text
+        detail = everything.json()["detail"]
+        assert detail.startswith("ban_rare 1,000,000 bans ") and "or less" in detail
+        assert "a ban must leave at least 10% of the tokens" in detail
+        write_token_counts(counts.parent, text_model.probed.task.vocab, ["the the the of", "a b c"])
+        few = text_client.post("/api/query", json={**request, "seed": 1})  # not the cached one
+        assert few.status_code == 400 and "use more of the vocabulary" in few.json()["detail"]
     finally:
         counts.unlink()

@@ -142,6 +142,31 @@ def _load(model: str, task: str | None, raw: bool = False):
     return load_probed(model, task, processing="raw" if raw else "processed")
 
 
+def _head_names(heads: str) -> list[str]:
+    """The names in a --heads value (comma separated); an error when it names none."""
+    from inversionview.errors import UserError, echo
+
+    names = [part.strip() for part in heads.split(",") if part.strip()]
+    if not names:
+        raise UserError(f"--heads {echo(heads)} names no head; give heads such as a3.1,a2.5 "
+                        "(comma separated), or leave --heads out to read the heads found")
+    return names
+
+
+def _heads_of(probed, names: list[str]) -> list[str]:
+    """Each name's site as a head of ``probed`` (its short name); an error for a site that is
+    not a head."""
+    from inversionview.errors import UserError, echo
+
+    shorts = []
+    for name in names:
+        site = probed.site(name)
+        if site.kind != "head":
+            raise UserError(f"--heads takes heads such as a3.1, not {echo(name)}")
+        shorts.append(site.short)
+    return shorts
+
+
 def _figure(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 

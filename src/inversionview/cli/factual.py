@@ -8,7 +8,8 @@ import typer
 from inversionview import options
 from inversionview.cli.app import app
 from inversionview.cli.common import (CandidatesOpt, DecoderOpt, ForceOpt, JsonOpt, ModelArg,
-                                      SeedOpt, ThreadsOpt, _apply_threads, _emit, _load)
+                                      SeedOpt, ThreadsOpt, _apply_threads, _emit, _head_names,
+                                      _heads_of, _load)
 from inversionview.options import Range
 
 factual_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -40,7 +41,7 @@ def corpus_command(
     from inversionview.text.sources import read_texts
 
     options.check_output_file(out, "--out", (".txt",), force)
-    text_lines = read_texts(text) if text is not None else []
+    text_lines = read_texts(text, what="--text") if text is not None else []
     written = mixture_lines(lines, seed, text_lines)
     with atomic_path(out) as temporary:
         temporary.write_text("\n".join(written) + "\n", encoding="utf-8")
@@ -154,21 +155,18 @@ def read_command(
     from inversionview.factual.readings import READ_ATTRIBUTES, read_factual
 
     check_relations(relation)
+    named = None if heads is None else _head_names(heads)
     _apply_threads(threads)
     probed = _load(model, "factual")
     trained, _ = decoder_for(probed, model, decoder)
-    if heads is None:
+    if named is None:
         names = attribution_heads(probed, probed.task.knowledge.prompts("eval"), threshold,
                                   keep)["kept"]
+        if not names:
+            raise FactError(f"no heads to read: no head's attribution reaches --threshold "
+                            f"{threshold}; give --heads, or lower --threshold")
     else:
-        names = []
-        for name in (part.strip() for part in heads.split(",") if part.strip()):
-            site = probed.site(name)
-            if site.kind != "head":
-                raise FactError(f"--heads takes heads such as a3.1, not {name!r}")
-            names.append(site.short)
-    if not names:
-        raise FactError("no heads to read: give --heads, or lower --threshold")
+        names = _heads_of(probed, named)
     rows = read_factual(probed, trained, names, relations=relation, queries=queries,
                         seed=seed, candidates=candidates)
     lines = ["fraction of in-epsilon samples keeping the query's attribute (out of epsilon "

@@ -13,14 +13,16 @@ from inversionview.cli.common import (CandidatesOpt, DecoderOpt, EpsilonOpt, For
                                       ThreadsOpt, _apply_threads, _emit, _query_setup)
 
 
-def _names(value: str | None, option: str) -> list[str] | None:
+def _names(value: str | None, option: str, allowed: str) -> list[str] | None:
+    """The comma-separated names of ``option``; an error saying what is ``allowed`` when
+    there are none."""
     if value is None:
         return None
     names = [name.strip() for name in value.split(",") if name.strip()]
     if not names:
         from inversionview.errors import UserError
 
-        raise UserError(f"{option} is empty; give comma-separated names, e.g. a0.0,x0.mid")
+        raise UserError(f"{option} is empty; give comma-separated {allowed}")
     return names
 
 SitesOpt = Annotated[Optional[str], typer.Option(
@@ -71,8 +73,9 @@ def summarize(
         if not as_json and sys.stderr.isatty():
             print(f"\r{done}/{total} cells ({cell})    ", end="", file=sys.stderr, flush=True)
 
-    summary = run(probed, the_decoder, _names(sites, "--sites"),
-                  _names(positions, "--positions"), queries, seed, config,
+    summary = run(probed, the_decoder, _names(sites, "--sites", "sites, e.g. a0.0,x0.mid"),
+                  _names(positions, "--positions", "named positions of the task"),
+                  queries, seed, config,
                   model_name=shown_name(model), decoder_name=shown_name(name),
                   progress=progress)
     record = summary.to_record()
@@ -123,19 +126,25 @@ def reproduce(
     measured."""
     import sys
 
-    from inversionview.reproduce.report import (STUDIES, check_authors, measured_anything,
+    from inversionview.reproduce.report import (STUDIES, check_authors, check_studies,
+                                                load_case_study, measured_anything,
                                                 reproduce as run, terminal)
 
-    chosen = tuple(_names(studies, "--studies") or STUDIES)
+    chosen = tuple(_names(studies, "--studies", "studies from " + ", ".join(STUDIES)) or STUDIES)
+    check_studies(chosen)
     check_authors(authors, chosen)
     options.check_output_directory(out, "--out", force, marker="report.json")
     _apply_threads(threads)
+    # The case studies' models and decoders first: one that cannot be used is refused
+    # before any study runs.
+    models = {"ioi": ioi_model, "factual": factual_model}
+    loaded = {study: load_case_study(study, models[study]) for study in chosen if study in models}
 
     def say(message: str) -> None:
         if not as_json:
             print(message, file=sys.stderr, flush=True)
 
-    record = run(out, quick, seed, authors, ioi_model, factual_model, chosen, say, seeds)
+    record = run(out, quick, seed, authors, ioi_model, factual_model, chosen, say, seeds, loaded)
     _emit(record, as_json, terminal(record) + f"\nwrote {out}/report.html and report.json")
     if not measured_anything(record):
         print("reproduce: " + ("a study could not run (" + ", ".join(record["not_run"]) + ")"

@@ -8,7 +8,8 @@ import typer
 from inversionview import options
 from inversionview.cli.app import app
 from inversionview.cli.common import (CandidatesOpt, DecoderOpt, ForceOpt, JsonOpt, ModelArg,
-                                      SeedOpt, ThreadsOpt, _apply_threads, _emit, _load)
+                                      SeedOpt, ThreadsOpt, _apply_threads, _emit, _head_names,
+                                      _heads_of, _load)
 from inversionview.ioi.prompts import IOIError
 from inversionview.options import Range
 
@@ -39,7 +40,7 @@ def corpus_command(
     from inversionview.text.sources import read_texts
 
     options.check_output_file(out, "--out", (".txt",), force)
-    text_lines = read_texts(text) if text is not None else []
+    text_lines = read_texts(text, what="--text") if text is not None else []
     written = mixture_lines(lines, seed, text_lines)
     with atomic_path(out) as temporary:
         temporary.write_text("\n".join(written) + "\n", encoding="utf-8")
@@ -155,6 +156,7 @@ def read_command(
     from inversionview.ioi.circuit import classify, head_scores
     from inversionview.ioi.readings import READ_POSITIONS, dla_table, edit_table, read_heads
 
+    named = None if heads is None else _head_names(heads)
     _apply_threads(threads)
     probed = _load(model, "ioi")
     trained, _ = decoder_for(probed, model, decoder)
@@ -164,14 +166,13 @@ def read_command(
         for name in names:
             classified.setdefault(name, []).append(role)
     roles: dict[str, list[str]] = {}
-    if heads is None:
+    if named is None:
         roles = classified
+        if not roles:
+            raise IOIError(f"no heads to read: no head was put in a role on --n {n} prompts; "
+                           "give --heads, or more prompts with --n")
     else:
-        for name in (part.strip() for part in heads.split(",") if part.strip()):
-            site = probed.site(name)
-            if site.kind != "head":
-                raise IOIError(f"--heads takes heads such as a3.1, not {name!r}")
-            roles[site.short] = classified.get(site.short, [])
+        roles = {head: classified.get(head, []) for head in _heads_of(probed, named)}
     targets = [(head, position) for head in roles for position in READ_POSITIONS]
     readings = read_heads(probed, trained, targets, queries, seed, candidates)
     dla = dla_table(probed, [(head, position, "io" if "name mover" in roles[head] else "s")

@@ -52,18 +52,23 @@ def query(
     if ban_corpus is not None and ban_rare is None:
         raise UserError("--ban-corpus needs --ban-rare N: the count below which a token of "
                         "those texts is never sampled")
+    ban_texts = None
+    if ban_corpus is not None:  # read first: a file that cannot be used is refused at once
+        from inversionview.text.sources import read_texts
+
+        ban_texts = read_texts(ban_corpus, what="--ban-corpus")
     probed, the_decoder, name, text, site, position = _query_setup(
         model, task, raw, decoder, input_text, site, position)
     banned: tuple[int, ...] = ()
     if ban_rare is not None:
         from inversionview.text.counts import rare_tokens, stored_rare_tokens
-        from inversionview.text.sources import read_texts
 
         if not probed.task.free_text:
             raise UserError("--ban-rare is for language models; a toy task's vocabulary has "
                             "no rare tokens")
-        banned = (stored_rare_tokens(probed.source, probed.task.vocab, ban_rare) if ban_corpus is None
-                  else rare_tokens(probed.task.vocab, read_texts(ban_corpus), ban_rare))
+        banned = (stored_rare_tokens(probed.source, probed.task.vocab, ban_rare) if ban_texts is None
+                  else rare_tokens(probed.task.vocab, ban_texts, ban_rare,
+                                   counted=f"--ban-corpus {ban_corpus}"))
     config = query_config(candidates, epsilon, metric.value, fixed_position, temperature, noise,
                           all_samples, search=search, constrain=constrain,
                           noise_cosine=cosine_range, banned=banned)

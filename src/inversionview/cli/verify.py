@@ -39,17 +39,19 @@ def patch(
     components: Annotated[str, typer.Option("--components", help="SITE@POSITION, comma "
                                             "separated, in order (e.g. a0.0@query,a1.0@:).")],
     task: TaskOpt = None, raw: RawOpt = False,
-    contrast: Annotated[str, typer.Option("--contrast", help="flip (counting), resample:F1,S1 "
-                                          "(addition), or random.")] = "random",
+    contrast: Annotated[Optional[str], typer.Option(
+        "--contrast", help="flip (counting), resample:F1,S1 (addition), or random (the "
+        "default).")] = None,
     pairs_file: Annotated[Optional[Path], typer.Option("--pairs", help="Your own pairs "
                           "instead (a language model needs them): JSON Lines with original, "
-                          "contrast, answer and contrast_answer per line.")] = None,
+                          "contrast, answer and contrast_answer per line; the first --n are "
+                          "used.")] = None,
     filter_expression: Annotated[Optional[str], typer.Option("--filter", help="Keep originals "
                                  "whose attributes match, e.g. 'A1==1'.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="The answer token "
                       "(counting: count; addition: A1..A4); default: the task's first.")] = None,
-    n: Annotated[int, typer.Option("--n", help="Pairs in the test set.",
-                                   callback=options.PAIRS.callback)] = 500,
+    n: Annotated[int, typer.Option("--n", help="Pairs in the test set (with --pairs: the "
+                                   "file's first N).", callback=options.PAIRS.callback)] = 500,
     cumulative: Annotated[bool, _flag("--cumulative", "Add components one at a time, left to "
                                       "right and right to left.")] = False,
     seed: SeedOpt = 0,
@@ -61,28 +63,41 @@ def patch(
 ) -> None:
     """Activation patching: LD of the original answer against the contrast's, patched."""
     from inversionview.verify.patching import (PatchingExperiment, contrast_pairs, given_pairs,
-                                               parse_components, read_pairs)
+                                               parse_components, read_pair_lines)
 
+    if pairs_file is not None:
+        drawing = [name for name, value in (("--contrast", contrast), ("--filter",
+                   filter_expression), ("--target", target)) if value is not None]
+        if drawing:
+            raise UserError(f"{' and '.join(drawing)} {'say' if len(drawing) > 1 else 'says'} "
+                            f"how pairs are drawn; --pairs gives them (each line its contrast "
+                            f"and answers): give one or the other")
     if plot is not None:
         options.check_output_file(plot, "--plot", options.PLOT_SUFFIXES, force)
     _apply_threads(threads)
     probed = _load(model, task, raw)
     parsed = parse_components(probed, components)
+    rows, lines = read_pair_lines(pairs_file) if pairs_file is not None else ([], [])
     if pairs_file is not None:
-        pairs = given_pairs(probed.task, read_pairs(pairs_file), pairs_file.name)
+        pairs = given_pairs(probed.task, rows[:n], pairs_file.name, lines[:n])
         contrast = pairs_file.name
     else:
+        contrast = contrast if contrast is not None else "random"
         kind, places = _contrast_option(contrast)
         pairs = contrast_pairs(probed.task, n, kind, target, seed, places, filter_expression)
     experiment = PatchingExperiment(probed, pairs)
     report = experiment.cumulative(parsed) if cumulative else experiment.each(parsed)
     record = report.to_record()
+    if pairs_file is not None:
+        record["pairs_in_file"] = len(rows)
     if plot is not None:
         from inversionview.verify.plot import plot_patching
 
         options.write_output(plot, "--plot", lambda path: plot_patching(
             report, path, title=f"{probed.task.name}: {components} ({contrast})"))
-    drawn = (f"{report.n} pairs from {pairs_file}" if pairs_file is not None else
+    used = (f"{report.n} pairs" if report.n == len(rows) else
+            f"the first {report.n} of the {len(rows):,} pairs (--n {n})")
+    drawn = (f"{used} from {pairs_file}" if pairs_file is not None else
              f"{report.n} pairs ({contrast}, target {report.target}; {report.skipped} without a "
              f"contrast, {report.filtered_out} filtered out)")
     lines = [drawn,

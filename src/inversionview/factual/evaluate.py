@@ -34,6 +34,7 @@ def evaluate_factual(model: Subject, split: str = "eval",
     prompts = task.knowledge.prompts(split, relations, **({"kinds": kinds} if kinds else {}))
     if not prompts:
         raise TaskInputError(f"no {split} prompts for those relations and kinds")
+    task.check_first_tokens(p.answer for p in prompts)
     logits = answer_logits(model, [p.text for p in prompts])
     answers = torch.tensor([task.vocab.encode(" " + p.answer)[0] for p in prompts])
     rows = torch.arange(len(prompts))

@@ -16,10 +16,11 @@ from __future__ import annotations
 import functools
 import random
 import re
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
+from inversionview.errors import echo
 from inversionview.factual.knowledge import ATTRIBUTES, RELATIONS, FactPrompt, Knowledge
 from inversionview.tasks.base import TaskInputError, Validity
 from inversionview.tasks.text import TextTask
@@ -147,6 +148,7 @@ class FactualTask(TextTask):
         if kind not in self.contrast_kinds:
             raise TaskInputError(f"unknown contrast {kind!r} for factual recall; use one of: "
                                  f"{', '.join(self.contrast_kinds)}")
+        self.check_first_tokens(p.answer for p in self._eval)
         rng = random.Random(seed)
         by_template: dict[str, list[FactPrompt]] = {}
         for prompt in self._train + self._eval:
@@ -156,6 +158,10 @@ class FactualTask(TextTask):
             prompt = rng.choice(self._eval)
             first = self.first_token(prompt.answer)
             others = [p for p in by_template[prompt.template] if self.first_token(p.answer) != first]
+            if not others:
+                raise TaskInputError(f"no subject's answer to {echo(prompt.template)} begins "
+                                     f"with another token than {echo(first)}: no contrast "
+                                     "changes the answer's first token")
             originals.append(prompt)
             contrasts.append(rng.choice(others))
         return {"original": [p.text for p in originals], "contrast": [c.text for c in contrasts],
@@ -166,6 +172,23 @@ class FactualTask(TextTask):
     def first_token(self, answer: str) -> str:
         """The first token of `` answer`` (with its leading space), as text."""
         return self.vocab.token_strings(self.vocab.encode(" " + answer)[:1])[0]
+
+    def check_first_tokens(self, answers: Iterable[str]) -> None:
+        """A TaskInputError when the tokenizer begins any of ``answers`` with a token that is
+        only the space (" Paris" as " " + "Paris"): recall is graded on the answer's first
+        token, which then says nothing of the answer (every answer would be the same token
+        and top-1 would read 1.000). The IOI task refuses such a tokenizer alike: its names
+        must be one token with their leading space."""
+        answers = list(dict.fromkeys(answers))
+        bare = [answer for answer in answers if not self.first_token(answer).strip()]
+        if bare:
+            shown = ", ".join(repr(" " + answer) for answer in bare[:6]) + ", ..." * (len(bare) > 6)
+            raise TaskInputError(
+                f"the tokenizer begins {len(bare)} of {len(answers)} answers with a token that "
+                f"is only the space ({shown}); factual recall is graded on the answer's first "
+                f"token, which must hold the start of the word with its leading space (like "
+                f"' Paris' or ' Par'); give a model whose tokenizer keeps the space with the "
+                f"word that follows it")
 
 
 __all__ = ["EXAMPLE", "FactualTask"]

@@ -53,7 +53,7 @@ from inversionview.schedule import (EVAL_SECONDS, FIRST_CHECKPOINT_SECONDS,
 from inversionview.tasks.base import next_token_targets
 from inversionview.tasks.text import TextTask
 from inversionview.text.bpe import VOCAB_SIZE, train_bpe
-from inversionview.text.sources import CORPUS_FORMATS, CorpusError, CorpusSource, read_texts
+from inversionview.text.sources import CorpusSource, read_texts
 from inversionview.text.tokenizer import TOKENIZER_FILES, HFTokenizer
 from inversionview.training import (LoopSettings, Trainer, evaluation_entry, run_manifest,
                                     run_training)
@@ -369,9 +369,7 @@ def train_lm(config: LMTrainingConfig, resume: bool = False,
 def _train(config: LMTrainingConfig, resume: bool, show_progress: bool) -> Subject:
     if config.init_from is not None and not resume:
         check_init_from(config)
-    texts = read_texts(config.corpus, config.field)
-    if not texts:
-        raise CorpusError(f"corpus {config.corpus} holds no text; give {CORPUS_FORMATS}")
+    texts = read_texts(config.corpus, config.field)  # never empty
     corpus = _corpus_record(config, texts)
     config.out.mkdir(parents=True, exist_ok=True)
     started_at_commit = provenance.commit()

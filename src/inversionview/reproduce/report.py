@@ -6,8 +6,10 @@ self-contained HTML report (figures inlined, no network) with its JSON beside it
 The toy-task claims run on the authors' probed models when ``authors`` names the folder that
 holds them (``counting/``, ``addition/``), else on the bundled models; the IOI and factual
 claims on the bundled case-study models (or the ones named). Each study is independent: one
-that cannot run (a model or decoder missing) is reported with the reason and the others go on;
-the command then exits non-zero, as it does when no claim was measured.
+that cannot run is reported with the reason and the others go on; the command then exits
+non-zero, as it does when no claim was measured. The command loads the case studies' models
+and their bundled decoders first (``load_case_study``): a model named that does not load, or
+that no bundled decoder was trained on, is a one-line error before anything runs.
 
 Every claim runs over several seeds (``seeds``: quick 3, full 5), and a claim about the
 preimage or the decoder also with a control decoder of the same shape and random weights
@@ -23,7 +25,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Callable
 
-from inversionview.errors import UserError
+from inversionview.errors import UserError, echo
 from inversionview.locks import hold_directory
 from inversionview.reproduce.claims import (CONTROL, FAIL, NOT_MEASURED, PASS, STATUSES,
                                             TRAINED, UNSETTLED, Claim)
@@ -43,6 +45,44 @@ def _load(model: str, task: str | None):
     probed = load_probed(model, task)
     decoder, directory = decoder_for(probed, model, None)
     return probed, decoder, shown_name(str(directory))
+
+
+#: The case studies' models by default, and the option that names each.
+CASE_STUDY_MODELS = {"ioi": ("--ioi-model", "lm-ioi"), "factual": ("--factual-model", "lm-factual")}
+
+
+def load_case_study(study: str, model: str):
+    """(probed model, its bundled decoder, the decoder's shown name) for the case study
+    ``study`` ("ioi" or "factual") on ``model``; a UserError naming the option when the model
+    cannot be loaded or no bundled decoder was trained on it (reproduce reads each study
+    through the bundled decoder of its model; it takes no decoder of its own)."""
+    from inversionview.artifacts import shown_name
+    from inversionview.decoder.store import find_decoder, load_decoder
+    from inversionview.probed import load_probed
+
+    option, default = CASE_STUDY_MODELS[study]
+    try:
+        probed = load_probed(model, study)
+    except UserError as error:
+        raise UserError(f"{option} {echo(model)}: {error}") from None
+    directory = find_decoder(probed)
+    if directory is None:
+        raise UserError(f"{option} {echo(model)}: no bundled decoder was trained on this model "
+                        f"(sha256 {probed.weights_hash()[:12]}); reproduce reads the {study} "
+                        f"study only through a bundled decoder: use the default, {default}, or "
+                        f"a model one was trained on (see `inversionview decoders MODEL`)")
+    try:
+        decoder, _ = load_decoder(directory, probed)
+    except UserError as error:
+        raise UserError(f"{option} {echo(model)}: {error}") from None
+    return probed, decoder, shown_name(str(directory))
+
+
+def check_studies(studies: tuple[str, ...]) -> None:
+    """A one-line error naming the studies there are, for a name that is not one."""
+    unknown = [s for s in studies if s not in STUDIES]
+    if unknown:
+        raise UserError(f"unknown study {echo(unknown[0])}; choose from {', '.join(STUDIES)}")
 
 
 def check_authors(authors: Path | None, studies: tuple[str, ...]) -> None:
@@ -80,13 +120,14 @@ def reproduce(out: Path, quick: bool = False, seed: int = 0, authors: Path | Non
               ioi_model: str = "lm-ioi", factual_model: str = "lm-factual",
               studies: tuple[str, ...] = STUDIES,
               progress: Callable[[str], None] | None = None,
-              seeds: int | None = None) -> dict[str, Any]:
+              seeds: int | None = None, loaded: dict[str, tuple] | None = None
+              ) -> dict[str, Any]:
     """Run ``studies`` over ``seeds`` seeds (``seed``, ``seed + 1``, ...; default SEEDS) and
     write ``out``/report.html and report.json; returns the record. ``out`` is held while the
-    studies run (``locks.hold_directory``): a second report there is refused at once."""
-    unknown = [s for s in studies if s not in STUDIES]
-    if unknown:
-        raise UserError(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDIES)}")
+    studies run (``locks.hold_directory``): a second report there is refused at once.
+    ``loaded``: the case studies already loaded by ``load_case_study``, by study (the CLI
+    loads them first, so that a model that cannot be used is refused before anything runs)."""
+    check_studies(studies)
     check_authors(authors, studies)
     count = seeds or SEEDS[0 if quick else 1]
     if count < 1:
@@ -94,12 +135,12 @@ def reproduce(out: Path, quick: bool = False, seed: int = 0, authors: Path | Non
     seed_list = [seed + k for k in range(count)]
     with hold_directory(Path(out)) as out:
         return _run(out, quick, seed, seed_list, authors, ioi_model, factual_model, studies,
-                    progress or (lambda message: None))
+                    progress or (lambda message: None), loaded)
 
 
 def _run(out: Path, quick: bool, seed: int, seed_list: list[int], authors: Path | None,
          ioi_model: str, factual_model: str, studies: tuple[str, ...],
-         say: Callable[[str], None]) -> dict[str, Any]:
+         say: Callable[[str], None], loaded: dict[str, tuple] | None) -> dict[str, Any]:
     from inversionview import provenance
     from inversionview.reproduce.case_studies import factual_claims, ioi_claims
     from inversionview.reproduce.toy import addition_claims, completeness_claim, counting_claims
@@ -125,11 +166,13 @@ def _run(out: Path, quick: bool, seed: int, seed_list: list[int], authors: Path 
                                                     quick, seed_list, out))
                 summaries[study] = summary.to_record()
             elif study == "ioi":
-                model, decoder, decoder_label = _load(ioi_model, "ioi")
+                model, decoder, decoder_label = ((loaded or {}).get("ioi")
+                                                 or load_case_study("ioi", ioi_model))
                 found = ioi_claims(model, _decoders(decoder, seed), _lm_label(ioi_model),
                                    decoder_label, quick, seed_list, out=out)
             else:
-                model, decoder, decoder_label = _load(factual_model, "factual")
+                model, decoder, decoder_label = ((loaded or {}).get("factual")
+                                                 or load_case_study("factual", factual_model))
                 found = factual_claims(model, _decoders(decoder, seed), _lm_label(factual_model),
                                        decoder_label, quick, seed_list, out=out)
         except UserError as error:
@@ -292,5 +335,6 @@ def terminal(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SEEDS", "STUDIES", "check_authors", "control_line", "measured_anything", "render", "reproduce",
+__all__ = ["CASE_STUDY_MODELS", "SEEDS", "STUDIES", "check_authors", "check_studies",
+           "control_line", "load_case_study", "measured_anything", "render", "reproduce",
            "terminal"]

@@ -21,42 +21,71 @@ from pathlib import Path
 import torch
 
 from inversionview.errors import UserError
-from inversionview.files import first_line
+from inversionview.files import first_line, input_kind
 
 CORPUS_FORMATS = "a .txt file (one text per line), a .jsonl file or a datasets directory"
+# A corpus is held in memory whole and tokenised in one call, several times its size: 1 GiB
+# of text is about what a 24 GB machine takes (the corpora here are 4-40 MB). A line is one
+# text; a line of a million bytes is a file without line breaks, or not text.
+MAX_CORPUS_BYTES = 1024**3
+MAX_LINE_BYTES = 1_000_000
 
 
 class CorpusError(UserError, ValueError):
     """A corpus that cannot be read, or that holds no text."""
 
 
-def read_texts(path: str | Path, field: str = "text") -> list[str]:
-    """The texts of a corpus file or directory (see the module docstring), in file order."""
+def read_texts(path: str | Path, field: str = "text", what: str = "corpus") -> list[str]:
+    """The texts of a corpus file or directory (see the module docstring), in file order;
+    a CorpusError, its message starting ``what`` and the path (``--text empty.txt``), for
+    one that does not exist, is not a regular file or a directory (a device, a FIFO), is
+    larger than MAX_CORPUS_BYTES, has a line longer than MAX_LINE_BYTES, or holds no text."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise CorpusError(f"corpus {path} does not exist; give {CORPUS_FORMATS}")
-    if path.is_dir():
-        return _read_datasets_directory(path, field)
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path, field)
-    if path.suffix in (".txt", ".text", ""):
-        return [line.rstrip() for line in _read_lines(path) if line.strip()]
-    raise CorpusError(f"corpus {path} has the suffix {path.suffix!r}; give {CORPUS_FORMATS}")
+    kind = input_kind(path, CorpusError, what, CORPUS_FORMATS, MAX_CORPUS_BYTES)
+    if kind == "directory":
+        texts = _read_datasets_directory(path, field)
+    elif path.suffix == ".jsonl":
+        texts = _read_jsonl(path, field, what)
+    elif path.suffix in (".txt", ".text", ""):
+        texts = [line.rstrip() for line in _read_lines(path, what) if line.strip()]
+    else:
+        raise CorpusError(f"{what} {path} has the suffix {path.suffix!r}; give {CORPUS_FORMATS}")
+    if not texts:
+        raise CorpusError(f"{what} {path} holds no text (no line with more than spaces); "
+                          f"give {CORPUS_FORMATS}")
+    return texts
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path, what: str) -> list[str]:
+    """The file's lines (as ``str.splitlines`` splits them), read a line at a time so that
+    neither a line nor the file can grow past its limit in memory."""
+    lines: list[str] = []
+    read = 0
     try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise CorpusError(f"corpus {path} is not UTF-8 text (byte {error.start}); give "
-                          f"{CORPUS_FORMATS}") from None
+        with path.open("rb") as file:
+            while True:
+                raw = file.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    return lines
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    raise CorpusError(f"{what} {path}, line {len(lines) + 1}: longer than "
+                                      f"{MAX_LINE_BYTES:,} bytes; give one text per line")
+                try:
+                    lines.extend(raw.decode("utf-8").splitlines())
+                except UnicodeDecodeError as error:
+                    raise CorpusError(f"{what} {path} is not UTF-8 text (byte "
+                                      f"{read + error.start}); give {CORPUS_FORMATS}") from None
+                read += len(raw)
+                if read > MAX_CORPUS_BYTES:  # a file that grows while it is read
+                    raise CorpusError(f"{what} {path} holds more than the {MAX_CORPUS_BYTES:,} "
+                                      "bytes a corpus may; give a part of it")
     except OSError as error:
-        raise CorpusError(f"corpus {path} cannot be read ({first_line(error)})") from None
+        raise CorpusError(f"{what} {path} cannot be read ({first_line(error)})") from None
 
 
-def _read_jsonl(path: Path, field: str) -> list[str]:
+def _read_jsonl(path: Path, field: str, what: str) -> list[str]:
     texts = []
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(_read_lines(path, what), start=1):
         if not line.strip():
             continue
         try:
@@ -187,4 +216,5 @@ def texts_source(texts: list[str], tokenizer, max_tokens: int = 32) -> CorpusSou
                         name=f"{len(texts)} texts")
 
 
-__all__ = ["CORPUS_FORMATS", "CorpusError", "CorpusSource", "read_texts", "texts_source"]
+__all__ = ["CORPUS_FORMATS", "MAX_CORPUS_BYTES", "MAX_LINE_BYTES", "CorpusError", "CorpusSource",
+           "read_texts", "texts_source"]

@@ -25,6 +25,7 @@ import torch
 
 from inversionview import options
 from inversionview.errors import echo
+from inversionview.files import input_kind
 from inversionview.probed.subject import Subject
 from inversionview.probed.sites import Site
 from inversionview.tasks.abilities import Annotator
@@ -112,12 +113,19 @@ class ContrastPairs:
     # last token (None: the task's ``target`` answer, where the task predicts it).
     answers: list[int] | None = None
     contrast_answers: list[int] | None = None
+    # The line of a pairs file each pair was read from (None: pairs are numbered 1, 2, ...).
+    lines: list[int] | None = None
+
+    def where(self, index: int) -> str:
+        """How a message names pair ``index`` (from 0): its file and line, or its number."""
+        return f"{self.kind} line {self.lines[index]}" if self.lines else f"pair {index + 1}"
 
 
 PAIR_FIELDS = ("original", "contrast", "answer", "contrast_answer")
 
 
-def given_pairs(task: Task, rows: list[dict[str, Any]], name: str = "given") -> ContrastPairs:
+def given_pairs(task: Task, rows: list[dict[str, Any]], name: str = "given",
+                lines: list[int] | None = None) -> ContrastPairs:
     """Pairs a user wrote: each row has ``original`` and ``contrast`` texts and, on free text,
     the ``answer`` and ``contrast_answer`` tokens (one token each, e.g. " Mary" and " John")
     whose logit difference is read after each text's last token. On a task, rows without
@@ -126,43 +134,76 @@ def given_pairs(task: Task, rows: list[dict[str, Any]], name: str = "given") -> 
         given_pairs(model.task, [{"original": "When Mary and John went to the store, John gave
                                   a drink to", "contrast": "... Mary gave a drink to",
                                   "answer": " Mary", "contrast_answer": " John"}])
-    """
+
+    ``lines``: the file line of each row, for messages (a pairs file's; else pair numbers).
+    A pair whose answer and contrast answer are the same token is refused: its LD is 0 on
+    every run, patched or not."""
     if not rows:
         raise TaskInputError("no pairs given; each pair needs original and contrast texts")
     answered = [all(key in row for key in ("answer", "contrast_answer")) for row in rows]
     if task.free_text and not all(answered):
-        raise TaskInputError(f"pair {answered.index(False) + 1} has no answer and "
-                             f"contrast_answer; on free text each pair names the two tokens "
-                             f"whose logit difference is read (e.g. \" Mary\" and \" John\")")
-    pairs = ContrastPairs([], [], "answer" if any(answered) else task.targets[0], name)
+        where = ContrastPairs([], [], "answer", name, lines=lines).where(answered.index(False))
+        raise TaskInputError(f"{where} has no answer and contrast_answer; on free text each "
+                             f"pair names the two tokens whose logit difference is read (e.g. "
+                             f"\" Mary\" and \" John\")")
+    pairs = ContrastPairs([], [], "answer" if any(answered) else task.targets[0], name,
+                          lines=lines)
     if any(answered):
         pairs.answers, pairs.contrast_answers = [], []
-    for number, row in enumerate(rows, 1):
+    for index, row in enumerate(rows):
+        where = pairs.where(index)
         unknown = set(row) - set(PAIR_FIELDS)
         if unknown or not all(isinstance(row.get(k), str) for k in ("original", "contrast")):
-            raise TaskInputError(f"pair {number} must have text fields original and contrast"
+            raise TaskInputError(f"{where} must have text fields original and contrast"
                                  f"{', answer and contrast_answer' if any(answered) else ''}"
                                  f"{'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}")
-        if any(answered) != answered[number - 1]:
-            raise TaskInputError(f"pair {number}: give answer and contrast_answer on every pair "
+        if any(answered) != answered[index]:
+            raise TaskInputError(f"{where}: give answer and contrast_answer on every pair "
                                  f"or on none")
         for key in ("original", "contrast"):
             task.encode(row[key])  # too long, or a character the model cannot read: one line
         pairs.originals.append(row["original"])
         pairs.contrasts.append(row["contrast"])
-        if pairs.answers is not None:
-            pairs.answers.append(_one_token(task, row["answer"], number, "answer"))
-            pairs.contrast_answers.append(_one_token(task, row["contrast_answer"], number,
-                                                     "contrast_answer"))
+        if pairs.answers is None:  # the task's answer, where the texts hold it
+            at = task.target_index(row["original"], pairs.target)
+            answer = int(task.encode(row["original"])[at])
+            if (task.target_index(row["contrast"], pairs.target) == at
+                    and int(task.encode(row["contrast"])[at]) == answer):
+                raise TaskInputError(_same_answer(task, f"{where} ({pairs.target})", answer))
+        else:
+            answer = _one_token(task, row["answer"], where, "answer")
+            contrast_answer = _one_token(task, row["contrast_answer"], where, "contrast_answer")
+            if answer == contrast_answer:
+                raise TaskInputError(_same_answer(task, where, answer))
+            pairs.answers.append(answer)
+            pairs.contrast_answers.append(contrast_answer)
     return pairs
+
+
+def _same_answer(task: Task, where: str, token: int) -> str:
+    return (f"{where}: the answer and the contrast's answer are the same token "
+            f"({echo(task.token_strings([token])[0])}): their logit difference is 0 on every "
+            f"run, patched or not; a contrast must change the answer")
+
+
+# The most a pairs file may hold (read into memory whole): a pair is a few hundred bytes, so
+# this is more pairs than --n takes (1,000,000).
+MAX_PAIRS_BYTES = 256 * 1024**2
 
 
 def read_pairs(path: Path) -> list[dict[str, Any]]:
     """The rows of a pairs file: JSON Lines, one object per line with ``original``,
     ``contrast`` and (on free text) ``answer`` and ``contrast_answer``; blank lines skipped."""
+    return read_pair_lines(path)[0]
+
+
+def read_pair_lines(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """(the rows of a pairs file, as ``read_pairs``; the line each was read from)."""
     expected = (f"JSON Lines, one object per line with fields {', '.join(PAIR_FIELDS)} (e.g. "
                 f"{{\"original\": \"...John gave a drink to\", \"contrast\": \"...Mary gave a "
                 f"drink to\", \"answer\": \" Mary\", \"contrast_answer\": \" John\"}})")
+    if input_kind(Path(path), TaskInputError, "pairs file", expected, MAX_PAIRS_BYTES) != "file":
+        raise TaskInputError(f"pairs file {path} is a directory; expected {expected}")
     try:
         lines = path.read_bytes().decode("utf-8").splitlines()
     except OSError as problem:
@@ -170,7 +211,7 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
                              f"{expected}") from None
     except UnicodeDecodeError:
         raise TaskInputError(f"{path} is not UTF-8 text; expected {expected}") from None
-    rows = []
+    rows, numbers = [], []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -182,18 +223,19 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
         if not isinstance(row, dict):
             raise TaskInputError(f"{path} line {number} is not a JSON object; expected {expected}")
         rows.append(row)
+        numbers.append(number)
     if not rows:
         raise TaskInputError(f"{path} holds no pairs; expected {expected}")
-    return rows
+    return rows, numbers
 
 
-def _one_token(task: Task, text: Any, number: int, field_name: str) -> int:
+def _one_token(task: Task, text: Any, where: str, field_name: str) -> int:
     if not isinstance(text, str) or not text:
-        raise TaskInputError(f"pair {number}: {field_name} must be a non-empty text (one token)")
+        raise TaskInputError(f"{where}: {field_name} must be a non-empty text (one token)")
     ids = task.encode(text)[1:]  # without BOS
     strings = task.token_strings(task.encode(text))[1:]
     if len(ids) != 1:
-        raise TaskInputError(f"pair {number}: {field_name} {echo(text)} is {len(ids)} tokens "
+        raise TaskInputError(f"{where}: {field_name} {echo(text)} is {len(ids)} tokens "
                              f"({', '.join(repr(s) for s in strings)}); the logit difference "
                              f"needs one token (mind the leading space: \" Mary\")")
     return ids[0]

@@ -15,9 +15,11 @@ There is no authentication: ``serve`` binds to 127.0.0.1 and warns when told oth
 # (``served_requests``) and FastAPI must see them as classes, not as names to look up.
 
 import ipaddress
+import json
 import socket
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Iterator
 
 from fastapi import FastAPI, Path as PathParameter, Query, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -110,14 +112,16 @@ def create_app(service: QueryService) -> FastAPI:
         return JSONResponse({"detail": str(error)}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_message(error)}, status_code=422)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(error, request.scope.get("route"))},
+                            status_code=422)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        if error.status_code == 400:  # FastAPI could not read the body at all (not UTF-8)
-            return JSONResponse({"detail": "the request body is not JSON text (UTF-8)"},
-                                status_code=422)
+        if error.status_code == 400:  # FastAPI could not read the body at all
+            detail = _unreadable_body(await request.body(), request.scope.get("route"),
+                                      error.__cause__)
+            return JSONResponse({"detail": detail}, status_code=422)
         routes = [route for route in app.router.routes if isinstance(route, APIRoute)]
         path = next((route.path for route in routes
                      if route.matches(request.scope)[0] is not Match.NONE), None)
@@ -208,13 +212,73 @@ def create_app(service: QueryService) -> FastAPI:
     return app
 
 
-def _validation_message(error: RequestValidationError) -> str:
+class _LongNumber(str):
+    """The digits of a JSON integer longer than Python converts (``int_max_str_digits``)."""
+
+
+def _parse_int(text: str) -> int | str:
+    limit = sys.get_int_max_str_digits()
+    return _LongNumber(text) if limit and len(text.lstrip("-")) > limit else int(text)
+
+
+def _long_numbers(value: Any, where: str = "") -> Iterator[tuple[str, _LongNumber]]:
+    """(field path, digits) of each long number in a parsed body."""
+    if isinstance(value, _LongNumber):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _long_numbers(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _long_numbers(item, f"{where}[{index}]")
+
+
+def _field_range(route: Any, name: str) -> str:
+    """"; NAME must be from LOW to HIGH" for a field of the route's request body or a query
+    parameter, from its declared bounds ("" for a name the route does not take)."""
+    body = getattr(route, "body_field", None)
+    model = getattr(getattr(body, "field_info", None), "annotation", None)
+    field = getattr(model, "model_fields", {}).get(name)
+    parameters = getattr(getattr(route, "dependant", None), "query_params", [])
+    parameter = next((p.field_info for p in parameters if p.name == name), None)
+    metadata = field.metadata if field is not None else getattr(parameter, "metadata", [])
+    bounds = {key: getattr(item, key) for item in metadata
+              for key in ("ge", "gt", "le", "lt") if hasattr(item, key)}
+    low = (f"from {bounds['ge']:,}" if "ge" in bounds else
+           f"greater than {bounds['gt']:,}" if "gt" in bounds else None)
+    high = (f"to {bounds['le']:,}" if "le" in bounds else
+            f"below {bounds['lt']:,}" if "lt" in bounds else None)
+    return f"; {name} must be " + " ".join(part for part in (low, high) if part) if low or high else ""
+
+
+def _unreadable_body(body: bytes, route: Any, cause: BaseException | None) -> str:
+    """Why FastAPI could not read a request body: it is not UTF-8 text, or it holds an integer
+    of more digits than Python converts (4,300: json.loads raises a ValueError, not a JSON
+    error), which is then named with the range of its field (a 5,000-digit seed: 'seed: a
+    number of 5,000 digits; seed must be from 0 to 9,223,372,036,854,775,807')."""
+    if isinstance(cause, ValueError) and not isinstance(cause, UnicodeDecodeError):
+        try:
+            found = next(_long_numbers(json.loads(body, parse_int=_parse_int)), None)
+        except ValueError:
+            found = None
+        if found is not None:
+            where, digits = found
+            return (f"{where}: a number of {len(digits.lstrip('-')):,} digits, beyond any "
+                    f"field's range{_field_range(route, where)}")
+    return "the request body is not JSON text (UTF-8)"
+
+
+def _validation_message(error: RequestValidationError, route: Any = None) -> str:
     """pydantic's errors as one sentence: 'candidates: Input should be less than or equal to
-    8192; site: ...' (the alternatives of a union field joined by 'or')."""
+    8192; site: ...' (the alternatives of a union field joined by 'or'); a number too long
+    to read is given its field's range."""
     messages: dict[str, list[str]] = {}
     for item in error.errors():
         location = [str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path")]
         message = item.get("msg", "invalid")
+        if item.get("type") == "int_parsing_size" and location:
+            message = ("a number of more digits than can be read, beyond any field's range"
+                       + _field_range(route, location[0]))
         alternatives = messages.setdefault(location[0] if location else "", [])
         if message not in alternatives:
             alternatives.append(message)

@@ -301,7 +301,8 @@ class QueryService:
             if not task.free_text:
                 raise UserError("ban_rare is for language models; a toy task's vocabulary has "
                                 "no rare tokens")
-            banned = stored_rare_tokens(loaded.probed.source, task.vocab, request.ban_rare)
+            banned = stored_rare_tokens(loaded.probed.source, task.vocab, request.ban_rare,
+                                        option="ban_rare")
         config = QueryConfig(**settings_of(request), banned=banned)
         result = run_query(loaded.probed, loaded.decoder, text, site, position, config,
                            seed=request.seed, decoder_name=loaded.decoder_name, progress=report)
