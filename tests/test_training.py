@@ -156,7 +156,7 @@ def test_the_warm_up_ends_by_a_tenth_of_the_budget():
 def test_a_budget_of_minutes_shows_time_on_the_bar(tmp_path, capsys):
     from inversionview.training import _TimeBar
 
-    bar = _TimeBar(total=120, initial=114, desc="decoder ioi", bar_format=_TimeBar.FORMAT,
+    bar = _TimeBar(total=120, initial=114, desc="decoder ioi",
                    file=__import__("sys").stderr, dynamic_ncols=False, ncols=80)
     bar.refresh()
     bar.close()

@@ -242,10 +242,11 @@ def resumed_config(config_class: type, out: Path, budget: dict[str, Any],
                 if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING}
     foreign = sorted(set(saved) - known)
     if foreign or required - set(saved):
+        command = _COMMANDS.get(config_class.__name__, "this command")
         raise OptionError(
             f"the run in {out} was started by another command (its checkpoint holds settings "
-            f"such as {', '.join(foreign[:3]) or 'others'} that {_COMMANDS.get(config_class.__name__, 'this command')} "
-            f"does not take); resume it with the command that started it")
+            f"such as {', '.join(foreign[:3]) or 'others'} that {command} does not take); "
+            f"resume it with the command that started it")
     config = config_class(**{name: value for name, value in saved.items() if name in known})
     for label, (path, value) in (fixed or {}).items():
         stored = _lookup(config, path)

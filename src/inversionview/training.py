@@ -4,8 +4,9 @@ model (``probed.train``) and a small language model (``probed.train_lm``).
 The loop owns what the three share: the budget (steps, or minutes of the loop's wall time:
 training, evaluations and checkpoints, so that a user waits about that long; loading before
 the loop and the final evaluation and save after it are outside), the learning rate (linear
-warm-up, ended by 10 % of the budget at the latest, then cosine decay over the budget), when to evaluate and when to checkpoint, the optimizer step with its clipped
-gradients, the progress bar, and the run's bookkeeping in ``checkpoint.RunLog`` (the step,
+warm-up, ended by 10 % of the budget at the latest, then cosine decay over the budget), when
+to evaluate and when to checkpoint, the optimizer step with its clipped gradients, the
+progress bar, and the run's bookkeeping in ``checkpoint.RunLog`` (the step,
 the training time, metrics.jsonl, the commands). A trainer supplies only what is its own, as
 a ``Trainer``: its model and optimizer, the loss of a step's batch, an evaluation, what a
 checkpoint holds and the figures its progress bar shows. Holding its run directory
@@ -110,7 +111,7 @@ def run_training(run: RunLog, trainer: Trainer, settings: LoopSettings,
     bar = (tqdm(total=total, initial=spent(), disable=not shown, unit="step", dynamic_ncols=True,
                 desc=trainer.name) if in_steps else
            _TimeBar(total=total, initial=spent(), disable=not shown, dynamic_ncols=True,
-                    desc=trainer.name, bar_format=_TimeBar.FORMAT))
+                    desc=trainer.name))
     start = time.perf_counter() - run.elapsed
     last_eval = time.perf_counter()
     checkpoints = CheckpointSchedule(settings.checkpoint_every_seconds,
@@ -171,6 +172,9 @@ class _TimeBar(tqdm):
 
     FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {spent} of {budget}{postfix}"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, bar_format=self.FORMAT, **kwargs)
+
     @property
     def format_dict(self) -> dict[str, Any]:
         values = super().format_dict
@@ -179,7 +183,7 @@ class _TimeBar(tqdm):
 
 
 def evaluation_entry(run: RunLog, **figures: Any) -> dict[str, Any]:
-    """A line of metrics.jsonl: the step, the seconds of training so far, then ``figures``."""
+    """A line of metrics.jsonl: the step, the seconds of the loop so far, then ``figures``."""
     return {"step": run.step, "seconds": round(run.elapsed, 1), **figures}
 
 

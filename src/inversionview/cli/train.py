@@ -3,7 +3,6 @@ decoders they give."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -156,6 +155,7 @@ def train_decoder_command(
     from inversionview.decoder.pretrained import read_pretrained
     from inversionview.decoder.store import read_manifest
     from inversionview.decoder.train import DecoderTrainingConfig, resolve_device, train_decoder
+    from inversionview.distributed import is_lead_process
 
     _apply_threads(threads)
     resolve_device(device)  # a device that is not here fails before the model loads
@@ -203,7 +203,7 @@ def train_decoder_command(
             read_manifest(continue_from)  # not a decoder: fails before the model loads
     probed = _load(model, task, raw)
     train_decoder(probed, config, resume=resume, show_progress=not as_json)
-    if int(os.environ.get("RANK", 0)) != 0:
+    if not is_lead_process():
         return
     manifest = read_manifest(out)
     record = {"out": str(out), "task": probed.task.name, **{k: manifest[k] for k in (

@@ -357,7 +357,7 @@ def _optimizer(model: GPT2LMHeadModel, config: LMTrainingConfig) -> torch.optim.
 
 def train_lm(config: LMTrainingConfig, resume: bool = False,
              show_progress: bool = True) -> Subject:
-    """Train within ``config``'s budget of steps or minutes (checkpoint time not counted).
+    """Train within ``config``'s budget of steps or minutes (``training.run_training``).
     ``resume`` continues the run in ``config.out`` from its checkpoint
     (``LMTrainingConfig.resumed`` gives the config it was started with); without it, a
     directory that holds a checkpoint is refused, and so is a directory another run is

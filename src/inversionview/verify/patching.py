@@ -160,15 +160,15 @@ def given_pairs(task: Task, rows: list[dict[str, Any]], name: str = "given",
         if any(answered) != answered[index]:
             raise TaskInputError(f"{where}: give answer and contrast_answer on every pair "
                                  f"or on none")
-        for key in ("original", "contrast"):
-            task.encode(row[key])  # too long, or a character the model cannot read: one line
+        # too long, or a character the model cannot read: one line
+        encoded = {key: task.encode(row[key]) for key in ("original", "contrast")}
         pairs.originals.append(row["original"])
         pairs.contrasts.append(row["contrast"])
         if pairs.answers is None:  # the task's answer, where the texts hold it
             at = task.target_index(row["original"], pairs.target)
-            answer = int(task.encode(row["original"])[at])
+            answer = int(encoded["original"][at])
             if (task.target_index(row["contrast"], pairs.target) == at
-                    and int(task.encode(row["contrast"])[at]) == answer):
+                    and int(encoded["contrast"][at]) == answer):
                 raise TaskInputError(_same_answer(task, f"{where} ({pairs.target})", answer))
         else:
             answer = _one_token(task, row["answer"], where, "answer")
